@@ -1,0 +1,142 @@
+//! realtime-web's HTTP side: one listener (8080, and 8443 with TLS) for the HTTP bridge and for
+//! MQTT over WebSocket at `/mqtt`.
+//!
+//! Data flow: [`Bridge::start`] binds the listeners; each accepted socket gets its own task
+//! (TLS handshake under the connect timeout, then hyper's HTTP/1.1 + HTTP/2 server). Requests
+//! go to an axum router ([`routes`]). A WebSocket upgrade on `/mqtt` is handed to the broker's
+//! edge as one more client byte stream, so browsers get exactly what TCP clients get.
+
+pub mod routes;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use broker::config::{Listener, TlsListener};
+use broker::Edge;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// `[http]` and `[https]`.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub http: Listener,
+    pub https: TlsListener,
+}
+
+/// What a request handler knows about the connection it came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// A running HTTP side.
+pub struct Bridge {
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Bridge {
+    pub async fn start(edge: Arc<Edge>, cfg: BridgeConfig) -> anyhow::Result<Bridge> {
+        let app = routes::router(edge.clone());
+        let mut tasks = Vec::new();
+        let mut http_addr = None;
+        let mut https_addr = None;
+        if let Some(l) = broker::listener::bind_tcp(&cfg.http.listen).await? {
+            http_addr = Some(l.local_addr()?);
+            tasks.push(tokio::spawn(accept_loop(
+                edge.clone(),
+                l,
+                None,
+                app.clone(),
+            )));
+        }
+        if let Some((addr, cert, key)) = cfg.https.enabled() {
+            let tls = broker::listener::server_config(cert, key, &[b"h2", b"http/1.1"])?;
+            if let Some(l) = broker::listener::bind_tcp(addr).await? {
+                https_addr = Some(l.local_addr()?);
+                tasks.push(tokio::spawn(accept_loop(
+                    edge.clone(),
+                    l,
+                    Some(TlsAcceptor::from(tls)),
+                    app.clone(),
+                )));
+            }
+        }
+        Ok(Bridge {
+            http_addr,
+            https_addr,
+            tasks,
+        })
+    }
+
+    /// Stops accepting HTTP connections.
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: axum::Router,
+) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let timeout = edge.config.limits.connect_timeout();
+        tokio::spawn(async move {
+            let peer = Peer {
+                addr,
+                tls: tls.is_some(),
+            };
+            match tls {
+                None => serve_http(stream, peer, app).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_http(s, peer, app).await,
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_http<S>(stream: S, peer: Peer, app: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer);
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
+        tracing::debug!(peer = %peer.addr, error = %e, "HTTP connection ended with an error");
+    }
+}

@@ -1,0 +1,406 @@
+//! The client-facing MQTT codec: MQTT 3.1.1 and 5 on the wire, MQTT 5 types inside.
+//!
+//! The edge works on MQTT 5 packets only (the codec types of `rumqttc`, whose fields are public).
+//! A 3.1.1 client's packets are read with the 3.1.1 decoder and lifted to MQTT 5 here, and every
+//! packet sent to it is lowered back, dropping properties and mapping reason codes, so no MQTT 5
+//! property ever reaches a 3.1.1 encoder. The same functions frame the internal link to rumqttd.
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes as m4;
+use rumqttc::mqttbytes::v4;
+pub use rumqttc::v5::mqttbytes::v5::*;
+pub use rumqttc::v5::mqttbytes::{qos, Error, QoS};
+
+/// The lower of two QoS levels.
+pub fn qmin(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The higher of two QoS levels.
+pub fn qmax(a: QoS, b: QoS) -> QoS {
+    if (a as u8) >= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+impl Version {
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5",
+        }
+    }
+}
+
+/// Why bytes from a peer could not be read as MQTT; each maps onto an MQTT 5 reason code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// 0x81: not valid MQTT.
+    Malformed(String),
+    /// 0x82: valid MQTT, but not allowed here (e.g. a CONNACK from a client).
+    Protocol(String),
+    /// 0x95: larger than the configured maximum.
+    TooLarge { size: usize, max: u32 },
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> DisconnectReasonCode {
+        match self {
+            DecodeError::Malformed(_) => DisconnectReasonCode::MalformedPacket,
+            DecodeError::Protocol(_) => DisconnectReasonCode::ProtocolError,
+            DecodeError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Malformed(m) => write!(f, "malformed packet: {m}"),
+            DecodeError::Protocol(m) => write!(f, "protocol error: {m}"),
+            DecodeError::TooLarge { size, max } => {
+                write!(f, "packet of {size} bytes is over the maximum of {max}")
+            }
+        }
+    }
+}
+
+/// What the first packet on a connection says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hello {
+    /// A CONNECT with protocol name "MQTT" and this level.
+    Connect { level: u8 },
+    /// A CONNECT whose protocol name is not "MQTT" (its level byte, if any).
+    WrongName { level: Option<u8> },
+    /// The first packet is not a CONNECT.
+    NotConnect,
+}
+
+/// Reads the fixed header: `Some((header_len, remaining_len))`, `None` when more bytes are needed.
+fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        len |= ((b & 0x7f) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((2 + i, len)));
+        }
+    }
+    Err(DecodeError::Malformed(
+        "remaining length over 4 bytes".into(),
+    ))
+}
+
+/// Looks at the first packet without consuming it: `None` until it is complete.
+pub fn peek_hello(buf: &[u8], max: u32) -> Result<Option<Hello>, DecodeError> {
+    let Some((hlen, rlen)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
+    if hlen + rlen > max as usize {
+        return Err(DecodeError::TooLarge {
+            size: hlen + rlen,
+            max,
+        });
+    }
+    if buf[0] != 0x10 {
+        return Ok(Some(Hello::NotConnect));
+    }
+    if buf.len() < hlen + rlen {
+        return Ok(None);
+    }
+    let body = &buf[hlen..hlen + rlen];
+    if body.len() < 2 {
+        return Err(DecodeError::Malformed(
+            "CONNECT without protocol name".into(),
+        ));
+    }
+    let nlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let name = body.get(2..2 + nlen);
+    let level = body.get(2 + nlen).copied();
+    Ok(Some(match (name, level) {
+        (Some(b"MQTT"), Some(level)) => Hello::Connect { level },
+        _ => Hello::WrongName { level },
+    }))
+}
+
+fn map_v5_err(e: Error) -> Option<DecodeError> {
+    match e {
+        Error::InsufficientBytes(_) => None,
+        Error::PayloadSizeLimitExceeded { pkt_size, max } => Some(DecodeError::TooLarge {
+            size: pkt_size,
+            max,
+        }),
+        other => Some(DecodeError::Malformed(other.to_string())),
+    }
+}
+
+fn map_v4_err(e: m4::Error, max: u32) -> Option<DecodeError> {
+    match e {
+        m4::Error::InsufficientBytes(_) => None,
+        m4::Error::PayloadSizeLimitExceeded(size) => Some(DecodeError::TooLarge { size, max }),
+        other => Some(DecodeError::Malformed(other.to_string())),
+    }
+}
+
+/// Decodes one MQTT 5 packet from `buf`; `Ok(None)` when more bytes are needed.
+pub fn read_v5(buf: &mut BytesMut, max: u32) -> Result<Option<Packet>, DecodeError> {
+    // rumqttc refuses a DISCONNECT with no body, which MQTT 5 allows (§3.14.2.1).
+    if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
+        let _ = buf.split_to(2);
+        return Ok(Some(Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        ))));
+    }
+    match Packet::read(buf, Some(max)) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => map_v5_err(e).map_or(Ok(None), Err),
+    }
+}
+
+/// Decodes one packet from a client speaking `version`, lifted to MQTT 5.
+pub fn read(buf: &mut BytesMut, version: Version, max: u32) -> Result<Option<Packet>, DecodeError> {
+    match version {
+        Version::V5 => read_v5(buf, max),
+        Version::V311 => match v4::Packet::read(buf, max as usize) {
+            Ok(p) => lift(p).map(Some),
+            Err(e) => map_v4_err(e, max).map_or(Ok(None), Err),
+        },
+    }
+}
+
+/// Encodes `packet` for a client speaking `version`. Packets 3.1.1 has no form for (a server
+/// DISCONNECT, AUTH) are skipped: the caller closes the socket instead.
+pub fn write(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), Error> {
+    match version {
+        Version::V5 => packet.write(out, None).map(|_| ()),
+        Version::V311 => {
+            if let Some(p) = lower(packet) {
+                p.write(out, usize::MAX).map(|_| ()).map_err(|e| {
+                    tracing::warn!(error = %e, "3.1.1 encode failed");
+                    Error::MalformedPacket
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+pub fn qos4to5(q: m4::QoS) -> QoS {
+    match q {
+        m4::QoS::AtMostOnce => QoS::AtMostOnce,
+        m4::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        m4::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+pub fn qos5to4(q: QoS) -> m4::QoS {
+    match q {
+        QoS::AtMostOnce => m4::QoS::AtMostOnce,
+        QoS::AtLeastOnce => m4::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => m4::QoS::ExactlyOnce,
+    }
+}
+
+/// 3.1.1 → 5.
+fn lift(p: v4::Packet) -> Result<Packet, DecodeError> {
+    let proto = |what: &str| {
+        Err(DecodeError::Protocol(format!(
+            "a client may not send {what}"
+        )))
+    };
+    Ok(match p {
+        v4::Packet::Connect(c) => {
+            let will = c.last_will.map(|w| LastWill {
+                topic: Bytes::from(w.topic),
+                message: w.message,
+                qos: qos4to5(w.qos),
+                retain: w.retain,
+                properties: None,
+            });
+            let login = c.login.map(|l| Login {
+                username: l.username,
+                password: l.password,
+            });
+            Packet::Connect(
+                Connect {
+                    keep_alive: c.keep_alive,
+                    client_id: c.client_id,
+                    clean_start: c.clean_session,
+                    properties: None,
+                },
+                will,
+                login,
+            )
+        }
+        v4::Packet::Publish(p) => Packet::Publish(Publish {
+            dup: p.dup,
+            qos: qos4to5(p.qos),
+            retain: p.retain,
+            topic: Bytes::from(p.topic),
+            pkid: p.pkid,
+            payload: p.payload,
+            properties: None,
+        }),
+        v4::Packet::PubAck(a) => Packet::PubAck(PubAck::new(a.pkid, None)),
+        v4::Packet::PubRec(a) => Packet::PubRec(PubRec::new(a.pkid, None)),
+        v4::Packet::PubRel(a) => Packet::PubRel(PubRel::new(a.pkid, None)),
+        v4::Packet::PubComp(a) => Packet::PubComp(PubComp::new(a.pkid, None)),
+        v4::Packet::Subscribe(s) => Packet::Subscribe(Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| Filter::new(f.path, qos4to5(f.qos)))
+                .collect(),
+            properties: None,
+        }),
+        v4::Packet::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+            properties: None,
+        }),
+        v4::Packet::PingReq => Packet::PingReq(PingReq),
+        v4::Packet::Disconnect => {
+            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+        }
+        v4::Packet::ConnAck(_) => return proto("CONNACK"),
+        v4::Packet::SubAck(_) => return proto("SUBACK"),
+        v4::Packet::UnsubAck(_) => return proto("UNSUBACK"),
+        v4::Packet::PingResp => return proto("PINGRESP"),
+    })
+}
+
+/// The 3.1.1 CONNACK code closest to an MQTT 5 reason.
+pub fn connack_code_v4(code: ConnectReturnCode) -> v4::ConnectReturnCode {
+    use ConnectReturnCode as C;
+    match code {
+        C::Success => v4::ConnectReturnCode::Success,
+        C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
+            v4::ConnectReturnCode::RefusedProtocolVersion
+        }
+        C::BadClientId | C::ClientIdentifierNotValid => v4::ConnectReturnCode::BadClientId,
+        C::BadUserNamePassword => v4::ConnectReturnCode::BadUserNamePassword,
+        C::NotAuthorized | C::Banned | C::BadAuthenticationMethod => {
+            v4::ConnectReturnCode::NotAuthorized
+        }
+        _ => v4::ConnectReturnCode::ServiceUnavailable,
+    }
+}
+
+/// 5 → 3.1.1, for packets the server sends.
+fn lower(p: &Packet) -> Option<v4::Packet> {
+    Some(match p {
+        Packet::ConnAck(c) => v4::Packet::ConnAck(v4::ConnAck {
+            session_present: c.session_present,
+            code: connack_code_v4(c.code),
+        }),
+        Packet::Publish(p) => v4::Packet::Publish(v4::Publish {
+            dup: p.dup,
+            qos: qos5to4(p.qos),
+            retain: p.retain,
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            pkid: p.pkid,
+            payload: p.payload.clone(),
+        }),
+        Packet::PubAck(a) => v4::Packet::PubAck(v4::PubAck::new(a.pkid)),
+        Packet::PubRec(a) => v4::Packet::PubRec(v4::PubRec::new(a.pkid)),
+        Packet::PubRel(a) => v4::Packet::PubRel(v4::PubRel::new(a.pkid)),
+        Packet::PubComp(a) => v4::Packet::PubComp(v4::PubComp::new(a.pkid)),
+        Packet::SubAck(s) => v4::Packet::SubAck(v4::SubAck::new(
+            s.pkid,
+            s.return_codes
+                .iter()
+                .map(|c| match c {
+                    SubscribeReasonCode::Success(q) => {
+                        v4::SubscribeReasonCode::Success(qos5to4(*q))
+                    }
+                    _ => v4::SubscribeReasonCode::Failure,
+                })
+                .collect(),
+        )),
+        Packet::UnsubAck(u) => v4::Packet::UnsubAck(v4::UnsubAck::new(u.pkid)),
+        Packet::PingResp(_) => v4::Packet::PingResp,
+        _ => return None,
+    })
+}
+
+/// The size of `packet` on the wire for `version`.
+pub fn size(packet: &Packet, version: Version) -> usize {
+    match version {
+        Version::V5 => packet.size(),
+        Version::V311 => lower(packet).map_or(0, |p| p.size()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v311_publish_round_trips_through_v5_types() {
+        let mut wire = BytesMut::new();
+        v4::Packet::Publish(v4::Publish::new(
+            "a/b",
+            m4::QoS::AtLeastOnce,
+            b"hi".to_vec(),
+        ))
+        .write(&mut wire, 1000)
+        .unwrap();
+        let p = read(&mut wire, Version::V311, 1000).unwrap().unwrap();
+        let Packet::Publish(p) = p else { panic!() };
+        assert_eq!(&p.topic[..], b"a/b");
+        let mut out = BytesMut::new();
+        let mut with_props = p.clone();
+        with_props.properties = Some(PublishProperties {
+            correlation_data: Some(Bytes::from_static(b"x")),
+            ..Default::default()
+        });
+        write(&Packet::Publish(with_props), Version::V311, &mut out).unwrap();
+        let back = v4::Packet::read(&mut out, 1000).unwrap();
+        assert!(matches!(back, v4::Packet::Publish(_)));
+    }
+
+    #[test]
+    fn empty_v5_disconnect_is_normal() {
+        let mut b = BytesMut::from(&[0xE0u8, 0][..]);
+        let p = read_v5(&mut b, 100).unwrap().unwrap();
+        assert!(
+            matches!(p, Packet::Disconnect(d) if d.reason_code == DisconnectReasonCode::NormalDisconnection)
+        );
+    }
+
+    #[test]
+    fn hello_detects_levels_and_names() {
+        let c = [0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60];
+        assert_eq!(
+            peek_hello(&c, 100).unwrap(),
+            Some(Hello::Connect { level: 5 })
+        );
+        let c = [0x10, 10, 0, 4, b'M', b'Q', b'T', b'X', 4, 2, 0, 60];
+        assert_eq!(
+            peek_hello(&c, 100).unwrap(),
+            Some(Hello::WrongName { level: Some(4) })
+        );
+        assert_eq!(
+            peek_hello(&[0x30, 1], 100).unwrap(),
+            Some(Hello::NotConnect)
+        );
+        assert_eq!(peek_hello(&[0x10], 100).unwrap(), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! Broker configuration: listeners, storage and limits.
+//!
+//! These types are deserialized by the binary (the `config` crate: embedded defaults, then an
+//! optional TOML file, then `RTW_<SECTION>__<KEY>` environment overrides) and handed to
+//! [`crate::Broker::start`]. Every field has a default that works, so an empty config runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A plain TCP listener (`[mqtt]`, `[http]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address to bind; an empty string disables the listener.
+    pub listen: String,
+}
+
+/// A TLS listener (`[mqtts]`, `[https]`): enabled only when `cert` and `key` are both set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub listen: String,
+    /// PEM file with the server certificate chain (leaf first).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsListener {
+    /// The bind address and key material, when this listener is configured.
+    pub fn enabled(&self) -> Option<(&str, &PathBuf, &PathBuf)> {
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) if !self.listen.is_empty() => Some((&self.listen, c, k)),
+            _ => None,
+        }
+    }
+}
+
+/// `[storage]`: where retained messages are persisted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub dir: PathBuf,
+}
+
+/// `[limits]`: sizes, counts and times that bound what one client can make the broker do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most client connections at once, all transports together (MQTT 5 CONNACK 0x97 past it).
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted from a client, in bytes (DISCONNECT 0x95 past it).
+    pub max_packet_size: u32,
+    /// Seconds a new socket has to finish its TLS/WebSocket handshake and send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Receive Maximum: QoS 1/2 messages in flight per direction per client.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages queued by the edge for one client beyond those in flight.
+    pub max_queued: usize,
+    /// Largest keep-alive a client may use, in seconds (0: no cap). An MQTT 5 client asking for
+    /// more, or for 0, is told the cap through Server Keep Alive.
+    pub max_keepalive: u16,
+    /// Topic aliases a client may use towards the broker (0: none).
+    pub topic_alias_max: u16,
+    /// Subscriptions one client may hold (SUBACK 0x97 past it).
+    pub max_subscriptions: usize,
+    /// Seconds a write to a client may block before the client is dropped as not reading.
+    pub write_timeout_secs: u64,
+    /// Largest session expiry interval granted, in seconds.
+    pub max_session_expiry_secs: u32,
+}
+
+impl Limits {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout_secs: 10,
+            max_inflight: 100,
+            max_queued: 1000,
+            max_keepalive: 0,
+            topic_alias_max: 32,
+            max_subscriptions: 1000,
+            write_timeout_secs: 30,
+            max_session_expiry_secs: u32::MAX,
+        }
+    }
+}
+
+/// `[core]`: how the embedded rumqttd is set up. Internal; the defaults suit most machines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Core {
+    /// Internal MQTT 5 listeners on loopback (each runs on its own thread); 0 means one per core.
+    pub listeners: usize,
+    /// Bytes of messages rumqttd keeps per topic segment (what an offline session can catch up on).
+    pub segment_size: usize,
+    /// Segments kept per topic.
+    pub segment_count: usize,
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Core {
+            listeners: 0,
+            segment_size: 4 * 1024 * 1024,
+            segment_count: 4,
+        }
+    }
+}
+
+/// `[sys]`: the `$SYS/#` tree the edge serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sys {
+    /// Seconds between `$SYS` updates.
+    pub interval_secs: u64,
+}
+
+impl Default for Sys {
+    fn default() -> Self {
+        Sys { interval_secs: 10 }
+    }
+}
+
+/// Everything the broker half needs.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub mqtt: Listener,
+    pub mqtts: TlsListener,
+    pub storage: Storage,
+    pub limits: Limits,
+    pub core: Core,
+    pub sys: Sys,
+    /// Anonymous clients may connect (always true for loopback-only mode).
+    pub allow_anonymous: bool,
+}
+
+impl BrokerConfig {
+    /// A config for tests and embedding: loopback listener on `mqtt`, storage in `dir`.
+    pub fn local(mqtt: SocketAddr, dir: PathBuf) -> Self {
+        BrokerConfig {
+            mqtt: Listener {
+                listen: mqtt.to_string(),
+            },
+            mqtts: TlsListener::default(),
+            storage: Storage { dir },
+            limits: Limits::default(),
+            core: Core::default(),
+            sys: Sys::default(),
+            allow_anonymous: true,
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The embedded rumqttd: routing, sessions and QoS state. The only module that names rumqttd.
+//!
+//! rumqttd runs on its own threads with N internal MQTT 5 listeners on loopback (each listener is
+//! one single-threaded runtime in rumqttd, so more listeners spread connection work over cores).
+//! They require a per-process random password, so no client can reach them: clients only ever
+//! talk to the edge, and the edge opens one internal connection per client session
+//! ([`Core::connect`]). Swapping the core for another engine means replacing this module.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::BytesMut;
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::codec::{self, ConnAck, Connect, ConnectProperties, Login, Packet};
+use crate::config;
+
+/// Username the edge uses on the internal listeners.
+const INTERNAL_USER: &str = "rtw-edge";
+
+/// A running rumqttd and how to reach it.
+pub struct Core {
+    addrs: Vec<SocketAddr>,
+    password: String,
+    next: AtomicUsize,
+    max_packet: u32,
+}
+
+/// What a session asks of its internal connection.
+pub struct UpstreamConnect {
+    pub client_id: String,
+    pub clean_start: bool,
+    pub receive_maximum: u16,
+}
+
+impl Core {
+    /// Starts rumqttd and waits until every internal listener accepts connections.
+    pub async fn start(cfg: &config::BrokerConfig) -> anyhow::Result<Core> {
+        let n = match cfg.core.listeners {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let mut addrs = Vec::with_capacity(n);
+        let mut servers = HashMap::new();
+        for i in 0..n {
+            // Ask the OS for a free loopback port; rumqttd binds it a moment later.
+            let addr = StdListener::bind("127.0.0.1:0")?.local_addr()?;
+            addrs.push(addr);
+            let mut auth = HashMap::new();
+            auth.insert(INTERNAL_USER.to_string(), password.clone());
+            servers.insert(
+                format!("internal-{i}"),
+                rumqttd::ServerSettings {
+                    name: format!("core-{i}"),
+                    listen: addr,
+                    tls: None,
+                    // rumqttd sleeps this long after every accept; the edge has its own limits.
+                    next_connection_delay_ms: 0,
+                    connections: rumqttd::ConnectionSettings {
+                        connection_timeout_ms: 10_000,
+                        max_payload_size: cfg.limits.max_packet_size as usize + 1024,
+                        max_inflight_count: cfg.limits.max_inflight.max(1) as usize,
+                        auth: Some(auth),
+                        external_auth: None,
+                        dynamic_filters: true,
+                    },
+                },
+            );
+        }
+        let config = rumqttd::Config {
+            id: 0,
+            router: rumqttd::RouterConfig {
+                max_connections: cfg.limits.max_connections + 1024,
+                max_outgoing_packet_count: cfg.limits.max_inflight.max(1) as u64 * 2,
+                max_segment_size: cfg.core.segment_size,
+                max_segment_count: cfg.core.segment_count,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+            v5: Some(servers),
+            ..Default::default()
+        };
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "rumqttd stopped");
+                }
+            })?;
+        for addr in &addrs {
+            let mut ok = false;
+            for _ in 0..200 {
+                if TcpStream::connect(addr).await.is_ok() {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !ok {
+                bail!("the embedded rumqttd did not start listening on {addr}");
+            }
+        }
+        tracing::debug!(listeners = n, "rumqttd core ready");
+        Ok(Core {
+            addrs,
+            password,
+            next: AtomicUsize::new(0),
+            max_packet: cfg.limits.max_packet_size.saturating_add(1024),
+        })
+    }
+
+    /// Opens an internal MQTT 5 connection for one client session and returns it with the CONNACK.
+    /// Bytes the core sent right after CONNACK (a resumed session's queue) come back too.
+    pub async fn connect(
+        &self,
+        req: &UpstreamConnect,
+    ) -> anyhow::Result<(TcpStream, ConnAck, BytesMut)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        let mut stream = TcpStream::connect(self.addrs[i])
+            .await
+            .context("internal link")?;
+        stream.set_nodelay(true)?;
+        let connect = Packet::Connect(
+            Connect {
+                // rumqttd refuses keep-alive 0; the edge pings it (see session.rs).
+                keep_alive: 60,
+                client_id: req.client_id.clone(),
+                clean_start: req.clean_start,
+                properties: Some(ConnectProperties {
+                    receive_maximum: Some(req.receive_maximum.max(1)),
+                    // No broker→edge topic aliases: rumqttd's are keyed by filter, not topic.
+                    topic_alias_max: None,
+                    max_packet_size: Some(self.max_packet),
+                    ..ConnectProperties::new()
+                }),
+            },
+            None,
+            Some(Login::new(INTERNAL_USER, self.password.clone())),
+        );
+        let mut out = BytesMut::new();
+        connect.write(&mut out, None)?;
+        stream.write_all(&out).await?;
+        let mut buf = BytesMut::with_capacity(256);
+        let connack = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    bail!("core closed the internal link during CONNECT");
+                }
+                match codec::read_v5(&mut buf, self.max_packet) {
+                    Ok(Some(Packet::ConnAck(c))) => return Ok(c),
+                    Ok(Some(other)) => bail!("core answered CONNECT with {other:?}"),
+                    Ok(None) => {}
+                    Err(e) => bail!("core sent a bad CONNACK: {e}"),
+                }
+            }
+        })
+        .await
+        .context("core CONNACK timed out")??;
+        Ok((stream, connack, buf))
+    }
+
+    /// Largest packet the core sends.
+    pub fn max_packet(&self) -> u32 {
+        self.max_packet
+    }
+}

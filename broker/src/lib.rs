@@ -1,0 +1,241 @@
+//! realtime-web's broker half: the MQTT edge in front of an embedded rumqttd.
+//!
+//! Data flow: a listener ([`listener`]) accepts a TCP or TLS socket (the bridge hands over
+//! WebSocket ones) and spawns [`session::serve`], which reads CONNECT, authenticates through
+//! [`auth`], claims the client id in the [`registry`], and opens the client's own MQTT 5
+//! connection to the [`core`] (rumqttd on loopback). From then on the session translates both
+//! ways: client packets (3.1.1 or 5, see [`codec`]) are checked, authorized and forwarded;
+//! messages from the core are fixed up (QoS, retain, no-local) and delivered. Retained messages
+//! never reach the core: the session keeps them in the [`retained`] store and delivers them on
+//! subscribe. [`Edge::ingress`] is the seam where messages enter the node.
+
+pub mod auth;
+pub mod codec;
+pub mod config;
+mod core;
+pub mod listener;
+pub mod registry;
+pub mod retained;
+pub mod session;
+pub mod stats;
+pub mod topic;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Disconnect, DisconnectReasonCode, Packet, PingReq, Publish};
+pub use crate::config::BrokerConfig;
+use crate::core::{Core, UpstreamConnect};
+
+/// State shared by every session.
+pub struct Edge {
+    pub config: BrokerConfig,
+    core: Core,
+    pub retained: Arc<retained::RetainedStore>,
+    pub registry: registry::Registry,
+    pub stats: stats::Stats,
+    pub authenticator: Arc<dyn auth::Authenticator>,
+    pub authorizer: Arc<dyn auth::Authorizer>,
+    sys: watch::Receiver<Arc<Vec<(String, String)>>>,
+    injector: mpsc::Sender<Publish>,
+    connections: Arc<Semaphore>,
+    next_conn: AtomicU64,
+    pub shutdown: CancellationToken,
+}
+
+impl Edge {
+    fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publishes a message on behalf of the node (wills): stamped like a client's, QoS 0 on the
+    /// internal link (the stamp carries the real QoS, the core delivers at subscription QoS).
+    pub(crate) fn inject(&self, publish: Publish) {
+        if self.injector.try_send(publish).is_err() {
+            self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("injector queue full: message dropped");
+        }
+    }
+
+    /// Ends a session in the core (session expiry): a clean connect under its id, then DISCONNECT.
+    pub(crate) async fn purge_session(&self, client_id: &str) {
+        let req = UpstreamConnect {
+            client_id: client_id.to_string(),
+            clean_start: true,
+            receive_maximum: 1,
+        };
+        match self.core.connect(&req).await {
+            Ok((mut s, _, _)) => {
+                let mut b = BytesMut::new();
+                let _ =
+                    Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+                        .write(&mut b, None);
+                let _ = s.write_all(&b).await;
+                let _ = s.shutdown().await;
+            }
+            Err(e) => tracing::warn!(client_id, error = %e, "could not expire session"),
+        }
+    }
+
+    /// Serves one client connection on any transport until it ends.
+    pub async fn serve(
+        self: &Arc<Self>,
+        io: Box<dyn transport::Io>,
+        peer: SocketAddr,
+        t: transport::Transport,
+    ) {
+        session::serve(self.clone(), io, peer, t).await
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    pub edge: Arc<Edge>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    pub mqtt_addr: Option<SocketAddr>,
+    pub mqtts_addr: Option<SocketAddr>,
+}
+
+impl Broker {
+    /// Starts the core, opens the store, binds the MQTT listeners. Every failure here is a
+    /// startup error (a listener that cannot bind, an unwritable storage directory, bad TLS files).
+    pub async fn start(
+        config: BrokerConfig,
+        authenticator: Arc<dyn auth::Authenticator>,
+        authorizer: Arc<dyn auth::Authorizer>,
+    ) -> anyhow::Result<Broker> {
+        let retained = retained::RetainedStore::open(&config.storage.dir)?;
+        let core = Core::start(&config).await?;
+        let stats = stats::Stats::default();
+        let (sys_tx, sys_rx) = watch::channel(stats.sys_tree(retained.len()));
+        let (inj_tx, inj_rx) = mpsc::channel(4096);
+        let shutdown = CancellationToken::new();
+        let mqtt = listener::bind_tcp(&config.mqtt.listen).await?;
+        let mqtts = match config.mqtts.enabled() {
+            Some((addr, cert, key)) => {
+                let acceptor = listener::tls_acceptor(cert, key)?;
+                listener::bind_tcp(addr).await?.map(|l| (l, acceptor))
+            }
+            None => None,
+        };
+        let edge = Arc::new(Edge {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            config,
+            core,
+            retained,
+            registry: registry::Registry::default(),
+            stats,
+            authenticator,
+            authorizer,
+            sys: sys_rx,
+            injector: inj_tx,
+            next_conn: AtomicU64::new(1),
+            shutdown,
+        });
+        tokio::spawn(run_injector(edge.clone(), inj_rx));
+        tokio::spawn(run_sys(edge.clone(), sys_tx));
+        let mut listeners = Vec::new();
+        let mut mqtt_addr = None;
+        let mut mqtts_addr = None;
+        if let Some(l) = mqtt {
+            mqtt_addr = Some(l.local_addr()?);
+            listeners.push(tokio::spawn(listener::accept_loop(edge.clone(), l, None)));
+        }
+        if let Some((l, acceptor)) = mqtts {
+            mqtts_addr = Some(l.local_addr()?);
+            listeners.push(tokio::spawn(listener::accept_loop(
+                edge.clone(),
+                l,
+                Some(acceptor),
+            )));
+        }
+        Ok(Broker {
+            edge,
+            listeners,
+            mqtt_addr,
+            mqtts_addr,
+        })
+    }
+
+    /// Stops accepting, disconnects every client (MQTT 5 reason 0x8B), waits (bounded) for the
+    /// sessions to end and flushes the retained store.
+    pub async fn shutdown(self) {
+        for l in &self.listeners {
+            l.abort();
+        }
+        self.edge.shutdown.cancel();
+        self.edge.registry.kick_all(0x8B);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.edge.registry.live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.edge.retained.flush().await;
+    }
+}
+
+/// Refreshes the `$SYS` snapshot every `[sys] interval_secs`.
+async fn run_sys(edge: Arc<Edge>, tx: watch::Sender<Arc<Vec<(String, String)>>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(edge.config.sys.interval_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = edge.shutdown.cancelled() => return,
+        }
+        let _ = tx.send(edge.stats.sys_tree(edge.retained.len()));
+    }
+}
+
+/// Keeps one internal connection for messages the node publishes itself, reconnecting as needed.
+async fn run_injector(edge: Arc<Edge>, mut rx: mpsc::Receiver<Publish>) {
+    let id = format!("rtw-node-{}", edge.conn_id());
+    let mut pending: Option<Publish> = None;
+    loop {
+        let req = UpstreamConnect {
+            client_id: id.clone(),
+            clean_start: true,
+            receive_maximum: 1,
+        };
+        let mut stream = match edge.core.connect(&req).await {
+            Ok((s, _, _)) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "injector cannot reach the core");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut ping = tokio::time::interval(Duration::from_secs(30));
+        let mut out = BytesMut::new();
+        let mut sink = [0u8; 1024];
+        loop {
+            if let Some(p) = pending.take() {
+                out.clear();
+                if Packet::Publish(p.clone()).write(&mut out, None).is_ok()
+                    && stream.write_all(&out).await.is_err()
+                {
+                    pending = Some(p);
+                    break;
+                }
+            }
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => pending = Some(p),
+                    None => return,
+                },
+                _ = ping.tick() => {
+                    out.clear();
+                    let _ = Packet::PingReq(PingReq).write(&mut out, None);
+                    if stream.write_all(&out).await.is_err() { break; }
+                }
+                r = stream.read(&mut sink) => if matches!(r, Ok(0) | Err(_)) { break },
+            }
+        }
+    }
+}

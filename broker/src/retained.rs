@@ -1,0 +1,281 @@
+//! The retained-message store: one message per topic, in memory and on disk.
+//!
+//! The edge keeps retained messages itself (rumqttd never sees a retain flag), so they are
+//! delivered on every subscribe as the spec says and cleared only by an empty *retained* publish.
+//! Reads come from an in-memory ordered map (a filter's literal prefix bounds the scan). Writes
+//! update the map at once and go to a writer thread that commits them to a redb database in
+//! batches; [`RetainedStore::set`] returns when its write is durable, so a publisher is only
+//! acknowledged for what survives a crash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{self, Packet, Publish, QoS};
+use crate::topic;
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Writes waiting for the writer thread before publishers are told the store is busy.
+const WRITE_QUEUE: usize = 4096;
+
+/// A retained message and when it was stored (for message expiry).
+#[derive(Debug, Clone)]
+pub struct Retained {
+    pub publish: Publish,
+    pub stored_at: SystemTime,
+}
+
+impl Retained {
+    /// A record for `publish`, stored now, without per-delivery fields.
+    pub fn new(publish: &Publish) -> Retained {
+        let mut p = publish.clone();
+        // The wire format wants a packet id for QoS 1/2; it means nothing at rest.
+        p.pkid = if p.qos == QoS::AtMostOnce { 0 } else { 1 };
+        p.dup = false;
+        p.retain = true;
+        if let Some(props) = p.properties.as_mut() {
+            props.topic_alias = None;
+            props.subscription_identifiers.clear();
+        }
+        Retained {
+            publish: p,
+            stored_at: SystemTime::now(),
+        }
+    }
+
+    /// The message with its expiry interval reduced by the time it has waited; `None` if expired.
+    pub fn live(&self, now: SystemTime) -> Option<Publish> {
+        let mut p = self.publish.clone();
+        if let Some(props) = p.properties.as_mut() {
+            if let Some(exp) = props.message_expiry_interval {
+                let waited = now
+                    .duration_since(self.stored_at)
+                    .unwrap_or(Duration::ZERO)
+                    .as_secs();
+                if waited >= exp as u64 {
+                    return None;
+                }
+                props.message_expiry_interval = Some(exp - waited as u32);
+            }
+        }
+        Some(p)
+    }
+
+    fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        let mut b = BytesMut::new();
+        let ms = self
+            .stored_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        b.put_u64(ms);
+        Packet::Publish(self.publish.clone())
+            .write(&mut b, None)
+            .map_err(|e| anyhow::anyhow!("encode retained: {e}"))?;
+        Ok(b.to_vec())
+    }
+
+    fn decode(bytes: &[u8]) -> anyhow::Result<Retained> {
+        anyhow::ensure!(bytes.len() > 8, "short record");
+        let ms = u64::from_be_bytes(bytes[..8].try_into()?);
+        let mut b = BytesMut::from(&bytes[8..]);
+        match codec::read_v5(&mut b, u32::MAX) {
+            Ok(Some(Packet::Publish(publish))) => Ok(Retained {
+                publish,
+                stored_at: UNIX_EPOCH + Duration::from_millis(ms),
+            }),
+            other => anyhow::bail!("bad retained record: {other:?}"),
+        }
+    }
+}
+
+enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+struct Write {
+    op: Op,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Why a retained write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the retained store is busy")]
+    Busy,
+    #[error("the retained store failed: {0}")]
+    Failed(String),
+}
+
+/// Shared handle to the store.
+pub struct RetainedStore {
+    map: RwLock<BTreeMap<String, Arc<Retained>>>,
+    writes: mpsc::Sender<Write>,
+}
+
+impl RetainedStore {
+    /// Opens (or creates) `dir/retained.redb` and loads it. Fails if the directory is not writable.
+    pub fn open(dir: &Path) -> anyhow::Result<Arc<RetainedStore>> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
+        let path = dir.join("retained.redb");
+        let db = Database::create(&path)
+            .with_context(|| format!("cannot open retained store {}", path.display()))?;
+        let txn = db.begin_write()?;
+        txn.open_table(TABLE)?;
+        txn.commit()
+            .with_context(|| format!("cannot write to {}", path.display()))?;
+        let mut map = BTreeMap::new();
+        {
+            let rtxn = db.begin_read()?;
+            let table = rtxn.open_table(TABLE)?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                match Retained::decode(v.value()) {
+                    Ok(r) => {
+                        map.insert(k.value().to_string(), Arc::new(r));
+                    }
+                    Err(e) => tracing::warn!(topic = k.value(), error = %e, "skipping record"),
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("retained-writer".into())
+            .spawn(move || writer(db, rx))?;
+        Ok(Arc::new(RetainedStore {
+            map: RwLock::new(map),
+            writes: tx,
+        }))
+    }
+
+    /// Stores `publish` as the retained message of its topic (an empty payload clears it) and
+    /// returns once the change is on disk.
+    pub async fn set(&self, publish: &Publish) -> Result<(), StoreError> {
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let (done, wait) = oneshot::channel();
+        {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let record = if publish.payload.is_empty() {
+                None
+            } else {
+                Some(Arc::new(Retained::new(publish)))
+            };
+            let op = match &record {
+                None => Op::Delete(topic.clone()),
+                Some(r) => Op::Put(
+                    topic.clone(),
+                    r.encode().map_err(|e| StoreError::Failed(e.to_string()))?,
+                ),
+            };
+            // Queue under the lock so that disk order is memory order.
+            self.writes
+                .try_send(Write { op, done })
+                .map_err(|_| StoreError::Busy)?;
+            match record {
+                None => map.remove(&topic),
+                Some(r) => map.insert(topic, r),
+            };
+        }
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Failed(e)),
+            Err(_) => Err(StoreError::Failed("writer stopped".into())),
+        }
+    }
+
+    /// Retained messages whose topics match `filter` (not a shared subscription).
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Retained>> {
+        let prefix = topic::literal_prefix(filter);
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.range::<str, _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| topic::matches(filter, k))
+        .map(|(_, v)| v.clone())
+        .collect()
+    }
+
+    /// The retained message of one topic.
+    pub fn get(&self, topic: &str) -> Option<Arc<Retained>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(topic).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until every write queued so far is on disk.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .writes
+            .send(Write {
+                op: Op::Delete(String::new()),
+                done,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// The writer thread: commits queued writes in batches, one transaction per batch.
+fn writer(db: Database, mut rx: mpsc::Receiver<Write>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(TABLE)?;
+                for w in &batch {
+                    match &w.op {
+                        Op::Put(k, v) => {
+                            table.insert(k.as_str(), v.as_slice())?;
+                        }
+                        Op::Delete(k) if k.is_empty() => {}
+                        Op::Delete(k) => {
+                            table.remove(k.as_str())?;
+                        }
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        let result = result.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "retained store write failed");
+        }
+        for w in batch {
+            let _ = w.done.send(result.clone());
+        }
+    }
+}
+
+/// Payload bytes of a retained message (for the HTTP bridge).
+pub fn payload(r: &Retained) -> Bytes {
+    r.publish.payload.clone()
+}

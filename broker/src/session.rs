@@ -1,0 +1,1572 @@
+//! One client connection, from CONNECT to close: the edge's MQTT state machine.
+//!
+//! Data flow. The session owns two sockets: the client's (any transport, 3.1.1 or 5) and its own
+//! MQTT 5 connection to the core. One task reads both, handles a whole batch of packets, and then
+//! flushes one write to each side, so a busy connection costs one syscall per batch, not per
+//! packet.
+//!
+//! * Client → core: packet ids pass through unchanged (so a QoS 2 exchange survives a reconnect).
+//!   Every PUBLISH is checked (topic, alias, size, authorization, receive maximum) and *stamped*
+//!   with one user property (`$rtw`: the original QoS, retain flag, source and sequence number)
+//!   before the core sees it; the retain flag itself is cleared and the retained store updated
+//!   here instead.
+//! * Core → client: the stamp is taken off again and used to deliver at min(publish QoS,
+//!   subscription QoS), to honour no-local and retain-as-published, and to drop the extra copies
+//!   the core sends for overlapping subscriptions. Packet ids towards the client are the edge's
+//!   own (the core's id when free), because retained and `$SYS` messages come from the edge.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::auth::{Credentials, Identity, Refusal};
+use crate::codec::{self, *};
+use crate::core::UpstreamConnect;
+use crate::registry::{Control, Timer};
+use crate::stats::Tally;
+use crate::topic;
+use crate::transport::{Io, Transport};
+use crate::Edge;
+
+/// User-property key of the edge's stamp on messages inside the node.
+pub const STAMP_KEY: &str = "$rtw";
+/// How often the edge pings its internal link.
+const CORE_PING: Duration = Duration::from_secs(30);
+/// Most duplicate-copy records a session keeps (overlapping subscriptions).
+const MAX_COPY_RECORDS: usize = 4096;
+
+/// What the stamp says about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub qos: QoS,
+    pub retain: bool,
+    /// Hash of the publishing client id (for no-local).
+    pub src: u64,
+    /// Sequence number within `src`'s connection.
+    pub seq: u64,
+}
+
+impl Stamp {
+    fn encode(&self) -> String {
+        format!(
+            "{}{}{:x}.{:x}",
+            self.qos as u8, self.retain as u8, self.src, self.seq
+        )
+    }
+
+    fn decode(v: &str) -> Option<Stamp> {
+        let b = v.as_bytes();
+        let qos = codec::qos(b.first()?.checked_sub(b'0')?)?;
+        let retain = *b.get(1)? == b'1';
+        let (src, seq) = v.get(2..)?.split_once('.')?;
+        Some(Stamp {
+            qos,
+            retain,
+            src: u64::from_str_radix(src, 16).ok()?,
+            seq: u64::from_str_radix(seq, 16).ok()?,
+        })
+    }
+}
+
+/// Adds the stamp to a publish entering the node (and clears its retain flag).
+pub fn stamp(p: &mut Publish, s: Stamp) {
+    p.retain = false;
+    let props = p.properties.get_or_insert_with(Default::default);
+    props.user_properties.retain(|(k, _)| k != STAMP_KEY);
+    props
+        .user_properties
+        .push((STAMP_KEY.to_string(), s.encode()));
+}
+
+/// Removes the stamp from a publish leaving the node.
+pub fn take_stamp(p: &mut Publish) -> Option<Stamp> {
+    let props = p.properties.as_mut()?;
+    let i = props
+        .user_properties
+        .iter()
+        .rposition(|(k, _)| k == STAMP_KEY)?;
+    let (_, v) = props.user_properties.remove(i);
+    if *props == PublishProperties::default() {
+        p.properties = None;
+    }
+    Stamp::decode(&v)
+}
+
+/// Hash of a client id, as carried in stamps.
+pub fn client_hash(client_id: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut h);
+    h.finish()
+}
+
+fn disconnect_code(code: u8) -> DisconnectReasonCode {
+    use DisconnectReasonCode as D;
+    match code {
+        0x00 => D::NormalDisconnection,
+        0x81 => D::MalformedPacket,
+        0x82 => D::ProtocolError,
+        0x87 => D::NotAuthorized,
+        0x89 => D::ServerBusy,
+        0x8B => D::ServerShuttingDown,
+        0x8D => D::KeepAliveTimeout,
+        0x8E => D::SessionTakenOver,
+        0x90 => D::TopicNameInvalid,
+        0x93 => D::ReceiveMaximumExceeded,
+        0x94 => D::TopicAliasInvalid,
+        0x95 => D::PacketTooLarge,
+        0x97 => D::QuotaExceeded,
+        _ => D::UnspecifiedError,
+    }
+}
+
+/// Why a session ends.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT.
+    Client {
+        will: bool,
+        expiry: Option<u32>,
+    },
+    /// The client's socket closed or failed.
+    Gone,
+    /// The client broke the protocol or a limit: DISCONNECT with this reason.
+    Violation(DisconnectReasonCode, String),
+    KeepAlive,
+    /// Closed by the broker (takeover 0x8E, shutdown 0x8B, credentials expired 0x87).
+    Kicked(u8),
+    /// The internal link to the core failed.
+    CoreLost,
+}
+
+/// Why the edge refuses a client's PUBLISH without closing the connection.
+#[derive(Debug, Clone, Copy)]
+enum Refuse {
+    Unspecified,
+    NotAuthorized,
+    TopicNameInvalid,
+    QuotaExceeded,
+    PayloadFormatInvalid,
+}
+
+impl Refuse {
+    fn puback(self) -> PubAckReason {
+        match self {
+            Refuse::Unspecified => PubAckReason::UnspecifiedError,
+            Refuse::NotAuthorized => PubAckReason::NotAuthorized,
+            Refuse::TopicNameInvalid => PubAckReason::TopicNameInvalid,
+            Refuse::QuotaExceeded => PubAckReason::QuotaExceeded,
+            Refuse::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
+        }
+    }
+    fn pubrec(self) -> PubRecReason {
+        match self {
+            Refuse::Unspecified => PubRecReason::UnspecifiedError,
+            Refuse::NotAuthorized => PubRecReason::NotAuthorized,
+            Refuse::TopicNameInvalid => PubRecReason::TopicNameInvalid,
+            Refuse::QuotaExceeded => PubRecReason::QuotaExceeded,
+            Refuse::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+        }
+    }
+}
+
+/// Where a message delivered to the client came from (and what to acknowledge when it is done).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// From the core with this packet id and QoS.
+    Core(u16, QoS),
+    /// From the edge itself (retained, `$SYS`).
+    Local,
+}
+
+/// One subscription as the client made it.
+#[derive(Debug, Clone)]
+struct Sub {
+    /// The filter messages are matched with (inner filter of `$share/…`).
+    filter: String,
+    qos: QoS,
+    nolocal: bool,
+    rap: bool,
+    id: Option<usize>,
+    shared: bool,
+    /// Served by the edge (`$SYS/…`), not the core.
+    sys: bool,
+}
+
+/// A SUBSCRIBE waiting for the core's SUBACK.
+struct PendingSub {
+    codes: Vec<SubscribeReasonCode>,
+    filters: Vec<Filter>,
+    existed: Vec<bool>,
+    /// Indexes (into `filters`) sent to the core, in order.
+    forwarded: Vec<usize>,
+    id: Option<usize>,
+}
+
+/// An UNSUBSCRIBE waiting for the core's UNSUBACK.
+struct PendingUnsub {
+    reasons: Vec<UnsubAckReason>,
+}
+
+/// Reads the first packet: CONNECT, or the bytes to answer with before closing.
+async fn read_connect(
+    io: &mut Box<dyn Io>,
+    buf: &mut BytesMut,
+    max: u32,
+) -> Result<(Version, Connect, Option<LastWill>, Option<Login>), Option<BytesMut>> {
+    loop {
+        match codec::peek_hello(buf, max) {
+            Ok(None) => {
+                buf.reserve(1024);
+                match io.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Err(None),
+                    Ok(_) => continue,
+                }
+            }
+            Ok(Some(codec::Hello::NotConnect)) | Err(_) => return Err(None),
+            Ok(Some(codec::Hello::WrongName { level })) => {
+                let v = if level == Some(5) {
+                    Version::V5
+                } else {
+                    Version::V311
+                };
+                return Err(Some(connack_bytes(
+                    v,
+                    ConnectReturnCode::UnsupportedProtocolVersion,
+                    None,
+                )));
+            }
+            Ok(Some(codec::Hello::Connect { level })) => {
+                let version = match level {
+                    4 => Version::V311,
+                    5 => Version::V5,
+                    _ => {
+                        return Err(Some(connack_bytes(
+                            Version::V311,
+                            ConnectReturnCode::RefusedProtocolVersion,
+                            None,
+                        )))
+                    }
+                };
+                return match codec::read(buf, version, max) {
+                    Ok(Some(Packet::Connect(c, w, l))) => Ok((version, c, w, l)),
+                    Ok(_) => Err(None),
+                    Err(_) => Err(Some(connack_bytes(
+                        version,
+                        ConnectReturnCode::MalformedPacket,
+                        None,
+                    ))),
+                };
+            }
+        }
+    }
+}
+
+fn connack_bytes(
+    v: Version,
+    code: ConnectReturnCode,
+    props: Option<ConnAckProperties>,
+) -> BytesMut {
+    let mut out = BytesMut::new();
+    let _ = codec::write(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: props,
+        }),
+        v,
+        &mut out,
+    );
+    out
+}
+
+fn reason_props(reason: &str) -> Option<ConnAckProperties> {
+    Some(ConnAckProperties {
+        reason_string: Some(reason.to_string()),
+        ..empty_connack_props()
+    })
+}
+
+fn empty_connack_props() -> ConnAckProperties {
+    ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+async fn refuse(io: &mut Box<dyn Io>, v: Version, code: ConnectReturnCode, reason: &str) {
+    let props = if v == Version::V5 {
+        reason_props(reason)
+    } else {
+        None
+    };
+    let out = connack_bytes(v, code, props);
+    let _ = io.write_all(&out).await;
+    let _ = io.flush().await;
+    let _ = io.shutdown().await;
+}
+
+/// Serves one client connection until it ends.
+pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, transport: Transport) {
+    let limits = edge.config.limits.clone();
+    let mut cbuf = BytesMut::with_capacity(4096);
+    let first = tokio::time::timeout(
+        limits.connect_timeout(),
+        read_connect(&mut io, &mut cbuf, limits.max_packet_size),
+    )
+    .await;
+    let (version, connect, will, login) = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+        Ok(Err(reply)) => {
+            if let Some(out) = reply {
+                let _ = io.write_all(&out).await;
+                let _ = io.flush().await;
+            }
+            let _ = io.shutdown().await;
+            return;
+        }
+        Ok(Ok(x)) => x,
+    };
+    let v5 = version == Version::V5;
+    let props = connect.properties.clone();
+
+    if props
+        .as_ref()
+        .is_some_and(|p| p.authentication_method.is_some())
+    {
+        return refuse(
+            &mut io,
+            version,
+            ConnectReturnCode::BadAuthenticationMethod,
+            "enhanced authentication is not supported",
+        )
+        .await;
+    }
+    if let Some(w) = &will {
+        let ok = std::str::from_utf8(&w.topic)
+            .ok()
+            .is_some_and(|t| topic::validate_topic(t).is_ok() && !t.starts_with('$'));
+        if !ok {
+            return refuse(
+                &mut io,
+                version,
+                ConnectReturnCode::TopicNameInvalid,
+                "invalid will topic",
+            )
+            .await;
+        }
+    }
+
+    // Client identifier (MQTT-3.1.3-6/7/8 and MQTT 5 §3.1.3.1).
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_start {
+            return refuse(
+                &mut io,
+                version,
+                ConnectReturnCode::BadClientId,
+                "empty client id needs a clean session",
+            )
+            .await;
+        }
+        let id = format!("rtw-{}", Alphanumeric.sample_string(&mut rand::rng(), 16));
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+
+    let creds = Credentials {
+        client_id: &client_id,
+        username: login.as_ref().map(|l| l.username.as_str()),
+        password: login.as_ref().map(|l| l.password.as_str()),
+        peer,
+        transport,
+    };
+    let identity = match edge.authenticator.authenticate(&creds) {
+        Ok(id) => id,
+        Err(r) => {
+            edge.stats
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (code, why) = match &r {
+                Refusal::BadCredentials(w) => (ConnectReturnCode::BadUserNamePassword, w.as_str()),
+                Refusal::NotAuthorized(w) => (ConnectReturnCode::NotAuthorized, w.as_str()),
+                Refusal::BadAuthMethod(w) => {
+                    (ConnectReturnCode::BadAuthenticationMethod, w.as_str())
+                }
+            };
+            tracing::info!(%peer, client_id, reason = why, "connection refused");
+            return refuse(&mut io, version, code, why).await;
+        }
+    };
+    if let Some(w) = &will {
+        let t = String::from_utf8_lossy(&w.topic);
+        if !edge.authorizer.can_publish(&identity, &client_id, &t) {
+            return refuse(
+                &mut io,
+                version,
+                ConnectReturnCode::NotAuthorized,
+                "will topic not allowed",
+            )
+            .await;
+        }
+    }
+    let Ok(_permit) = edge.connections.clone().try_acquire_owned() else {
+        edge.stats
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return refuse(
+            &mut io,
+            version,
+            ConnectReturnCode::QuotaExceeded,
+            "too many connections",
+        )
+        .await;
+    };
+
+    // Keep-alive, session expiry, flow control.
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if v5 && limits.max_keepalive > 0 && (keep_alive == 0 || keep_alive > limits.max_keepalive) {
+        keep_alive = limits.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let asked_expiry = if v5 {
+        props
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = asked_expiry.min(limits.max_session_expiry_secs);
+    let client_receive_max = props
+        .as_ref()
+        .and_then(|p| p.receive_maximum)
+        .unwrap_or(u16::MAX);
+    let window = client_receive_max.min(limits.max_inflight).max(1);
+    let client_max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .unwrap_or(u32::MAX);
+
+    let conn_id = edge.conn_id();
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let claim = edge.registry.claim(&client_id, conn_id, control_tx).await;
+
+    // How the core keeps the session: rumqttd has one `clean` flag for both "start fresh" and
+    // "forget at disconnect", so MQTT 5's two settings are mapped onto it here.
+    let (upstream_clean, purge_first) = if !v5 || expiry == 0 {
+        (connect.clean_start, false)
+    } else {
+        (false, connect.clean_start)
+    };
+    if purge_first {
+        edge.purge_session(&client_id).await;
+    }
+    let req = UpstreamConnect {
+        client_id: client_id.clone(),
+        clean_start: upstream_clean,
+        receive_maximum: window,
+    };
+    let (core, core_ack, ubuf) = match edge.core.connect(&req).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(client_id, error = %e, "core unavailable");
+            drop(claim);
+            return refuse(
+                &mut io,
+                version,
+                ConnectReturnCode::ServerUnavailable,
+                "broker core unavailable",
+            )
+            .await;
+        }
+    };
+    if core_ack.code != ConnectReturnCode::Success {
+        tracing::error!(client_id, code = ?core_ack.code, "core refused session");
+        drop(claim);
+        return refuse(
+            &mut io,
+            version,
+            ConnectReturnCode::ServerUnavailable,
+            "broker core refused the session",
+        )
+        .await;
+    }
+
+    let ack_props = v5.then(|| ConnAckProperties {
+        session_expiry_interval: (expiry != asked_expiry).then_some(expiry),
+        receive_max: Some(limits.max_inflight.max(1)),
+        retain_available: Some(1),
+        max_packet_size: Some(limits.max_packet_size),
+        assigned_client_identifier: assigned,
+        topic_alias_max: Some(limits.topic_alias_max),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        shared_subscription_available: Some(1),
+        server_keep_alive,
+        ..empty_connack_props()
+    });
+    let mut session = Session {
+        src: client_hash(&client_id),
+        edge: edge.clone(),
+        version,
+        client_id,
+        identity,
+        keep_alive,
+        client_max_packet,
+        window,
+        will,
+        expiry,
+        upstream_clean,
+        aliases: HashMap::new(),
+        subs: HashMap::new(),
+        inflight_in: HashSet::new(),
+        local_qos2_in: HashSet::new(),
+        out: HashMap::new(),
+        core_to_client: HashMap::new(),
+        core_rel_local: HashSet::new(),
+        queue: VecDeque::new(),
+        next_pkid: 32768,
+        seq: 0,
+        copies: HashMap::new(),
+        copy_order: VecDeque::new(),
+        pending_subs: HashMap::new(),
+        pending_unsubs: HashMap::new(),
+        client_out: BytesMut::with_capacity(4096),
+        core_out: BytesMut::with_capacity(4096),
+        tally: Tally::default(),
+    };
+    session.to_client(Packet::ConnAck(ConnAck {
+        session_present: !upstream_clean && !purge_first && core_ack.session_present,
+        code: ConnectReturnCode::Success,
+        properties: ack_props,
+    }));
+    edge.stats.connect(transport);
+    tracing::debug!(%peer, client_id = session.client_id, version = version.label(), transport = transport.label(), "connected");
+
+    let end = session.run(&mut io, core, cbuf, ubuf, control_rx).await;
+    edge.stats.disconnect(transport);
+    edge.stats.add(&mut session.tally);
+    tracing::debug!(client_id = session.client_id, reason = ?end, "disconnected");
+    session.finish(end, &mut io).await;
+    let (will_timer, purge_timer) = session.timers().await;
+    edge.registry
+        .release(&session.client_id, conn_id, will_timer, purge_timer);
+    drop(claim);
+}
+
+struct Session {
+    edge: Arc<Edge>,
+    version: Version,
+    client_id: String,
+    src: u64,
+    identity: Identity,
+    keep_alive: u16,
+    client_max_packet: u32,
+    /// Most QoS 1/2 messages in flight towards the client.
+    window: u16,
+    will: Option<LastWill>,
+    expiry: u32,
+    upstream_clean: bool,
+    aliases: HashMap<u16, Bytes>,
+    subs: HashMap<String, Sub>,
+    /// Client → core QoS 1/2 packet ids not yet completed.
+    inflight_in: HashSet<u16>,
+    /// Client QoS 2 publishes the edge refused itself (it answers their PUBREL).
+    local_qos2_in: HashSet<u16>,
+    /// Client-side packet id → origin, for messages in flight towards the client.
+    out: HashMap<u16, (Origin, QoS)>,
+    /// Core packet id → client packet id, for QoS 2 messages towards the client.
+    core_to_client: HashMap<u16, u16>,
+    /// Core QoS 2 messages the edge completes itself (delivered at a lower QoS, or dropped).
+    core_rel_local: HashSet<u16>,
+    /// QoS 1/2 messages waiting for room in the window.
+    queue: VecDeque<(Publish, Origin)>,
+    next_pkid: u16,
+    seq: u64,
+    /// Copies still expected of a message that matched several subscriptions.
+    copies: HashMap<(u64, u64), usize>,
+    copy_order: VecDeque<(u64, u64)>,
+    pending_subs: HashMap<u16, PendingSub>,
+    pending_unsubs: HashMap<u16, PendingUnsub>,
+    client_out: BytesMut,
+    core_out: BytesMut,
+    tally: Tally,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        io: &mut Box<dyn Io>,
+        mut core: TcpStream,
+        mut cbuf: BytesMut,
+        mut ubuf: BytesMut,
+        mut control: mpsc::Receiver<Control>,
+    ) -> End {
+        let max_in = self.edge.config.limits.max_packet_size;
+        let max_core = self.edge.core.max_packet();
+        let write_timeout = self.edge.config.limits.write_timeout();
+        let mut sys = self.edge.sys.clone();
+        sys.mark_unchanged();
+        let mut ping = tokio::time::interval(CORE_PING);
+        ping.reset();
+        let idle =
+            (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500));
+        let mut last_rx = tokio::time::Instant::now();
+        let expires = self.identity.expires_at.map(|t| {
+            let left = t
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        // A resumed session's queue may have arrived with the core's CONNACK.
+        if !ubuf.is_empty() {
+            if let Err(end) = self.on_core_bytes(&mut ubuf, max_core) {
+                return end;
+            }
+        }
+        loop {
+            if !self.client_out.is_empty() {
+                self.tally.bytes_sent += self.client_out.len() as u64;
+                let w = async {
+                    io.write_all(&self.client_out).await?;
+                    io.flush().await
+                };
+                match tokio::time::timeout(write_timeout, w).await {
+                    Ok(Ok(())) => self.client_out.clear(),
+                    _ => return End::Gone,
+                }
+            }
+            if !self.core_out.is_empty() {
+                if core.write_all(&self.core_out).await.is_err() {
+                    return End::CoreLost;
+                }
+                self.core_out.clear();
+            }
+            self.edge.stats.add(&mut self.tally);
+            let has_sys = self.subs.values().any(|s| s.sys);
+            let deadline = idle.map(|d| last_rx + d);
+            if cbuf.capacity() - cbuf.len() < 4096 {
+                cbuf.reserve(16 * 1024);
+            }
+            if ubuf.capacity() - ubuf.len() < 4096 {
+                ubuf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                c = control.recv() => match c {
+                    Some(Control::Kick(code)) => return End::Kicked(code),
+                    None => return End::Kicked(0x8B),
+                },
+                r = io.read_buf(&mut cbuf) => match r {
+                    Ok(0) | Err(_) => return End::Gone,
+                    Ok(n) => {
+                        last_rx = tokio::time::Instant::now();
+                        self.tally.bytes_received += n as u64;
+                        loop {
+                            match codec::read(&mut cbuf, self.version, max_in) {
+                                Ok(Some(p)) => {
+                                    if let Err(end) = self.on_client(p).await {
+                                        return end;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => return End::Violation(e.reason(), e.to_string()),
+                            }
+                        }
+                    }
+                },
+                r = core.read_buf(&mut ubuf) => match r {
+                    Ok(0) | Err(_) => return End::CoreLost,
+                    Ok(_) => {
+                        if let Err(end) = self.on_core_bytes(&mut ubuf, max_core) {
+                            return end;
+                        }
+                    }
+                },
+                r = sys.changed(), if has_sys => {
+                    if r.is_ok() {
+                        let tree = sys.borrow_and_update().clone();
+                        self.deliver_sys(&tree, None, false);
+                    }
+                }
+                _ = ping.tick() => {
+                    self.to_core(Packet::PingReq(PingReq));
+                }
+                _ = sleep_until(deadline) => return End::KeepAlive,
+                _ = sleep_until(expires) => return End::Kicked(0x87),
+            }
+        }
+    }
+
+    fn on_core_bytes(&mut self, ubuf: &mut BytesMut, max: u32) -> Result<(), End> {
+        loop {
+            match codec::read_v5(ubuf, max) {
+                Ok(Some(p)) => self.on_core(p)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "bad packet from core");
+                    return Err(End::CoreLost);
+                }
+            }
+        }
+    }
+
+    fn to_client(&mut self, p: Packet) {
+        if let Err(e) = codec::write(&p, self.version, &mut self.client_out) {
+            tracing::warn!(error = %e, "cannot encode packet for client");
+        }
+    }
+
+    fn to_core(&mut self, p: Packet) {
+        if let Err(e) = p.write(&mut self.core_out, None) {
+            tracing::warn!(error = %e, "cannot encode packet for core");
+        }
+    }
+
+    // ---- client → core ----
+
+    async fn on_client(&mut self, p: Packet) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.client_publish(p).await,
+            Packet::PubAck(a) => {
+                self.client_done(a.pkid);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.client_pubrec(r);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                if self.local_qos2_in.remove(&r.pkid) {
+                    self.to_client(Packet::PubComp(PubComp::new(r.pkid, None)));
+                } else {
+                    self.to_core(Packet::PubRel(PubRel::new(r.pkid, None)));
+                }
+                Ok(())
+            }
+            Packet::PubComp(c) => {
+                self.client_done(c.pkid);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.client_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.client_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq(_) => {
+                self.to_client(Packet::PingResp(PingResp));
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(End::Client {
+                will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                expiry: d.properties.and_then(|p| p.session_expiry_interval),
+            }),
+            Packet::Connect(..) => Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                "second CONNECT".into(),
+            )),
+            other => Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                format!("unexpected {:?} from client", packet_name(&other)),
+            )),
+        }
+    }
+
+    fn refuse_publish(&mut self, qos: QoS, pkid: u16, why: Refuse) {
+        tracing::debug!(client_id = self.client_id, reason = ?why, "publish refused");
+        self.tally.dropped += 1;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.to_client(Packet::PubAck(PubAck {
+                pkid,
+                reason: why.puback(),
+                properties: None,
+            })),
+            QoS::ExactlyOnce => {
+                self.local_qos2_in.insert(pkid);
+                self.to_client(Packet::PubRec(PubRec {
+                    pkid,
+                    reason: why.pubrec(),
+                    properties: None,
+                }));
+            }
+        }
+    }
+
+    async fn client_publish(&mut self, mut p: Publish) -> Result<(), End> {
+        self.tally.messages_received += 1;
+        let (qos, pkid) = (p.qos, p.pkid);
+        if let Some(alias) = p.properties.as_mut().and_then(|pr| pr.topic_alias.take()) {
+            if alias == 0 || alias > self.edge.config.limits.topic_alias_max {
+                return Err(End::Violation(
+                    DisconnectReasonCode::TopicAliasInvalid,
+                    format!("topic alias {alias} out of range"),
+                ));
+            }
+            if p.topic.is_empty() {
+                p.topic = self.aliases.get(&alias).cloned().ok_or_else(|| {
+                    End::Violation(
+                        DisconnectReasonCode::ProtocolError,
+                        "unknown topic alias".into(),
+                    )
+                })?;
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            return Err(End::Violation(
+                DisconnectReasonCode::MalformedPacket,
+                "topic is not UTF-8".into(),
+            ));
+        };
+        if let Err(e) = topic::validate_topic(topic) {
+            return Err(End::Violation(
+                DisconnectReasonCode::TopicNameInvalid,
+                e.to_string(),
+            ));
+        }
+        if topic.starts_with('$') {
+            self.refuse_publish(qos, pkid, Refuse::TopicNameInvalid);
+            return Ok(());
+        }
+        let utf8_declared = p
+            .properties
+            .as_ref()
+            .is_some_and(|pr| pr.payload_format_indicator == Some(1));
+        if utf8_declared && std::str::from_utf8(&p.payload).is_err() {
+            self.refuse_publish(qos, pkid, Refuse::PayloadFormatInvalid);
+            return Ok(());
+        }
+        if !self
+            .edge
+            .authorizer
+            .can_publish(&self.identity, &self.client_id, topic)
+        {
+            self.refuse_publish(qos, pkid, Refuse::NotAuthorized);
+            return Ok(());
+        }
+        if qos != QoS::AtMostOnce
+            && !self.inflight_in.contains(&pkid)
+            && self.inflight_in.len() >= self.edge.config.limits.max_inflight as usize
+        {
+            return Err(End::Violation(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "more QoS 1/2 messages in flight than Receive Maximum".into(),
+            ));
+        }
+        if p.retain {
+            if let Err(e) = self.edge.retained.set(&p).await {
+                tracing::warn!(error = %e, "retained write failed");
+                let why = match e {
+                    crate::retained::StoreError::Busy => Refuse::QuotaExceeded,
+                    crate::retained::StoreError::Failed(_) => Refuse::Unspecified,
+                };
+                self.refuse_publish(qos, pkid, why);
+                return Ok(());
+            }
+        }
+        if qos != QoS::AtMostOnce {
+            self.inflight_in.insert(pkid);
+        }
+        self.seq += 1;
+        let s = Stamp {
+            qos,
+            retain: p.retain,
+            src: self.src,
+            seq: self.seq,
+        };
+        stamp(&mut p, s);
+        self.to_core(Packet::Publish(p));
+        Ok(())
+    }
+
+    fn client_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        let id = s.properties.as_ref().and_then(|p| p.id);
+        if id == Some(0) {
+            return Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                "subscription identifier 0".into(),
+            ));
+        }
+        let n = s.filters.len();
+        let mut pending = PendingSub {
+            codes: vec![SubscribeReasonCode::Unspecified; n],
+            filters: s.filters.clone(),
+            existed: vec![false; n],
+            forwarded: Vec::new(),
+            id,
+        };
+        let mut sys_granted = Vec::new();
+        for (i, f) in s.filters.iter().enumerate() {
+            pending.existed[i] = self.subs.contains_key(&f.path);
+            let shared = topic::split_shared(&f.path).is_some();
+            if topic::validate_filter(&f.path).is_err() {
+                pending.codes[i] = SubscribeReasonCode::TopicFilterInvalid;
+                continue;
+            }
+            if shared && f.nolocal {
+                return Err(End::Violation(
+                    DisconnectReasonCode::ProtocolError,
+                    "no-local on a shared subscription".into(),
+                ));
+            }
+            let inner = topic::match_filter(&f.path);
+            if !self
+                .edge
+                .authorizer
+                .can_subscribe(&self.identity, &self.client_id, inner)
+            {
+                pending.codes[i] = SubscribeReasonCode::NotAuthorized;
+                continue;
+            }
+            let sys = !shared && f.path.starts_with("$SYS");
+            if f.path.starts_with('$') && !shared && !sys {
+                pending.codes[i] = SubscribeReasonCode::TopicFilterInvalid;
+                continue;
+            }
+            if !pending.existed[i] && self.subs.len() >= self.edge.config.limits.max_subscriptions {
+                pending.codes[i] = SubscribeReasonCode::QuotaExceeded;
+                continue;
+            }
+            if sys {
+                self.add_sub(f, id);
+                pending.codes[i] = SubscribeReasonCode::Success(f.qos);
+                sys_granted.push(i);
+            } else {
+                pending.forwarded.push(i);
+            }
+        }
+        if pending.forwarded.is_empty() {
+            self.finish_subscribe(s.pkid, pending);
+        } else {
+            let filters = pending
+                .forwarded
+                .iter()
+                .map(|&i| Filter::new(pending.filters[i].path.clone(), pending.filters[i].qos))
+                .collect();
+            self.to_core(Packet::Subscribe(Subscribe {
+                pkid: s.pkid,
+                filters,
+                properties: id.map(|id| SubscribeProperties {
+                    id: Some(id),
+                    user_properties: Vec::new(),
+                }),
+            }));
+            self.pending_subs.insert(s.pkid, pending);
+        }
+        Ok(())
+    }
+
+    fn add_sub(&mut self, f: &Filter, id: Option<usize>) {
+        let shared = topic::split_shared(&f.path).is_some();
+        let sub = Sub {
+            filter: topic::match_filter(&f.path).to_string(),
+            qos: f.qos,
+            nolocal: f.nolocal,
+            rap: f.preserve_retain,
+            id,
+            shared,
+            sys: !shared && f.path.starts_with("$SYS"),
+        };
+        if self.subs.insert(f.path.clone(), sub).is_none() {
+            self.edge
+                .stats
+                .subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Sends SUBACK, then the retained (or `$SYS`) messages each new subscription asks for.
+    fn finish_subscribe(&mut self, pkid: u16, p: PendingSub) {
+        self.to_client(Packet::SubAck(SubAck {
+            pkid,
+            return_codes: p.codes.clone(),
+            properties: None,
+        }));
+        let now = SystemTime::now();
+        for (i, f) in p.filters.iter().enumerate() {
+            let SubscribeReasonCode::Success(granted) = p.codes[i] else {
+                continue;
+            };
+            if topic::split_shared(&f.path).is_some() {
+                continue; // MQTT 5 §4.8.2: no retained messages for shared subscriptions.
+            }
+            let send = match f.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => true,
+                RetainForwardRule::OnNewSubscribe => !p.existed[i],
+                RetainForwardRule::Never => false,
+            };
+            if !send {
+                continue;
+            }
+            if f.path.starts_with("$SYS") {
+                let tree = self.edge.sys.borrow().clone();
+                self.deliver_sys(&tree, Some(&f.path), true);
+                continue;
+            }
+            for r in self.edge.retained.matching(&f.path) {
+                let Some(mut m) = r.live(now) else { continue };
+                m.qos = qmin(m.qos, granted);
+                m.retain = true;
+                if let Some(id) = p.id {
+                    m.properties
+                        .get_or_insert_with(Default::default)
+                        .subscription_identifiers = vec![id];
+                }
+                self.deliver(m, Origin::Local);
+            }
+        }
+    }
+
+    fn client_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut forward = Vec::new();
+        for f in &u.filters {
+            match self.subs.remove(f) {
+                Some(sub) => {
+                    self.edge
+                        .stats
+                        .subscriptions
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    reasons.push(UnsubAckReason::Success);
+                    if !sub.sys {
+                        forward.push(f.clone());
+                    }
+                }
+                None => reasons.push(UnsubAckReason::NoSubscriptionExisted),
+            }
+        }
+        if forward.is_empty() {
+            self.to_client(Packet::UnsubAck(UnsubAck {
+                pkid: u.pkid,
+                reasons,
+                properties: None,
+            }));
+        } else {
+            self.to_core(Packet::Unsubscribe(Unsubscribe {
+                pkid: u.pkid,
+                filters: forward,
+                properties: None,
+            }));
+            self.pending_unsubs.insert(u.pkid, PendingUnsub { reasons });
+        }
+    }
+
+    /// PUBACK or PUBCOMP from the client for a message the edge delivered.
+    fn client_done(&mut self, pkid: u16) {
+        let Some((origin, _)) = self.out.remove(&pkid) else {
+            return;
+        };
+        match origin {
+            Origin::Core(u, QoS::ExactlyOnce) => {
+                if self.core_to_client.remove(&u).is_some() {
+                    self.to_core(Packet::PubComp(PubComp::new(u, None)));
+                } else {
+                    // Delivered at QoS 1: the edge finishes the core's QoS 2 exchange.
+                    self.core_rel_local.insert(u);
+                    self.to_core(Packet::PubRec(PubRec::new(u, None)));
+                }
+            }
+            Origin::Core(u, _) => self.to_core(Packet::PubAck(PubAck::new(u, None))),
+            Origin::Local => {}
+        }
+        self.drain_queue();
+    }
+
+    fn client_pubrec(&mut self, r: PubRec) {
+        let failed = !matches!(
+            r.reason,
+            PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+        );
+        match self.out.get(&r.pkid).copied() {
+            None => self.to_client(Packet::PubRel(PubRel::new(r.pkid, None))),
+            Some(_) if failed => {
+                // The client refused the message: the exchange ends here.
+                if let Some((Origin::Core(u, _), _)) = self.out.remove(&r.pkid) {
+                    self.core_to_client.remove(&u);
+                    self.core_rel_local.insert(u);
+                    self.to_core(Packet::PubRec(PubRec::new(u, None)));
+                }
+                self.drain_queue();
+            }
+            Some((Origin::Core(u, QoS::ExactlyOnce), QoS::ExactlyOnce)) => {
+                self.to_core(Packet::PubRec(PubRec::new(u, None)));
+            }
+            Some(_) => self.to_client(Packet::PubRel(PubRel::new(r.pkid, None))),
+        }
+    }
+
+    // ---- core → client ----
+
+    fn on_core(&mut self, p: Packet) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.core_publish(p),
+            Packet::PubAck(a) => {
+                self.inflight_in.remove(&a.pkid);
+                self.to_client(Packet::PubAck(a));
+            }
+            Packet::PubRec(r) => {
+                if !matches!(
+                    r.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                ) {
+                    self.inflight_in.remove(&r.pkid);
+                }
+                self.to_client(Packet::PubRec(r));
+            }
+            Packet::PubComp(c) => {
+                self.inflight_in.remove(&c.pkid);
+                self.to_client(Packet::PubComp(c));
+            }
+            Packet::PubRel(r) => {
+                let u = r.pkid;
+                if self.core_rel_local.remove(&u) {
+                    self.to_core(Packet::PubComp(PubComp::new(u, None)));
+                } else if let Some(&d) = self.core_to_client.get(&u) {
+                    self.to_client(Packet::PubRel(PubRel::new(d, None)));
+                } else {
+                    // A resumed session: the core re-sends PUBREL for a message the client
+                    // already has under the same id (the edge prefers the core's ids).
+                    self.out
+                        .entry(u)
+                        .or_insert((Origin::Core(u, QoS::ExactlyOnce), QoS::ExactlyOnce));
+                    self.core_to_client.insert(u, u);
+                    self.to_client(Packet::PubRel(PubRel::new(u, None)));
+                }
+            }
+            Packet::SubAck(s) => {
+                let Some(mut pending) = self.pending_subs.remove(&s.pkid) else {
+                    return Ok(());
+                };
+                let forwarded = std::mem::take(&mut pending.forwarded);
+                for (k, &i) in forwarded.iter().enumerate() {
+                    let code = s
+                        .return_codes
+                        .get(k)
+                        .copied()
+                        .unwrap_or(SubscribeReasonCode::Unspecified);
+                    if let SubscribeReasonCode::Success(_) = code {
+                        let f = pending.filters[i].clone();
+                        self.add_sub(&f, pending.id);
+                        pending.codes[i] = SubscribeReasonCode::Success(f.qos);
+                    } else {
+                        pending.codes[i] = code;
+                    }
+                }
+                self.finish_subscribe(s.pkid, pending);
+            }
+            Packet::UnsubAck(u) => {
+                if let Some(p) = self.pending_unsubs.remove(&u.pkid) {
+                    self.to_client(Packet::UnsubAck(UnsubAck {
+                        pkid: u.pkid,
+                        reasons: p.reasons,
+                        properties: None,
+                    }));
+                }
+            }
+            Packet::PingResp(_) => {}
+            Packet::Disconnect(d) => {
+                tracing::warn!(client_id = self.client_id, reason = ?d.reason_code, "core disconnected the session");
+                return Err(End::CoreLost);
+            }
+            other => tracing::warn!(packet = packet_name(&other), "unexpected packet from core"),
+        }
+        Ok(())
+    }
+
+    /// Completes the core's side of a message the client will not get (or gets at QoS 0).
+    fn ack_core(&mut self, origin: Origin) {
+        match origin {
+            Origin::Core(u, QoS::AtLeastOnce) => self.to_core(Packet::PubAck(PubAck::new(u, None))),
+            Origin::Core(u, QoS::ExactlyOnce) => {
+                self.core_rel_local.insert(u);
+                self.to_core(Packet::PubRec(PubRec::new(u, None)));
+            }
+            _ => {}
+        }
+    }
+
+    fn core_publish(&mut self, mut p: Publish) {
+        let origin = match p.qos {
+            QoS::AtMostOnce => Origin::Local,
+            q => Origin::Core(p.pkid, q),
+        };
+        let stamp = take_stamp(&mut p);
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            return self.ack_core(origin);
+        };
+        let mine = stamp.is_some_and(|s| s.src == self.src);
+        let mut max_qos: Option<QoS> = None;
+        let mut rap = false;
+        let mut plain = 0usize;
+        let mut ids: Vec<usize> = Vec::new();
+        for s in self.subs.values() {
+            if s.sys || !topic::matches(&s.filter, topic) {
+                continue;
+            }
+            if s.nolocal && mine {
+                continue;
+            }
+            max_qos = Some(max_qos.map_or(s.qos, |q| qmax(q, s.qos)));
+            rap |= s.rap;
+            if !s.shared {
+                plain += 1;
+            }
+            if let Some(id) = s.id {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let Some(sub_qos) = max_qos else {
+            return self.ack_core(origin);
+        };
+        // The core sends one copy per matching filter; the client gets one.
+        if let (Some(s), true) = (stamp, plain > 1) {
+            let key = (s.src, s.seq);
+            match self.copies.get_mut(&key) {
+                Some(left) => {
+                    *left -= 1;
+                    if *left == 0 {
+                        self.copies.remove(&key);
+                    }
+                    return self.ack_core(origin);
+                }
+                None => {
+                    self.copies.insert(key, plain - 1);
+                    self.copy_order.push_back(key);
+                    while self.copy_order.len() > MAX_COPY_RECORDS {
+                        if let Some(old) = self.copy_order.pop_front() {
+                            self.copies.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+        let orig_qos = stamp.map_or(p.qos, |s| s.qos);
+        p.qos = qmin(orig_qos, sub_qos);
+        p.retain = stamp.is_some_and(|s| s.retain) && rap;
+        p.dup = false;
+        if let Some(props) = p.properties.as_mut() {
+            props.subscription_identifiers = ids;
+            props.topic_alias = None;
+        } else if !ids.is_empty() {
+            p.properties = Some(PublishProperties {
+                subscription_identifiers: ids,
+                ..Default::default()
+            });
+        }
+        if p.qos == QoS::AtMostOnce {
+            self.ack_core(origin);
+            self.deliver(p, Origin::Local);
+        } else {
+            self.deliver(p, origin);
+        }
+    }
+
+    fn alloc_pkid(&mut self, prefer: Option<u16>) -> u16 {
+        if let Some(u) = prefer {
+            if u != 0 && !self.out.contains_key(&u) {
+                return u;
+            }
+        }
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.out.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Sends a message to the client, within its window and size limit.
+    fn deliver(&mut self, mut p: Publish, origin: Origin) {
+        if self.client_max_packet < u32::MAX
+            && codec::size(&Packet::Publish(p.clone()), self.version)
+                > self.client_max_packet as usize
+        {
+            // MQTT 5 §3.1.2.11.4: a message too large for the client is discarded.
+            self.tally.dropped += 1;
+            return self.ack_core(origin);
+        }
+        if p.qos != QoS::AtMostOnce {
+            if self.out.len() >= self.window as usize {
+                if self.queue.len() >= self.edge.config.limits.max_queued {
+                    self.tally.dropped += 1;
+                    return self.ack_core(origin);
+                }
+                self.queue.push_back((p, origin));
+                return;
+            }
+            let prefer = match origin {
+                Origin::Core(u, _) => Some(u),
+                Origin::Local => None,
+            };
+            let d = self.alloc_pkid(prefer);
+            p.pkid = d;
+            if let Origin::Core(u, QoS::ExactlyOnce) = origin {
+                if p.qos == QoS::ExactlyOnce {
+                    self.core_to_client.insert(u, d);
+                }
+            }
+            self.out.insert(d, (origin, p.qos));
+        } else {
+            p.pkid = 0;
+        }
+        self.tally.messages_sent += 1;
+        self.to_client(Packet::Publish(p));
+    }
+
+    fn drain_queue(&mut self) {
+        while self.out.len() < self.window as usize {
+            let Some((p, origin)) = self.queue.pop_front() else {
+                return;
+            };
+            self.deliver(p, origin);
+        }
+    }
+
+    /// Delivers `$SYS` values to the client's `$SYS` subscriptions (or to `only`).
+    fn deliver_sys(&mut self, tree: &[(String, String)], only: Option<&str>, retain: bool) {
+        let filters: Vec<String> = match only {
+            Some(f) => vec![f.to_string()],
+            None => self
+                .subs
+                .iter()
+                .filter(|(_, s)| s.sys)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        };
+        for (t, v) in tree {
+            if filters.iter().any(|f| topic::matches(f, t)) {
+                let p = Publish::new(t.as_str(), QoS::AtMostOnce, Bytes::from(v.clone()), None);
+                let mut p = p;
+                p.retain = retain;
+                self.deliver(p, Origin::Local);
+            }
+        }
+    }
+
+    // ---- the end ----
+
+    /// Tells the client why (MQTT 5), closes the core link, and forgets the core session if it
+    /// must not outlive the connection.
+    async fn finish(&mut self, end: End, io: &mut Box<dyn Io>) {
+        let reason = match &end {
+            End::Violation(code, why) => Some((*code, Some(why.clone()))),
+            End::KeepAlive => Some((DisconnectReasonCode::KeepAliveTimeout, None)),
+            End::Kicked(code) => Some((disconnect_code(*code), None)),
+            End::CoreLost => Some((
+                DisconnectReasonCode::ServerBusy,
+                Some("the broker core closed this session".to_string()),
+            )),
+            End::Client { .. } | End::Gone => None,
+        };
+        if let (Some((code, why)), Version::V5) = (reason, self.version) {
+            let d = Disconnect {
+                reason_code: code,
+                properties: why.map(|w| DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(w),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+            };
+            self.client_out.clear();
+            self.to_client(Packet::Disconnect(d));
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), io.write_all(&self.client_out)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        match end {
+            End::Client { will, expiry } => {
+                if !will {
+                    self.will = None;
+                }
+                if let Some(e) = expiry {
+                    // MQTT 5 §3.14.2.2.2: 0 → non-zero is a protocol error; ignore it then.
+                    if self.expiry != 0 || e == 0 {
+                        self.expiry = e.min(self.edge.config.limits.max_session_expiry_secs);
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (_, sub) in self.subs.drain() {
+            let _ = sub;
+            self.edge
+                .stats
+                .subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes or schedules the will and the session's expiry; returns the timers to keep.
+    async fn timers(
+        &mut self,
+    ) -> (
+        Option<tokio::task::JoinHandle<()>>,
+        Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let edge = &self.edge;
+        let expiry = if self.version == Version::V5 {
+            self.expiry
+        } else if self.upstream_clean {
+            0
+        } else {
+            u32::MAX
+        };
+        if expiry == 0 && !self.upstream_clean {
+            edge.purge_session(&self.client_id).await;
+        }
+        let will_timer = self.will.take().and_then(|w| {
+            let delay = w
+                .properties
+                .as_ref()
+                .and_then(|p| p.delay_interval)
+                .unwrap_or(0)
+                .min(expiry);
+            let publish = will_publish(w);
+            let src = self.src;
+            let edge = edge.clone();
+            if delay == 0 {
+                tokio::spawn(async move { publish_will(&edge, publish, src).await });
+                None
+            } else {
+                let id = self.client_id.clone();
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(delay as u64)).await;
+                    publish_will(&edge, publish, src).await;
+                    edge.registry.timer_fired(&id, Timer::Will);
+                }))
+            }
+        });
+        let purge_timer = (expiry != 0 && expiry != u32::MAX && !self.upstream_clean).then(|| {
+            let edge = edge.clone();
+            let id = self.client_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(expiry as u64)).await;
+                edge.purge_session(&id).await;
+                edge.registry.timer_fired(&id, Timer::Purge);
+            })
+        });
+        (will_timer, purge_timer)
+    }
+}
+
+fn will_publish(w: LastWill) -> Publish {
+    let props = w.properties.map(|p| PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    Publish {
+        dup: false,
+        qos: w.qos,
+        retain: w.retain,
+        topic: w.topic,
+        pkid: 0,
+        payload: w.message,
+        properties: props,
+    }
+}
+
+async fn publish_will(edge: &Arc<Edge>, mut p: Publish, src: u64) {
+    if p.retain {
+        if let Err(e) = edge.retained.set(&p).await {
+            tracing::warn!(error = %e, "retained will not stored");
+        }
+    }
+    let s = Stamp {
+        qos: p.qos,
+        retain: p.retain,
+        src,
+        seq: rand::random(),
+    };
+    stamp(&mut p, s);
+    p.qos = QoS::AtMostOnce;
+    edge.inject(p);
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Auth(_) => "AUTH",
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PingReq(_) => "PINGREQ",
+        Packet::PingResp(_) => "PINGRESP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::Disconnect(_) => "DISCONNECT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips() {
+        let s = Stamp {
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            src: 0xdead_beef,
+            seq: 42,
+        };
+        let mut p = Publish::new("a", QoS::AtLeastOnce, Bytes::from_static(b"x"), None);
+        stamp(&mut p, s);
+        assert!(!p.retain);
+        assert_eq!(take_stamp(&mut p), Some(s));
+        assert!(p.properties.is_none());
+    }
+}

@@ -1,0 +1,112 @@
+//! The one configuration: embedded defaults, then an optional TOML file, then `RTW_…` variables.
+//!
+//! Layering is done by the `config` crate; this module only declares the shape, turns it into the
+//! broker's and bridge's own config types, and applies the secure-by-default rule: with no
+//! authentication configured and `allow_anonymous` not set, every listener binds loopback only.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::Context;
+use broker::config as bc;
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Let clients without credentials connect. Unset: only in loopback-only mode.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter: `info`, `debug`, `broker=debug,info`…
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub mqtt: bc::Listener,
+    pub mqtts: bc::TlsListener,
+    pub http: bc::Listener,
+    pub https: bc::TlsListener,
+    pub storage: bc::Storage,
+    pub limits: bc::Limits,
+    pub core: bc::Core,
+    pub sys: bc::Sys,
+    #[serde(default)]
+    pub auth: Auth,
+    pub log: Log,
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(f) = file {
+            anyhow::ensure!(f.exists(), "config file {} does not exist", f.display());
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("RTW")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let c = b.build().context("cannot read configuration")?;
+        c.try_deserialize().context("invalid configuration")
+    }
+
+    /// Is any authenticator configured?
+    pub fn auth_configured(&self) -> bool {
+        false
+    }
+
+    /// Loopback-only mode: no authentication and anonymous access not explicitly allowed.
+    pub fn local_only(&self) -> bool {
+        !self.auth_configured() && self.auth.allow_anonymous != Some(true)
+    }
+
+    /// Rewrites every listener onto loopback (keeping ports) when in loopback-only mode.
+    pub fn apply_local_only(&mut self) -> bool {
+        if !self.local_only() {
+            return false;
+        }
+        for l in [
+            &mut self.mqtt.listen,
+            &mut self.mqtts.listen,
+            &mut self.http.listen,
+            &mut self.https.listen,
+        ] {
+            if let Ok(a) = l.parse::<SocketAddr>() {
+                if !a.ip().is_loopback() {
+                    *l = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a.port()).to_string();
+                }
+            }
+        }
+        true
+    }
+
+    pub fn broker(&self) -> bc::BrokerConfig {
+        bc::BrokerConfig {
+            mqtt: self.mqtt.clone(),
+            mqtts: self.mqtts.clone(),
+            storage: self.storage.clone(),
+            limits: self.limits.clone(),
+            core: self.core.clone(),
+            sys: self.sys.clone(),
+            allow_anonymous: self.local_only() || self.auth.allow_anonymous.unwrap_or(false),
+        }
+    }
+}
