@@ -1,0 +1,261 @@
+//! Test harness: runs the real `realtime-web` binary on free loopback ports.
+//!
+//! Each test starts its own server process (`Server::start()` or `Server::builder()…start()`)
+//! with its own storage directory, so tests run in parallel without sharing state. The server
+//! is configured through `RTW_…` environment variables exactly as a user would.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; the server binds it a moment later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The repository root (for `certs/` and `tests/` assets).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The development CA that signed `certs/server.pem`.
+pub fn ca_file() -> PathBuf {
+    root().join("certs/ca.pem")
+}
+
+pub struct Builder {
+    env: Vec<(String, String)>,
+    tls: bool,
+    dir: Option<PathBuf>,
+}
+
+impl Builder {
+    /// Sets `RTW_<SECTION>__<KEY>`, e.g. `.env("LIMITS__MAX_INFLIGHT", "10")`.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((format!("RTW_{key}"), value.to_string()));
+        self
+    }
+
+    /// Also listen on MQTT over TLS and HTTPS with the development certificates.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Use this storage directory (to restart over the same data).
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let dir = self.dir.unwrap_or_else(|| {
+            let d = std::env::temp_dir().join(format!(
+                "rtw-test-{}-{}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::create_dir_all(&d).expect("temp dir");
+            d
+        });
+        let mut s = Server {
+            child: None,
+            mqtt: free_port(),
+            http: free_port(),
+            mqtts: self.tls.then(free_port),
+            https: self.tls.then(free_port),
+            dir,
+            env: self.env,
+        };
+        s.spawn();
+        s
+    }
+}
+
+/// A running `realtime-web` process, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub mqtt: u16,
+    pub http: u16,
+    pub mqtts: Option<u16>,
+    pub https: Option<u16>,
+    pub dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn builder() -> Builder {
+        Builder {
+            env: Vec::new(),
+            tls: false,
+            dir: None,
+        }
+    }
+
+    pub fn start() -> Server {
+        Self::builder().start()
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-web"));
+        cmd.env("RTW_MQTT__LISTEN", format!("127.0.0.1:{}", self.mqtt))
+            .env("RTW_HTTP__LISTEN", format!("127.0.0.1:{}", self.http))
+            .env("RTW_STORAGE__DIR", &self.dir)
+            .env("RTW_CORE__LISTENERS", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("RTW_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        if let (Some(m), Some(h)) = (self.mqtts, self.https) {
+            let certs = root().join("certs");
+            cmd.env("RTW_MQTTS__LISTEN", format!("127.0.0.1:{m}"))
+                .env("RTW_MQTTS__CERT", certs.join("server.pem"))
+                .env("RTW_MQTTS__KEY", certs.join("server.key"))
+                .env("RTW_HTTPS__LISTEN", format!("127.0.0.1:{h}"))
+                .env("RTW_HTTPS__CERT", certs.join("server.pem"))
+                .env("RTW_HTTPS__KEY", certs.join("server.key"));
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start realtime-web");
+        self.child = Some(child);
+        let mut ports = vec![self.mqtt, self.http];
+        ports.extend(self.mqtts);
+        ports.extend(self.https);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in ports {
+            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("realtime-web exited during startup: {status}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "realtime-web did not listen on {p}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no clean-up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same ports and storage directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn mqtt_url(&self) -> String {
+        format!("127.0.0.1:{}", self.mqtt)
+    }
+
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a command with a timeout; returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Spawns a long-running command (e.g. mosquitto_sub) whose output is read later.
+pub fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Waits for a child with a timeout and returns its stdout.
+pub fn collect(mut child: Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("wait");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
