@@ -90,6 +90,7 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
         bridge::BridgeConfig {
             http: settings.http.clone(),
             https: settings.https.clone(),
+            bridge: settings.bridge.clone(),
         },
     )
     .await?;

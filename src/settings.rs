@@ -44,6 +44,7 @@ pub struct Settings {
     pub limits: bc::Limits,
     pub core: bc::Core,
     pub sys: bc::Sys,
+    pub bridge: bridge::BridgeSettings,
     #[serde(default)]
     pub auth: Auth,
     pub log: Log,

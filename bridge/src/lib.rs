@@ -6,7 +6,11 @@
 //! go to an axum router ([`routes`]). A WebSocket upgrade on `/mqtt` is handed to the broker's
 //! edge as one more client byte stream, so browsers get exactly what TCP clients get.
 
+pub mod access;
+pub mod hub;
 pub mod routes;
+pub mod stream;
+pub mod topics;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -19,11 +23,43 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-/// `[http]` and `[https]`.
+/// `[bridge]`: the HTTP bridge's own settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSettings {
+    /// Largest HTTP request body, in bytes (413 past it).
+    pub max_body: usize,
+    /// Messages kept for `Last-Event-ID` replay and long polling.
+    pub history_size: usize,
+    /// Seconds a message stays in the history (and a filter stays followed after its last stream).
+    pub history_secs: u64,
+    /// Seconds between SSE heartbeat comments.
+    pub heartbeat_secs: u64,
+    /// Messages buffered per stream before it is told it fell behind.
+    pub stream_buffer: usize,
+    /// Longest `timeout` a long poll may ask for, in seconds.
+    pub poll_max_secs: u64,
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        BridgeSettings {
+            max_body: 1024 * 1024,
+            history_size: 10_000,
+            history_secs: 300,
+            heartbeat_secs: 15,
+            stream_buffer: 256,
+            poll_max_secs: 60,
+        }
+    }
+}
+
+/// `[http]`, `[https]` and `[bridge]`.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
     pub http: Listener,
     pub https: TlsListener,
+    pub bridge: BridgeSettings,
 }
 
 /// What a request handler knows about the connection it came on.
@@ -42,7 +78,14 @@ pub struct Bridge {
 
 impl Bridge {
     pub async fn start(edge: Arc<Edge>, cfg: BridgeConfig) -> anyhow::Result<Bridge> {
-        let app = routes::router(edge.clone());
+        let hub = hub::Hub::start(&edge, cfg.bridge.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("the bridge cannot open its broker session: {e}"))?;
+        let app = routes::router(routes::AppState {
+            edge: edge.clone(),
+            hub,
+            settings: cfg.bridge.clone(),
+        });
         let mut tasks = Vec::new();
         let mut http_addr = None;
         let mut https_addr = None;

@@ -10,6 +10,7 @@
 //! subscribe. [`Edge::ingress`] is the seam where messages enter the node.
 
 pub mod auth;
+pub mod client;
 pub mod codec;
 pub mod config;
 mod core;

@@ -408,7 +408,16 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         peer,
         transport,
     };
-    let identity = match edge.authenticator.authenticate(&creds) {
+    // The in-process bridge session authorizes each HTTP caller itself.
+    let authenticated = if transport == Transport::Internal {
+        Ok(Identity {
+            admin: true,
+            ..Identity::default()
+        })
+    } else {
+        edge.authenticator.authenticate(&creds)
+    };
+    let identity = match authenticated {
         Ok(id) => id,
         Err(r) => {
             edge.stats
@@ -655,7 +664,7 @@ impl Session {
                 return end;
             }
         }
-        loop {
+        let end = 'main: loop {
             if !self.client_out.is_empty() {
                 self.tally.bytes_sent += self.client_out.len() as u64;
                 let w = async {
@@ -664,12 +673,12 @@ impl Session {
                 };
                 match tokio::time::timeout(write_timeout, w).await {
                     Ok(Ok(())) => self.client_out.clear(),
-                    _ => return End::Gone,
+                    _ => break 'main End::Gone,
                 }
             }
             if !self.core_out.is_empty() {
                 if core.write_all(&self.core_out).await.is_err() {
-                    return End::CoreLost;
+                    break 'main End::CoreLost;
                 }
                 self.core_out.clear();
             }
@@ -684,11 +693,11 @@ impl Session {
             }
             tokio::select! {
                 c = control.recv() => match c {
-                    Some(Control::Kick(code)) => return End::Kicked(code),
-                    None => return End::Kicked(0x8B),
+                    Some(Control::Kick(code)) => break 'main End::Kicked(code),
+                    None => break 'main End::Kicked(0x8B),
                 },
                 r = io.read_buf(&mut cbuf) => match r {
-                    Ok(0) | Err(_) => return End::Gone,
+                    Ok(0) | Err(_) => break 'main End::Gone,
                     Ok(n) => {
                         last_rx = tokio::time::Instant::now();
                         self.tally.bytes_received += n as u64;
@@ -696,20 +705,20 @@ impl Session {
                             match codec::read(&mut cbuf, self.version, max_in) {
                                 Ok(Some(p)) => {
                                     if let Err(end) = self.on_client(p).await {
-                                        return end;
+                                        break 'main end;
                                     }
                                 }
                                 Ok(None) => break,
-                                Err(e) => return End::Violation(e.reason(), e.to_string()),
+                                Err(e) => break 'main End::Violation(e.reason(), e.to_string()),
                             }
                         }
                     }
                 },
                 r = core.read_buf(&mut ubuf) => match r {
-                    Ok(0) | Err(_) => return End::CoreLost,
+                    Ok(0) | Err(_) => break 'main End::CoreLost,
                     Ok(_) => {
                         if let Err(end) = self.on_core_bytes(&mut ubuf, max_core) {
-                            return end;
+                            break 'main end;
                         }
                     }
                 },
@@ -722,10 +731,25 @@ impl Session {
                 _ = ping.tick() => {
                     self.to_core(Packet::PingReq(PingReq));
                 }
-                _ = sleep_until(deadline) => return End::KeepAlive,
-                _ = sleep_until(expires) => return End::Kicked(0x87),
+                _ = sleep_until(deadline) => break 'main End::KeepAlive,
+                _ = sleep_until(expires) => break 'main End::Kicked(0x87),
             }
-        }
+        };
+        // Whatever the last batch produced still goes out: a QoS 0 PUBLISH read together with
+        // the client's DISCONNECT must reach the core, acknowledgements must reach the client.
+        let flush = async {
+            if !self.core_out.is_empty() {
+                core.write_all(&self.core_out).await?;
+                self.core_out.clear();
+            }
+            let mut bye = BytesMut::new();
+            let _ = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+                .write(&mut bye, None);
+            core.write_all(&bye).await?;
+            core.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        end
     }
 
     fn on_core_bytes(&mut self, ubuf: &mut BytesMut, max: u32) -> Result<(), End> {
@@ -1402,8 +1426,9 @@ impl Session {
                     server_reference: None,
                 }),
             };
-            self.client_out.clear();
             self.to_client(Packet::Disconnect(d));
+        }
+        if !self.client_out.is_empty() && !matches!(end, End::Gone) {
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), io.write_all(&self.client_out)).await;
         }

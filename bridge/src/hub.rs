@@ -1,0 +1,315 @@
+//! The bridge's view of the message stream: subscriptions, a bounded history, and fan-out to
+//! Server-Sent Events streams and long polls.
+//!
+//! Data flow: one in-process broker session ([`broker::client::LocalClient`]) subscribes to the
+//! filters that HTTP streams ask for (QoS 0; the bridge is one subscriber however many streams
+//! share a filter). Every message it receives gets the next event id, goes into the history ring
+//! (bounded by count and age), and is offered to each stream whose filters match, through that
+//! stream's bounded channel: a stream that falls behind loses messages and is told so (a gap
+//! event), the hub never waits for it. A filter stays subscribed for the history age after its
+//! last stream leaves, so a client that reconnects with `Last-Event-ID` within that time gets
+//! exactly what it missed; when the history cannot prove that, the caller is told to resync.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use broker::client::{ClientError, LocalClient};
+use broker::codec::{Publish, QoS, SubscribeReasonCode};
+use broker::topic;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::BridgeSettings;
+
+/// One message as the bridge saw it.
+#[derive(Debug)]
+pub struct Event {
+    pub id: u64,
+    pub topic: String,
+    pub payload: Bytes,
+    pub content_type: Option<String>,
+    pub user_properties: Vec<(String, String)>,
+    pub at: Instant,
+}
+
+struct FilterState {
+    /// Every message on this filter with an id ≥ `since` has been seen.
+    since: u64,
+    streams: HashSet<u64>,
+    idle_since: Option<Instant>,
+}
+
+struct StreamEntry {
+    filters: Vec<String>,
+    tx: mpsc::Sender<Arc<Event>>,
+    lagged: Arc<AtomicU64>,
+}
+
+struct State {
+    next_id: u64,
+    history: VecDeque<Arc<Event>>,
+    filters: HashMap<String, FilterState>,
+    streams: HashMap<u64, StreamEntry>,
+    next_stream: u64,
+}
+
+/// Shared hub.
+pub struct Hub {
+    client: LocalClient,
+    /// Distinguishes this process's event ids from another run's.
+    pub epoch: String,
+    settings: BridgeSettings,
+    state: Mutex<State>,
+    /// Serializes broker SUBSCRIBE/UNSUBSCRIBE so a sweep never undoes a new attach.
+    ops: tokio::sync::Mutex<()>,
+}
+
+/// Why a replay from `Last-Event-ID` is not exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap(pub &'static str);
+
+/// A stream's registration; unregisters on drop.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    pub rx: mpsc::Receiver<Arc<Event>>,
+    /// Messages dropped because the stream was full, not yet reported.
+    pub lagged: Arc<AtomicU64>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut st = self.hub.lock();
+        if let Some(e) = st.streams.remove(&self.id) {
+            for f in e.filters {
+                if let Some(fs) = st.filters.get_mut(&f) {
+                    fs.streams.remove(&self.id);
+                    if fs.streams.is_empty() {
+                        fs.idle_since = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub async fn start(
+        edge: &Arc<broker::Edge>,
+        settings: BridgeSettings,
+    ) -> Result<Arc<Hub>, ClientError> {
+        let (tx, rx) = mpsc::channel(4096);
+        let epoch = format!("{:08x}", rand::random::<u32>());
+        let client = LocalClient::connect(edge, &format!("rtw-bridge-{epoch}"), tx).await?;
+        let hub = Arc::new(Hub {
+            client,
+            epoch,
+            settings,
+            state: Mutex::new(State {
+                next_id: 1,
+                history: VecDeque::new(),
+                filters: HashMap::new(),
+                streams: HashMap::new(),
+                next_stream: 1,
+            }),
+            ops: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(run(hub.clone(), rx));
+        tokio::spawn(sweep(Arc::downgrade(&hub)));
+        Ok(hub)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client the bridge publishes with.
+    pub fn client(&self) -> &LocalClient {
+        &self.client
+    }
+
+    /// Formats an event id for the wire.
+    pub fn event_id(&self, id: u64) -> String {
+        format!("{}-{}", self.epoch, id)
+    }
+
+    /// Parses a wire event id: `Ok(n)` for this process, `Err(Gap)` for another.
+    pub fn parse_id(&self, s: &str) -> Result<u64, Gap> {
+        let (epoch, n) = s
+            .rsplit_once('-')
+            .ok_or(Gap("Last-Event-ID is not an id this server gave"))?;
+        if epoch != self.epoch {
+            return Err(Gap("the server restarted since Last-Event-ID"));
+        }
+        n.parse()
+            .map_err(|_| Gap("Last-Event-ID is not an id this server gave"))
+    }
+
+    /// Registers a stream on `filters` (subscribing the bridge where needed). With `since`,
+    /// also returns the messages after it from the history, or a [`Gap`] when the history
+    /// cannot prove it has all of them.
+    pub async fn attach(
+        self: &Arc<Self>,
+        filters: &[String],
+        since: Option<Result<u64, Gap>>,
+    ) -> Result<(Subscription, Option<Result<Vec<Arc<Event>>, Gap>>, u64), ClientError> {
+        let ops = self.ops.lock().await;
+        let missing: Vec<String> = {
+            let st = self.lock();
+            filters
+                .iter()
+                .filter(|f| !st.filters.contains_key(*f))
+                .cloned()
+                .collect()
+        };
+        for f in &missing {
+            match self.client.subscribe(f, QoS::AtMostOnce).await? {
+                SubscribeReasonCode::Success(_) => {}
+                other => return Err(ClientError::Refused(format!("{other:?}"))),
+            }
+            let mut st = self.lock();
+            let since = st.next_id;
+            st.filters.entry(f.clone()).or_insert(FilterState {
+                since,
+                streams: HashSet::new(),
+                idle_since: Some(Instant::now()),
+            });
+        }
+        let (tx, rx) = mpsc::channel(self.settings.stream_buffer.max(1));
+        let lagged = Arc::new(AtomicU64::new(0));
+        let mut st = self.lock();
+        let id = st.next_stream;
+        st.next_stream += 1;
+        for f in filters {
+            if let Some(fs) = st.filters.get_mut(f) {
+                fs.streams.insert(id);
+                fs.idle_since = None;
+            }
+        }
+        st.streams.insert(
+            id,
+            StreamEntry {
+                filters: filters.to_vec(),
+                tx,
+                lagged: lagged.clone(),
+            },
+        );
+        let head = st.next_id - 1;
+        let replay = since.map(|since| since.and_then(|n| replay(&st, filters, n)));
+        drop(st);
+        drop(ops);
+        Ok((
+            Subscription {
+                hub: self.clone(),
+                id,
+                rx,
+                lagged,
+            },
+            replay,
+            head,
+        ))
+    }
+
+    /// Publishes through the broker and waits for it to accept the message.
+    pub async fn publish(&self, p: Publish) -> Result<(), ClientError> {
+        self.client.publish(p).await
+    }
+
+    fn trim(&self, st: &mut State) {
+        let max_age = Duration::from_secs(self.settings.history_secs);
+        while st.history.len() > self.settings.history_size
+            || st.history.front().is_some_and(|e| e.at.elapsed() > max_age)
+        {
+            st.history.pop_front();
+        }
+    }
+}
+
+fn replay(st: &State, filters: &[String], n: u64) -> Result<Vec<Arc<Event>>, Gap> {
+    if n >= st.next_id {
+        return Err(Gap("Last-Event-ID is newer than this server's events"));
+    }
+    for f in filters {
+        match st.filters.get(f) {
+            Some(fs) if fs.since <= n + 1 => {}
+            _ => return Err(Gap("this filter was not followed since Last-Event-ID")),
+        }
+    }
+    let oldest = st.history.front().map_or(st.next_id, |e| e.id);
+    if oldest > n + 1 {
+        return Err(Gap("the history no longer reaches back to Last-Event-ID"));
+    }
+    Ok(st
+        .history
+        .iter()
+        .filter(|e| e.id > n && filters.iter().any(|f| topic::matches(f, &e.topic)))
+        .cloned()
+        .collect())
+}
+
+/// Receives the bridge session's messages: numbers them, keeps them, fans them out.
+async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
+    let mut targets: Vec<u64> = Vec::new();
+    while let Some(p) = rx.recv().await {
+        let props = p.properties.unwrap_or_default();
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let mut st = hub.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        let ev = Arc::new(Event {
+            id,
+            topic,
+            payload: p.payload,
+            content_type: props.content_type,
+            user_properties: props.user_properties,
+            at: Instant::now(),
+        });
+        st.history.push_back(ev.clone());
+        hub.trim(&mut st);
+        targets.clear();
+        for (f, fs) in &st.filters {
+            if !fs.streams.is_empty() && topic::matches(f, &ev.topic) {
+                targets.extend(fs.streams.iter().copied());
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        for sid in &targets {
+            if let Some(s) = st.streams.get(sid) {
+                if s.tx.try_send(ev.clone()).is_err() {
+                    s.lagged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Unsubscribes filters nobody has followed for the history age, and ages out history.
+async fn sweep(hub: std::sync::Weak<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let linger = Duration::from_secs(hub.settings.history_secs);
+        let _ops = hub.ops.lock().await;
+        let idle: Vec<String> = {
+            let mut st = hub.lock();
+            hub.trim(&mut st);
+            let idle: Vec<String> = st
+                .filters
+                .iter()
+                .filter(|(_, fs)| fs.idle_since.is_some_and(|t| t.elapsed() > linger))
+                .map(|(f, _)| f.clone())
+                .collect();
+            for f in &idle {
+                st.filters.remove(f);
+            }
+            idle
+        };
+        for f in idle {
+            let _ = hub.client.unsubscribe(&f).await;
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `GET /events` (Server-Sent Events) and `GET /poll` (long polling).
+//!
+//! Both take one or more MQTT filters as repeated `topic=` parameters. An SSE stream first sends
+//! the retained messages matching its filters (unless `retained=false`), or, when the client
+//! reconnects with `Last-Event-ID` (header, or `last_event_id=` for clients that cannot set it),
+//! exactly the messages it missed; then live messages. Every message is an SSE event whose `id`
+//! is the bridge's event id and whose data is JSON:
+//! `{"id","topic","payload","encoding":"utf8"|"base64","content_type"?,"user_properties"?,"retained"?}`.
+//! An `event: gap` tells the client it lost messages (history too short, or it read too slowly)
+//! and should resync from state. SSE framing and heartbeats are axum's.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use broker::topic;
+use futures_util::stream::{self, Stream};
+use serde_json::{json, Value};
+
+use crate::hub::{Event, Gap, Subscription};
+use crate::routes::{error, AppState};
+
+/// Parsed query of `/events` and `/poll`.
+struct StreamQuery {
+    filters: Vec<String>,
+    last_id: Option<String>,
+    retained: bool,
+    timeout: Option<String>,
+}
+
+fn parse_query(raw: Option<String>) -> Result<StreamQuery, Response> {
+    let mut q = StreamQuery {
+        filters: Vec::new(),
+        last_id: None,
+        retained: true,
+        timeout: None,
+    };
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "topic" => q.filters.push(v.into_owned()),
+            "last_event_id" | "lastEventId" | "since" => q.last_id = Some(v.into_owned()),
+            "retained" => q.retained = !matches!(&*v, "false" | "0"),
+            "timeout" => q.timeout = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if q.filters.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "give at least one MQTT filter: ?topic=a/+/b",
+        ));
+    }
+    for f in &q.filters {
+        topic::validate_filter(f).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid filter {f:?}: {e}"),
+            )
+        })?;
+        if f.starts_with('$') {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("filter {f:?}: $ topics and shared subscriptions are not streamed"),
+            ));
+        }
+    }
+    q.filters.sort();
+    q.filters.dedup();
+    Ok(q)
+}
+
+/// The JSON form of one message.
+pub fn event_json(
+    id: Option<String>,
+    topic: &str,
+    payload: &[u8],
+    content_type: Option<&str>,
+    user: &[(String, String)],
+) -> Value {
+    let (payload, encoding) = match std::str::from_utf8(payload) {
+        Ok(s) => (Value::String(s.to_string()), "utf8"),
+        Err(_) => (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
+            "base64",
+        ),
+    };
+    let mut v = json!({ "topic": topic, "payload": payload, "encoding": encoding });
+    if let Some(id) = id {
+        v["id"] = Value::String(id);
+    }
+    if let Some(ct) = content_type {
+        v["content_type"] = Value::String(ct.to_string());
+    }
+    if !user.is_empty() {
+        v["user_properties"] = Value::Array(user.iter().map(|(k, v)| json!([k, v])).collect());
+    }
+    v
+}
+
+fn live_json(st: &AppState, e: &Event) -> Value {
+    event_json(
+        Some(st.hub.event_id(e.id)),
+        &e.topic,
+        &e.payload,
+        e.content_type.as_deref(),
+        &e.user_properties,
+    )
+}
+
+fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
+    json!({ "gap": why, "last_id": st.hub.event_id(head) })
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap, filters: &[String]) -> Result<(), Response> {
+    for f in filters {
+        crate::access::check_subscribe(st, headers, f)?;
+    }
+    Ok(())
+}
+
+fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| q.last_id.clone())
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = match parse_query(raw) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    if let Err(r) = authorize(&st, &headers, &q.filters) {
+        return r;
+    }
+    let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
+    let resumed = since.is_some();
+    let (sub, replay, head) = match st.hub.attach(&q.filters, since).await {
+        Ok(x) => x,
+        Err(e) => return crate::access::broker_error(e),
+    };
+    let mut first: VecDeque<SseEvent> = VecDeque::new();
+    match replay {
+        Some(Ok(events)) => {
+            for e in events {
+                first.push_back(sse_event(&st, &e));
+            }
+        }
+        Some(Err(Gap(why))) => {
+            first.push_back(
+                SseEvent::default()
+                    .event("gap")
+                    .id(st.hub.event_id(head))
+                    .data(gap_json(&st, why, head).to_string()),
+            );
+        }
+        None => {}
+    }
+    if q.retained && !resumed {
+        let now = std::time::SystemTime::now();
+        for f in &q.filters {
+            for r in st.edge.retained.matching(f) {
+                let Some(m) = r.live(now) else { continue };
+                let props = m.properties.unwrap_or_default();
+                let mut v = event_json(
+                    None,
+                    &String::from_utf8_lossy(&m.topic),
+                    &m.payload,
+                    props.content_type.as_deref(),
+                    &props.user_properties,
+                );
+                v["retained"] = Value::Bool(true);
+                first.push_back(SseEvent::default().data(v.to_string()));
+            }
+        }
+    }
+    let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
+    Sse::new(live(st, sub, first))
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+        .into_response()
+}
+
+fn sse_event(st: &AppState, e: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(st.hub.event_id(e.id))
+        .data(live_json(st, e).to_string())
+}
+
+fn live(
+    st: AppState,
+    sub: Subscription,
+    first: VecDeque<SseEvent>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::unfold((st, sub, first), |(st, mut sub, mut first)| async move {
+        if let Some(e) = first.pop_front() {
+            return Some((Ok(e), (st, sub, first)));
+        }
+        let missed = sub.lagged.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            let e = SseEvent::default().event("gap").data(
+                json!({ "gap": "this stream fell behind and lost messages", "missed": missed })
+                    .to_string(),
+            );
+            return Some((Ok(e), (st, sub, first)));
+        }
+        let ev = sub.rx.recv().await?;
+        let e = sse_event(&st, &ev);
+        Some((Ok(e), (st, sub, first)))
+    })
+}
+
+pub async fn poll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = match parse_query(raw) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let max = st.settings.poll_max_secs.max(1);
+    let timeout = match q.timeout.as_deref().map(str::parse::<u64>) {
+        None => 30.min(max),
+        Some(Ok(t)) if t <= max => t,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout must be a number of seconds from 0 to {max}"),
+            )
+        }
+    };
+    if let Err(r) = authorize(&st, &headers, &q.filters) {
+        return r;
+    }
+    let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
+    let (mut sub, replay, head) = match st.hub.attach(&q.filters, since).await {
+        Ok(x) => x,
+        Err(e) => return crate::access::broker_error(e),
+    };
+    let mut events: Vec<Arc<Event>> = Vec::new();
+    let mut gap = None;
+    match replay {
+        Some(Ok(evs)) => events = evs,
+        Some(Err(Gap(why))) => gap = Some(why),
+        None => {}
+    }
+    if events.is_empty() && gap.is_none() {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(timeout), sub.rx.recv()).await
+        {
+            events.push(e);
+        }
+    }
+    while let Ok(e) = sub.rx.try_recv() {
+        events.push(e);
+    }
+    if events.is_empty() && gap.is_none() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let last = events.last().map_or(head, |e| e.id);
+    let mut body = json!({
+        "events": events.iter().map(|e| live_json(&st, e)).collect::<Vec<_>>(),
+        "last_id": st.hub.event_id(last),
+    });
+    if let Some(why) = gap {
+        body["gap"] = Value::String(why.to_string());
+    }
+    Json(body).into_response()
+}
