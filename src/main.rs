@@ -91,6 +91,7 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
             http: settings.http.clone(),
             https: settings.https.clone(),
             bridge: settings.bridge.clone(),
+            rpc: settings.rpc.clone(),
         },
     )
     .await?;

@@ -45,6 +45,7 @@ pub struct Settings {
     pub core: bc::Core,
     pub sys: bc::Sys,
     pub bridge: bridge::BridgeSettings,
+    pub rpc: bridge::rpc::RpcSettings,
     #[serde(default)]
     pub auth: Auth,
     pub log: Log,

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod hub;
 pub mod routes;
+pub mod rpc;
 pub mod stream;
 pub mod topics;
 pub mod ws;
@@ -60,6 +61,7 @@ pub struct BridgeConfig {
     pub http: Listener,
     pub https: TlsListener,
     pub bridge: BridgeSettings,
+    pub rpc: rpc::RpcSettings,
 }
 
 /// What a request handler knows about the connection it came on.
@@ -81,9 +83,11 @@ impl Bridge {
         let hub = hub::Hub::start(&edge, cfg.bridge.clone())
             .await
             .map_err(|e| anyhow::anyhow!("the bridge cannot open its broker session: {e}"))?;
+        let rpc = rpc::Rpc::start(&edge, cfg.rpc.clone(), &hub.epoch).await?;
         let app = routes::router(routes::AppState {
             edge: edge.clone(),
             hub,
+            rpc,
             settings: cfg.bridge.clone(),
         });
         let mut tasks = Vec::new();

@@ -18,6 +18,7 @@ use broker::Edge;
 use serde_json::json;
 
 use crate::hub::Hub;
+use crate::rpc::Rpc;
 use crate::BridgeSettings;
 
 /// What every handler can reach.
@@ -25,7 +26,53 @@ use crate::BridgeSettings;
 pub struct AppState {
     pub edge: Arc<Edge>,
     pub hub: Arc<Hub>,
+    pub rpc: Arc<Rpc>,
     pub settings: BridgeSettings,
+}
+
+/// The body, or a JSON error when it is over `[bridge] max_body` or unreadable.
+pub fn body_or_error(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, Response> {
+    body.map_err(|e| error(e.status(), e.body_text()))
+}
+
+/// Path captures, or a JSON 400.
+pub fn captures_or_error(
+    p: Result<
+        axum::extract::Path<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::PathRejection,
+    >,
+) -> Result<std::collections::HashMap<String, String>, Response> {
+    p.map(|p| p.0)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+fn rpc_handler(route: Option<crate::rpc::RpcRoute>) -> axum::routing::MethodRouter<AppState> {
+    any(
+        move |axum::extract::State(st): axum::extract::State<AppState>,
+              caps: Result<
+            axum::extract::Path<std::collections::HashMap<String, String>>,
+            axum::extract::rejection::PathRejection,
+        >,
+              method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| {
+            let route = route.clone();
+            async move {
+                let caps = match captures_or_error(caps) {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                let body = match body_or_error(body) {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                crate::rpc::call(st, route, caps, method, uri, headers, body).await
+            }
+        },
+    )
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Edge> {
@@ -51,8 +98,12 @@ async fn method_not_allowed() -> Response {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/mqtt", get(crate::ws::upgrade))
+    let mut app = Router::new();
+    for r in &state.rpc.settings.routes {
+        app = app.route(&crate::rpc::axum_path(r), rpc_handler(Some(r.clone())));
+    }
+    let max_body = state.settings.max_body;
+    app.route("/mqtt", get(crate::ws::upgrade))
         .route(
             "/topics/{*topic}",
             get(crate::topics::get)
@@ -78,6 +129,7 @@ pub fn router(state: AppState) -> Router {
                 )
             }),
         )
+        .route("/rpc/{*path}", rpc_handler(None))
         .route("/events", get(crate::stream::events))
         .route("/poll", get(crate::stream::poll))
         .route(
@@ -93,6 +145,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ready" })) }),
         )
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }

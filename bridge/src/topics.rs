@@ -20,7 +20,8 @@ use broker::codec::{Publish, PublishProperties, QoS};
 use broker::topic;
 use serde_json::json;
 
-use crate::routes::{error, AppState};
+use crate::routes::{body_or_error, error, AppState};
+use axum::extract::rejection::BytesRejection;
 
 pub const USER_PROPERTY: &str = "mqtt-user-property";
 pub const RESPONSE_TOPIC: &str = "mqtt-response-topic";
@@ -204,9 +205,12 @@ pub async fn post(
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    publish(&st, &uri, &headers, &q, body, false).await
+    match body_or_error(body) {
+        Ok(body) => publish(&st, &uri, &headers, &q, body, false).await,
+        Err(r) => r,
+    }
 }
 
 pub async fn put(
@@ -214,8 +218,12 @@ pub async fn put(
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     if body.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,

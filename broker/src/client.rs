@@ -146,9 +146,10 @@ impl LocalClient {
         qos: QoS,
     ) -> Result<SubscribeReasonCode, ClientError> {
         let (tx, rx) = oneshot::channel();
-        let codes = self
-            .send(Cmd::Subscribe(vec![Filter::new(filter, qos)], tx), rx)
-            .await?;
+        // Retained messages are read from the store by whoever needs them, not replayed here.
+        let mut f = Filter::new(filter, qos);
+        f.retain_forward_rule = RetainForwardRule::Never;
+        let codes = self.send(Cmd::Subscribe(vec![f], tx), rx).await?;
         codes.first().copied().ok_or(ClientError::Closed)
     }
 

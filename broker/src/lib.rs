@@ -36,8 +36,19 @@ use crate::codec::{Disconnect, DisconnectReasonCode, Packet, PingReq, Publish};
 pub use crate::config::BrokerConfig;
 use crate::core::{Core, UpstreamConnect};
 
+/// Topics under this prefix carry replies to the HTTP bridge's requests: any client may publish
+/// there (a responder needs the 128-bit correlation id to be heard), only the bridge receives.
+pub const REPLY_PREFIX: &str = "rtw/replies/";
+
+/// Would `filter` see the reply namespace (it names it, or a wildcard could match into it)?
+pub fn reserved_filter(filter: &str) -> bool {
+    filter == "rtw/replies" || filter.starts_with(REPLY_PREFIX)
+}
+
 /// State shared by every session.
 pub struct Edge {
+    /// Filters clients (not the bridge) are subscribed to, with how many subscriptions each.
+    interest: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     pub config: BrokerConfig,
     core: Core,
     pub retained: Arc<retained::RetainedStore>,
@@ -53,6 +64,25 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// Records a client subscription appearing (`true`) or going away.
+    pub(crate) fn interest(&self, filter: &str, add: bool) {
+        let mut m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        if add {
+            *m.entry(filter.to_string()).or_default() += 1;
+        } else if let Some(n) = m.get_mut(filter) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(filter);
+            }
+        }
+    }
+
+    /// Is any connected client subscribed to a filter matching `topic`?
+    pub fn has_subscriber(&self, topic: &str) -> bool {
+        let m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        m.keys().any(|f| topic::matches(f, topic))
+    }
+
     fn conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -128,6 +158,7 @@ impl Broker {
             None => None,
         };
         let edge = Arc::new(Edge {
+            interest: Default::default(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             core,

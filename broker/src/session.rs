@@ -207,6 +207,8 @@ struct PendingSub {
     existed: Vec<bool>,
     /// Indexes (into `filters`) sent to the core, in order.
     forwarded: Vec<usize>,
+    /// Filters unsubscribed before the SUBACK came: not to be added when it does.
+    cancelled: Vec<bool>,
     id: Option<usize>,
 }
 
@@ -546,6 +548,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         ..empty_connack_props()
     });
     let mut session = Session {
+        internal: transport == Transport::Internal,
         src: client_hash(&client_id),
         edge: edge.clone(),
         version,
@@ -564,6 +567,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         out: HashMap::new(),
         core_to_client: HashMap::new(),
         core_rel_local: HashSet::new(),
+        core_acks: VecDeque::new(),
+        core_comps: VecDeque::new(),
         queue: VecDeque::new(),
         next_pkid: 32768,
         seq: 0,
@@ -596,6 +601,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
 
 struct Session {
     edge: Arc<Edge>,
+    /// The in-process bridge session (may use the reply namespace).
+    internal: bool,
     version: Version,
     client_id: String,
     src: u64,
@@ -619,6 +626,10 @@ struct Session {
     core_to_client: HashMap<u16, u16>,
     /// Core QoS 2 messages the edge completes itself (delivered at a lower QoS, or dropped).
     core_rel_local: HashSet<u16>,
+    /// The core's QoS 1/2 publishes in arrival order: (packet id, QoS 2, acknowledgeable).
+    core_acks: VecDeque<(u16, bool, bool)>,
+    /// The core's PUBRELs in arrival order: (packet id, completable).
+    core_comps: VecDeque<(u16, bool)>,
     /// QoS 1/2 messages waiting for room in the window.
     queue: VecDeque<(Publish, Origin)>,
     next_pkid: u16,
@@ -664,7 +675,14 @@ impl Session {
                 return end;
             }
         }
+        // Packets the client sent right behind its CONNECT arrived with it.
+        let mut pipelined = !cbuf.is_empty();
         let end = 'main: loop {
+            if std::mem::take(&mut pipelined) {
+                if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                    break 'main end;
+                }
+            }
             if !self.client_out.is_empty() {
                 self.tally.bytes_sent += self.client_out.len() as u64;
                 let w = async {
@@ -701,16 +719,8 @@ impl Session {
                     Ok(n) => {
                         last_rx = tokio::time::Instant::now();
                         self.tally.bytes_received += n as u64;
-                        loop {
-                            match codec::read(&mut cbuf, self.version, max_in) {
-                                Ok(Some(p)) => {
-                                    if let Err(end) = self.on_client(p).await {
-                                        break 'main end;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => break 'main End::Violation(e.reason(), e.to_string()),
-                            }
+                        if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                            break 'main end;
                         }
                     }
                 },
@@ -750,6 +760,16 @@ impl Session {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
         end
+    }
+
+    async fn on_client_bytes(&mut self, cbuf: &mut BytesMut, max: u32) -> Result<(), End> {
+        loop {
+            match codec::read(cbuf, self.version, max) {
+                Ok(Some(p)) => self.on_client(p).await?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::Violation(e.reason(), e.to_string())),
+            }
+        }
     }
 
     fn on_core_bytes(&mut self, ubuf: &mut BytesMut, max: u32) -> Result<(), End> {
@@ -949,6 +969,7 @@ impl Session {
             filters: s.filters.clone(),
             existed: vec![false; n],
             forwarded: Vec::new(),
+            cancelled: vec![false; n],
             id,
         };
         let mut sys_granted = Vec::new();
@@ -971,6 +992,10 @@ impl Session {
                 .authorizer
                 .can_subscribe(&self.identity, &self.client_id, inner)
             {
+                pending.codes[i] = SubscribeReasonCode::NotAuthorized;
+                continue;
+            }
+            if !self.internal && crate::reserved_filter(inner) {
                 pending.codes[i] = SubscribeReasonCode::NotAuthorized;
                 continue;
             }
@@ -1023,11 +1048,16 @@ impl Session {
             shared,
             sys: !shared && f.path.starts_with("$SYS"),
         };
+        let inner = sub.filter.clone();
+        let sys = sub.sys;
         if self.subs.insert(f.path.clone(), sub).is_none() {
             self.edge
                 .stats
                 .subscriptions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !self.internal && !sys {
+                self.edge.interest(&inner, true);
+            }
         }
     }
 
@@ -1077,16 +1107,34 @@ impl Session {
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut forward = Vec::new();
         for f in &u.filters {
+            // A SUBSCRIBE for it may still wait for the core's SUBACK. The core sees this
+            // UNSUBSCRIBE after it, so forward it, and do not add the subscription on that SUBACK.
+            let mut in_flight = false;
+            for p in self.pending_subs.values_mut() {
+                for &i in &p.forwarded {
+                    if p.filters[i].path == *f {
+                        p.cancelled[i] = true;
+                        in_flight = true;
+                    }
+                }
+            }
             match self.subs.remove(f) {
                 Some(sub) => {
                     self.edge
                         .stats
                         .subscriptions
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    if !self.internal && !sub.sys {
+                        self.edge.interest(&sub.filter, false);
+                    }
                     reasons.push(UnsubAckReason::Success);
                     if !sub.sys {
                         forward.push(f.clone());
                     }
+                }
+                None if in_flight => {
+                    reasons.push(UnsubAckReason::Success);
+                    forward.push(f.clone());
                 }
                 None => reasons.push(UnsubAckReason::NoSubscriptionExisted),
             }
@@ -1115,14 +1163,14 @@ impl Session {
         match origin {
             Origin::Core(u, QoS::ExactlyOnce) => {
                 if self.core_to_client.remove(&u).is_some() {
-                    self.to_core(Packet::PubComp(PubComp::new(u, None)));
+                    self.complete_core_rel(u);
                 } else {
                     // Delivered at QoS 1: the edge finishes the core's QoS 2 exchange.
                     self.core_rel_local.insert(u);
-                    self.to_core(Packet::PubRec(PubRec::new(u, None)));
+                    self.ack_core_publish(u);
                 }
             }
-            Origin::Core(u, _) => self.to_core(Packet::PubAck(PubAck::new(u, None))),
+            Origin::Core(u, _) => self.ack_core_publish(u),
             Origin::Local => {}
         }
         self.drain_queue();
@@ -1140,12 +1188,12 @@ impl Session {
                 if let Some((Origin::Core(u, _), _)) = self.out.remove(&r.pkid) {
                     self.core_to_client.remove(&u);
                     self.core_rel_local.insert(u);
-                    self.to_core(Packet::PubRec(PubRec::new(u, None)));
+                    self.ack_core_publish(u);
                 }
                 self.drain_queue();
             }
             Some((Origin::Core(u, QoS::ExactlyOnce), QoS::ExactlyOnce)) => {
-                self.to_core(Packet::PubRec(PubRec::new(u, None)));
+                self.ack_core_publish(u);
             }
             Some(_) => self.to_client(Packet::PubRel(PubRel::new(r.pkid, None))),
         }
@@ -1175,8 +1223,9 @@ impl Session {
             }
             Packet::PubRel(r) => {
                 let u = r.pkid;
+                self.core_comps.push_back((u, false));
                 if self.core_rel_local.remove(&u) {
-                    self.to_core(Packet::PubComp(PubComp::new(u, None)));
+                    self.complete_core_rel(u);
                 } else if let Some(&d) = self.core_to_client.get(&u) {
                     self.to_client(Packet::PubRel(PubRel::new(d, None)));
                 } else {
@@ -1202,7 +1251,9 @@ impl Session {
                         .unwrap_or(SubscribeReasonCode::Unspecified);
                     if let SubscribeReasonCode::Success(_) = code {
                         let f = pending.filters[i].clone();
-                        self.add_sub(&f, pending.id);
+                        if !pending.cancelled[i] {
+                            self.add_sub(&f, pending.id);
+                        }
                         pending.codes[i] = SubscribeReasonCode::Success(f.qos);
                     } else {
                         pending.codes[i] = code;
@@ -1229,13 +1280,41 @@ impl Session {
         Ok(())
     }
 
+    /// Acknowledges the core's publish `u` (PUBACK, or PUBREC for QoS 2). rumqttd accepts
+    /// acknowledgements only in the order it sent the messages, so an early one waits here until
+    /// those before it are acknowledged too.
+    fn ack_core_publish(&mut self, u: u16) {
+        if let Some(e) = self.core_acks.iter_mut().find(|e| e.0 == u && !e.2) {
+            e.2 = true;
+        }
+        while let Some(&(pkid, qos2, true)) = self.core_acks.front() {
+            self.core_acks.pop_front();
+            if qos2 {
+                self.to_core(Packet::PubRec(PubRec::new(pkid, None)));
+            } else {
+                self.to_core(Packet::PubAck(PubAck::new(pkid, None)));
+            }
+        }
+    }
+
+    /// Sends PUBCOMP for the core's PUBREL `u`, in the order the PUBRELs came (as for acks).
+    fn complete_core_rel(&mut self, u: u16) {
+        if let Some(e) = self.core_comps.iter_mut().find(|e| e.0 == u && !e.1) {
+            e.1 = true;
+        }
+        while let Some(&(pkid, true)) = self.core_comps.front() {
+            self.core_comps.pop_front();
+            self.to_core(Packet::PubComp(PubComp::new(pkid, None)));
+        }
+    }
+
     /// Completes the core's side of a message the client will not get (or gets at QoS 0).
     fn ack_core(&mut self, origin: Origin) {
         match origin {
-            Origin::Core(u, QoS::AtLeastOnce) => self.to_core(Packet::PubAck(PubAck::new(u, None))),
+            Origin::Core(u, QoS::AtLeastOnce) => self.ack_core_publish(u),
             Origin::Core(u, QoS::ExactlyOnce) => {
                 self.core_rel_local.insert(u);
-                self.to_core(Packet::PubRec(PubRec::new(u, None)));
+                self.ack_core_publish(u);
             }
             _ => {}
         }
@@ -1246,10 +1325,18 @@ impl Session {
             QoS::AtMostOnce => Origin::Local,
             q => Origin::Core(p.pkid, q),
         };
+        if p.qos != QoS::AtMostOnce {
+            self.core_acks
+                .push_back((p.pkid, p.qos == QoS::ExactlyOnce, false));
+        }
         let stamp = take_stamp(&mut p);
         let Ok(topic) = std::str::from_utf8(&p.topic) else {
             return self.ack_core(origin);
         };
+        if !self.internal && topic.starts_with(crate::REPLY_PREFIX) {
+            // Replies to the bridge's requests are for the bridge alone, whatever the filter.
+            return self.ack_core(origin);
+        }
         let mine = stamp.is_some_and(|s| s.src == self.src);
         let mut max_qos: Option<QoS> = None;
         let mut rap = false;
@@ -1449,7 +1536,9 @@ impl Session {
             _ => {}
         }
         for (_, sub) in self.subs.drain() {
-            let _ = sub;
+            if !self.internal && !sub.sys {
+                self.edge.interest(&sub.filter, false);
+            }
             self.edge
                 .stats
                 .subscriptions

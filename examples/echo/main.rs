@@ -1,0 +1,170 @@
+//! `echo`: a responder for realtime-web's request/response bridge that answers every request
+//! with what it got, in both conventions.
+//!
+//! * MQTT 5 (default): subscribes to `rpc/#`; each request carries a Response Topic and
+//!   Correlation Data; the reply goes to that topic with the same correlation data, the same
+//!   payload and content type, every `header:*` user property echoed back, plus
+//!   `header:x-echo-method` / `header:x-echo-path`. A request header `x-echo-status: 418` becomes
+//!   the reply's `status`.
+//! * MQTT 3.1.1 (`--v311`): subscribes to `req/#` and copies each message to `res/…`, keeping the
+//!   rest of the topic (the correlation id is its last level). If the payload is a JSON envelope
+//!   with `headers["x-echo-status"]`, that becomes the envelope's `status`.
+//!
+//! Run: `cargo run --example echo -- --port 1883` (add `--v311` for the 3.1.1 convention).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// Speak MQTT 3.1.1 and use the topic convention (`req/…` → `res/…`).
+    #[arg(long)]
+    v311: bool,
+    /// Filter to serve (default `rpc/#`, or `req/#` with --v311).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Client id.
+    #[arg(long, default_value = "echo")]
+    id: String,
+    /// Username and password (a token) when the broker requires them.
+    #[arg(long)]
+    username: Option<String>,
+    #[arg(long)]
+    password: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if args.v311 {
+        v311(args).await
+    } else {
+        v5(args).await
+    }
+}
+
+async fn v5(args: Args) {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(&args.id, &args.host, args.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    if let (Some(u), Some(p)) = (&args.username, &args.password) {
+        opts.set_credentials(u, p);
+    }
+    let filter = args.filter.unwrap_or_else(|| "rpc/#".into());
+    let (client, mut events) = AsyncClient::new(opts, 1000);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(e) = client.subscribe(&filter, QoS::AtLeastOnce).await {
+                    eprintln!("echo: subscribe failed: {e}");
+                }
+                println!("echo: serving {filter} (MQTT 5)");
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let props = p.properties.clone().unwrap_or_default();
+                let Some(reply_to) = props.response_topic.clone() else {
+                    continue; // not a request
+                };
+                let mut user = Vec::new();
+                for (k, v) in &props.user_properties {
+                    match k.as_str() {
+                        "method" => user.push(("header:x-echo-method".to_string(), v.clone())),
+                        "path" => user.push(("header:x-echo-path".to_string(), v.clone())),
+                        "header:x-echo-status" => user.push(("status".to_string(), v.clone())),
+                        k if k.starts_with("header:") => user.push((k.to_string(), v.clone())),
+                        _ => {}
+                    }
+                }
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    content_type: props.content_type.clone(),
+                    user_properties: user,
+                    ..Default::default()
+                };
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let _ = c
+                        .publish_with_properties(
+                            reply_to,
+                            QoS::AtLeastOnce,
+                            false,
+                            p.payload,
+                            reply,
+                        )
+                        .await;
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("echo: connection error: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn v311(args: Args) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new(&args.id, &args.host, args.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    if let (Some(u), Some(p)) = (&args.username, &args.password) {
+        opts.set_credentials(u, p);
+    }
+    let filter = args.filter.unwrap_or_else(|| "req/#".into());
+    let (client, mut events) = AsyncClient::new(opts, 1000);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(e) = client.subscribe(&filter, QoS::AtLeastOnce).await {
+                    eprintln!("echo: subscribe failed: {e}");
+                }
+                println!("echo: serving {filter} (MQTT 3.1.1)");
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(rest) = p.topic.split_once('/').map(|(_, r)| r.to_string()) else {
+                    continue;
+                };
+                let payload = with_status(&p.payload);
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let _ = c
+                        .publish(format!("res/{rest}"), QoS::AtLeastOnce, false, payload)
+                        .await;
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("echo: connection error: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// An envelope with `headers["x-echo-status"]` gets that as its `status`; anything else is
+/// copied unchanged.
+fn with_status(payload: &Bytes) -> Bytes {
+    let Ok(mut env) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return payload.clone();
+    };
+    let status = env
+        .get("headers")
+        .and_then(|h| h.get("x-echo-status"))
+        .and_then(|s| s.as_str())
+        .and_then(|s| s.parse::<u16>().ok());
+    match (status, env.as_object_mut()) {
+        (Some(s), Some(obj)) => {
+            obj.insert("status".into(), s.into());
+            Bytes::from(env.to_string())
+        }
+        _ => payload.clone(),
+    }
+}
