@@ -32,6 +32,99 @@ struct Cli {
 enum Command {
     /// Run the broker (the default).
     Run,
+    /// Print a development token signed with the configured `auth.jwt_secret`.
+    Token {
+        /// The token's subject (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// A filter the token may publish to (repeatable).
+        #[arg(long = "publish")]
+        publish: Vec<String>,
+        /// A filter the token may subscribe to (repeatable).
+        #[arg(long = "subscribe")]
+        subscribe: Vec<String>,
+        /// Lifetime: `30s`, `15m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Grant the admin claim (dashboard, `$SYS`).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Add or change a user in a password file (argon2id hashes, as Mosquitto's mosquitto_passwd).
+    Passwd {
+        /// The password file (created if missing).
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// The password (read from stdin when omitted).
+        #[arg(long)]
+        password: Option<String>,
+        /// Remove the user instead.
+        #[arg(long, short = 'D')]
+        delete: bool,
+    },
+}
+
+/// Parses `30s`, `15m`, `1h`, `7d` (or plain seconds).
+fn parse_ttl(s: &str) -> anyhow::Result<std::time::Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad --ttl {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => anyhow::bail!("bad --ttl unit in {s:?} (use s, m, h or d)"),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    password: Option<String>,
+    delete: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !user.is_empty() && !user.contains(':'),
+        "a user name may not be empty or contain ':'"
+    );
+    let mut users = if file.exists() {
+        broker::security::read_password_file(file)?
+    } else {
+        Default::default()
+    };
+    if delete {
+        anyhow::ensure!(
+            users.remove(user).is_some(),
+            "no user {user:?} in {}",
+            file.display()
+        );
+    } else {
+        let password = match password {
+            Some(p) => p,
+            None => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            }
+        };
+        anyhow::ensure!(!password.is_empty(), "empty password");
+        users.insert(
+            user.to_string(),
+            broker::security::hash_password(&password)?,
+        );
+    }
+    let mut names: Vec<_> = users.keys().cloned().collect();
+    names.sort();
+    let text: String = names
+        .iter()
+        .map(|u| format!("{u}:{}\n", users[u]))
+        .collect();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, file)?;
+    Ok(())
 }
 
 fn init_logs(s: &Settings) {
@@ -69,6 +162,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logs(&settings);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(&mut settings).await,
+        Command::Token {
+            subject,
+            publish,
+            subscribe,
+            ttl,
+            admin,
+        } => {
+            let spec = broker::security::TokenSpec {
+                subject,
+                publish,
+                subscribe,
+                admin,
+                ttl: parse_ttl(&ttl)?,
+            };
+            println!("{}", broker::security::make_token(&settings.auth, &spec)?);
+            Ok(())
+        }
+        Command::Passwd {
+            file,
+            user,
+            password,
+            delete,
+        } => passwd(&file, &user, password, delete),
     }
 }
 
@@ -79,12 +195,12 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
              (set auth.allow_anonymous = true or configure an authenticator to listen elsewhere)"
         );
     }
-    let broker = broker::Broker::start(
-        settings.broker(),
-        Arc::new(broker::auth::Anonymous),
-        Arc::new(broker::auth::AllowAll),
-    )
-    .await?;
+    let security = Arc::new(broker::security::Security::new(
+        settings.auth.clone(),
+        settings.local_only(),
+    )?);
+    let broker =
+        broker::Broker::start(settings.broker(), security.clone(), security.clone()).await?;
     let bridge = bridge::Bridge::start(
         broker.edge.clone(),
         bridge::BridgeConfig {
@@ -92,6 +208,7 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
             https: settings.https.clone(),
             bridge: settings.bridge.clone(),
             rpc: settings.rpc.clone(),
+            security: security.clone(),
         },
     )
     .await?;
@@ -105,7 +222,7 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
             tracing::info!(listener = name, addr = %a, "listening");
         }
     }
-    wait_for_signal().await;
+    wait_for_signal(&broker.edge, &security).await;
     tracing::info!("shutting down");
     bridge.stop();
     broker.shutdown().await;
@@ -113,14 +230,27 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM; on SIGHUP reloads certificates and the password file.
+async fn wait_for_signal(edge: &broker::Edge, security: &broker::security::Security) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates and the password file");
+                edge.reload_certs();
+                if let Err(e) = security.reload_passwords() {
+                    tracing::warn!(error = %e, "password file reload failed; keeping the old one");
+                }
+            }
+        }
     }
 }

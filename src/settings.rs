@@ -13,15 +13,6 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 
-/// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Auth {
-    /// Let clients without credentials connect. Unset: only in loopback-only mode.
-    #[serde(default)]
-    pub allow_anonymous: Option<bool>,
-}
-
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +38,7 @@ pub struct Settings {
     pub bridge: bridge::BridgeSettings,
     pub rpc: bridge::rpc::RpcSettings,
     #[serde(default)]
-    pub auth: Auth,
+    pub auth: broker::security::AuthConfig,
     pub log: Log,
 }
 
@@ -64,6 +55,10 @@ impl Settings {
             config::Environment::with_prefix("RTW")
                 .prefix_separator("_")
                 .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("auth.jwt_public_keys")
+                .with_list_parse_key("bridge.cors_origins")
+                .with_list_parse_key("bridge.ws_origins")
                 .try_parsing(true),
         );
         let c = b.build().context("cannot read configuration")?;
@@ -72,7 +67,7 @@ impl Settings {
 
     /// Is any authenticator configured?
     pub fn auth_configured(&self) -> bool {
-        false
+        self.auth.configured()
     }
 
     /// Loopback-only mode: no authentication and anonymous access not explicitly allowed.
@@ -109,6 +104,7 @@ impl Settings {
             core: self.core.clone(),
             sys: self.sys.clone(),
             allow_anonymous: self.local_only() || self.auth.allow_anonymous.unwrap_or(false),
+            deny_action: self.auth.deny_action,
         }
     }
 }

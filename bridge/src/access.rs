@@ -1,28 +1,120 @@
-//! Who an HTTP caller is and whether it may touch a topic: the same authenticator and
-//! authorizer the MQTT edge asks, so HTTP and MQTT clients get the same decisions.
+//! Who an HTTP caller is and whether it may touch a topic: the same [`Security`] the MQTT edge
+//! asks, so HTTP and MQTT clients get the same decisions.
+//!
+//! Credentials, in order: `Authorization: Bearer <token>`, `Authorization: Basic` (password-file
+//! users), the token cookie (`[auth] cookie_name`, for EventSource, which cannot set headers),
+//! and `?access_token=` when `[auth] allow_query_token` is on. None: anonymous, if allowed.
+//! Refusals are 401 with `WWW-Authenticate`, or 403 when authenticated but not allowed.
+//!
+//! [`Security`]: broker::security::Security
 
-use axum::http::{HeaderMap, StatusCode};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
-use broker::auth::Identity;
+use base64::Engine;
+use broker::auth::{Authenticator, Authorizer, Credentials, Identity, Refusal};
 use broker::client::ClientError;
+use broker::transport::Transport;
 
 use crate::routes::{error, AppState};
 
-/// The caller's identity (anonymous until HTTP authentication is configured).
-pub fn caller(_st: &AppState, _headers: &HeaderMap) -> Result<Identity, Response> {
-    Ok(Identity {
-        admin: true,
-        ..Identity::default()
-    })
+fn unauthorized(why: &str, invalid: bool) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, why);
+    let challenge = if invalid {
+        format!(
+            "Bearer realm=\"realtime-web\", error=\"invalid_token\", error_description=\"{}\"",
+            why.replace('"', "'")
+        )
+    } else {
+        "Bearer realm=\"realtime-web\"".to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The caller's identity, or the 401 response.
+pub fn caller(st: &AppState, headers: &HeaderMap, uri: Option<&Uri>) -> Result<Identity, Response> {
+    let sec = &st.security;
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let mut user: Option<String> = None;
+    let mut secret: Option<String> = None;
+    if let Some(a) = auth {
+        if let Some(t) = a
+            .strip_prefix("Bearer ")
+            .or_else(|| a.strip_prefix("bearer "))
+        {
+            secret = Some(t.trim().to_string());
+        } else if let Some(b) = a
+            .strip_prefix("Basic ")
+            .or_else(|| a.strip_prefix("basic "))
+        {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .ok_or_else(|| unauthorized("malformed Basic credentials", true))?;
+            let (u, p) = decoded
+                .split_once(':')
+                .ok_or_else(|| unauthorized("malformed Basic credentials", true))?;
+            user = Some(u.to_string());
+            secret = Some(p.to_string());
+        } else {
+            return Err(unauthorized(
+                "unsupported Authorization scheme (use Bearer)",
+                true,
+            ));
+        }
+    }
+    if secret.is_none() {
+        secret = cookie(headers, &sec.config().cookie_name);
+    }
+    if secret.is_none() && sec.config().allow_query_token {
+        secret = uri.and_then(|u| u.query()).and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "access_token")
+                .map(|(_, v)| v.into_owned())
+        });
+    }
+    let creds = Credentials {
+        client_id: "",
+        username: user.as_deref(),
+        password: secret.as_deref(),
+        peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        transport: Transport::Http,
+    };
+    match sec.authenticate(&creds) {
+        Ok(id) => Ok(id),
+        Err(Refusal::BadCredentials(why)) | Err(Refusal::BadAuthMethod(why)) => {
+            Err(unauthorized(&why, true))
+        }
+        Err(Refusal::NotAuthorized(why)) => Err(unauthorized(&why, secret.is_some())),
+    }
 }
 
 pub fn check_publish(
     st: &AppState,
     headers: &HeaderMap,
+    uri: &Uri,
     topic: &str,
 ) -> Result<Identity, Response> {
-    let who = caller(st, headers)?;
-    if !st.edge.authorizer.can_publish(&who, "http", topic) {
+    let who = caller(st, headers, Some(uri))?;
+    if !st.security.can_publish(&who, "", topic) {
         return Err(error(
             StatusCode::FORBIDDEN,
             format!("not allowed to publish to {topic:?}"),
@@ -34,10 +126,11 @@ pub fn check_publish(
 pub fn check_subscribe(
     st: &AppState,
     headers: &HeaderMap,
+    uri: &Uri,
     filter: &str,
 ) -> Result<Identity, Response> {
-    let who = caller(st, headers)?;
-    if !st.edge.authorizer.can_subscribe(&who, "http", filter) {
+    let who = caller(st, headers, Some(uri))?;
+    if !st.security.can_subscribe(&who, "", filter) {
         return Err(error(
             StatusCode::FORBIDDEN,
             format!("not allowed to read {filter:?}"),

@@ -75,7 +75,8 @@ pub struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     pub rx: mpsc::Receiver<Arc<Event>>,
-    /// Messages dropped because the stream was full, not yet reported.
+    /// Messages dropped because the stream was full, not yet reported. While it is not zero
+    /// the hub drops this stream's messages; report it (swap to 0) only once `rx` is empty.
     pub lagged: Arc<AtomicU64>,
 }
 
@@ -253,6 +254,12 @@ fn replay(st: &State, filters: &[String], n: u64) -> Result<Vec<Arc<Event>>, Gap
 async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
     let mut targets: Vec<u64> = Vec::new();
     while let Some(p) = rx.recv().await {
+        // The broker sends a new subscription the matching retained messages (retain flag
+        // set; live messages reach the bridge with it cleared). They are not new messages:
+        // streams read retained state from the store themselves.
+        if p.retain {
+            continue;
+        }
         let props = p.properties.unwrap_or_default();
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let mut st = hub.lock();
@@ -278,8 +285,10 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
         targets.dedup();
         for sid in &targets {
             if let Some(s) = st.streams.get(sid) {
-                if s.tx.try_send(ev.clone()).is_err() {
-                    s.lagged.fetch_add(1, Ordering::Relaxed);
+                // Once a stream has lost a message, it gets nothing more until it has told
+                // its client (the gap event), so the gap sits exactly where the hole is.
+                if s.lagged.load(Ordering::Acquire) > 0 || s.tx.try_send(ev.clone()).is_err() {
+                    s.lagged.fetch_add(1, Ordering::AcqRel);
                 }
             }
         }

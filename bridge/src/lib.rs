@@ -40,6 +40,13 @@ pub struct BridgeSettings {
     pub stream_buffer: usize,
     /// Longest `timeout` a long poll may ask for, in seconds.
     pub poll_max_secs: u64,
+    /// Origins allowed to call the HTTP API from a browser (CORS); `*` for any. None by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Origins allowed to open `/mqtt` WebSockets from a browser, besides the server's own
+    /// origin; `*` for any.
+    #[serde(default)]
+    pub ws_origins: Vec<String>,
 }
 
 impl Default for BridgeSettings {
@@ -51,17 +58,20 @@ impl Default for BridgeSettings {
             heartbeat_secs: 15,
             stream_buffer: 256,
             poll_max_secs: 60,
+            cors_origins: Vec::new(),
+            ws_origins: Vec::new(),
         }
     }
 }
 
-/// `[http]`, `[https]` and `[bridge]`.
-#[derive(Debug, Clone)]
+/// `[http]`, `[https]`, `[bridge]` and `[rpc]`, and the security the bridge shares with the edge.
+#[derive(Clone)]
 pub struct BridgeConfig {
     pub http: Listener,
     pub https: TlsListener,
     pub bridge: BridgeSettings,
     pub rpc: rpc::RpcSettings,
+    pub security: Arc<broker::security::Security>,
 }
 
 /// What a request handler knows about the connection it came on.
@@ -88,6 +98,7 @@ impl Bridge {
             edge: edge.clone(),
             hub,
             rpc,
+            security: cfg.security.clone(),
             settings: cfg.bridge.clone(),
         });
         let mut tasks = Vec::new();
@@ -103,7 +114,9 @@ impl Bridge {
             )));
         }
         if let Some((addr, cert, key)) = cfg.https.enabled() {
-            let tls = broker::listener::server_config(cert, key, &[b"h2", b"http/1.1"])?;
+            let store = broker::listener::CertStore::load(cert, key)?;
+            edge.add_cert(store.clone());
+            let tls = broker::listener::server_config(store, &[b"h2", b"http/1.1"])?;
             if let Some(l) = broker::listener::bind_tcp(addr).await? {
                 https_addr = Some(l.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(

@@ -27,6 +27,7 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     pub hub: Arc<Hub>,
     pub rpc: Arc<Rpc>,
+    pub security: Arc<broker::security::Security>,
     pub settings: BridgeSettings,
 }
 
@@ -90,6 +91,24 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// CORS for the configured origins (none by default: browsers on other origins are refused).
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let base = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        base.allow_origin(Any)
+    } else {
+        let list: Vec<axum::http::HeaderValue> = origins
+            .iter()
+            .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
+            .collect();
+        base.allow_origin(AllowOrigin::list(list))
+    }
+}
+
 async fn method_not_allowed() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -103,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         app = app.route(&crate::rpc::axum_path(r), rpc_handler(Some(r.clone())));
     }
     let max_body = state.settings.max_body;
+    let cors = cors_layer(&state.settings.cors_origins);
     app.route("/mqtt", get(crate::ws::upgrade))
         .route(
             "/topics/{*topic}",
@@ -146,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(cors)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }

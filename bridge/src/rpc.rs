@@ -409,7 +409,7 @@ pub async fn call(
             format!("invalid request topic {topic:?}: {e}"),
         );
     }
-    if let Err(r) = crate::access::check_publish(&st, &headers, &topic) {
+    if let Err(r) = crate::access::check_publish(&st, &headers, &uri, &topic) {
         return r;
     }
     let convention = route.as_ref().map_or(Convention::V5, |r| r.convention);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -119,11 +119,18 @@ fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
     json!({ "gap": why, "last_id": st.hub.event_id(head) })
 }
 
-fn authorize(st: &AppState, headers: &HeaderMap, filters: &[String]) -> Result<(), Response> {
+/// Checks every filter; returns when the caller's credentials expire (the stream ends then).
+fn authorize(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    filters: &[String],
+) -> Result<Option<std::time::SystemTime>, Response> {
+    let mut expires = None;
     for f in filters {
-        crate::access::check_subscribe(st, headers, f)?;
+        expires = crate::access::check_subscribe(st, headers, uri, f)?.expires_at;
     }
-    Ok(())
+    Ok(expires)
 }
 
 fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
@@ -136,6 +143,7 @@ fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
 
 pub async fn events(
     State(st): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -143,9 +151,10 @@ pub async fn events(
         Ok(q) => q,
         Err(r) => return r,
     };
-    if let Err(r) = authorize(&st, &headers, &q.filters) {
-        return r;
-    }
+    let expires = match authorize(&st, &headers, &uri, &q.filters) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
     let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
     let resumed = since.is_some();
     let (sub, replay, head) = match st.hub.attach(&q.filters, since).await {
@@ -188,7 +197,20 @@ pub async fn events(
         }
     }
     let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
-    Sse::new(live(st, sub, first))
+    // The stream ends when the caller's credentials expire.
+    let until = expires.map(|t| {
+        tokio::time::Instant::now()
+            + t.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+    });
+    let ends = async move {
+        match until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    use futures_util::StreamExt;
+    Sse::new(live(st, sub, first).take_until(ends))
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response()
 }
@@ -208,7 +230,13 @@ fn live(
         if let Some(e) = first.pop_front() {
             return Some((Ok(e), (st, sub, first)));
         }
-        let missed = sub.lagged.swap(0, Ordering::Relaxed);
+        // What was queued before the loss goes first, then the gap, then newer messages (the
+        // hub queues nothing for this stream while the loss is unreported).
+        if let Ok(ev) = sub.rx.try_recv() {
+            let e = sse_event(&st, &ev);
+            return Some((Ok(e), (st, sub, first)));
+        }
+        let missed = sub.lagged.swap(0, Ordering::AcqRel);
         if missed > 0 {
             let e = SseEvent::default().event("gap").data(
                 json!({ "gap": "this stream fell behind and lost messages", "missed": missed })
@@ -224,6 +252,7 @@ fn live(
 
 pub async fn poll(
     State(st): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -242,7 +271,7 @@ pub async fn poll(
             )
         }
     };
-    if let Err(r) = authorize(&st, &headers, &q.filters) {
+    if let Err(r) = authorize(&st, &headers, &uri, &q.filters) {
         return r;
     }
     let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));

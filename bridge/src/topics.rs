@@ -164,13 +164,7 @@ async fn publish(
         Err(r) => return r,
     };
     if body.len() > st.settings.max_body {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is over the maximum of {} bytes",
-                st.settings.max_body
-            ),
-        );
+        return too_large(st);
     }
     let mut props = match properties_from(headers, &body) {
         Ok(p) => p,
@@ -187,7 +181,7 @@ async fn publish(
             }
         }
     }
-    if let Err(r) = crate::access::check_publish(st, headers, &topic) {
+    if let Err(r) = crate::access::check_publish(st, headers, uri, &topic) {
         return r;
     }
     let mut p = Publish::new(topic.as_str(), qos, body, Some(props));
@@ -200,6 +194,27 @@ async fn publish(
     }
 }
 
+fn too_large(st: &AppState) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the body is over the maximum of {} bytes",
+            st.settings.max_body
+        ),
+    )
+}
+
+/// The body, or the JSON error; over the router's limit (`max_body`), one that says the limit.
+fn body_within(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body_or_error(body).map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(st)
+        } else {
+            r
+        }
+    })
+}
+
 pub async fn post(
     State(st): State<AppState>,
     uri: Uri,
@@ -207,7 +222,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match body_or_error(body) {
+    match body_within(&st, body) {
         Ok(body) => publish(&st, &uri, &headers, &q, body, false).await,
         Err(r) => r,
     }
@@ -220,7 +235,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body_or_error(body) {
+    let body = match body_within(&st, body) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -252,7 +267,7 @@ pub async fn get(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Re
         Ok(t) => t,
         Err(r) => return r,
     };
-    if let Err(r) = crate::access::check_subscribe(&st, &headers, &topic) {
+    if let Err(r) = crate::access::check_subscribe(&st, &headers, &uri, &topic) {
         return r;
     }
     let Some(r) = st.edge.retained.get(&topic) else {
@@ -271,7 +286,12 @@ pub async fn get(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Re
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .is_some_and(|v| {
+            // If-None-Match uses the weak comparison (RFC 9110 §13.1.2): W/ is ignored.
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        })
     {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&etag) {

@@ -17,13 +17,39 @@ use broker::transport::{Transport, WsIo};
 use broker::Edge;
 use hyper_util::rt::TokioIo;
 
-use crate::routes::error;
+use crate::routes::{error, AppState};
 use crate::Peer;
 
 /// Subprotocols accepted, in order of preference (`mqttv3.1` for old Paho clients).
 const PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-pub async fn upgrade(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
+/// Browsers send `Origin`: it must be the server's own origin or one of `[bridge] ws_origins`.
+fn origin_allowed(h: &axum::http::HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true; // not a browser
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
+    let edge: Arc<Edge> = st.edge.clone();
+    if !origin_allowed(req.headers(), &st.settings.ws_origins) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "WebSocket Origin not allowed (see [bridge] ws_origins)",
+        );
+    }
     let h = req.headers();
     let is_upgrade = h
         .get(header::UPGRADE)

@@ -54,6 +54,11 @@ pub struct Storage {
 pub struct Limits {
     /// Most client connections at once, all transports together (MQTT 5 CONNACK 0x97 past it).
     pub max_connections: usize,
+    /// Most client connections from one IP address (CONNACK 0x97 past it).
+    pub max_connections_per_ip: usize,
+    /// PUBLISH packets per second one client may send (0: no limit). Past it, QoS 1/2 messages
+    /// get PUBACK/PUBREC 0x97 (quota exceeded) and QoS 0 messages are dropped.
+    pub max_publish_rate: u32,
     /// Largest MQTT packet accepted from a client, in bytes (DISCONNECT 0x95 past it).
     pub max_packet_size: u32,
     /// Seconds a new socket has to finish its TLS/WebSocket handshake and send CONNECT.
@@ -88,6 +93,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            max_publish_rate: 0,
             max_packet_size: 1024 * 1024,
             connect_timeout_secs: 10,
             max_inflight: 100,
@@ -148,6 +155,8 @@ pub struct BrokerConfig {
     pub sys: Sys,
     /// Anonymous clients may connect (always true for loopback-only mode).
     pub allow_anonymous: bool,
+    /// What a 3.1.1 client gets for a refused PUBLISH.
+    pub deny_action: crate::security::DenyAction,
 }
 
 impl BrokerConfig {
@@ -163,6 +172,7 @@ impl BrokerConfig {
             core: Core::default(),
             sys: Sys::default(),
             allow_anonymous: true,
+            deny_action: Default::default(),
         }
     }
 }

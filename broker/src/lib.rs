@@ -17,6 +17,7 @@ mod core;
 pub mod listener;
 pub mod registry;
 pub mod retained;
+pub mod security;
 pub mod session;
 pub mod stats;
 pub mod topic;
@@ -47,6 +48,10 @@ pub fn reserved_filter(filter: &str) -> bool {
 
 /// State shared by every session.
 pub struct Edge {
+    /// TLS certificates in use (reloaded on SIGHUP or when their files change).
+    certs: std::sync::Mutex<Vec<Arc<listener::CertStore>>>,
+    /// Open client connections per peer address.
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Filters clients (not the bridge) are subscribed to, with how many subscriptions each.
     interest: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     pub config: BrokerConfig,
@@ -73,6 +78,44 @@ impl Edge {
             *n -= 1;
             if *n == 0 {
                 m.remove(filter);
+            }
+        }
+    }
+
+    /// Registers another reloadable certificate (the HTTPS listener's).
+    pub fn add_cert(&self, store: Arc<listener::CertStore>) {
+        self.certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store);
+    }
+
+    /// Reloads every TLS certificate from its files (SIGHUP).
+    pub fn reload_certs(&self) {
+        for c in self.certs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Err(e) = c.reload() {
+                tracing::warn!(error = %e, "TLS certificate reload failed; keeping the old one");
+            }
+        }
+    }
+
+    /// Takes a connection slot for `ip`; `false` when it already has `max_connections_per_ip`.
+    pub(crate) fn ip_enter(&self, ip: std::net::IpAddr) -> bool {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= self.config.limits.max_connections_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub(crate) fn ip_leave(&self, ip: std::net::IpAddr) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
             }
         }
     }
@@ -150,15 +193,20 @@ impl Broker {
         let (inj_tx, inj_rx) = mpsc::channel(4096);
         let shutdown = CancellationToken::new();
         let mqtt = listener::bind_tcp(&config.mqtt.listen).await?;
+        let mut certs = Vec::new();
         let mqtts = match config.mqtts.enabled() {
             Some((addr, cert, key)) => {
-                let acceptor = listener::tls_acceptor(cert, key)?;
+                let store = listener::CertStore::load(cert, key)?;
+                let acceptor = listener::tls_acceptor(store.clone())?;
+                certs.push(store);
                 listener::bind_tcp(addr).await?.map(|l| (l, acceptor))
             }
             None => None,
         };
         let edge = Arc::new(Edge {
             interest: Default::default(),
+            certs: std::sync::Mutex::new(certs),
+            per_ip: Default::default(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             core,
@@ -174,6 +222,7 @@ impl Broker {
         });
         tokio::spawn(run_injector(edge.clone(), inj_rx));
         tokio::spawn(run_sys(edge.clone(), sys_tx));
+        tokio::spawn(watch_certs(edge.clone()));
         let mut listeners = Vec::new();
         let mut mqtt_addr = None;
         let mut mqtts_addr = None;
@@ -210,6 +259,21 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.edge.retained.flush().await;
+    }
+}
+
+/// Reloads certificates whose files changed (checked every few seconds).
+async fn watch_certs(edge: Arc<Edge>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = edge.shutdown.cancelled() => return,
+        }
+        let stores = edge.certs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for s in stores {
+            s.reload_if_changed();
+        }
     }
 }
 

@@ -4,13 +4,17 @@
 //! the connect timeout, so a client that opens a socket and sends nothing holds up nobody else.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
+use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::transport::Transport;
@@ -30,13 +34,30 @@ pub async fn bind_tcp(addr: &str) -> anyhow::Result<Option<TcpListener>> {
     Ok(Some(l))
 }
 
-/// Loads a certificate chain and private key from PEM files into a rustls server config
-/// (TLS 1.2 and 1.3 only, as rustls supports), with the given ALPN protocols.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    alpn: &[&[u8]],
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// A certificate and key loaded from PEM files, swappable while the server runs: `reload`
+/// (on SIGHUP, or when the files change) affects new handshakes only, so no connection drops.
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamp: Mutex<Option<(SystemTime, SystemTime)>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert)
+            .finish()
+    }
+}
+
+fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let c = std::fs::metadata(cert).and_then(|m| m.modified()).ok()?;
+    let k = std::fs::metadata(key).and_then(|m| m.modified()).ok()?;
+    Some((c, k))
+}
+
+fn load_certified(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     let certs = {
         let data =
             std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
@@ -47,25 +68,81 @@ pub fn server_config(
     if certs.is_empty() {
         bail!("no certificate in {}", cert.display());
     }
-    let key = {
+    let key_der = {
         let data = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
         rustls_pemfile::private_key(&mut data.as_slice())
             .with_context(|| format!("bad key PEM in {}", key.display()))?
             .with_context(|| format!("no private key in {}", key.display()))?
     };
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .with_context(|| format!("unsupported private key in {}", key.display()))?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match()
+        .context("certificate and key do not match")?;
+    Ok(ck)
+}
+
+impl CertStore {
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertStore>> {
+        let ck = load_certified(cert, key)?;
+        Ok(Arc::new(CertStore {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(Arc::new(ck)),
+            stamp: Mutex::new(mtimes(cert, key)),
+        }))
+    }
+
+    /// Loads the files again; on error the old certificate stays in use.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let ck = load_certified(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+        *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = mtimes(&self.cert, &self.key);
+        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+        Ok(())
+    }
+
+    /// Reloads if the files changed since the last load.
+    pub fn reload_if_changed(&self) {
+        let now = mtimes(&self.cert, &self.key);
+        let before = *self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now != before {
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "TLS certificate reload failed; keeping the old one");
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// A rustls server config over a reloadable certificate (TLS 1.2 and 1.3 only), with the given
+/// ALPN protocols.
+pub fn server_config(
+    store: Arc<CertStore>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
+        .with_cert_resolver(store);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 
 /// A TLS acceptor for the MQTT TLS listener (ALPN `mqtt`).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    Ok(TlsAcceptor::from(server_config(cert, key, &[b"mqtt"])?))
+pub fn tls_acceptor(store: Arc<CertStore>) -> anyhow::Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(server_config(store, &[b"mqtt"])?))
 }
 
 /// Accepts MQTT clients until the listener task is aborted.

@@ -122,7 +122,9 @@ fn disconnect_code(code: u8) -> DisconnectReasonCode {
         0x93 => D::ReceiveMaximumExceeded,
         0x94 => D::TopicAliasInvalid,
         0x95 => D::PacketTooLarge,
+        0x96 => D::MessageRateTooHigh,
         0x97 => D::QuotaExceeded,
+        0xA0 => D::MaximumConnectTime,
         _ => D::UnspecifiedError,
     }
 }
@@ -433,6 +435,12 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
                 }
             };
             tracing::info!(%peer, client_id, reason = why, "connection refused");
+            // 3.1.1 has one code for every refusal here: 0x05, not authorized.
+            let code = if v5 {
+                code
+            } else {
+                ConnectReturnCode::NotAuthorized
+            };
             return refuse(&mut io, version, code, why).await;
         }
     };
@@ -457,6 +465,22 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             version,
             ConnectReturnCode::QuotaExceeded,
             "too many connections",
+        )
+        .await;
+    };
+    let ip_guard = if transport == Transport::Internal {
+        None
+    } else if edge.ip_enter(peer.ip()) {
+        Some(IpGuard(edge.clone(), peer.ip()))
+    } else {
+        edge.stats
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return refuse(
+            &mut io,
+            version,
+            ConnectReturnCode::QuotaExceeded,
+            "too many connections from this address",
         )
         .await;
     };
@@ -569,6 +593,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         core_rel_local: HashSet::new(),
         core_acks: VecDeque::new(),
         core_comps: VecDeque::new(),
+        rate_tokens: limits.max_publish_rate as f64,
+        rate_at: tokio::time::Instant::now(),
         queue: VecDeque::new(),
         next_pkid: 32768,
         seq: 0,
@@ -580,8 +606,16 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         core_out: BytesMut::with_capacity(4096),
         tally: Tally::default(),
     };
+    let session_present = !upstream_clean && !purge_first && core_ack.session_present;
+    // The edge's half of a resumed session: its subscriptions, as the client made them.
+    let saved = edge.registry.take_subscriptions(&session.client_id);
+    if session_present {
+        for (f, id) in saved {
+            session.add_sub(&f, id);
+        }
+    }
     session.to_client(Packet::ConnAck(ConnAck {
-        session_present: !upstream_clean && !purge_first && core_ack.session_present,
+        session_present,
         code: ConnectReturnCode::Success,
         properties: ack_props,
     }));
@@ -597,6 +631,16 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     edge.registry
         .release(&session.client_id, conn_id, will_timer, purge_timer);
     drop(claim);
+    drop(ip_guard);
+}
+
+/// Gives back a per-address connection slot.
+struct IpGuard(Arc<Edge>, std::net::IpAddr);
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        self.0.ip_leave(self.1);
+    }
 }
 
 struct Session {
@@ -630,6 +674,9 @@ struct Session {
     core_acks: VecDeque<(u16, bool, bool)>,
     /// The core's PUBRELs in arrival order: (packet id, completable).
     core_comps: VecDeque<(u16, bool)>,
+    /// Publish-rate token bucket.
+    rate_tokens: f64,
+    rate_at: tokio::time::Instant,
     /// QoS 1/2 messages waiting for room in the window.
     queue: VecDeque<(Publish, Origin)>,
     next_pkid: u16,
@@ -742,7 +789,7 @@ impl Session {
                     self.to_core(Packet::PingReq(PingReq));
                 }
                 _ = sleep_until(deadline) => break 'main End::KeepAlive,
-                _ = sleep_until(expires) => break 'main End::Kicked(0x87),
+                _ = sleep_until(expires) => break 'main End::Kicked(0xA0),
             }
         };
         // Whatever the last batch produced still goes out: a QoS 0 PUBLISH read together with
@@ -823,6 +870,10 @@ impl Session {
                 Ok(())
             }
             Packet::Subscribe(s) => self.client_subscribe(s),
+            Packet::Unsubscribe(u) if u.filters.is_empty() => Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                "UNSUBSCRIBE without filters".into(),
+            )),
             Packet::Unsubscribe(u) => {
                 self.client_unsubscribe(u);
                 Ok(())
@@ -895,10 +946,14 @@ impl Session {
             ));
         };
         if let Err(e) = topic::validate_topic(topic) {
-            return Err(End::Violation(
-                DisconnectReasonCode::TopicNameInvalid,
-                e.to_string(),
-            ));
+            // U+0000 makes any MQTT string malformed (§1.5.4); an empty topic without alias is a
+            // protocol error (§3.3.2.1); wildcards and the rest are an invalid topic name.
+            let code = match e {
+                topic::TopicError::Nul => DisconnectReasonCode::MalformedPacket,
+                topic::TopicError::Empty => DisconnectReasonCode::ProtocolError,
+                _ => DisconnectReasonCode::TopicNameInvalid,
+            };
+            return Err(End::Violation(code, e.to_string()));
         }
         if topic.starts_with('$') {
             self.refuse_publish(qos, pkid, Refuse::TopicNameInvalid);
@@ -917,7 +972,19 @@ impl Session {
             .authorizer
             .can_publish(&self.identity, &self.client_id, topic)
         {
+            if self.version == Version::V311
+                && self.edge.config.deny_action == crate::security::DenyAction::Disconnect
+            {
+                return Err(End::Violation(
+                    DisconnectReasonCode::NotAuthorized,
+                    format!("not allowed to publish to {topic}"),
+                ));
+            }
             self.refuse_publish(qos, pkid, Refuse::NotAuthorized);
+            return Ok(());
+        }
+        if !self.take_publish_token() {
+            self.refuse_publish(qos, pkid, Refuse::QuotaExceeded);
             return Ok(());
         }
         if qos != QoS::AtMostOnce
@@ -1155,6 +1222,24 @@ impl Session {
         }
     }
 
+    /// One token from the client's publish-rate bucket (`[limits] max_publish_rate`).
+    fn take_publish_token(&mut self) -> bool {
+        let rate = self.edge.config.limits.max_publish_rate;
+        if rate == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.rate_at).as_secs_f64() * rate as f64;
+        self.rate_tokens = (self.rate_tokens + refill).min(rate as f64);
+        self.rate_at = now;
+        if self.rate_tokens >= 1.0 {
+            self.rate_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// PUBACK or PUBCOMP from the client for a message the edge delivered.
     fn client_done(&mut self, pkid: u16) {
         let Some((origin, _)) = self.out.remove(&pkid) else {
@@ -1346,14 +1431,15 @@ impl Session {
             if s.sys || !topic::matches(&s.filter, topic) {
                 continue;
             }
+            // The core sends a copy for a no-local subscription too: count it.
+            if !s.shared {
+                plain += 1;
+            }
             if s.nolocal && mine {
                 continue;
             }
             max_qos = Some(max_qos.map_or(s.qos, |q| qmax(q, s.qos)));
             rap |= s.rap;
-            if !s.shared {
-                plain += 1;
-            }
             if let Some(id) = s.id {
                 if !ids.contains(&id) {
                     ids.push(id);
@@ -1534,6 +1620,19 @@ impl Session {
                 }
             }
             _ => {}
+        }
+        if !self.upstream_clean && self.expiry != 0 {
+            let subs = self
+                .subs
+                .iter()
+                .map(|(path, s)| {
+                    let mut f = Filter::new(path.clone(), s.qos);
+                    f.nolocal = s.nolocal;
+                    f.preserve_retain = s.rap;
+                    (f, s.id)
+                })
+                .collect();
+            self.edge.registry.save_subscriptions(&self.client_id, subs);
         }
         for (_, sub) in self.subs.drain() {
             if !self.internal && !sub.sys {

@@ -32,7 +32,7 @@ fn slot(t: Transport) -> usize {
         Transport::Tls => 1,
         Transport::Ws => 2,
         Transport::Wss => 3,
-        Transport::Internal => 4,
+        Transport::Internal | Transport::Http => 4,
     }
 }
 

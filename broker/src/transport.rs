@@ -30,6 +30,8 @@ pub enum Transport {
     Wss,
     /// In-process (the HTTP bridge).
     Internal,
+    /// An HTTP request (authentication of bridge callers).
+    Http,
 }
 
 impl Transport {
@@ -40,6 +42,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Wss => "wss",
             Transport::Internal => "internal",
+            Transport::Http => "http",
         }
     }
 }
