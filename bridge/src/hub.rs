@@ -126,6 +126,16 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Open SSE streams and long polls.
+    pub fn streams(&self) -> usize {
+        self.lock().streams.len()
+    }
+
+    /// Messages in the replay history.
+    pub fn history_len(&self) -> usize {
+        self.lock().history.len()
+    }
+
     /// The client the bridge publishes with.
     pub fn client(&self) -> &LocalClient {
         &self.client

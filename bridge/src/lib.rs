@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod hub;
+pub mod ops;
 pub mod routes;
 pub mod rpc;
 pub mod stream;
@@ -47,6 +48,13 @@ pub struct BridgeSettings {
     /// origin; `*` for any.
     #[serde(default)]
     pub ws_origins: Vec<String>,
+    /// Directory served at `/examples/browser/` (the browser example page).
+    #[serde(default = "default_examples_dir")]
+    pub examples_dir: std::path::PathBuf,
+}
+
+fn default_examples_dir() -> std::path::PathBuf {
+    "examples/browser".into()
 }
 
 impl Default for BridgeSettings {
@@ -60,6 +68,7 @@ impl Default for BridgeSettings {
             poll_max_secs: 60,
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
+            examples_dir: default_examples_dir(),
         }
     }
 }

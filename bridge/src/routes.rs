@@ -7,6 +7,8 @@
 //! | `GET /events?topic=…` | Server-Sent Events ([`crate::stream`]) |
 //! | `GET /poll?topic=…&since=…` | long polling ([`crate::stream`]) |
 //! | `GET /openapi.json`, `/healthz`, `/readyz` | API description and probes |
+//! | `GET /metrics`, `/api/stats`, `/` | Prometheus metrics, JSON stats, the dashboard ([`crate::ops`]) |
+//! | `GET /examples/browser/…` | the browser example page (`[bridge] examples_dir`) |
 
 use std::sync::Arc;
 
@@ -123,6 +125,7 @@ pub fn router(state: AppState) -> Router {
     }
     let max_body = state.settings.max_body;
     let cors = cors_layer(&state.settings.cors_origins);
+    let examples = tower_http::services::ServeDir::new(&state.settings.examples_dir);
     app.route("/mqtt", get(crate::ws::upgrade))
         .route(
             "/topics/{*topic}",
@@ -156,14 +159,12 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/readyz",
-            get(|| async { Json(json!({ "status": "ready" })) }),
-        )
+        .route("/healthz", get(crate::ops::healthz))
+        .route("/readyz", get(crate::ops::readyz))
+        .route("/metrics", get(crate::ops::metrics))
+        .route("/api/stats", get(crate::ops::stats))
+        .route("/", get(crate::ops::dashboard))
+        .nest_service("/examples/browser", examples)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(cors)

@@ -167,6 +167,11 @@ impl Rpc {
         Ok(rpc)
     }
 
+    /// Is the RPC session up?
+    pub fn ready(&self) -> bool {
+        !self.client.is_closed()
+    }
+
     /// Requests waiting for a reply now.
     pub fn in_flight(&self) -> usize {
         self.pending.lock().map(|p| p.len()).unwrap_or(0)

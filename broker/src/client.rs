@@ -122,6 +122,11 @@ impl LocalClient {
         })
     }
 
+    /// Has the session ended?
+    pub fn is_closed(&self) -> bool {
+        self.cmds.is_closed()
+    }
+
     /// Publishes and waits for the broker's acknowledgement (QoS 1/2) or the write (QoS 0).
     pub async fn publish(&self, p: Publish) -> Result<(), ClientError> {
         let permit = if p.qos == QoS::AtMostOnce {

@@ -48,6 +48,8 @@ pub fn reserved_filter(filter: &str) -> bool {
 
 /// State shared by every session.
 pub struct Edge {
+    /// The node's own link to the core is up (what `/readyz` reports).
+    core_up: std::sync::atomic::AtomicBool,
     /// TLS certificates in use (reloaded on SIGHUP or when their files change).
     certs: std::sync::Mutex<Vec<Arc<listener::CertStore>>>,
     /// Open client connections per peer address.
@@ -80,6 +82,11 @@ impl Edge {
                 m.remove(filter);
             }
         }
+    }
+
+    /// Is the core reachable (the node's own internal link is connected)?
+    pub fn core_ready(&self) -> bool {
+        self.core_up.load(Ordering::Relaxed)
     }
 
     /// Registers another reloadable certificate (the HTTPS listener's).
@@ -205,6 +212,7 @@ impl Broker {
         };
         let edge = Arc::new(Edge {
             interest: Default::default(),
+            core_up: std::sync::atomic::AtomicBool::new(false),
             certs: std::sync::Mutex::new(certs),
             per_ip: Default::default(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -300,8 +308,12 @@ async fn run_injector(edge: Arc<Edge>, mut rx: mpsc::Receiver<Publish>) {
             receive_maximum: 1,
         };
         let mut stream = match edge.core.connect(&req).await {
-            Ok((s, _, _)) => s,
+            Ok((s, _, _)) => {
+                edge.core_up.store(true, Ordering::Relaxed);
+                s
+            }
             Err(e) => {
+                edge.core_up.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, "injector cannot reach the core");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -333,5 +345,7 @@ async fn run_injector(edge: Arc<Edge>, mut rx: mpsc::Receiver<Publish>) {
                 r = stream.read(&mut sink) => if matches!(r, Ok(0) | Err(_)) { break },
             }
         }
+        edge.core_up.store(false, Ordering::Relaxed);
+        tracing::error!("the node's link to the core broke; reconnecting");
     }
 }
