@@ -34,7 +34,7 @@ pub enum ClientError {
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
 enum Cmd {
-    Publish(Publish, Option<OwnedSemaphorePermit>, Reply<()>),
+    Publish(Box<Publish>, Option<OwnedSemaphorePermit>, Reply<()>),
     Subscribe(Vec<Filter>, Reply<Vec<SubscribeReasonCode>>),
     Unsubscribe(Vec<String>, Reply<()>),
 }
@@ -141,7 +141,7 @@ impl LocalClient {
             )
         };
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Publish(p, permit, tx), rx).await
+        self.send(Cmd::Publish(Box::new(p), permit, tx), rx).await
     }
 
     /// Subscribes to one filter; returns the broker's reason code.
@@ -210,11 +210,11 @@ async fn run(
                         if p.qos == QoS::AtMostOnce {
                             p.pkid = 0;
                             let _ = reply.send(Ok(()));
-                            (Packet::Publish(p), None)
+                            (Packet::Publish(*p), None)
                         } else {
                             let id = alloc(&waiting);
                             p.pkid = id;
-                            (Packet::Publish(p), Some((id, Waiting::Publish(reply, permit))))
+                            (Packet::Publish(*p), Some((id, Waiting::Publish(reply, permit))))
                         }
                     }
                     Cmd::Subscribe(filters, reply) => {

@@ -187,7 +187,19 @@ pub fn read(buf: &mut BytesMut, version: Version, max: u32) -> Result<Option<Pac
 /// DISCONNECT, AUTH) are skipped: the caller closes the socket instead.
 pub fn write(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), Error> {
     match version {
-        Version::V5 => packet.write(out, None).map(|_| ()),
+        // rumqttc encodes a DISCONNECT with a reason code and no properties as `E0 01 rc 00`
+        // (one byte past its remaining length, corrupting the client's stream), and one with an
+        // empty property block as `E0 00` (reason lost). Written by hand: `E0 02 rc 00`.
+        Version::V5 => match packet {
+            Packet::Disconnect(d)
+                if d.properties.is_none()
+                    && d.reason_code != DisconnectReasonCode::NormalDisconnection =>
+            {
+                out.extend_from_slice(&[0xE0, 0x02, d.reason_code as u8, 0x00]);
+                Ok(())
+            }
+            _ => packet.write(out, None).map(|_| ()),
+        },
         Version::V311 => {
             if let Some(p) = lower(packet) {
                 p.write(out, usize::MAX).map(|_| ()).map_err(|e| {

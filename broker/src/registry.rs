@@ -5,12 +5,14 @@
 //! before the new one resumes it. Delayed will messages and session-expiry purges are timers
 //! kept per client id; a reconnect under that id cancels them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+use crate::codec::Filter;
 
 /// Messages a session's control channel carries.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,12 @@ struct Entry {
 #[derive(Default)]
 pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
+    /// The subscriptions (with their options and identifier) of sessions that outlive their
+    /// connection: the core keeps its half of the session, these are the edge's half.
+    saved: Mutex<HashMap<String, Vec<(Filter, Option<usize>)>>>,
+    /// Stamps (source, sequence) of the QoS 1/2 messages such a session had sent its client
+    /// without an acknowledgement: sent again on resume, they carry DUP (MQTT-3.3.1-1).
+    unacked: Mutex<HashMap<String, HashSet<(u64, u64)>>>,
 }
 
 /// Held by a session while it runs; dropping it tells a waiting successor that it is gone.
@@ -113,8 +121,40 @@ impl Registry {
         }
     }
 
+    /// Keeps a disconnected session's subscriptions until it resumes or expires.
+    pub fn save_subscriptions(&self, client_id: &str, subs: Vec<(Filter, Option<usize>)>) {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        saved.insert(client_id.to_string(), subs);
+    }
+
+    /// The subscriptions saved for `client_id`, forgetting them.
+    pub fn take_subscriptions(&self, client_id: &str) -> Vec<(Filter, Option<usize>)> {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        saved.remove(client_id).unwrap_or_default()
+    }
+
+    /// Keeps the stamps of a disconnected session's unacknowledged deliveries.
+    pub fn save_unacked(&self, client_id: &str, stamps: HashSet<(u64, u64)>) {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        if stamps.is_empty() {
+            unacked.remove(client_id);
+        } else {
+            unacked.insert(client_id.to_string(), stamps);
+        }
+    }
+
+    /// The unacknowledged deliveries saved for `client_id`, forgetting them.
+    pub fn take_unacked(&self, client_id: &str) -> HashSet<(u64, u64)> {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        unacked.remove(client_id).unwrap_or_default()
+    }
+
     /// Called by a timer task when it has fired: forgets it, and the id once nothing is left.
     pub fn timer_fired(&self, client_id: &str, timer: Timer) {
+        if let Timer::Purge = timer {
+            self.take_subscriptions(client_id);
+            self.take_unacked(client_id);
+        }
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map.get_mut(client_id) {
             match timer {

@@ -246,25 +246,7 @@ fn writer(db: Database, mut rx: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(TABLE)?;
-                for w in &batch {
-                    match &w.op {
-                        Op::Put(k, v) => {
-                            table.insert(k.as_str(), v.as_slice())?;
-                        }
-                        Op::Delete(k) if k.is_empty() => {}
-                        Op::Delete(k) => {
-                            table.remove(k.as_str())?;
-                        }
-                    }
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })();
+        let result = commit(&db, &batch);
         let result = result.map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "retained store write failed");
@@ -273,6 +255,29 @@ fn writer(db: Database, mut rx: mpsc::Receiver<Write>) {
             let _ = w.done.send(result.clone());
         }
     }
+}
+
+/// Writes one batch in one transaction.
+// redb's error type is large; it is built once per failed batch, never on a hot path.
+#[allow(clippy::result_large_err)]
+fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(TABLE)?;
+        for w in batch {
+            match &w.op {
+                Op::Put(k, v) => {
+                    table.insert(k.as_str(), v.as_slice())?;
+                }
+                Op::Delete(k) if k.is_empty() => {}
+                Op::Delete(k) => {
+                    table.remove(k.as_str())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Payload bytes of a retained message (for the HTTP bridge).

@@ -589,6 +589,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         inflight_in: HashSet::new(),
         local_qos2_in: HashSet::new(),
         out: HashMap::new(),
+        core_stamps: HashMap::new(),
+        redelivered: HashSet::new(),
         core_to_client: HashMap::new(),
         core_rel_local: HashSet::new(),
         core_acks: VecDeque::new(),
@@ -609,7 +611,9 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     let session_present = !upstream_clean && !purge_first && core_ack.session_present;
     // The edge's half of a resumed session: its subscriptions, as the client made them.
     let saved = edge.registry.take_subscriptions(&session.client_id);
+    let unacked = edge.registry.take_unacked(&session.client_id);
     if session_present {
+        session.redelivered = unacked;
         for (f, id) in saved {
             session.add_sub(&f, id);
         }
@@ -666,6 +670,10 @@ struct Session {
     local_qos2_in: HashSet<u16>,
     /// Client-side packet id → origin, for messages in flight towards the client.
     out: HashMap<u16, (Origin, QoS)>,
+    /// Core packet id → stamp (source, sequence) of the message last delivered under it.
+    core_stamps: HashMap<u16, (u64, u64)>,
+    /// Stamps of messages a resumed session had sent without acknowledgement (DUP when resent).
+    redelivered: HashSet<(u64, u64)>,
     /// Core packet id → client packet id, for QoS 2 messages towards the client.
     core_to_client: HashMap<u16, u16>,
     /// Core QoS 2 messages the edge completes itself (delivered at a lower QoS, or dropped).
@@ -758,7 +766,17 @@ impl Session {
             }
             tokio::select! {
                 c = control.recv() => match c {
-                    Some(Control::Kick(code)) => break 'main End::Kicked(code),
+                    Some(Control::Kick(code)) => {
+                        // What the replaced client sent before the new connection came (its last
+                        // acknowledgements, its DISCONNECT) still counts.
+                        use futures_util::FutureExt;
+                        if let Some(Ok(1..)) = io.read_buf(&mut cbuf).now_or_never() {
+                            if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                                break 'main end;
+                            }
+                        }
+                        break 'main End::Kicked(code)
+                    }
                     None => break 'main End::Kicked(0x8B),
                 },
                 r = io.read_buf(&mut cbuf) => match r {
@@ -1475,6 +1493,11 @@ impl Session {
         p.qos = qmin(orig_qos, sub_qos);
         p.retain = stamp.is_some_and(|s| s.retain) && rap;
         p.dup = false;
+        if let (Some(s), Origin::Core(u, _)) = (stamp, origin) {
+            // MQTT-3.3.1-1: what the client had before it reconnected comes again as DUP.
+            p.dup = p.qos != QoS::AtMostOnce && self.redelivered.remove(&(s.src, s.seq));
+            self.core_stamps.insert(u, (s.src, s.seq));
+        }
         if let Some(props) = p.properties.as_mut() {
             props.subscription_identifiers = ids;
             props.topic_alias = None;
@@ -1633,6 +1656,13 @@ impl Session {
                 })
                 .collect();
             self.edge.registry.save_subscriptions(&self.client_id, subs);
+            let mut unacked = std::mem::take(&mut self.redelivered);
+            for (origin, _) in self.out.values() {
+                if let Origin::Core(u, _) = origin {
+                    unacked.extend(self.core_stamps.get(u));
+                }
+            }
+            self.edge.registry.save_unacked(&self.client_id, unacked);
         }
         for (_, sub) in self.subs.drain() {
             if !self.internal && !sub.sys {
