@@ -57,7 +57,7 @@ impl Proc {
         std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err.read_to_string(&mut s);
-            sink.lock().unwrap().push_str(&s);
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&s);
         });
         Proc {
             child,
@@ -73,7 +73,7 @@ impl Proc {
             "{}\nstdout so far:\n{}\nstderr:\n{}",
             self.what,
             self.seen.join("\n"),
-            self.stderr.lock().unwrap()
+            self.stderr.lock().unwrap_or_else(|e| e.into_inner())
         )
     }
 
@@ -138,12 +138,12 @@ impl Proc {
         let ctx_what = self.what.clone();
         let stderr = self.stderr.clone();
         let (code, lines) = self.finish(timeout);
+        let stderr = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(
             code,
             Some(0),
-            "{ctx_what} failed\nstdout:\n{}\nstderr:\n{}",
+            "{ctx_what} failed\nstdout:\n{}\nstderr:\n{stderr}",
             lines.join("\n"),
-            stderr.lock().unwrap()
         );
         lines
     }
@@ -155,7 +155,10 @@ impl Proc {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -718,6 +721,11 @@ impl Raw {
             buf: BytesMut::new(),
             v5,
         }
+    }
+
+    /// Bytes received but not (yet) part of a whole packet.
+    pub fn leftover(&self) -> usize {
+        self.buf.len()
     }
 
     pub fn send4(&mut self, p: rumqttc::mqttbytes::v4::Packet) {
