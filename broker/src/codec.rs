@@ -106,6 +106,15 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
     ))
 }
 
+/// The protocol level of a CONNECT named "MQTT" whose start is in `buf`, complete or not.
+pub fn connect_level(buf: &[u8]) -> Option<u8> {
+    let (hlen, _) = fixed_header(buf).ok()??;
+    let body = buf.get(hlen..)?;
+    (buf[0] == 0x10 && body.get(..6)? == b"\0\x04MQTT")
+        .then(|| body.get(6).copied())
+        .flatten()
+}
+
 /// Looks at the first packet without consuming it: `None` until it is complete.
 pub fn peek_hello(buf: &[u8], max: u32) -> Result<Option<Hello>, DecodeError> {
     let Some((hlen, rlen)) = fixed_header(buf)? else {
@@ -145,6 +154,8 @@ fn map_v5_err(e: Error) -> Option<DecodeError> {
             size: pkt_size,
             max,
         }),
+        // MQTT 5 §3.8.3: a SUBSCRIBE without filters is a protocol error.
+        Error::EmptySubscription => Some(DecodeError::Protocol(e.to_string())),
         other => Some(DecodeError::Malformed(other.to_string())),
     }
 }
@@ -153,6 +164,7 @@ fn map_v4_err(e: m4::Error, max: u32) -> Option<DecodeError> {
     match e {
         m4::Error::InsufficientBytes(_) => None,
         m4::Error::PayloadSizeLimitExceeded(size) => Some(DecodeError::TooLarge { size, max }),
+        m4::Error::EmptySubscription => Some(DecodeError::Protocol(e.to_string())),
         other => Some(DecodeError::Malformed(other.to_string())),
     }
 }
@@ -166,6 +178,13 @@ pub fn read_v5(buf: &mut BytesMut, max: u32) -> Result<Option<Packet>, DecodeErr
             DisconnectReasonCode::NormalDisconnection,
         ))));
     }
+    // Nor one with a reason code and no property length (§3.14.2.2.1): it waits for more bytes.
+    if buf.len() >= 3 && buf[0] == 0xE0 && buf[1] == 1 {
+        let code = DisconnectReasonCode::try_from(buf[2])
+            .map_err(|_| DecodeError::Malformed("invalid DISCONNECT reason code".into()))?;
+        let _ = buf.split_to(3);
+        return Ok(Some(Packet::Disconnect(Disconnect::new(code))));
+    }
     match Packet::read(buf, Some(max)) {
         Ok(p) => Ok(Some(p)),
         Err(e) => map_v5_err(e).map_or(Ok(None), Err),
@@ -174,12 +193,45 @@ pub fn read_v5(buf: &mut BytesMut, max: u32) -> Result<Option<Packet>, DecodeErr
 
 /// Decodes one packet from a client speaking `version`, lifted to MQTT 5.
 pub fn read(buf: &mut BytesMut, version: Version, max: u32) -> Result<Option<Packet>, DecodeError> {
+    // The fixed header is judged as soon as it is here: reserved flags (§2.1.3), and the size
+    // limit, which counts the whole packet (rumqttc compares only the remaining length).
+    if let Some(&first) = buf.first() {
+        check_first_byte(first, version)?;
+        if let Some((hlen, rlen)) = fixed_header(buf)? {
+            if hlen + rlen > max as usize {
+                return Err(DecodeError::TooLarge {
+                    size: hlen + rlen,
+                    max,
+                });
+            }
+        }
+    }
     match version {
         Version::V5 => read_v5(buf, max),
         Version::V311 => match v4::Packet::read(buf, max as usize) {
             Ok(p) => lift(p).map(Some),
             Err(e) => map_v4_err(e, max).map_or(Ok(None), Err),
         },
+    }
+}
+
+/// The first byte of a packet from a client: a known type with the flags the spec fixes for it
+/// (PUBLISH: any but QoS 3). Anything else is malformed.
+fn check_first_byte(b: u8, version: Version) -> Result<(), DecodeError> {
+    let flags = b & 0x0f;
+    let ok = match b >> 4 {
+        3 => flags & 0x06 != 0x06,
+        6 | 8 | 10 => flags == 0x02,
+        15 => version == Version::V5 && flags == 0,
+        1 | 2 | 4 | 5 | 7 | 9 | 11..=14 => flags == 0,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DecodeError::Malformed(format!(
+            "invalid packet type and flags 0x{b:02x}"
+        )))
     }
 }
 
@@ -395,6 +447,16 @@ mod tests {
         assert!(
             matches!(p, Packet::Disconnect(d) if d.reason_code == DisconnectReasonCode::NormalDisconnection)
         );
+    }
+
+    #[test]
+    fn v5_disconnect_with_reason_only() {
+        let mut b = BytesMut::from(&[0xE0u8, 1, 0x04][..]);
+        let p = read_v5(&mut b, 100).unwrap().unwrap();
+        assert!(
+            matches!(p, Packet::Disconnect(d) if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage)
+        );
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -234,6 +234,14 @@ async fn read_connect(
                     Ok(_) => continue,
                 }
             }
+            // MQTT 5 has a CONNACK for a CONNECT over the limit, if it says it is MQTT 5.
+            Err(codec::DecodeError::TooLarge { .. }) if codec::connect_level(buf) == Some(5) => {
+                return Err(Some(connack_bytes(
+                    Version::V5,
+                    ConnectReturnCode::PacketTooLarge,
+                    None,
+                )))
+            }
             Ok(Some(codec::Hello::NotConnect)) | Err(_) => return Err(None),
             Ok(Some(codec::Hello::WrongName { level })) => {
                 let v = if level == Some(5) {

@@ -109,6 +109,8 @@ impl Server {
             .env("RTW_STORAGE__DIR", &self.dir)
             .env("RTW_CORE__LISTENERS", "1")
             .env_remove("RUST_LOG")
+            // The harness's own switch, not a config key (RTW_ is the config prefix).
+            .env_remove("RTW_TEST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("RTW_TEST_LOG").is_some() {
