@@ -592,6 +592,50 @@ async fn client_id_takeover_v5() {
     assert_eq!(&second.publish_in(T).await.payload[..], b"works");
 }
 
+/// The same on the wire: exactly DISCONNECT 0x8E, then the close; the new connection works.
+#[test]
+fn client_id_takeover_raw() {
+    let s = Server::start();
+    for v5 in [true, false] {
+        let id = format!("raw-same-{v5}");
+        let hello = |raw: &mut Raw| {
+            if v5 {
+                raw.send5(connect5(&id, true, 60, None));
+                assert!(
+                    matches!(raw.recv5(T), p5::Packet::ConnAck(a) if a.code == p5::ConnectReturnCode::Success)
+                );
+            } else {
+                raw.send4(connect4(&id, true, 60));
+                assert!(
+                    matches!(raw.recv4(T), v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success)
+                );
+            }
+        };
+        let mut first = Raw::open(s.mqtt, v5);
+        hello(&mut first);
+        let mut second = Raw::open(s.mqtt, v5);
+        hello(&mut second);
+        if v5 {
+            match first.recv5(T) {
+                p5::Packet::Disconnect(d) => {
+                    assert_eq!(d.reason_code, p5::DisconnectReasonCode::SessionTakenOver)
+                }
+                other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+            }
+        }
+        // 3.1.1 has no DISCONNECT from the server: the connection just closes.
+        assert!(matches!(first.recv(T), Err("closed")));
+        assert_eq!(first.leftover(), 0, "stray bytes before the close");
+        if v5 {
+            second.send5(p5::Packet::PingReq(p5::PingReq));
+            assert!(matches!(second.recv5(T), p5::Packet::PingResp(_)));
+        } else {
+            second.send4(v4::Packet::PingReq);
+            assert!(matches!(second.recv4(T), v4::Packet::PingResp));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_takeover_v311() {
     let s = Server::start();
