@@ -41,13 +41,16 @@ struct Entry {
     purge: Option<JoinHandle<()>>,
 }
 
+/// A disconnected session's subscriptions: filter (with options) and subscription identifier.
+type SavedSubs = Vec<(Filter, Option<usize>)>;
+
 /// Client ids and their sessions.
 #[derive(Default)]
 pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
     /// The subscriptions (with their options and identifier) of sessions that outlive their
     /// connection: the core keeps its half of the session, these are the edge's half.
-    saved: Mutex<HashMap<String, Vec<(Filter, Option<usize>)>>>,
+    saved: Mutex<HashMap<String, SavedSubs>>,
     /// Stamps (source, sequence) of the QoS 1/2 messages such a session had sent its client
     /// without an acknowledgement: sent again on resume, they carry DUP (MQTT-3.3.1-1).
     unacked: Mutex<HashMap<String, HashSet<(u64, u64)>>>,
