@@ -20,6 +20,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::transport::Transport;
 use crate::Edge;
 
+/// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds `addr`; an empty address means the listener is disabled.
 pub async fn bind_tcp(addr: &str) -> anyhow::Result<Option<TcpListener>> {
     if addr.trim().is_empty() {
@@ -28,8 +31,18 @@ pub async fn bind_tcp(addr: &str) -> anyhow::Result<Option<TcpListener>> {
     let sock: SocketAddr = addr
         .parse()
         .with_context(|| format!("invalid listen address {addr:?} (want IP:PORT)"))?;
-    let l = TcpListener::bind(sock)
-        .await
+    let socket = if sock.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(sock)
+        .with_context(|| format!("cannot listen on {sock}"))?;
+    // A deep accept queue: a storm of connections waits in the kernel instead of being dropped.
+    let l = socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {sock}"))?;
     Ok(Some(l))
 }
