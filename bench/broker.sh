@@ -17,9 +17,10 @@
 # Load generator: bench/loadgen (rtw-loadgen, rumqttc 0.25 + raw MQTT for the
 # connection scenarios), built once into bench/.tools/target. The crates.io
 # tools were reviewed and not used: mqtt-benchmark 0.2.4 only publishes (it
-# cannot measure what subscribers receive) and mqttwrk 0.2.0 is unmaintained
-# (rumqttc 0.20, structopt), with no connection-storm measurement and no
-# machine-readable output.
+# cannot measure what subscribers receive) and mqttwrk 0.2.0, its latest
+# release, looks unmaintained (still on rumqttc 0.20 and the deprecated
+# structopt) and has no connection-storm measurement and no machine-readable
+# output.
 #
 # Every step is bounded: fixed message/connection counts, `timeout` around each
 # load run and broker start, and each broker is killed by PID on exit (trap).
@@ -30,9 +31,10 @@ TOOLS="$ROOT/bench/.tools"
 LOADGEN="$TOOLS/target/release/rtw-loadgen"
 RTW_BIN="${RTW_BIN:-$ROOT/target/release/realtime-web}"
 
+# Base loopback ports; each broker start takes the next one (see next_port).
 MOSQ_PORT="${MOSQ_PORT:-21883}"
 RTW_MQTT_PORT="${RTW_MQTT_PORT:-22883}"
-RTW_HTTP_PORT="${RTW_HTTP_PORT:-22880}"
+RTW_HTTP_PORT="${RTW_HTTP_PORT:-23880}"
 
 # Workload sizes (override from the environment).
 PAYLOAD="${PAYLOAD:-100}"
@@ -129,22 +131,35 @@ wait_port() { # port seconds
   return 1
 }
 
+# Every broker start uses the next port (base, base+1, ...): after a run with
+# 10,000 connections the old client sockets sit in TIME-WAIT for 60 s, and
+# reusing the same destination port made the next connection storm 5-10x
+# slower (measured). Fresh ports keep runs independent.
+PORT_SEQ=0
+next_port() { # base -> first free port at base+PORT_SEQ.., sets NEXT_PORT
+  local p
+  for _ in $(seq 1 100); do
+    p=$(( $1 + PORT_SEQ )); PORT_SEQ=$(( PORT_SEQ + 1 ))
+    port_open "$p" || { NEXT_PORT="$p"; return 0; }
+  done
+  die "no free port near $1"
+}
+
 start_broker() { # name -> sets BROKER_PID, BROKER_PORT
   local name="$1" dir="$WORK/$1-$RANDOM"
   mkdir -p "$dir"
   case "$name" in
     mosquitto)
-      BROKER_PORT="$MOSQ_PORT"
-      printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n' "$MOSQ_PORT" > "$dir/mosquitto.conf"
-      port_open "$BROKER_PORT" && die "port $BROKER_PORT already in use"
+      next_port "$MOSQ_PORT"; BROKER_PORT="$NEXT_PORT"
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n' "$BROKER_PORT" > "$dir/mosquitto.conf"
       mosquitto -c "$dir/mosquitto.conf" > "$dir/broker.log" 2>&1 &
       BROKER_PID=$!
       ;;
     realtime-web)
-      BROKER_PORT="$RTW_MQTT_PORT"
-      port_open "$BROKER_PORT" && die "port $BROKER_PORT already in use"
+      next_port "$RTW_MQTT_PORT"; BROKER_PORT="$NEXT_PORT"
+      next_port "$RTW_HTTP_PORT"; local http_port="$NEXT_PORT"
       mkdir -p "$dir/data"
-      RTW_MQTT__LISTEN="127.0.0.1:$RTW_MQTT_PORT" RTW_HTTP__LISTEN="127.0.0.1:$RTW_HTTP_PORT" \
+      RTW_MQTT__LISTEN="127.0.0.1:$BROKER_PORT" RTW_HTTP__LISTEN="127.0.0.1:$http_port" \
         RTW_STORAGE__DIR="$dir/data" "$RTW_BIN" > "$dir/broker.log" 2>&1 &
       BROKER_PID=$!
       ;;
@@ -230,9 +245,13 @@ RTW_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo uncommitted
 sysctl_val() { cat "/proc/sys/$1" 2>/dev/null | tr '\t' ' ' || echo "?"; }
 echo "Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, $MEM_TOTAL RAM, Linux $(uname -r)"
 echo "Kernel: somaxconn=$(sysctl_val net/core/somaxconn) tcp_max_syn_backlog=$(sysctl_val net/ipv4/tcp_max_syn_backlog) syncookies=$(sysctl_val net/ipv4/tcp_syncookies) nofile=$(ulimit -n)"
-echo "Brokers: mosquitto ${MOSQ_VER:-?} (port $MOSQ_PORT)$([[ $PEER_ONLY -eq 0 ]] && echo ", realtime-web $RTW_REV (port $RTW_MQTT_PORT)")"
+echo "Brokers: mosquitto ${MOSQ_VER:-?} (ports from $MOSQ_PORT)$([[ $PEER_ONLY -eq 0 ]] && echo ", realtime-web $RTW_REV (ports from $RTW_MQTT_PORT)")"
 echo "Workload: payload ${PAYLOAD} B; a=$MSGS_A b=$MSGS_B msgs; c=$MSGS_C d=$MSGS_D msgs x $FANOUT subs; e,f=$CONNS conns; median of $RUNS run(s)"
 echo "Load generator and broker share the same $(nproc) CPUs (loopback)."
+LOAD1="$(cut -d' ' -f1 /proc/loadavg)"
+if awk -v l="$LOAD1" 'BEGIN{exit !(l > 0.5)}'; then
+  echo "WARNING: load average $LOAD1 before the run: other work is using the CPUs, numbers will be low and noisy."
+fi
 echo
 
 BROKERS=(mosquitto)
@@ -242,13 +261,13 @@ BROKERS=(mosquitto)
 ROWS=(a b c d e e2 f f2 f3)
 declare -A ROW_SC=([a]=a [b]=b [c]=c [d]=d [e]=e [e2]=e [f]=f [f2]=f [f3]=f)
 declare -A ROW_KEY=([a]=msgs_per_s [b]=msgs_per_s [c]=msgs_per_s [d]=msgs_per_s
-  [e]=bytes_per_conn [e2]=conns_per_s [f]=conns_per_s [f2]=p99_ms [f3]=failed)
+  [e]=bytes_per_conn [e2]=conns_per_s [f]=conns_per_s_90 [f2]=p99_ms [f3]=failed)
 declare -A NAME=(
   [a]="a  1->1  QoS0" [b]="b  1->1  QoS1" [c]="c  1->${FANOUT} QoS0" [d]="d  1->${FANOUT} QoS1"
   [e]="e  idle conns (${CONNS})" [e2]="e  connect, ${IDLE_CONCURRENCY} in flight" [f]="f  conn storm (${CONNS})" [f2]="f  storm p99 latency" [f3]="f  storm failed clients"
 )
 declare -A UNIT=([a]="msgs/s" [b]="msgs/s" [c]="msgs/s" [d]="msgs/s"
-  [e]="bytes/conn (lower is better)" [e2]="conns/s" [f]="conns/s" [f2]="ms (lower is better)"
+  [e]="bytes/conn (lower is better)" [e2]="conns/s" [f]="conns/s, first 90% of clients" [f2]="ms (lower is better)"
   [f3]="of ${CONNS} (lower is better)")
 declare -A LINES=()  # "sc,broker,run" -> RESULT line
 declare -A RES=()    # "row,broker" -> median
@@ -289,12 +308,12 @@ ratio() { # rtw mosq
 
 TABLE="$WORK/table.md"
 {
-  printf '| %-26s | %-28s | %14s | %14s | %13s |\n' scenario metric realtime-web mosquitto "rtw / mosq"
-  printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "$(printf -- '-%.0s' {1..30})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..15})"
+  printf '| %-26s | %-31s | %14s | %14s | %13s |\n' scenario metric realtime-web mosquitto "rtw / mosq"
+  printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "$(printf -- '-%.0s' {1..33})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..15})"
   for row in "${SEL_ROWS[@]}"; do
     rtw="${RES[$row,realtime-web]:--}"
     mq="${RES[$row,mosquitto]:--}"
-    printf '| %-26s | %-28s | %14s | %14s | %13s |\n' "${NAME[$row]}" "${UNIT[$row]}" "$rtw" "$mq" "$(ratio "$rtw" "$mq")"
+    printf '| %-26s | %-31s | %14s | %14s | %13s |\n' "${NAME[$row]}" "${UNIT[$row]}" "$rtw" "$mq" "$(ratio "$rtw" "$mq")"
   done
 } > "$TABLE"
 cat "$TABLE"

@@ -2,8 +2,9 @@
 //!
 //! Why hand-written rather than a crates.io tool: `mqtt-benchmark` (0.2.4)
 //! only publishes (it never measures what subscribers receive) and `mqttwrk`
-//! (0.2.0) is unmaintained (rumqttc 0.20, structopt) and has neither a
-//! connection-storm measurement nor machine-readable output. This tool covers
+//! (0.2.0, its latest release) looks unmaintained (still on rumqttc 0.20 and
+//! the deprecated structopt) and has neither a connection-storm measurement
+//! nor machine-readable output. This tool covers
 //! exactly the scenarios of the benchmark and prints one `RESULT` line of
 //! `key=value` pairs per run, easy to parse from bash.
 //!
@@ -508,14 +509,6 @@ fn vm_rss_kb(pid: u32) -> Result<u64> {
     bail!("no VmRSS in /proc/{pid}/status")
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 async fn idle_conns(
     cli: &Cli,
     conns: usize,
@@ -677,11 +670,39 @@ async fn conn_storm(cli: &Cli, conns: usize, conn_timeout: Duration, keepalive: 
         }
     }
     let ok = streams.len();
-    lats.sort_by(|a, b| a.total_cmp(b));
+    // Latencies of all clients, failed ones as +inf: "time until X% of the
+    // clients had their CONNACK" is robust against a few stragglers stuck in
+    // SYN/RTO back-off, unlike the time to the very last CONNACK.
+    let mut all = lats.clone();
+    all.extend(std::iter::repeat_n(f64::INFINITY, failed));
+    all.sort_by(|a, b| a.total_cmp(b));
+    let at = |frac: f64| -> f64 {
+        if all.is_empty() {
+            return f64::INFINITY;
+        }
+        let k = ((frac * all.len() as f64).ceil() as usize).clamp(1, all.len());
+        all[k - 1]
+    };
+    let fmt_ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.1}")
+        } else {
+            "inf".to_string()
+        }
+    };
+    let t90 = at(0.90);
+    let rate90 = if t90.is_finite() {
+        format!(
+            "{:.0}",
+            (0.9 * conns as f64).ceil() / (t90 / 1000.0).max(1e-9)
+        )
+    } else {
+        "0".to_string()
+    };
     let secs = last_ok.as_secs_f64().max(1e-9);
     println!(
         "RESULT mode=conn-storm label={} status={} conns={} connected={} failed={} elapsed_s={:.3} \
-         conns_per_s={:.0} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+         conns_per_s={:.0} t90_ms={} conns_per_s_90={} p50_ms={} p99_ms={} max_ms={}",
         cli.label,
         if failed == 0 { "ok" } else { "incomplete" },
         conns,
@@ -689,9 +710,11 @@ async fn conn_storm(cli: &Cli, conns: usize, conn_timeout: Duration, keepalive: 
         failed,
         secs,
         ok as f64 / secs,
-        percentile(&lats, 0.50),
-        percentile(&lats, 0.99),
-        lats.last().copied().unwrap_or(0.0),
+        fmt_ms(t90),
+        rate90,
+        fmt_ms(at(0.50)),
+        fmt_ms(at(0.99)),
+        fmt_ms(at(1.0)),
     );
     if let Some(e) = first_err {
         eprintln!("first connection error: {e:#}");
