@@ -33,6 +33,8 @@ pub struct Builder {
     env: Vec<(String, String)>,
     tls: bool,
     dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    log_file: Option<PathBuf>,
 }
 
 impl Builder {
@@ -54,6 +56,19 @@ impl Builder {
         self
     }
 
+    /// Pass `--config PATH` (a TOML file, e.g. for `[[rpc.routes]]`); `RTW_…` variables still
+    /// override it.
+    pub fn config_file(mut self, path: &Path) -> Self {
+        self.config = Some(path.to_path_buf());
+        self
+    }
+
+    /// Append the server's stderr (its log) to this file, e.g. to check what it logs.
+    pub fn log_file(mut self, path: &Path) -> Self {
+        self.log_file = Some(path.to_path_buf());
+        self
+    }
+
     pub fn start(self) -> Server {
         let dir = self.dir.unwrap_or_else(|| {
             let d = std::env::temp_dir().join(format!(
@@ -72,6 +87,9 @@ impl Builder {
             https: self.tls.then(free_port),
             dir,
             env: self.env,
+            config: self.config,
+            log_file: self.log_file,
+            started: false,
         };
         s.spawn();
         s
@@ -87,6 +105,9 @@ pub struct Server {
     pub https: Option<u16>,
     pub dir: PathBuf,
     env: Vec<(String, String)>,
+    config: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    started: bool,
 }
 
 impl Server {
@@ -95,6 +116,8 @@ impl Server {
             env: Vec::new(),
             tls: false,
             dir: None,
+            config: None,
+            log_file: None,
         }
     }
 
@@ -102,7 +125,31 @@ impl Server {
         Self::builder().start()
     }
 
+    /// Starts the process; a start that fails (a free port taken by someone else between
+    /// `free_port()` and the bind) is retried, on fresh ports unless this is a restart.
     fn spawn(&mut self) {
+        let restart = self.started;
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.try_spawn() {
+                Ok(()) => {
+                    self.started = true;
+                    return;
+                }
+                Err(e) => last = e,
+            }
+            if !restart {
+                self.mqtt = free_port();
+                self.http = free_port();
+                self.mqtts = self.mqtts.map(|_| free_port());
+                self.https = self.https.map(|_| free_port());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{last}");
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-web"));
         cmd.env("RTW_MQTT__LISTEN", format!("127.0.0.1:{}", self.mqtt))
             .env("RTW_HTTP__LISTEN", format!("127.0.0.1:{}", self.http))
@@ -130,6 +177,17 @@ impl Server {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(f) = &self.log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .expect("open log file");
+            cmd.stderr(file);
+        }
         let child = cmd.spawn().expect("start realtime-web");
         self.child = Some(child);
         let mut ports = vec![self.mqtt, self.http];
@@ -139,7 +197,8 @@ impl Server {
         for p in ports {
             while TcpStream::connect(("127.0.0.1", p)).is_err() {
                 if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("realtime-web exited during startup: {status}");
+                    self.child = None;
+                    return Err(format!("realtime-web exited during startup: {status}"));
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -148,6 +207,7 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
