@@ -25,31 +25,50 @@ function connect(version) {
   const options = { protocolVersion: version, clientId: `browser-${Math.random().toString(16).slice(2, 10)}`, reconnectPeriod: 0 };
   if (token()) { options.username = "browser"; options.password = token(); }
   return new Promise((resolve, reject) => {
-    client = mqtt.connect(url, options);
-    client.on("connect", () => {
+    const c = mqtt.connect(url, options);
+    client = c;
+    // Events from a client replaced by a later connect() must not touch the page's state.
+    const current = () => c === client;
+    c.on("connect", () => {
+      if (!current()) return;
       window.rtw.connected = true;
       $("state").textContent = `connected (MQTT ${version === 5 ? "5" : "3.1.1"})`;
       log("mqtt", `connected to ${url}`);
-      resolve(client);
+      resolve(c);
     });
-    client.on("message", (topic, payload, packet) => {
+    c.on("message", (topic, payload, packet) => {
+      if (!current()) return;
       const text = new TextDecoder().decode(payload);
       window.rtw.mqtt.push({ topic, payload: text, version, retain: packet.retain });
       log("mqtt", `${topic}  ${text}`);
     });
-    client.on("error", (e) => { window.rtw.errors.push(String(e)); log("error", String(e)); reject(e); });
-    client.on("close", () => { window.rtw.connected = false; $("state").textContent = "disconnected"; });
+    c.on("error", (e) => {
+      if (!current()) return;
+      window.rtw.errors.push(String(e));
+      log("error", String(e));
+      reject(e);
+    });
+    c.on("close", () => {
+      if (!current()) return;
+      window.rtw.connected = false;
+      $("state").textContent = "disconnected";
+      reject(new Error(`connection to ${url} closed`)); // no-op once connected
+    });
   });
 }
 
+function connected() {
+  return client && client.connected ? Promise.resolve(client) : Promise.reject(new Error("not connected: press Connect MQTT first"));
+}
+
 function subscribe(filter) {
-  return new Promise((resolve, reject) =>
-    client.subscribe(filter, { qos: 1 }, (err, granted) => (err ? reject(err) : resolve(granted))));
+  return connected().then((c) => new Promise((resolve, reject) =>
+    c.subscribe(filter, { qos: 1 }, (err, granted) => (err ? reject(err) : resolve(granted)))));
 }
 
 function publish(topic, payload) {
-  return new Promise((resolve, reject) =>
-    client.publish(topic, payload, { qos: 1 }, (err) => (err ? reject(err) : resolve())));
+  return connected().then((c) => new Promise((resolve, reject) =>
+    c.publish(topic, payload, { qos: 1 }, (err) => (err ? reject(err) : resolve()))));
 }
 
 let source = null;
@@ -58,15 +77,21 @@ let source = null;
 function listen(filter) {
   if (source) source.close();
   if (token()) document.cookie = `rtw_token=${encodeURIComponent(token())}; path=/; SameSite=Strict`;
-  return new Promise((resolve) => {
-    source = new EventSource(`/events?topic=${encodeURIComponent(filter)}`);
-    source.onopen = () => { log("sse", `listening on ${filter}`); resolve(); };
-    source.onmessage = (ev) => {
+  return new Promise((resolve, reject) => {
+    const s = new EventSource(`/events?topic=${encodeURIComponent(filter)}`);
+    source = s;
+    s.onopen = () => { log("sse", `listening on ${filter}`); resolve(); };
+    s.onmessage = (ev) => {
       const m = JSON.parse(ev.data);
       window.rtw.sse.push(m);
       log("sse", `${m.topic}  ${m.payload}`);
     };
-    source.onerror = () => log("error", "event stream error");
+    s.onerror = () => {
+      // CLOSED: refused (bad filter, token); otherwise the browser retries by itself.
+      const refused = s.readyState === EventSource.CLOSED;
+      log("error", refused ? `event stream on ${filter} refused` : "event stream error (retrying)");
+      if (refused) reject(new Error(`event stream on ${filter} refused`));
+    };
   });
 }
 
@@ -87,8 +112,10 @@ window.rtw.publish = publish;
 window.rtw.listen = listen;
 window.rtw.call = call;
 
-$("connect").onclick = () => connect(Number($("version").value)).catch(() => {});
-$("subscribe").onclick = () => subscribe($("filter").value);
-$("publish").onclick = () => publish($("topic").value, $("payload").value);
-$("listen").onclick = () => listen($("sseFilter").value);
-$("call").onclick = () => call($("rpcPath").value, $("rpcBody").value);
+// Button clicks log failures instead of leaving unhandled rejections.
+const report = (e) => log("error", e && e.message ? e.message : String(e));
+$("connect").onclick = () => connect(Number($("version").value)).catch(() => {}); // logged by the "error" handler
+$("subscribe").onclick = () => subscribe($("filter").value).then((g) => log("mqtt", `subscribed ${JSON.stringify(g)}`), report);
+$("publish").onclick = () => publish($("topic").value, $("payload").value).catch(report);
+$("listen").onclick = () => listen($("sseFilter").value).catch(report);
+$("call").onclick = () => call($("rpcPath").value, $("rpcBody").value).catch(report);
