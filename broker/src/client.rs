@@ -6,9 +6,14 @@
 //! itself). A task owns the pipe: it assigns packet ids, keeps the number of QoS 1/2 publishes in
 //! flight within the edge's Receive Maximum, completes each caller's request when its
 //! acknowledgement arrives, and hands received messages to the owner's bounded inbox.
+//!
+//! If the session ends under it (its link to the core broke, say), the task opens a new one and
+//! subscribes again to what the owner had subscribed; requests in flight then fail with
+//! [`ClientError::Closed`], and [`LocalClient::is_closed`] is true until the session is back.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +46,18 @@ enum Cmd {
 
 enum Waiting {
     Publish(Reply<()>, Option<OwnedSemaphorePermit>),
-    Subscribe(Reply<Vec<SubscribeReasonCode>>),
-    Unsubscribe(Reply<()>),
+    Subscribe(Reply<Vec<SubscribeReasonCode>>, Vec<Filter>),
+    Unsubscribe(Reply<()>, Vec<String>),
+    /// The subscriptions made again on a new session (nobody waits for them).
+    Resubscribe,
+}
+
+/// Why [`run`] returned.
+enum Ended {
+    /// The owner is gone (every handle dropped, or the inbox closed).
+    Owner,
+    /// The session ended.
+    Session,
 }
 
 /// A handle to the in-process session; cheap to clone.
@@ -50,6 +65,10 @@ enum Waiting {
 pub struct LocalClient {
     cmds: mpsc::Sender<Cmd>,
     inflight: Arc<Semaphore>,
+    /// The session is up (false while the task opens a new one).
+    up: Arc<AtomicBool>,
+    /// The edge's `limits.max_packet_size`: a bigger PUBLISH would end the session.
+    max_packet: usize,
 }
 
 const PIPE: usize = 256 * 1024;
@@ -62,73 +81,42 @@ impl LocalClient {
         client_id: &str,
         inbox: mpsc::Sender<Publish>,
     ) -> Result<LocalClient, ClientError> {
-        let (ours, theirs) = tokio::io::duplex(PIPE);
-        let e = edge.clone();
-        tokio::spawn(async move {
-            let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-            e.serve(Box::new(theirs), peer, Transport::Internal).await
-        });
-        let mut pipe = ours;
-        let connect = Packet::Connect(
-            Connect {
-                keep_alive: 0,
-                client_id: client_id.to_string(),
-                clean_start: true,
-                properties: None,
-            },
-            None,
-            None,
-        );
-        let mut out = BytesMut::new();
-        connect
-            .write(&mut out, None)
-            .map_err(|e| ClientError::Refused(e.to_string()))?;
-        pipe.write_all(&out)
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        let mut buf = BytesMut::with_capacity(PIPE);
-        let ack = tokio::time::timeout(WAIT, async {
-            loop {
-                if pipe
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|_| ClientError::Closed)?
-                    == 0
-                {
-                    return Err(ClientError::Closed);
-                }
-                match codec::read_v5(&mut buf, u32::MAX) {
-                    Ok(Some(Packet::ConnAck(a))) => return Ok(a),
-                    Ok(None) => continue,
-                    _ => return Err(ClientError::Closed),
-                }
-            }
-        })
-        .await
-        .map_err(|_| ClientError::Timeout)??;
-        if ack.code != ConnectReturnCode::Success {
-            return Err(ClientError::Refused(format!("{:?}", ack.code)));
-        }
-        let window = ack
-            .properties
-            .as_ref()
-            .and_then(|p| p.receive_max)
-            .unwrap_or(u16::MAX);
+        let (pipe, buf, window) = open(edge, client_id).await?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(pipe, buf, rx, inbox));
+        let up = Arc::new(AtomicBool::new(true));
+        tokio::spawn(supervise(
+            edge.clone(),
+            client_id.to_string(),
+            (pipe, buf),
+            rx,
+            inbox,
+            up.clone(),
+        ));
         Ok(LocalClient {
             cmds: tx,
             inflight: Arc::new(Semaphore::new(window as usize)),
+            up,
+            max_packet: edge.config.limits.max_packet_size as usize,
         })
     }
 
-    /// Has the session ended?
+    /// Is the session down (ended for good, or being opened again)?
     pub fn is_closed(&self) -> bool {
-        self.cmds.is_closed()
+        self.cmds.is_closed() || !self.up.load(Ordering::Relaxed)
     }
 
     /// Publishes and waits for the broker's acknowledgement (QoS 1/2) or the write (QoS 0).
     pub async fn publish(&self, p: Publish) -> Result<(), ClientError> {
+        // The edge ends a session that sends a packet over its limit (DISCONNECT 0x95), which
+        // for this shared session would fail every later caller: refuse this one instead.
+        // (+2: the packet id, not yet assigned.)
+        let size = p.size() + 2;
+        if size > self.max_packet {
+            return Err(ClientError::Refused(format!(
+                "PacketTooLarge: {size} bytes, over the broker's maximum packet size of {}",
+                self.max_packet
+            )));
+        }
         let permit = if p.qos == QoS::AtMostOnce {
             None
         } else {
@@ -177,12 +165,117 @@ impl LocalClient {
     }
 }
 
+/// Opens the in-process session: the pipe, bytes read past the CONNACK, and the edge's Receive
+/// Maximum.
+async fn open(
+    edge: &Arc<Edge>,
+    client_id: &str,
+) -> Result<(DuplexStream, BytesMut, u16), ClientError> {
+    let (ours, theirs) = tokio::io::duplex(PIPE);
+    let e = edge.clone();
+    tokio::spawn(async move {
+        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        e.serve(Box::new(theirs), peer, Transport::Internal).await
+    });
+    let mut pipe = ours;
+    let connect = Packet::Connect(
+        Connect {
+            keep_alive: 0,
+            client_id: client_id.to_string(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        None,
+    );
+    let mut out = BytesMut::new();
+    connect
+        .write(&mut out, None)
+        .map_err(|e| ClientError::Refused(e.to_string()))?;
+    pipe.write_all(&out)
+        .await
+        .map_err(|_| ClientError::Closed)?;
+    let mut buf = BytesMut::with_capacity(PIPE);
+    let ack = tokio::time::timeout(WAIT, async {
+        loop {
+            if pipe
+                .read_buf(&mut buf)
+                .await
+                .map_err(|_| ClientError::Closed)?
+                == 0
+            {
+                return Err(ClientError::Closed);
+            }
+            match codec::read_v5(&mut buf, u32::MAX) {
+                Ok(Some(Packet::ConnAck(a))) => return Ok(a),
+                Ok(None) => continue,
+                _ => return Err(ClientError::Closed),
+            }
+        }
+    })
+    .await
+    .map_err(|_| ClientError::Timeout)??;
+    if ack.code != ConnectReturnCode::Success {
+        return Err(ClientError::Refused(format!("{:?}", ack.code)));
+    }
+    let window = ack
+        .properties
+        .as_ref()
+        .and_then(|p| p.receive_max)
+        .unwrap_or(u16::MAX);
+    Ok((pipe, buf, window))
+}
+
+/// Runs the session, and opens a new one each time it ends (with backoff) until the owner is gone
+/// or the node shuts down.
+async fn supervise(
+    edge: Arc<Edge>,
+    client_id: String,
+    (mut pipe, mut buf): (DuplexStream, BytesMut),
+    mut cmds: mpsc::Receiver<Cmd>,
+    inbox: mpsc::Sender<Publish>,
+    up: Arc<AtomicBool>,
+) {
+    // What the owner subscribed to, made again on every new session.
+    let mut subs: Vec<Filter> = Vec::new();
+    loop {
+        if let Ended::Owner = run(pipe, buf, &mut cmds, &inbox, &mut subs).await {
+            return;
+        }
+        up.store(false, Ordering::Relaxed);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if edge.shutdown.is_cancelled() || cmds.is_closed() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            match open(&edge, &client_id).await {
+                Ok((p, b, _)) => {
+                    (pipe, buf) = (p, b);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(client_id, error = %e, "cannot reopen the bridge's session");
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        tracing::warn!(
+            client_id,
+            subscriptions = subs.len(),
+            "the bridge's broker session was reopened"
+        );
+        up.store(true, Ordering::Relaxed);
+    }
+}
+
 async fn run(
     mut pipe: DuplexStream,
     mut buf: BytesMut,
-    mut cmds: mpsc::Receiver<Cmd>,
-    inbox: mpsc::Sender<Publish>,
-) {
+    cmds: &mut mpsc::Receiver<Cmd>,
+    inbox: &mpsc::Sender<Publish>,
+    subs: &mut Vec<Filter>,
+) -> Ended {
     let mut waiting: HashMap<u16, Waiting> = HashMap::new();
     let mut next: u16 = 0;
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -192,10 +285,22 @@ async fn run(
             return next;
         }
     };
-    loop {
+    // A reopened session: subscribe again to everything the owner had.
+    for chunk in subs.chunks(64) {
+        let id = alloc(&waiting);
+        let p = Packet::Subscribe(Subscribe {
+            pkid: id,
+            filters: chunk.to_vec(),
+            properties: None,
+        });
+        if p.write(&mut out, None).is_ok() {
+            waiting.insert(id, Waiting::Resubscribe);
+        }
+    }
+    let ended = 'main: loop {
         if !out.is_empty() {
             if pipe.write_all(&out).await.is_err() {
-                break;
+                break Ended::Session;
             }
             out.clear();
         }
@@ -204,7 +309,7 @@ async fn run(
         }
         tokio::select! {
             cmd = cmds.recv() => {
-                let Some(cmd) = cmd else { break };
+                let Some(cmd) = cmd else { break Ended::Owner };
                 let (packet, wait) = match cmd {
                     Cmd::Publish(mut p, permit, reply) => {
                         if p.qos == QoS::AtMostOnce {
@@ -219,13 +324,13 @@ async fn run(
                     }
                     Cmd::Subscribe(filters, reply) => {
                         let id = alloc(&waiting);
-                        (Packet::Subscribe(Subscribe { pkid: id, filters, properties: None }),
-                         Some((id, Waiting::Subscribe(reply))))
+                        (Packet::Subscribe(Subscribe { pkid: id, filters: filters.clone(), properties: None }),
+                         Some((id, Waiting::Subscribe(reply, filters))))
                     }
                     Cmd::Unsubscribe(filters, reply) => {
                         let id = alloc(&waiting);
-                        (Packet::Unsubscribe(Unsubscribe { pkid: id, filters, properties: None }),
-                         Some((id, Waiting::Unsubscribe(reply))))
+                        (Packet::Unsubscribe(Unsubscribe { pkid: id, filters: filters.clone(), properties: None }),
+                         Some((id, Waiting::Unsubscribe(reply, filters))))
                     }
                 };
                 if packet.write(&mut out, None).is_err() {
@@ -239,12 +344,12 @@ async fn run(
                 }
             }
             r = pipe.read_buf(&mut buf) => {
-                if !matches!(r, Ok(n) if n > 0) { break }
+                if !matches!(r, Ok(n) if n > 0) { break Ended::Session }
                 loop {
                     let p = match codec::read_v5(&mut buf, u32::MAX) {
                         Ok(Some(p)) => p,
                         Ok(None) => break,
-                        Err(_) => return,
+                        Err(_) => break 'main Ended::Session,
                     };
                     match p {
                         Packet::Publish(p) => {
@@ -254,7 +359,7 @@ async fn run(
                                 QoS::ExactlyOnce => { let _ = Packet::PubRec(PubRec::new(p.pkid, None)).write(&mut out, None); }
                             }
                             // Back-pressure: a full inbox holds this task, and so the session.
-                            if inbox.send(p).await.is_err() { return }
+                            if inbox.send(p).await.is_err() { break 'main Ended::Owner }
                         }
                         Packet::PubRel(r) => { let _ = Packet::PubComp(PubComp::new(r.pkid, None)).write(&mut out, None); }
                         Packet::PubAck(a) => {
@@ -270,26 +375,36 @@ async fn run(
                             }
                         }
                         Packet::PubComp(c) => done_publish(&mut waiting, c.pkid, true, String::new()),
-                        Packet::SubAck(s) => {
-                            if let Some(Waiting::Subscribe(reply)) = waiting.remove(&s.pkid) {
+                        Packet::SubAck(s) => match waiting.remove(&s.pkid) {
+                            Some(Waiting::Subscribe(reply, filters)) => {
+                                for (f, c) in filters.into_iter().zip(&s.return_codes) {
+                                    if matches!(c, SubscribeReasonCode::Success(_)) {
+                                        subs.retain(|x| x.path != f.path);
+                                        subs.push(f);
+                                    }
+                                }
                                 let _ = reply.send(Ok(s.return_codes));
                             }
-                        }
+                            Some(Waiting::Resubscribe) | None => {}
+                            Some(other) => fail(other, ClientError::Closed),
+                        },
                         Packet::UnsubAck(u) => {
-                            if let Some(Waiting::Unsubscribe(reply)) = waiting.remove(&u.pkid) {
+                            if let Some(Waiting::Unsubscribe(reply, filters)) = waiting.remove(&u.pkid) {
+                                subs.retain(|x| !filters.contains(&x.path));
                                 let _ = reply.send(Ok(()));
                             }
                         }
-                        Packet::Disconnect(_) => return,
+                        Packet::Disconnect(_) => break 'main Ended::Session,
                         _ => {}
                     }
                 }
             }
         }
-    }
+    };
     for (_, w) in waiting.drain() {
         fail(w, ClientError::Closed);
     }
+    ended
 }
 
 fn done_publish(waiting: &mut HashMap<u16, Waiting>, id: u16, ok: bool, why: String) {
@@ -307,11 +422,12 @@ fn fail(w: Waiting, e: ClientError) {
         Waiting::Publish(r, _) => {
             let _ = r.send(Err(e));
         }
-        Waiting::Subscribe(r) => {
+        Waiting::Subscribe(r, _) => {
             let _ = r.send(Err(e));
         }
-        Waiting::Unsubscribe(r) => {
+        Waiting::Unsubscribe(r, _) => {
             let _ = r.send(Err(e));
         }
+        Waiting::Resubscribe => {}
     }
 }

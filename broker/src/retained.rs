@@ -8,7 +8,7 @@
 //! acknowledged for what survives a crash.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -149,7 +149,7 @@ impl RetainedStore {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("retained-writer".into())
-            .spawn(move || writer(db, rx))?;
+            .spawn(move || writer(path, db, rx))?;
         Ok(Arc::new(RetainedStore {
             map: RwLock::new(map),
             writes: tx,
@@ -161,7 +161,7 @@ impl RetainedStore {
     pub async fn set(&self, publish: &Publish) -> Result<(), StoreError> {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let (done, wait) = oneshot::channel();
-        {
+        let (record, previous) = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
             let record = if publish.payload.is_empty() {
                 None
@@ -179,16 +179,29 @@ impl RetainedStore {
             self.writes
                 .try_send(Write { op, done })
                 .map_err(|_| StoreError::Busy)?;
-            match record {
+            let previous = match &record {
                 None => map.remove(&topic),
-                Some(r) => map.insert(topic, r),
+                Some(r) => map.insert(topic.clone(), r.clone()),
             };
+            (record, previous)
+        };
+        let failed = match wait.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => StoreError::Failed(e),
+            Err(_) => StoreError::Failed("writer stopped".into()),
+        };
+        // Not on disk, so not served either: put back what was there, unless a later write
+        // replaced this one in the meantime.
+        if let Some(mine) = record {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            if map.get(&topic).is_some_and(|cur| Arc::ptr_eq(cur, &mine)) {
+                match previous {
+                    Some(p) => map.insert(topic, p),
+                    None => map.remove(&topic),
+                };
+            }
         }
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Failed(e)),
-            Err(_) => Err(StoreError::Failed("writer stopped".into())),
-        }
+        Err(failed)
     }
 
     /// Retained messages whose topics match `filter` (not a shared subscription).
@@ -237,7 +250,12 @@ impl RetainedStore {
 }
 
 /// The writer thread: commits queued writes in batches, one transaction per batch.
-fn writer(db: Database, mut rx: mpsc::Receiver<Write>) {
+///
+/// After a failed commit redb refuses every later write on the same handle (`PreviousIo`), so
+/// the database is closed and opened again for the next batch: once the fault clears (disk space
+/// freed, file writable again), writes succeed again without a restart.
+fn writer(path: PathBuf, db: Database, mut rx: mpsc::Receiver<Write>) {
+    let mut db = Some(db);
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < 1024 {
@@ -246,10 +264,24 @@ fn writer(db: Database, mut rx: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &batch);
-        let result = result.map_err(|e| e.to_string());
+        if db.is_none() {
+            match Database::create(&path) {
+                Ok(d) => {
+                    tracing::info!(path = %path.display(), "retained store reopened");
+                    db = Some(d);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot reopen retained store")
+                }
+            }
+        }
+        let result = match &db {
+            Some(d) => commit(d, &batch).map_err(|e| e.to_string()),
+            None => Err(format!("cannot open {}", path.display())),
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "retained store write failed");
+            db = None;
         }
         for w in batch {
             let _ = w.done.send(result.clone());

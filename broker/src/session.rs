@@ -1039,6 +1039,14 @@ impl Session {
         self.seq += 1;
         let s = Stamp {
             qos,
+                // A 3.1.1 PUBACK/PUBREC has no reason code: acknowledging would tell the client
+                // its state is stored. Closing leaves the message unacknowledged instead.
+                if self.version == Version::V311 && qos != QoS::AtMostOnce {
+                    return Err(End::Violation(
+                        DisconnectReasonCode::UnspecifiedError,
+                        format!("retained message not stored: {e}"),
+                    ));
+                }
             retain: p.retain,
             src: self.src,
             seq: self.seq,
