@@ -180,8 +180,13 @@ pub async fn events(
     }
     if q.retained && !resumed {
         let now = std::time::SystemTime::now();
+        // Overlapping filters match the same retained message: send it once.
+        let mut sent = std::collections::HashSet::new();
         for f in &q.filters {
             for r in st.edge.retained.matching(f) {
+                if !sent.insert(r.publish.topic.clone()) {
+                    continue;
+                }
                 let Some(m) = r.live(now) else { continue };
                 let props = m.properties.unwrap_or_default();
                 let mut v = event_json(
