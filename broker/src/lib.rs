@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Disconnect, DisconnectReasonCode, Packet, PingReq, Publish};
+use crate::codec::{Packet, PingReq, Publish};
 pub use crate::config::BrokerConfig;
 use crate::core::{Core, UpstreamConnect};
 
@@ -155,11 +155,7 @@ impl Edge {
         };
         match self.core.connect(&req).await {
             Ok((mut s, _, _)) => {
-                let mut b = BytesMut::new();
-                let _ =
-                    Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
-                        .write(&mut b, None);
-                let _ = s.write_all(&b).await;
+                // Closed without DISCONNECT (see the end of `session::Session::run`).
                 let _ = s.shutdown().await;
             }
             Err(e) => tracing::warn!(client_id, error = %e, "could not expire session"),

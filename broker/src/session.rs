@@ -825,10 +825,9 @@ impl Session {
                 core.write_all(&self.core_out).await?;
                 self.core_out.clear();
             }
-            let mut bye = BytesMut::new();
-            let _ = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
-                .write(&mut bye, None);
-            core.write_all(&bye).await?;
+            // No DISCONNECT, just the close: rumqttd handles a DISCONNECT and then the close as
+            // two disconnections of the same connection id, and the second can end an unrelated
+            // session that has been given that id in between.
             core.shutdown().await
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
