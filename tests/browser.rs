@@ -696,7 +696,7 @@ fn metrics_parse_and_move_with_traffic() {
     let seen = sys_values(&out)
         .remove("$SYS/broker/messages/received")
         .unwrap_or_else(|| panic!("no $SYS/broker/messages/received in:\n{out}"));
-    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.len() >= 2, "one $SYS update a second: {seen:?}");
     assert!(
         seen.windows(2).all(|w| w[0] <= w[1]),
         "$SYS went backwards: {seen:?}"
