@@ -652,6 +652,18 @@ fn receive_maximum_exceeded_by_client() {
     }));
     c.expect_disconnect(DisconnectReasonCode::ReceiveMaximumExceeded);
 
+    // QoS 1: three PUBLISHes in one write, before the first PUBACK can come back.
+    let mut c = v5(&s, "rm-burst");
+    let mut burst = Vec::new();
+    for pkid in 1..=3 {
+        burst.extend(c.encode(&Packet::Publish(Publish {
+            pkid,
+            ..Publish::new("rm/x", QoS::AtLeastOnce, Bytes::from_static(b"x"), None)
+        })));
+    }
+    c.send_raw(&burst);
+    c.expect_disconnect(DisconnectReasonCode::ReceiveMaximumExceeded);
+
     // Completing each exchange keeps a client within the limit indefinitely.
     let mut ok = v5(&s, "rm-polite");
     for i in 0..5 {
@@ -1054,4 +1066,19 @@ fn pipelined_packets_after_connect() {
         c.expect(WAIT, |p| matches!(p, Packet::SubAck(_)));
         c.expect(WAIT, |p| matches!(p, Packet::PingResp(_)));
     }
+}
+
+/// The same features through Eclipse Paho (paho-mqtt 2.1, `tests/paho5/features.py`).
+#[test]
+fn paho_client_sees_mqtt5_features() {
+    let s = Server::start();
+    let script = root().join("tests/paho5/features.py");
+    let (code, out, err) = run(
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(s.mqtt.to_string()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "paho checks failed:\n{out}\n{err}");
+    assert_eq!(out.trim(), "OK", "{out}\n{err}");
 }
