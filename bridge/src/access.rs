@@ -130,7 +130,10 @@ pub fn check_subscribe(
     filter: &str,
 ) -> Result<Identity, Response> {
     let who = caller(st, headers, Some(uri))?;
-    if !st.security.can_subscribe(&who, "", filter) {
+    // The reply namespace is the bridge's own, as over MQTT (SUBACK 0x87).
+    if !st.security.can_subscribe(&who, "", filter)
+        || broker::reserved_filter(broker::topic::match_filter(filter))
+    {
         return Err(error(
             StatusCode::FORBIDDEN,
             format!("not allowed to read {filter:?}"),

@@ -270,6 +270,11 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
         if p.retain {
             continue;
         }
+        // Replies to the bridge's RPC requests reach this (internal) session too, through any
+        // filter that matches them: they are for the waiting HTTP caller alone.
+        if p.topic.starts_with(broker::REPLY_PREFIX.as_bytes()) {
+            continue;
+        }
         let props = p.properties.unwrap_or_default();
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let mut st = hub.lock();

@@ -9,7 +9,8 @@
 //! required; `nbf`, `iss` and `aud` are checked, with `leeway_secs`.
 //!
 //! Grants: the claim `{"rtw": {"pub": [filters], "sub": [filters], "admin": bool}}`, where a
-//! filter may contain `{client_id}`, `{sub}` and `{username}`; for password-file users and
+//! filter may contain `{client_id}`, `{sub}` and `{username}` (the user name only when
+//! `username_claim` binds it to the token; else it matches nothing); for password-file users and
 //! anonymous clients, `[[auth.rules]]` entries (`user = "name" | "*" | "anonymous"`).
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{Authenticator, Authorizer, Credentials, Grants, Identity, Refusal};
 use crate::topic;
+use crate::transport::Transport;
 
 /// What a 3.1.1 client gets for a refused PUBLISH (it has no reason codes).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -488,6 +490,9 @@ impl Authenticator for Security {
             return Err(Refusal::BadCredentials("bad user name or password".into()));
         }
         let claims = self.verify(password).map_err(Refusal::BadCredentials)?;
+        // The user name a grant's `{username}` may stand for: only one the token vouches for
+        // (`username_claim`), else a client could pick any and reach another user's topics.
+        let mut verified = None;
         if let Some(claim) = &self.cfg.username_claim {
             let want = claims
                 .other
@@ -495,13 +500,16 @@ impl Authenticator for Security {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .or_else(|| (claim == "sub").then(|| claims.sub.clone()).flatten());
-            if c.username != want.as_deref() {
+            // An HTTP bearer token comes without a user name: nothing to compare.
+            let http_bearer = c.transport == Transport::Http && c.username.is_none();
+            if !http_bearer && c.username != want.as_deref() {
                 return Err(Refusal::NotAuthorized(format!(
                     "user name must equal the token's {claim}"
                 )));
             }
+            verified = want;
         }
-        Ok(self.identity_from_claims(claims, c.client_id, c.username))
+        Ok(self.identity_from_claims(claims, c.client_id, verified.as_deref()))
     }
 
     fn configured(&self) -> bool {

@@ -623,7 +623,22 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     if session_present {
         session.redelivered = unacked;
         for (f, id) in saved {
-            session.add_sub(&f, id);
+            // The client may come back with other credentials: keep only what they allow (the
+            // core's copy of a dropped filter still sends, but nothing matches it here).
+            let inner = topic::match_filter(&f.path);
+            if session.internal
+                || edge
+                    .authorizer
+                    .can_subscribe(&session.identity, &session.client_id, inner)
+            {
+                session.add_sub(&f, id);
+            } else {
+                tracing::debug!(
+                    client_id = session.client_id,
+                    filter = f.path,
+                    "subscription no longer allowed"
+                );
+            }
         }
     }
     session.to_client(Packet::ConnAck(ConnAck {
@@ -1021,6 +1036,11 @@ impl Session {
                 "more QoS 1/2 messages in flight than Receive Maximum".into(),
             ));
         }
+        // Replies are for the bridge alone: kept as retained state they would reach every `#`
+        // subscriber (and anyone may publish there).
+        if p.retain && topic.starts_with(crate::REPLY_PREFIX) {
+            p.retain = false;
+        }
         if p.retain {
             if let Err(e) = self.edge.retained.set(&p).await {
                 tracing::warn!(error = %e, "retained write failed");
@@ -1073,6 +1093,18 @@ impl Session {
             id,
         };
         let mut sys_granted = Vec::new();
+        // New filters join `subs` only when the core's SUBACK comes: those of this SUBSCRIBE and
+        // of any still waiting count towards `max_subscriptions` too.
+        let mut adding: usize = self
+            .pending_subs
+            .values()
+            .map(|p| {
+                p.forwarded
+                    .iter()
+                    .filter(|&&i| !p.existed[i] && !p.cancelled[i])
+                    .count()
+            })
+            .sum();
         for (i, f) in s.filters.iter().enumerate() {
             pending.existed[i] = self.subs.contains_key(&f.path);
             let shared = topic::split_shared(&f.path).is_some();
@@ -1104,9 +1136,12 @@ impl Session {
                 pending.codes[i] = SubscribeReasonCode::TopicFilterInvalid;
                 continue;
             }
-            if !pending.existed[i] && self.subs.len() >= self.edge.config.limits.max_subscriptions {
-                pending.codes[i] = SubscribeReasonCode::QuotaExceeded;
-                continue;
+            if !pending.existed[i] {
+                if self.subs.len() + adding >= self.edge.config.limits.max_subscriptions {
+                    pending.codes[i] = SubscribeReasonCode::QuotaExceeded;
+                    continue;
+                }
+                adding += 1;
             }
             if sys {
                 self.add_sub(f, id);
