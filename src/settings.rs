@@ -65,6 +65,18 @@ impl Settings {
         c.try_deserialize().context("invalid configuration")
     }
 
+    /// Defaults, then `text` as a config file, without the environment (the `config` fuzz
+    /// target's entry point, see [`fuzz_config`]).
+    #[allow(dead_code)]
+    pub fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        let c = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .context("cannot read configuration")?;
+        c.try_deserialize().context("invalid configuration")
+    }
+
     /// Is any authenticator configured?
     pub fn auth_configured(&self) -> bool {
         self.auth.configured()
@@ -106,5 +118,22 @@ impl Settings {
             allow_anonymous: self.local_only() || self.auth.allow_anonymous.unwrap_or(false),
             deny_action: self.auth.deny_action,
         }
+    }
+}
+
+/// Target `config` of `fuzz/` (and `tests/fuzz_corpus.rs`, which includes this file): `data` as
+/// a config file, then what the binary does with a loaded config short of opening files and
+/// sockets.
+#[allow(dead_code)]
+pub fn fuzz_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(mut s) = Settings::from_toml(text) {
+        let _ = s.auth_configured();
+        s.apply_local_only();
+        let b = s.broker();
+        let _ = (b.limits.connect_timeout(), b.limits.write_timeout());
+        let _ = b.mqtts.enabled();
     }
 }

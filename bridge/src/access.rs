@@ -148,6 +148,10 @@ pub fn broker_error(e: ClientError) -> Response {
         ClientError::Refused(why) if why.contains("NotAuthorized") => {
             error(StatusCode::FORBIDDEN, format!("the broker refused: {why}"))
         }
+        ClientError::Refused(why) if why.starts_with("PacketTooLarge") => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the broker refused: {why}"),
+        ),
         ClientError::Refused(why) if why.contains("QuotaExceeded") => error(
             StatusCode::TOO_MANY_REQUESTS,
             format!("the broker refused: {why}"),

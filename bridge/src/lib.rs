@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod fuzzing;
 pub mod hub;
 pub mod ops;
 pub mod routes;

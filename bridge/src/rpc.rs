@@ -519,6 +519,12 @@ pub async fn call(
             .insert(corr.clone(), (tx, envelope));
         Some(rx)
     };
+    // Whatever ends this call (reply, timeout, error, or the caller going away, which drops
+    // this future), its correlation id stops waiting.
+    let _waiting = rx.is_some().then(|| Waiting {
+        rpc: &rpc,
+        corr: &corr,
+    });
     let started = std::time::Instant::now();
     let p = Publish::new(
         publish_topic.as_str(),
@@ -559,6 +565,22 @@ pub async fn call(
                 format!("no reply on {topic:?} within {timeout} s"),
             )
         }
+    }
+}
+
+/// Removes a correlation id from the waiting requests when dropped.
+struct Waiting<'a> {
+    rpc: &'a Rpc,
+    corr: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rpc
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.corr);
     }
 }
 

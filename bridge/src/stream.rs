@@ -29,14 +29,14 @@ use crate::hub::{Event, Gap, Subscription};
 use crate::routes::{error, AppState};
 
 /// Parsed query of `/events` and `/poll`.
-struct StreamQuery {
+pub(crate) struct StreamQuery {
     filters: Vec<String>,
     last_id: Option<String>,
     retained: bool,
     timeout: Option<String>,
 }
 
-fn parse_query(raw: Option<String>) -> Result<StreamQuery, Response> {
+pub(crate) fn parse_query(raw: Option<String>) -> Result<StreamQuery, Response> {
     let mut q = StreamQuery {
         filters: Vec::new(),
         last_id: None,

@@ -14,6 +14,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 mod core;
+pub mod fuzzing;
 pub mod listener;
 pub mod registry;
 pub mod retained;

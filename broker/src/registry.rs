@@ -54,6 +54,9 @@ pub struct Registry {
     /// Stamps (source, sequence) of the QoS 1/2 messages such a session had sent its client
     /// without an acknowledgement: sent again on resume, they carry DUP (MQTT-3.3.1-1).
     unacked: Mutex<HashMap<String, HashSet<(u64, u64)>>>,
+    /// Core packet id → the id the client knows the message by, for such deliveries: the core
+    /// re-sends them (and their PUBRELs) under its own id, the client must see its own again.
+    ids: Mutex<HashMap<String, HashMap<u16, u16>>>,
 }
 
 /// Held by a session while it runs; dropping it tells a waiting successor that it is gone.
@@ -152,11 +155,28 @@ impl Registry {
         unacked.remove(client_id).unwrap_or_default()
     }
 
+    /// Keeps a disconnected session's packet ids of deliveries in flight (core id → client id).
+    pub fn save_ids(&self, client_id: &str, ids: HashMap<u16, u16>) {
+        let mut all = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.is_empty() {
+            all.remove(client_id);
+        } else {
+            all.insert(client_id.to_string(), ids);
+        }
+    }
+
+    /// The packet ids saved for `client_id`, forgetting them.
+    pub fn take_ids(&self, client_id: &str) -> HashMap<u16, u16> {
+        let mut all = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        all.remove(client_id).unwrap_or_default()
+    }
+
     /// Called by a timer task when it has fired: forgets it, and the id once nothing is left.
     pub fn timer_fired(&self, client_id: &str, timer: Timer) {
         if let Timer::Purge = timer {
             self.take_subscriptions(client_id);
             self.take_unacked(client_id);
+            self.take_ids(client_id);
         }
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map.get_mut(client_id) {

@@ -162,6 +162,9 @@ pub struct Security {
     anonymous: bool,
 }
 
+/// Latest `exp` kept as an expiry time (9999-12-31T23:59:59Z).
+const MAX_EXP: u64 = 253_402_300_799;
+
 /// The claims realtime-web reads.
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -338,7 +341,12 @@ impl Security {
         username: Option<&str>,
     ) -> Identity {
         let subject = claims.sub.clone();
-        let expires_at = claims.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e));
+        // An `exp` past year 9999 is no practical limit: treated as none, since adding it to a
+        // clock can overflow (a panic, found by fuzzing: fuzz/corpus/jwt/claims_exp_huge).
+        let expires_at = claims
+            .exp
+            .filter(|&e| e <= MAX_EXP)
+            .map(|e| UNIX_EPOCH + Duration::from_secs(e));
         let subst = |f: &String| {
             f.replace("{client_id}", client_id)
                 .replace("{sub}", subject.as_deref().unwrap_or("\u{1}"))

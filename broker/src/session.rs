@@ -464,7 +464,14 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             .await;
         }
     }
-    let Ok(_permit) = edge.connections.clone().try_acquire_owned() else {
+    // The node's own sessions (the HTTP bridge's) do not take client slots: with a small
+    // `max_connections` the bridge could not even start.
+    let permit = if transport == Transport::Internal {
+        Ok(None)
+    } else {
+        edge.connections.clone().try_acquire_owned().map(Some)
+    };
+    let Ok(_permit) = permit else {
         edge.stats
             .connections_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -600,6 +607,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         core_stamps: HashMap::new(),
         redelivered: HashSet::new(),
         core_to_client: HashMap::new(),
+        resume_ids: HashMap::new(),
         core_rel_local: HashSet::new(),
         core_acks: VecDeque::new(),
         core_comps: VecDeque::new(),
@@ -620,8 +628,10 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     // The edge's half of a resumed session: its subscriptions, as the client made them.
     let saved = edge.registry.take_subscriptions(&session.client_id);
     let unacked = edge.registry.take_unacked(&session.client_id);
+    let ids = edge.registry.take_ids(&session.client_id);
     if session_present {
         session.redelivered = unacked;
+        session.resume_ids = ids;
         for (f, id) in saved {
             // The client may come back with other credentials: keep only what they allow (the
             // core's copy of a dropped filter still sends, but nothing matches it here).
@@ -641,7 +651,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             }
         }
     }
-    session.to_client(Packet::ConnAck(ConnAck {
+    session.send_client(Packet::ConnAck(ConnAck {
         session_present,
         code: ConnectReturnCode::Success,
         properties: ack_props,
@@ -699,6 +709,9 @@ struct Session {
     redelivered: HashSet<(u64, u64)>,
     /// Core packet id → client packet id, for QoS 2 messages towards the client.
     core_to_client: HashMap<u16, u16>,
+    /// A resumed session: core packet id → the id the client had the message under before, for
+    /// what the core sends again (PUBLISH or PUBREL). Consumed as they come.
+    resume_ids: HashMap<u16, u16>,
     /// Core QoS 2 messages the edge completes itself (delivered at a lower QoS, or dropped).
     core_rel_local: HashSet<u16>,
     /// The core's QoS 1/2 publishes in arrival order: (packet id, QoS 2, acknowledgeable).
@@ -827,7 +840,7 @@ impl Session {
                     }
                 }
                 _ = ping.tick() => {
-                    self.to_core(Packet::PingReq(PingReq));
+                    self.send_core(Packet::PingReq(PingReq));
                 }
                 _ = sleep_until(deadline) => break 'main End::KeepAlive,
                 _ = sleep_until(expires) => break 'main End::Kicked(0xA0),
@@ -872,13 +885,13 @@ impl Session {
         }
     }
 
-    fn to_client(&mut self, p: Packet) {
+    fn send_client(&mut self, p: Packet) {
         if let Err(e) = codec::write(&p, self.version, &mut self.client_out) {
             tracing::warn!(error = %e, "cannot encode packet for client");
         }
     }
 
-    fn to_core(&mut self, p: Packet) {
+    fn send_core(&mut self, p: Packet) {
         if let Err(e) = p.write(&mut self.core_out, None) {
             tracing::warn!(error = %e, "cannot encode packet for core");
         }
@@ -899,9 +912,9 @@ impl Session {
             }
             Packet::PubRel(r) => {
                 if self.local_qos2_in.remove(&r.pkid) {
-                    self.to_client(Packet::PubComp(PubComp::new(r.pkid, None)));
+                    self.send_client(Packet::PubComp(PubComp::new(r.pkid, None)));
                 } else {
-                    self.to_core(Packet::PubRel(PubRel::new(r.pkid, None)));
+                    self.send_core(Packet::PubRel(PubRel::new(r.pkid, None)));
                 }
                 Ok(())
             }
@@ -919,7 +932,7 @@ impl Session {
                 Ok(())
             }
             Packet::PingReq(_) => {
-                self.to_client(Packet::PingResp(PingResp));
+                self.send_client(Packet::PingResp(PingResp));
                 Ok(())
             }
             Packet::Disconnect(d) => Err(End::Client {
@@ -942,14 +955,14 @@ impl Session {
         self.tally.dropped += 1;
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.to_client(Packet::PubAck(PubAck {
+            QoS::AtLeastOnce => self.send_client(Packet::PubAck(PubAck {
                 pkid,
                 reason: why.puback(),
                 properties: None,
             })),
             QoS::ExactlyOnce => {
                 self.local_qos2_in.insert(pkid);
-                self.to_client(Packet::PubRec(PubRec {
+                self.send_client(Packet::PubRec(PubRec {
                     pkid,
                     reason: why.pubrec(),
                     properties: None,
@@ -1044,6 +1057,14 @@ impl Session {
         if p.retain {
             if let Err(e) = self.edge.retained.set(&p).await {
                 tracing::warn!(error = %e, "retained write failed");
+                // A 3.1.1 PUBACK/PUBREC has no reason code: acknowledging would tell the client
+                // its state is stored. Closing leaves the message unacknowledged instead.
+                if self.version == Version::V311 && qos != QoS::AtMostOnce {
+                    return Err(End::Violation(
+                        DisconnectReasonCode::UnspecifiedError,
+                        format!("retained message not stored: {e}"),
+                    ));
+                }
                 let why = match e {
                     crate::retained::StoreError::Busy => Refuse::QuotaExceeded,
                     crate::retained::StoreError::Failed(_) => Refuse::Unspecified,
@@ -1058,20 +1079,12 @@ impl Session {
         self.seq += 1;
         let s = Stamp {
             qos,
-                // A 3.1.1 PUBACK/PUBREC has no reason code: acknowledging would tell the client
-                // its state is stored. Closing leaves the message unacknowledged instead.
-                if self.version == Version::V311 && qos != QoS::AtMostOnce {
-                    return Err(End::Violation(
-                        DisconnectReasonCode::UnspecifiedError,
-                        format!("retained message not stored: {e}"),
-                    ));
-                }
             retain: p.retain,
             src: self.src,
             seq: self.seq,
         };
         stamp(&mut p, s);
-        self.to_core(Packet::Publish(p));
+        self.send_core(Packet::Publish(p));
         Ok(())
     }
 
@@ -1159,7 +1172,7 @@ impl Session {
                 .iter()
                 .map(|&i| Filter::new(pending.filters[i].path.clone(), pending.filters[i].qos))
                 .collect();
-            self.to_core(Packet::Subscribe(Subscribe {
+            self.send_core(Packet::Subscribe(Subscribe {
                 pkid: s.pkid,
                 filters,
                 properties: id.map(|id| SubscribeProperties {
@@ -1198,7 +1211,7 @@ impl Session {
 
     /// Sends SUBACK, then the retained (or `$SYS`) messages each new subscription asks for.
     fn finish_subscribe(&mut self, pkid: u16, p: PendingSub) {
-        self.to_client(Packet::SubAck(SubAck {
+        self.send_client(Packet::SubAck(SubAck {
             pkid,
             return_codes: p.codes.clone(),
             properties: None,
@@ -1275,13 +1288,13 @@ impl Session {
             }
         }
         if forward.is_empty() {
-            self.to_client(Packet::UnsubAck(UnsubAck {
+            self.send_client(Packet::UnsubAck(UnsubAck {
                 pkid: u.pkid,
                 reasons,
                 properties: None,
             }));
         } else {
-            self.to_core(Packet::Unsubscribe(Unsubscribe {
+            self.send_core(Packet::Unsubscribe(Unsubscribe {
                 pkid: u.pkid,
                 filters: forward,
                 properties: None,
@@ -1335,7 +1348,7 @@ impl Session {
             PubRecReason::Success | PubRecReason::NoMatchingSubscribers
         );
         match self.out.get(&r.pkid).copied() {
-            None => self.to_client(Packet::PubRel(PubRel::new(r.pkid, None))),
+            None => self.send_client(Packet::PubRel(PubRel::new(r.pkid, None))),
             Some(_) if failed => {
                 // The client refused the message: the exchange ends here.
                 if let Some((Origin::Core(u, _), _)) = self.out.remove(&r.pkid) {
@@ -1348,7 +1361,7 @@ impl Session {
             Some((Origin::Core(u, QoS::ExactlyOnce), QoS::ExactlyOnce)) => {
                 self.ack_core_publish(u);
             }
-            Some(_) => self.to_client(Packet::PubRel(PubRel::new(r.pkid, None))),
+            Some(_) => self.send_client(Packet::PubRel(PubRel::new(r.pkid, None))),
         }
     }
 
@@ -1359,7 +1372,7 @@ impl Session {
             Packet::Publish(p) => self.core_publish(p),
             Packet::PubAck(a) => {
                 self.inflight_in.remove(&a.pkid);
-                self.to_client(Packet::PubAck(a));
+                self.send_client(Packet::PubAck(a));
             }
             Packet::PubRec(r) => {
                 if !matches!(
@@ -1368,11 +1381,11 @@ impl Session {
                 ) {
                     self.inflight_in.remove(&r.pkid);
                 }
-                self.to_client(Packet::PubRec(r));
+                self.send_client(Packet::PubRec(r));
             }
             Packet::PubComp(c) => {
                 self.inflight_in.remove(&c.pkid);
-                self.to_client(Packet::PubComp(c));
+                self.send_client(Packet::PubComp(c));
             }
             Packet::PubRel(r) => {
                 let u = r.pkid;
@@ -1380,15 +1393,17 @@ impl Session {
                 if self.core_rel_local.remove(&u) {
                     self.complete_core_rel(u);
                 } else if let Some(&d) = self.core_to_client.get(&u) {
-                    self.to_client(Packet::PubRel(PubRel::new(d, None)));
+                    self.send_client(Packet::PubRel(PubRel::new(d, None)));
                 } else {
                     // A resumed session: the core re-sends PUBREL for a message the client
-                    // already has under the same id (the edge prefers the core's ids).
+                    // already has, under the id the client had it by (the core's, unless the
+                    // edge had to pick another: then it was saved when the connection ended).
+                    let d = self.resume_ids.remove(&u).unwrap_or(u);
                     self.out
-                        .entry(u)
+                        .entry(d)
                         .or_insert((Origin::Core(u, QoS::ExactlyOnce), QoS::ExactlyOnce));
-                    self.core_to_client.insert(u, u);
-                    self.to_client(Packet::PubRel(PubRel::new(u, None)));
+                    self.core_to_client.insert(u, d);
+                    self.send_client(Packet::PubRel(PubRel::new(d, None)));
                 }
             }
             Packet::SubAck(s) => {
@@ -1416,7 +1431,7 @@ impl Session {
             }
             Packet::UnsubAck(u) => {
                 if let Some(p) = self.pending_unsubs.remove(&u.pkid) {
-                    self.to_client(Packet::UnsubAck(UnsubAck {
+                    self.send_client(Packet::UnsubAck(UnsubAck {
                         pkid: u.pkid,
                         reasons: p.reasons,
                         properties: None,
@@ -1443,9 +1458,9 @@ impl Session {
         while let Some(&(pkid, qos2, true)) = self.core_acks.front() {
             self.core_acks.pop_front();
             if qos2 {
-                self.to_core(Packet::PubRec(PubRec::new(pkid, None)));
+                self.send_core(Packet::PubRec(PubRec::new(pkid, None)));
             } else {
-                self.to_core(Packet::PubAck(PubAck::new(pkid, None)));
+                self.send_core(Packet::PubAck(PubAck::new(pkid, None)));
             }
         }
     }
@@ -1457,7 +1472,7 @@ impl Session {
         }
         while let Some(&(pkid, true)) = self.core_comps.front() {
             self.core_comps.pop_front();
-            self.to_core(Packet::PubComp(PubComp::new(pkid, None)));
+            self.send_core(Packet::PubComp(PubComp::new(pkid, None)));
         }
     }
 
@@ -1599,7 +1614,9 @@ impl Session {
                 return;
             }
             let prefer = match origin {
-                Origin::Core(u, _) => Some(u),
+                // Sent again after a resume: the id the client had it by, if it was not the
+                // core's (the client may hold that id until PUBREL, MQTT-4.3.3).
+                Origin::Core(u, _) => Some(self.resume_ids.remove(&u).unwrap_or(u)),
                 Origin::Local => None,
             };
             let d = self.alloc_pkid(prefer);
@@ -1614,7 +1631,7 @@ impl Session {
             p.pkid = 0;
         }
         self.tally.messages_sent += 1;
-        self.to_client(Packet::Publish(p));
+        self.send_client(Packet::Publish(p));
     }
 
     fn drain_queue(&mut self) {
@@ -1672,7 +1689,7 @@ impl Session {
                     server_reference: None,
                 }),
             };
-            self.to_client(Packet::Disconnect(d));
+            self.send_client(Packet::Disconnect(d));
         }
         if !self.client_out.is_empty() && !matches!(end, End::Gone) {
             let _ =
@@ -1680,19 +1697,16 @@ impl Session {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-        match end {
-            End::Client { will, expiry } => {
-                if !will {
-                    self.will = None;
-                }
-                if let Some(e) = expiry {
-                    // MQTT 5 §3.14.2.2.2: 0 → non-zero is a protocol error; ignore it then.
-                    if self.expiry != 0 || e == 0 {
-                        self.expiry = e.min(self.edge.config.limits.max_session_expiry_secs);
-                    }
+        if let End::Client { will, expiry } = end {
+            if !will {
+                self.will = None;
+            }
+            if let Some(e) = expiry {
+                // MQTT 5 §3.14.2.2.2: 0 → non-zero is a protocol error; ignore it then.
+                if self.expiry != 0 || e == 0 {
+                    self.expiry = e.min(self.edge.config.limits.max_session_expiry_secs);
                 }
             }
-            _ => {}
         }
         if !self.upstream_clean && self.expiry != 0 {
             let subs = self
@@ -1713,6 +1727,13 @@ impl Session {
                 }
             }
             self.edge.registry.save_unacked(&self.client_id, unacked);
+            let mut ids = std::mem::take(&mut self.resume_ids);
+            for (&d, (origin, _)) in &self.out {
+                if let Origin::Core(u, _) = origin {
+                    ids.insert(*u, d);
+                }
+            }
+            self.edge.registry.save_ids(&self.client_id, ids);
         }
         for (_, sub) in self.subs.drain() {
             if !self.internal && !sub.sys {

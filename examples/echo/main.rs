@@ -17,6 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 
+/// Largest MQTT packet the echo accepts or sends. rumqttc's default is 10 KiB, far below the
+/// bridge's `max_body` (1 MiB); the broker enforces its own `limits.max_packet_size` anyway.
+const MAX_PACKET: usize = 16 << 20;
+
 #[derive(Parser, Debug)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1")]
@@ -58,6 +62,7 @@ async fn v5(args: Args) {
     if let (Some(u), Some(p)) = (&args.username, &args.password) {
         opts.set_credentials(u, p);
     }
+    opts.set_max_packet_size(Some(MAX_PACKET as u32));
     let filter = args.filter.unwrap_or_else(|| "rpc/#".into());
     let (client, mut events) = AsyncClient::new(opts, 1000);
     loop {
@@ -118,6 +123,7 @@ async fn v311(args: Args) {
     if let (Some(u), Some(p)) = (&args.username, &args.password) {
         opts.set_credentials(u, p);
     }
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     let filter = args.filter.unwrap_or_else(|| "req/#".into());
     let (client, mut events) = AsyncClient::new(opts, 1000);
     loop {
