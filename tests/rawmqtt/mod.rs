@@ -36,7 +36,7 @@ pub const BOTH: [V; 2] = [V::V311, V::V5];
 /// What one read gave.
 #[derive(Debug)]
 pub enum Got {
-    Packet(Packet),
+    Packet(Box<Packet>),
     Closed,
     Timeout,
 }
@@ -64,7 +64,7 @@ impl Opts {
 
     /// Sets CONNECT properties (starting from none).
     pub fn props(mut self, f: impl FnOnce(&mut ConnectProperties)) -> Opts {
-        let mut p = self.props.take().unwrap_or_else(ConnectProperties::new);
+        let mut p = self.props.take().unwrap_or_default();
         f(&mut p);
         self.props = Some(p);
         self
@@ -308,7 +308,7 @@ impl Client {
     fn read_packet(&mut self, deadline: Instant) -> Got {
         loop {
             if let Some(p) = self.decode() {
-                return Got::Packet(p);
+                return Got::Packet(Box::new(p));
             }
             if self.closed {
                 return Got::Closed;
@@ -321,8 +321,12 @@ impl Client {
 
     /// Reads one packet and files it (acking as configured). False on timeout or close.
     fn pump(&mut self, deadline: Instant) -> bool {
-        match self.read_packet(deadline) {
-            Got::Packet(Packet::Publish(p)) => {
+        let p = match self.read_packet(deadline) {
+            Got::Packet(p) => *p,
+            Got::Closed | Got::Timeout => return false,
+        };
+        match p {
+            Packet::Publish(p) => {
                 if self.auto_ack {
                     match p.qos {
                         QoS::AtMostOnce => {}
@@ -331,23 +335,17 @@ impl Client {
                     }
                 }
                 self.pubs.push_back(p);
-                true
             }
-            Got::Packet(Packet::PubRel(r)) if self.auto_ack => {
+            Packet::PubRel(r) if self.auto_ack => {
                 self.send(&Packet::PubComp(PubComp::new(r.pkid, None)));
-                true
             }
-            Got::Packet(Packet::Disconnect(d)) => {
+            Packet::Disconnect(d) => {
                 self.disconnects.push(d.clone());
                 self.other.push_back(Packet::Disconnect(d));
-                true
             }
-            Got::Packet(p) => {
-                self.other.push_back(p);
-                true
-            }
-            Got::Closed | Got::Timeout => false,
+            p => self.other.push_back(p),
         }
+        true
     }
 
     /// Is the connection closed (by the broker)? Only known after a read saw it.
