@@ -413,57 +413,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         connect.client_id.clone()
     };
 
-    let creds = Credentials {
-        client_id: &client_id,
-        username: login.as_ref().map(|l| l.username.as_str()),
-        password: login.as_ref().map(|l| l.password.as_str()),
-        peer,
-        transport,
-    };
-    // The in-process bridge session authorizes each HTTP caller itself.
-    let authenticated = if transport == Transport::Internal {
-        Ok(Identity {
-            admin: true,
-            ..Identity::default()
-        })
-    } else {
-        edge.authenticator.authenticate(&creds)
-    };
-    let identity = match authenticated {
-        Ok(id) => id,
-        Err(r) => {
-            edge.stats
-                .connections_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (code, why) = match &r {
-                Refusal::BadCredentials(w) => (ConnectReturnCode::BadUserNamePassword, w.as_str()),
-                Refusal::NotAuthorized(w) => (ConnectReturnCode::NotAuthorized, w.as_str()),
-                Refusal::BadAuthMethod(w) => {
-                    (ConnectReturnCode::BadAuthenticationMethod, w.as_str())
-                }
-            };
-            tracing::info!(%peer, client_id, reason = why, "connection refused");
-            // 3.1.1 has one code for every refusal here: 0x05, not authorized.
-            let code = if v5 {
-                code
-            } else {
-                ConnectReturnCode::NotAuthorized
-            };
-            return refuse(&mut io, version, code, why).await;
-        }
-    };
-    if let Some(w) = &will {
-        let t = String::from_utf8_lossy(&w.topic);
-        if !edge.authorizer.can_publish(&identity, &client_id, &t) {
-            return refuse(
-                &mut io,
-                version,
-                ConnectReturnCode::NotAuthorized,
-                "will topic not allowed",
-            )
-            .await;
-        }
-    }
+    // Limits before authentication: a flood of bad passwords costs no hashing past them.
     // The node's own sessions (the HTTP bridge's) do not take client slots: with a small
     // `max_connections` the bridge could not even start.
     let permit = if transport == Transport::Internal {
@@ -500,6 +450,58 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         .await;
     };
 
+    let creds = Credentials {
+        client_id: &client_id,
+        username: login.as_ref().map(|l| l.username.as_str()),
+        password: login.as_ref().map(|l| l.password.as_str()),
+        peer,
+        transport,
+    };
+    // The in-process bridge session authorizes each HTTP caller itself.
+    let authenticated = if transport == Transport::Internal {
+        Ok(Identity {
+            admin: true,
+            ..Identity::default()
+        })
+    } else {
+        // Password hashing takes milliseconds: keep it off the async workers' hot loop.
+        tokio::task::block_in_place(|| edge.authenticator.authenticate(&creds))
+    };
+    let identity = match authenticated {
+        Ok(id) => id,
+        Err(r) => {
+            edge.stats
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (code, why) = match &r {
+                Refusal::BadCredentials(w) => (ConnectReturnCode::BadUserNamePassword, w.as_str()),
+                Refusal::NotAuthorized(w) => (ConnectReturnCode::NotAuthorized, w.as_str()),
+                Refusal::BadAuthMethod(w) => {
+                    (ConnectReturnCode::BadAuthenticationMethod, w.as_str())
+                }
+            };
+            tracing::info!(%peer, client_id, reason = why, "connection refused");
+            // 3.1.1 has one code for every refusal here: 0x05, not authorized.
+            let code = if v5 {
+                code
+            } else {
+                ConnectReturnCode::NotAuthorized
+            };
+            return refuse(&mut io, version, code, why).await;
+        }
+    };
+    if let Some(w) = &will {
+        let t = String::from_utf8_lossy(&w.topic);
+        if !edge.authorizer.can_publish(&identity, &client_id, &t) {
+            return refuse(
+                &mut io,
+                version,
+                ConnectReturnCode::NotAuthorized,
+                "will topic not allowed",
+            )
+            .await;
+        }
+    }
     // Keep-alive, session expiry, flow control.
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
@@ -1343,6 +1345,13 @@ impl Session {
     }
 
     fn client_pubrec(&mut self, r: PubRec) {
+        if !self.internal {
+            eprintln!(
+                "DBG client PUBREC {} -> {:?}",
+                r.pkid,
+                self.out.get(&r.pkid)
+            );
+        }
         let failed = !matches!(
             r.reason,
             PubRecReason::Success | PubRecReason::NoMatchingSubscribers
@@ -1389,6 +1398,14 @@ impl Session {
             }
             Packet::PubRel(r) => {
                 let u = r.pkid;
+                if !self.internal {
+                    eprintln!(
+                        "DBG core PUBREL {u} local {} map {:?} resume {:?}",
+                        self.core_rel_local.contains(&u),
+                        self.core_to_client.get(&u),
+                        self.resume_ids.get(&u)
+                    );
+                }
                 self.core_comps.push_back((u, false));
                 if self.core_rel_local.remove(&u) {
                     self.complete_core_rel(u);
@@ -1620,6 +1637,15 @@ impl Session {
                 Origin::Local => None,
             };
             let d = self.alloc_pkid(prefer);
+            if !self.internal && p.qos == QoS::ExactlyOnce {
+                eprintln!(
+                    "DBG deliver core {:?} -> {d} dup {} payload {:?} out_has_u {}",
+                    origin,
+                    p.dup,
+                    p.payload,
+                    matches!(origin, Origin::Core(u,_) if Some(u)!=Some(d))
+                );
+            }
             p.pkid = d;
             if let Origin::Core(u, QoS::ExactlyOnce) = origin {
                 if p.qos == QoS::ExactlyOnce {
@@ -1732,6 +1758,9 @@ impl Session {
                 if let Origin::Core(u, _) = origin {
                     ids.insert(*u, d);
                 }
+            }
+            if !self.internal {
+                eprintln!("DBG save ids {ids:?} session end");
             }
             self.edge.registry.save_ids(&self.client_id, ids);
         }
