@@ -609,7 +609,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         core_stamps: HashMap::new(),
         redelivered: HashSet::new(),
         core_to_client: HashMap::new(),
-        resume_ids: HashMap::new(),
+        resume: Default::default(),
+        reserved: HashSet::new(),
         core_rel_local: HashSet::new(),
         core_acks: VecDeque::new(),
         core_comps: VecDeque::new(),
@@ -622,8 +623,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         copy_order: VecDeque::new(),
         pending_subs: HashMap::new(),
         pending_unsubs: HashMap::new(),
-        client_out: BytesMut::with_capacity(4096),
-        core_out: BytesMut::with_capacity(4096),
+        client_out: BytesMut::new(),
+        core_out: BytesMut::new(),
         tally: Tally::default(),
     };
     let session_present = !upstream_clean && !purge_first && core_ack.session_present;
@@ -633,7 +634,13 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     let ids = edge.registry.take_ids(&session.client_id);
     if session_present {
         session.redelivered = unacked;
-        session.resume_ids = ids;
+        session.reserved = ids
+            .rel
+            .values()
+            .chain(ids.stamps.values())
+            .copied()
+            .collect();
+        session.resume = ids;
         for (f, id) in saved {
             // The client may come back with other credentials: keep only what they allow (the
             // core's copy of a dropped filter still sends, but nothing matches it here).
@@ -710,10 +717,16 @@ struct Session {
     /// Stamps of messages a resumed session had sent without acknowledgement (DUP when resent).
     redelivered: HashSet<(u64, u64)>,
     /// Core packet id → client packet id, for QoS 2 messages towards the client.
-    core_to_client: HashMap<u16, u16>,
-    /// A resumed session: core packet id → the id the client had the message under before, for
-    /// what the core sends again (PUBLISH or PUBREL). Consumed as they come.
-    resume_ids: HashMap<u16, u16>,
+    /// Core packet id → client packet ids of QoS 2 messages delivered under it, oldest first,
+    /// with whether their PUBREL went out. Several: the core reuses an id once it has the PUBREC,
+    /// before the exchange is complete.
+    core_to_client: HashMap<u16, Vec<(u16, bool)>>,
+    /// A resumed session: the client ids of QoS 2 deliveries the previous connection left in
+    /// flight, for the PUBRELs and messages the core sends again. Consumed as they come.
+    resume: crate::registry::ResumeIds,
+    /// Client packet ids the client may still hold from the previous connection: given to no
+    /// other message until the one it holds them for comes again.
+    reserved: HashSet<u16>,
     /// Core QoS 2 messages the edge completes itself (delivered at a lower QoS, or dropped).
     core_rel_local: HashSet<u16>,
     /// The core's QoS 1/2 publishes in arrival order: (packet id, QoS 2, acknowledgeable).
@@ -770,6 +783,8 @@ impl Session {
         }
         // Packets the client sent right behind its CONNECT arrived with it.
         let mut pipelined = !cbuf.is_empty();
+        let mut cgrow = Grow::new(16 * 1024);
+        let mut ugrow = Grow::new(64 * 1024);
         let end = 'main: loop {
             if std::mem::take(&mut pipelined) {
                 if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
@@ -783,7 +798,7 @@ impl Session {
                     io.flush().await
                 };
                 match tokio::time::timeout(write_timeout, w).await {
-                    Ok(Ok(())) => self.client_out.clear(),
+                    Ok(Ok(())) => lean(&mut self.client_out),
                     _ => break 'main End::Gone,
                 }
             }
@@ -791,17 +806,13 @@ impl Session {
                 if core.write_all(&self.core_out).await.is_err() {
                     break 'main End::CoreLost;
                 }
-                self.core_out.clear();
+                lean(&mut self.core_out);
             }
             self.edge.stats.add(&mut self.tally);
             let has_sys = self.subs.values().any(|s| s.sys);
             let deadline = idle.map(|d| last_rx + d);
-            if cbuf.capacity() - cbuf.len() < 4096 {
-                cbuf.reserve(16 * 1024);
-            }
-            if ubuf.capacity() - ubuf.len() < 4096 {
-                ubuf.reserve(64 * 1024);
-            }
+            cgrow.prepare(&mut cbuf);
+            ugrow.prepare(&mut ubuf);
             tokio::select! {
                 c = control.recv() => match c {
                     Some(Control::Kick(code)) => {
@@ -820,6 +831,7 @@ impl Session {
                 r = io.read_buf(&mut cbuf) => match r {
                     Ok(0) | Err(_) => break 'main End::Gone,
                     Ok(n) => {
+                        cgrow.read(n);
                         last_rx = tokio::time::Instant::now();
                         self.tally.bytes_received += n as u64;
                         if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
@@ -829,7 +841,8 @@ impl Session {
                 },
                 r = core.read_buf(&mut ubuf) => match r {
                     Ok(0) | Err(_) => break 'main End::CoreLost,
-                    Ok(_) => {
+                    Ok(n) => {
+                        ugrow.read(n);
                         if let Err(end) = self.on_core_bytes(&mut ubuf, max_core) {
                             break 'main end;
                         }
@@ -1345,13 +1358,6 @@ impl Session {
     }
 
     fn client_pubrec(&mut self, r: PubRec) {
-        if !self.internal {
-            eprintln!(
-                "DBG client PUBREC {} -> {:?}",
-                r.pkid,
-                self.out.get(&r.pkid)
-            );
-        }
         let failed = !matches!(
             r.reason,
             PubRecReason::Success | PubRecReason::NoMatchingSubscribers
@@ -1398,14 +1404,6 @@ impl Session {
             }
             Packet::PubRel(r) => {
                 let u = r.pkid;
-                if !self.internal {
-                    eprintln!(
-                        "DBG core PUBREL {u} local {} map {:?} resume {:?}",
-                        self.core_rel_local.contains(&u),
-                        self.core_to_client.get(&u),
-                        self.resume_ids.get(&u)
-                    );
-                }
                 self.core_comps.push_back((u, false));
                 if self.core_rel_local.remove(&u) {
                     self.complete_core_rel(u);
@@ -1637,15 +1635,6 @@ impl Session {
                 Origin::Local => None,
             };
             let d = self.alloc_pkid(prefer);
-            if !self.internal && p.qos == QoS::ExactlyOnce {
-                eprintln!(
-                    "DBG deliver core {:?} -> {d} dup {} payload {:?} out_has_u {}",
-                    origin,
-                    p.dup,
-                    p.payload,
-                    matches!(origin, Origin::Core(u,_) if Some(u)!=Some(d))
-                );
-            }
             p.pkid = d;
             if let Origin::Core(u, QoS::ExactlyOnce) = origin {
                 if p.qos == QoS::ExactlyOnce {
@@ -1759,9 +1748,6 @@ impl Session {
                     ids.insert(*u, d);
                 }
             }
-            if !self.internal {
-                eprintln!("DBG save ids {ids:?} session end");
-            }
             self.edge.registry.save_ids(&self.client_id, ids);
         }
         for (_, sub) in self.subs.drain() {
@@ -1865,6 +1851,56 @@ async fn publish_will(edge: &Arc<Edge>, mut p: Publish, src: u64) {
     stamp(&mut p, s);
     p.qos = QoS::AtMostOnce;
     edge.inject(p);
+}
+
+/// Read-buffer sizing: a connection that is idle or slow holds about 1 KiB per direction; one
+/// whose reads fill the buffer gets a bigger one (up to `max`), so a busy connection still reads
+/// whole batches with one syscall.
+struct Grow {
+    want: usize,
+    max: usize,
+    spare: usize,
+}
+
+impl Grow {
+    const MIN: usize = 1024;
+
+    fn new(max: usize) -> Grow {
+        Grow {
+            want: Self::MIN,
+            max,
+            spare: 0,
+        }
+    }
+
+    /// Makes room before a read; frees a large empty buffer.
+    fn prepare(&mut self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > self.want * 4 {
+            *buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < self.want {
+            buf.reserve(self.want);
+        }
+        self.spare = buf.capacity() - buf.len();
+    }
+
+    /// Adapts to a read of `n` bytes.
+    fn read(&mut self, n: usize) {
+        if n >= self.spare {
+            self.want = (self.want * 2).min(self.max);
+        } else if n < self.want / 8 {
+            self.want = (self.want / 2).max(Self::MIN);
+        }
+    }
+}
+
+/// Clears a written buffer, freeing it when a burst made it large.
+fn lean(buf: &mut BytesMut) {
+    if buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::new();
+    } else {
+        buf.clear();
+    }
 }
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
