@@ -54,9 +54,21 @@ pub struct Registry {
     /// Stamps (source, sequence) of the QoS 1/2 messages such a session had sent its client
     /// without an acknowledgement: sent again on resume, they carry DUP (MQTT-3.3.1-1).
     unacked: Mutex<HashMap<String, HashSet<(u64, u64)>>>,
-    /// Core packet id → the id the client knows the message by, for such deliveries: the core
-    /// re-sends them (and their PUBRELs) under its own id, the client must see its own again.
-    ids: Mutex<HashMap<String, HashMap<u16, u16>>>,
+    /// The client packet ids of such a session's QoS 2 deliveries in flight (see [`ResumeIds`]).
+    ids: Mutex<HashMap<String, ResumeIds>>,
+}
+
+/// A disconnected session's QoS 2 deliveries in flight, by the packet id the client knows them
+/// by. The client may hold those ids until it gets PUBREL (MQTT-4.3.3), so on resume the same
+/// message must come again under the same id, and no other message may take it meanwhile. The
+/// core cannot help: it re-sends unacknowledged messages under new ids, and re-sends PUBREL
+/// under an id it may already have given to another message.
+#[derive(Debug, Default, Clone)]
+pub struct ResumeIds {
+    /// Core packet id of a PUBREL the core will send again → client packet id.
+    pub rel: HashMap<u16, u16>,
+    /// Stamp (source, sequence) of a message the core will send again → client packet id.
+    pub stamps: HashMap<(u64, u64), u16>,
 }
 
 /// Held by a session while it runs; dropping it tells a waiting successor that it is gone.
@@ -155,10 +167,10 @@ impl Registry {
         unacked.remove(client_id).unwrap_or_default()
     }
 
-    /// Keeps a disconnected session's packet ids of deliveries in flight (core id → client id).
-    pub fn save_ids(&self, client_id: &str, ids: HashMap<u16, u16>) {
+    /// Keeps a disconnected session's client packet ids of QoS 2 deliveries in flight.
+    pub fn save_ids(&self, client_id: &str, ids: ResumeIds) {
         let mut all = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if ids.is_empty() {
+        if ids.rel.is_empty() && ids.stamps.is_empty() {
             all.remove(client_id);
         } else {
             all.insert(client_id.to_string(), ids);
@@ -166,7 +178,7 @@ impl Registry {
     }
 
     /// The packet ids saved for `client_id`, forgetting them.
-    pub fn take_ids(&self, client_id: &str) -> HashMap<u16, u16> {
+    pub fn take_ids(&self, client_id: &str) -> ResumeIds {
         let mut all = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         all.remove(client_id).unwrap_or_default()
     }

@@ -1336,6 +1336,22 @@ impl Session {
         }
     }
 
+    /// Forgets that client id `d` carries a QoS 2 message the core sent as `u`; false if it did
+    /// not (delivered at QoS 1).
+    fn unmap_core(&mut self, u: u16, d: u16) -> bool {
+        let Some(ds) = self.core_to_client.get_mut(&u) else {
+            return false;
+        };
+        let Some(i) = ds.iter().position(|e| e.0 == d) else {
+            return false;
+        };
+        ds.remove(i);
+        if ds.is_empty() {
+            self.core_to_client.remove(&u);
+        }
+        true
+    }
+
     /// PUBACK or PUBCOMP from the client for a message the edge delivered.
     fn client_done(&mut self, pkid: u16) {
         let Some((origin, _)) = self.out.remove(&pkid) else {
@@ -1343,7 +1359,7 @@ impl Session {
         };
         match origin {
             Origin::Core(u, QoS::ExactlyOnce) => {
-                if self.core_to_client.remove(&u).is_some() {
+                if self.unmap_core(u, pkid) {
                     self.complete_core_rel(u);
                 } else {
                     // Delivered at QoS 1: the edge finishes the core's QoS 2 exchange.
@@ -1367,7 +1383,7 @@ impl Session {
             Some(_) if failed => {
                 // The client refused the message: the exchange ends here.
                 if let Some((Origin::Core(u, _), _)) = self.out.remove(&r.pkid) {
-                    self.core_to_client.remove(&u);
+                    self.unmap_core(u, r.pkid);
                     self.core_rel_local.insert(u);
                     self.ack_core_publish(u);
                 }
@@ -1407,17 +1423,25 @@ impl Session {
                 self.core_comps.push_back((u, false));
                 if self.core_rel_local.remove(&u) {
                     self.complete_core_rel(u);
-                } else if let Some(&d) = self.core_to_client.get(&u) {
+                } else if let Some(e) = self
+                    .core_to_client
+                    .get_mut(&u)
+                    .and_then(|ds| ds.iter_mut().find(|e| !e.1))
+                {
+                    // The oldest message under `u` not yet released.
+                    e.1 = true;
+                    let d = e.0;
                     self.send_client(Packet::PubRel(PubRel::new(d, None)));
                 } else {
                     // A resumed session: the core re-sends PUBREL for a message the client
-                    // already has, under the id the client had it by (the core's, unless the
-                    // edge had to pick another: then it was saved when the connection ended).
-                    let d = self.resume_ids.remove(&u).unwrap_or(u);
+                    // already has, under the id the client had it by (saved when the previous
+                    // connection ended; the core's own when nothing was saved).
+                    let d = self.resume.rel.remove(&u).unwrap_or(u);
+                    self.reserved.remove(&d);
                     self.out
                         .entry(d)
                         .or_insert((Origin::Core(u, QoS::ExactlyOnce), QoS::ExactlyOnce));
-                    self.core_to_client.insert(u, d);
+                    self.core_to_client.entry(u).or_default().push((d, true));
                     self.send_client(Packet::PubRel(PubRel::new(d, None)));
                 }
             }
@@ -1597,14 +1621,15 @@ impl Session {
 
     fn alloc_pkid(&mut self, prefer: Option<u16>) -> u16 {
         if let Some(u) = prefer {
-            if u != 0 && !self.out.contains_key(&u) {
+            if u != 0 && !self.out.contains_key(&u) && !self.reserved.contains(&u) {
                 return u;
             }
         }
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
-            if !self.out.contains_key(&self.next_pkid) {
-                return self.next_pkid;
+            let d = self.next_pkid;
+            if !self.out.contains_key(&d) && !self.reserved.contains(&d) {
+                return d;
             }
         }
     }
@@ -1631,14 +1656,23 @@ impl Session {
             let prefer = match origin {
                 // Sent again after a resume: the id the client had it by, if it was not the
                 // core's (the client may hold that id until PUBREL, MQTT-4.3.3).
-                Origin::Core(u, _) => Some(self.resume_ids.remove(&u).unwrap_or(u)),
+                Origin::Core(u, _) => {
+                    let again = self
+                        .core_stamps
+                        .get(&u)
+                        .and_then(|st| self.resume.stamps.remove(st));
+                    if let Some(d) = again {
+                        self.reserved.remove(&d);
+                    }
+                    Some(again.unwrap_or(u))
+                }
                 Origin::Local => None,
             };
             let d = self.alloc_pkid(prefer);
             p.pkid = d;
             if let Origin::Core(u, QoS::ExactlyOnce) = origin {
                 if p.qos == QoS::ExactlyOnce {
-                    self.core_to_client.insert(u, d);
+                    self.core_to_client.entry(u).or_default().push((d, false));
                 }
             }
             self.out.insert(d, (origin, p.qos));
@@ -1742,10 +1776,20 @@ impl Session {
                 }
             }
             self.edge.registry.save_unacked(&self.client_id, unacked);
-            let mut ids = std::mem::take(&mut self.resume_ids);
-            for (&d, (origin, _)) in &self.out {
-                if let Origin::Core(u, _) = origin {
-                    ids.insert(*u, d);
+            // QoS 2 ids the client may hold: what is still unresolved from before, then every
+            // QoS 2 delivery in flight, by the PUBREL the core will send again (the oldest under
+            // each core id) and by the message itself (the newest: the core may have reused
+            // the id for it), whichever comes first.
+            let mut ids = std::mem::take(&mut self.resume);
+            let reserved = std::mem::take(&mut self.reserved);
+            ids.rel.retain(|_, d| reserved.contains(d));
+            ids.stamps.retain(|_, d| reserved.contains(d));
+            for (&u, ds) in &self.core_to_client {
+                if let Some(&(d, _)) = ds.first() {
+                    ids.rel.insert(u, d);
+                }
+                if let (Some(&(d, false)), Some(st)) = (ds.last(), self.core_stamps.get(&u)) {
+                    ids.stamps.insert(*st, d);
                 }
             }
             self.edge.registry.save_ids(&self.client_id, ids);
