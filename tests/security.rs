@@ -1466,8 +1466,7 @@ async fn retained_messages_respect_read_permissions() {
     }
     let mut sse = Sse::open(&h, &url("/events?topic=pub/%23"), Some(auth.clone()))
         .await
-        .ok()
-        .expect("SSE");
+        .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
     let mut first = Vec::new();
     for _ in 0..2 {
         let v = sse.next(T).await.expect("retained event");
@@ -1632,16 +1631,14 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
         Some(auth.clone()),
     )
     .await
-    .ok()
-    .expect("SSE bearer");
+    .unwrap_or_else(|r| panic!("SSE bearer: HTTP {}", r.status()));
     let mut by_cookie = Sse::open(
         &h,
         &url("/events?topic=s/live/%23&retained=false"),
         Some(cookie.clone()),
     )
     .await
-    .ok()
-    .expect("SSE cookie");
+    .unwrap_or_else(|r| panic!("SSE cookie: HTTP {}", r.status()));
     let r = Sse::open(&h, &url("/events?topic=s/%23"), None).await;
     assert_401(r.err().expect("401"), false).await;
     let expired = hs(&claims("carol", &["s/#"], &["s/#"], -3600));
@@ -1739,8 +1736,7 @@ async fn rpc_replies_never_reach_other_readers() {
         Some(auth.clone()),
     )
     .await
-    .ok()
-    .expect("SSE #");
+    .unwrap_or_else(|r| panic!("SSE #: HTTP {}", r.status()));
     let replies = Sse::open(
         &h,
         &url("/events?topic=rtw/replies/%23&retained=false"),
@@ -1777,10 +1773,11 @@ async fn rpc_replies_never_reach_other_readers() {
     assert_eq!(seen, ["rpc/x"], "MQTT '#' saw {seen:?}");
     match replies {
         Err(r) => assert_eq!(r.status(), 403),
-        Ok(mut sse) => match sse.next(Duration::from_secs(2)).await {
-            Ok(v) => panic!("a reply reached an SSE reader: {v}"),
-            Err(_) => {}
-        },
+        Ok(mut sse) => {
+            if let Ok(v) = sse.next(Duration::from_secs(2)).await {
+                panic!("a reply reached an SSE reader: {v}");
+            }
+        }
     }
 }
 
@@ -1841,8 +1838,7 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
         Some(("authorization", bearer(&admin))),
     )
     .await
-    .ok()
-    .expect("SSE");
+    .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
     let r = h
         .post(url("/topics/end"))
         .header("authorization", bearer(&admin))
@@ -2154,8 +2150,7 @@ async fn expired_tokens_end_connections_and_streams() {
         Some(("cookie", format!("rtw_token={short}"))),
     )
     .await
-    .ok()
-    .expect("SSE");
+    .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
     let mut steady = v5_with(&s, Tr::Tcp, "steady", "steady", &long).await;
 
     let e = c5.closed(Duration::from_secs(10)).await;
