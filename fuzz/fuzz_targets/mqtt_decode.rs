@@ -1,0 +1,5 @@
+#![no_main]
+//! See `broker::fuzzing::mqtt_decode`.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| broker::fuzzing::mqtt_decode(data));
