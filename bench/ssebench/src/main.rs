@@ -9,6 +9,9 @@
 //!    the time from just before the POST is written to the moment that stream has read the
 //!    event. Per round, the last stream's time is the fan-out latency.
 //!
+//! With `--rounds 0` it only opens the connections and reads the memory (any server that
+//! answers `200` to the request, e.g. the hello-world baseline, for its cost per connection).
+//!
 //! Prints progress on stderr and one `RESULT key=value …` line on stdout; exit code 2 on error
 //! (including the `--max-secs` deadline).
 
@@ -284,7 +287,10 @@ async fn run(a: Args) -> Result<String, String> {
     let mut all: Vec<f64> = Vec::new();
     let mut last: Vec<f64> = Vec::new();
     let mut delivered = 0usize;
-    for round in 0..=a.rounds {
+    // `--rounds 0`: only hold the connections (e.g. against a server that is not realtime-web,
+    // for its memory per connection).
+    let rounds = if a.rounds == 0 { 0..0 } else { 0..a.rounds + 1 };
+    for round in rounds {
         let t0 = Instant::now();
         let status = post(
             &mut publisher,
