@@ -172,3 +172,16 @@ impl Core {
         self.max_packet
     }
 }
+
+/// Acknowledges what was just read from an internal link at once (Linux `TCP_QUICKACK`).
+///
+/// rumqttd leaves Nagle's algorithm on for the sockets it accepts. When it writes two small
+/// packets to one link in a row (a PUBACK, then a PUBLISH) and the edge has nothing to send
+/// back in between, the second waits for the edge's delayed ACK: about 40 ms on Linux, which
+/// every HTTP request/response round trip used to pay. Called after every read from the core.
+pub(crate) fn ack_now(link: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(link).set_tcp_quickack(true);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = link;
+}

@@ -843,6 +843,7 @@ impl Session {
                     Ok(0) | Err(_) => break 'main End::CoreLost,
                     Ok(n) => {
                         ugrow.read(n);
+                        crate::core::ack_now(&core);
                         if let Err(end) = self.on_core_bytes(&mut ubuf, max_core) {
                             break 'main end;
                         }

@@ -1,0 +1,1160 @@
+//! Request/response over MQTT end to end (issue 5): real HTTP calls (reqwest) against the real
+//! binary, answered by the `echo` example (MQTT 5 and 3.1.1 responders), by `mosquitto_sub`
+//! (subscribed, never answers) and by small rumqttc responders written here (fire-and-forget
+//! delivery, late and duplicate replies).
+//!
+//! The echo example is built once per test run (`cargo build --example echo`) and run from the
+//! target directory next to this test binary.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(15);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(70))
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("reqwest client")
+}
+
+/// Random bytes, not valid UTF-8 (a 0xff is in there).
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+    if let Some(b) = v.first_mut() {
+        *b = 0xff;
+    }
+    v
+}
+
+/// Builds the echo example once and returns its path.
+fn echo_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // This test binary is target/debug/deps/rpc-…; the example is target/debug/examples/echo.
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target profile dir");
+        let bin = dir.join("examples").join("echo");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "echo"])
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .status()
+            .expect("cargo build --example echo");
+        // The workspace may be mid-edit elsewhere; an echo built before is still an echo.
+        assert!(
+            status.success() || bin.exists(),
+            "building the echo example failed"
+        );
+        if !status.success() {
+            eprintln!("warning: cargo build --example echo failed; using the existing binary");
+        }
+        assert!(bin.exists(), "{} is missing", bin.display());
+        bin
+    })
+}
+
+/// A child process killed (by its id) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the echo example against `s` (`--v311` for the 3.1.1 topic convention).
+fn echo(s: &Server, v311: bool) -> Proc {
+    let bin = echo_bin();
+    let mut cmd = Command::new(bin);
+    cmd.args(["--port", &s.mqtt.to_string()])
+        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if v311 {
+        cmd.arg("--v311");
+    }
+    Proc(cmd.spawn().expect("start echo"))
+}
+
+/// `mosquitto_sub` on `filter`: a responder that is subscribed but never answers.
+fn silent_sub(s: &Server, filter: &str) -> Proc {
+    Proc(
+        Command::new("mosquitto_sub")
+            .args(["-p", &s.mqtt.to_string(), "-t", filter, "-q", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub"),
+    )
+}
+
+/// Waits until a fire-and-forget call to `url` stops being 503 (a responder is subscribed).
+async fn wait_subscribed(c: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + T;
+    loop {
+        let r = c
+            .post(url)
+            .header("RTW-Timeout", "0")
+            .send()
+            .await
+            .expect("probe");
+        match r.status().as_u16() {
+            202 => return,
+            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            s => panic!(
+                "probe {url}: HTTP {s}: {}",
+                r.text().await.unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Asserts the JSON error shape and returns the message.
+async fn json_error(r: reqwest::Response, status: u16) -> String {
+    assert_eq!(r.status().as_u16(), status, "status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("application/json"), "content type {ct:?}");
+    let v: Value = r.json().await.expect("JSON error body");
+    assert_eq!(v["error"]["status"], status, "{v}");
+    v["error"]["message"]
+        .as_str()
+        .expect("error message")
+        .to_string()
+}
+
+/// The bridge's RPC counters (`/api/stats` → `rpc`).
+async fn rpc_stats(c: &reqwest::Client, base: &str) -> Value {
+    let r = c.get(format!("{base}/api/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "/api/stats");
+    let v: Value = r.json().await.unwrap();
+    v["rpc"].clone()
+}
+
+/// Waits until `rpc.in_flight` is `n` (it lags the HTTP answer by a moment).
+async fn wait_in_flight(c: &reqwest::Client, base: &str, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = rpc_stats(c, base).await;
+        if st["in_flight"] == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "in_flight stays at {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().expect("header value").to_string())
+}
+
+/// A TOML config with `[[rpc.routes]]` for the 3.1.1 echo (topic convention), in `dir`.
+fn routes_config(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rtw-rpc-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[rpc.routes]]
+path = "/svc/{name...}"
+topic = "req/svc/{name}"
+convention = "topic"
+
+[[rpc.routes]]
+path = "/env/{name...}"
+topic = "req/env/{name}"
+convention = "topic"
+envelope = true
+
+[[rpc.routes]]
+path = "/users/{id}"
+topic = "req/users/{id}"
+convention = "topic"
+envelope = true
+methods = ["GET"]
+
+[[rpc.routes]]
+path = "/slowroute/{x}"
+topic = "req/slow/{x}"
+convention = "topic"
+timeout_secs = 1
+
+[[rpc.routes]]
+path = "/late/{x}"
+topic = "req/late/{x}"
+convention = "topic"
+"#,
+    )
+    .expect("write config");
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// A programmable MQTT 5 responder (rumqttc).
+
+struct Responder {
+    client: AsyncClient,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Responder {
+    /// Connects, subscribes to `filter` and returns once the SUBACK arrived.
+    async fn start(s: &Server, filter: &str) -> Responder {
+        let mut opts = MqttOptions::new(
+            format!("responder-{}", rand::random::<u32>()),
+            "127.0.0.1",
+            s.mqtt,
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = AsyncClient::new(opts, 100);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(p);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("responder: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(T, ready_rx)
+            .await
+            .expect("SUBACK in time")
+            .expect("responder task");
+        Responder { client, rx, task }
+    }
+
+    async fn next(&mut self) -> Publish {
+        tokio::time::timeout(T, self.rx.recv())
+            .await
+            .expect("a request in time")
+            .expect("responder running")
+    }
+
+    /// Answers an MQTT 5 request with `body` (same correlation data).
+    async fn answer(&self, req: &Publish, body: &'static str) {
+        self.answer_with(req, body, &[], None).await
+    }
+
+    /// Answers with user properties and a content type.
+    async fn answer_with(
+        &self,
+        req: &Publish,
+        body: &'static str,
+        user: &[(&str, &str)],
+        content_type: Option<&str>,
+    ) {
+        let props = req.properties.clone().unwrap_or_default();
+        let to = props.response_topic.clone().expect("response topic");
+        let reply = PublishProperties {
+            correlation_data: props.correlation_data.clone(),
+            user_properties: user
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            content_type: content_type.map(str::to_string),
+            ..Default::default()
+        };
+        self.client
+            .publish_with_properties(to, QoS::AtLeastOnce, false, body, reply)
+            .await
+            .expect("publish reply");
+    }
+
+    /// Answers a topic-convention request (`req/…/{corr}` → `res/…/{corr}`) with `body`.
+    async fn answer_topic(&self, req: &Publish, body: &'static str) {
+        let topic = String::from_utf8(req.topic.to_vec()).expect("topic");
+        let (_, rest) = topic.split_once('/').expect("levels");
+        self.client
+            .publish(format!("res/{rest}"), QoS::AtLeastOnce, false, body)
+            .await
+            .expect("publish reply");
+    }
+}
+
+fn user_props(p: &Publish) -> HashMap<String, String> {
+    p.properties
+        .as_ref()
+        .map(|pr| pr.user_properties.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips through the echo example.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_echo_round_trip_status_headers_content_type_binary() {
+    let s = Server::start();
+    let _echo = echo(&s, false);
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+
+    // Default status 200; headers, content type, method and path come back.
+    let r = c
+        .post(format!("{base}/rpc/demo/echo?a=1&b=two"))
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("x-custom", "abc")
+        .header("cookie", "secret=1")
+        .header("authorization", "Bearer nope")
+        .header("RTW-Timeout", "5")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(header(&r, "x-custom").as_deref(), Some("abc"));
+    assert_eq!(header(&r, "x-echo-method").as_deref(), Some("POST"));
+    assert_eq!(header(&r, "x-echo-path").as_deref(), Some("/rpc/demo/echo"));
+    // Private headers are not forwarded to the responder (so the echo cannot send them back).
+    assert_eq!(header(&r, "cookie"), None);
+    assert_eq!(header(&r, "authorization"), None);
+    assert_eq!(header(&r, "rtw-timeout"), None);
+    assert_eq!(r.bytes().await.unwrap(), Bytes::from_static(b"hello"));
+
+    // GET without a body or content type: empty body, no content type.
+    let r = c
+        .get(format!("{base}/rpc/demo/get?timeout=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-echo-method").as_deref(), Some("GET"));
+    assert_eq!(header(&r, "content-type"), None);
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // Responder-chosen statuses, body still echoed.
+    for code in [404u16, 418, 503] {
+        let r = c
+            .put(format!("{base}/rpc/demo/status"))
+            .header("x-echo-status", code.to_string())
+            .body(format!("status {code}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code);
+        assert_eq!(header(&r, "x-echo-method").as_deref(), Some("PUT"));
+        assert_eq!(r.text().await.unwrap(), format!("status {code}"));
+    }
+
+    // Binary bodies of several sizes, byte for byte.
+    for n in [1usize, 1000, 9_000, 100_000, 900_000] {
+        let body = random_bytes(n);
+        let r = c
+            .post(format!("{base}/rpc/demo/binary"))
+            .header("content-type", "application/octet-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{n} bytes");
+        assert_eq!(
+            header(&r, "content-type").as_deref(),
+            Some("application/octet-stream")
+        );
+        let got = r.bytes().await.unwrap();
+        assert_eq!(got.len(), n, "{n} bytes: length");
+        assert!(got[..] == body[..], "{n} bytes: content differs");
+    }
+
+    // A body within `max_body` (1 MiB) whose request is over the broker's packet limit (1 MiB
+    // too) is refused with 413, and the bridge keeps serving (it used to lose its session).
+    let r = c
+        .post(format!("{base}/rpc/demo/huge"))
+        .body(random_bytes(1024 * 1024))
+        .send()
+        .await
+        .unwrap();
+    let msg = json_error(r, 413).await;
+    assert!(msg.contains("maximum packet size"), "{msg}");
+    let r = c
+        .post(format!("{base}/rpc/demo/after-huge"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "still here");
+    let r = c.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A topic that cannot be published to is a 400, before anything is sent.
+    let r = c.post(format!("{base}/rpc/demo/%23")).send().await.unwrap();
+    json_error(r, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_echo_through_topic_routes_with_and_without_envelope() {
+    let cfg = routes_config("v311");
+    let s = Server::builder().config_file(&cfg).start();
+    let _echo = echo(&s, true);
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+
+    // Raw (no envelope): the body round-trips, the status is 200 whatever the headers say.
+    for n in [0usize, 5, 9_000, 100_000, 900_000] {
+        let body = random_bytes(n);
+        let r = c
+            .post(format!("{base}/svc/a/b?timeout=5"))
+            .header("x-echo-status", "418")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{n} bytes");
+        let got = r.bytes().await.unwrap();
+        assert_eq!(got.len(), n, "{n} bytes: length");
+        assert!(got[..] == body[..], "{n} bytes: content differs");
+    }
+
+    // Envelope: default 200, headers and content type come back.
+    let r = c
+        .post(format!("{base}/env/x"))
+        .header("content-type", "text/plain")
+        .header("x-custom", "abc")
+        .header("cookie", "secret=1")
+        .body("hi there")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type").as_deref(), Some("text/plain"));
+    assert_eq!(header(&r, "x-custom").as_deref(), Some("abc"));
+    assert_eq!(header(&r, "cookie"), None);
+    assert_eq!(r.text().await.unwrap(), "hi there");
+
+    // Envelope: responder-chosen statuses.
+    for code in [404u16, 418] {
+        let r = c
+            .delete(format!("{base}/env/y/z"))
+            .header("x-echo-status", code.to_string())
+            .body(format!("status {code}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code);
+        assert_eq!(r.text().await.unwrap(), format!("status {code}"));
+    }
+
+    // Envelope: binary bodies (base64 inside the JSON envelope).
+    for n in [1usize, 1000, 100_000, 700_000] {
+        let body = random_bytes(n);
+        let r = c
+            .put(format!("{base}/env/bin"))
+            .header("content-type", "application/octet-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{n} bytes");
+        assert_eq!(
+            header(&r, "content-type").as_deref(),
+            Some("application/octet-stream")
+        );
+        let got = r.bytes().await.unwrap();
+        assert_eq!(got.len(), n, "{n} bytes: length");
+        assert!(got[..] == body[..], "{n} bytes: content differs");
+    }
+
+    // An envelope is bigger than its body (base64): 900 kB binary is over the broker's 1 MiB
+    // packet limit once wrapped, so 413, and the route keeps working.
+    let r = c
+        .post(format!("{base}/env/huge"))
+        .body(random_bytes(900_000))
+        .send()
+        .await
+        .unwrap();
+    let msg = json_error(r, 413).await;
+    assert!(msg.contains("maximum packet size"), "{msg}");
+    let r = c
+        .post(format!("{base}/env/after-huge"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "still here");
+
+    // Route `methods`: GET served, POST refused.
+    let r = c.get(format!("{base}/users/7")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.post(format!("{base}/users/7")).send().await.unwrap();
+    json_error(r, 405).await;
+
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: 504, 503, 202, 429, 400.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_but_silent_is_504() {
+    let cfg = routes_config("504");
+    let s = Server::builder().config_file(&cfg).start();
+    let _sub = silent_sub(&s, "rpc/slow/#");
+    let _sub2 = silent_sub(&s, "req/slow/#");
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/slow/probe")).await;
+    wait_subscribed(&c, &format!("{base}/slowroute/probe")).await;
+
+    let t0 = Instant::now();
+    let r = c
+        .post(format!("{base}/rpc/slow/x?timeout=1"))
+        .body("anyone?")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 504).await;
+    let e = t0.elapsed();
+    assert!(
+        e >= Duration::from_millis(900) && e < Duration::from_secs(4),
+        "{e:?}"
+    );
+
+    // Header form.
+    let t0 = Instant::now();
+    let r = c
+        .get(format!("{base}/rpc/slow/y"))
+        .header("RTW-Timeout", "1")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 504).await;
+    assert!(t0.elapsed() < Duration::from_secs(4));
+
+    // A route's own timeout_secs (1) applies without a timeout parameter.
+    let t0 = Instant::now();
+    let r = c.post(format!("{base}/slowroute/z")).send().await.unwrap();
+    json_error(r, 504).await;
+    let e = t0.elapsed();
+    assert!(
+        e >= Duration::from_millis(900) && e < Duration::from_secs(4),
+        "{e:?}"
+    );
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_subscribed_is_503_at_once() {
+    let s = Server::start();
+    let c = http();
+    let base = s.http_base();
+    for m in [reqwest::Method::GET, reqwest::Method::POST] {
+        let t0 = Instant::now();
+        let r = c
+            .request(m, format!("{base}/rpc/nobody/home"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let msg = json_error(r, 503).await;
+        assert!(msg.contains("rpc/nobody/home"), "{msg}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+    // A subscriber elsewhere does not count; one on a matching filter does.
+    let _other = silent_sub(&s, "rpc/elsewhere/#");
+    let _wild = silent_sub(&s, "rpc/+/home");
+    wait_subscribed(&c, &format!("{base}/rpc/nobody/home")).await;
+    let r = c
+        .post(format!("{base}/rpc/nobody/else?timeout=0"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 503).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_zero_is_202_and_the_responder_gets_the_request() {
+    let s = Server::start();
+    let mut resp = Responder::start(&s, "rpc/ff/#").await;
+    let c = http();
+    let base = s.http_base();
+
+    let r = c
+        .post(format!("{base}/rpc/ff/job?timeout=0"))
+        .header("content-type", "text/plain")
+        .header("x-trace", "t1")
+        .body("work")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["accepted"], true, "{v}");
+    assert_eq!(v["topic"], "rpc/ff/job", "{v}");
+
+    let p = resp.next().await;
+    assert_eq!(&p.topic[..], b"rpc/ff/job");
+    assert_eq!(&p.payload[..], b"work");
+    let props = p.properties.clone().unwrap_or_default();
+    assert_eq!(props.response_topic, None, "fire-and-forget asks no reply");
+    assert_eq!(props.correlation_data, None);
+    assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+    let up = user_props(&p);
+    assert_eq!(up.get("method").map(String::as_str), Some("POST"));
+    assert_eq!(up.get("path").map(String::as_str), Some("/rpc/ff/job"));
+    assert_eq!(up.get("query").map(String::as_str), Some("timeout=0"));
+    assert_eq!(up.get("header:x-trace").map(String::as_str), Some("t1"));
+
+    // Header form.
+    let r = c
+        .put(format!("{base}/rpc/ff/other"))
+        .header("RTW-Timeout", "0")
+        .body("more")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let p = resp.next().await;
+    assert_eq!(&p.topic[..], b"rpc/ff/other");
+    assert_eq!(&p.payload[..], b"more");
+    assert_eq!(
+        user_props(&p).get("method").map(String::as_str),
+        Some("PUT")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_inflight_is_429() {
+    let s = Server::builder().env("RPC__MAX_INFLIGHT", 2).start();
+    let _sub = silent_sub(&s, "rpc/slow/#");
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/slow/probe")).await;
+
+    let calls = (0..3).map(|i| {
+        let c = c.clone();
+        let url = format!("{base}/rpc/slow/{i}?timeout=3");
+        tokio::spawn(async move {
+            let r = c.post(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        })
+    });
+    let mut got = Vec::new();
+    for h in calls.collect::<Vec<_>>() {
+        got.push(h.await.unwrap());
+    }
+    let mut statuses: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![429, 504, 504], "{got:?}");
+    for (st, body) in &got {
+        assert_eq!(body["error"]["status"], *st, "{body}");
+    }
+    // The slots come back: the next call waits (504), it is not refused.
+    let r = c
+        .post(format!("{base}/rpc/slow/again?timeout=1"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 504).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_timeouts_are_400() {
+    let s = Server::start();
+    let _echo = echo(&s, false);
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    for q in ["61", "3600", "-1", "1.5", "abc", ""] {
+        let r = c
+            .post(format!("{base}/rpc/demo/x?timeout={q}"))
+            .send()
+            .await
+            .unwrap();
+        let msg = json_error(r, 400).await;
+        assert!(msg.contains("60"), "{q}: {msg}");
+    }
+    let r = c
+        .post(format!("{base}/rpc/demo/x"))
+        .header("RTW-Timeout", "61")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400).await;
+    // The maximum itself is accepted (the echo answers at once).
+    let r = c
+        .post(format!("{base}/rpc/demo/x?timeout=60"))
+        .body("max")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "max");
+    // 400 comes before 503: the timeout is checked even with nobody subscribed.
+    let r = c
+        .post(format!("{base}/other/x?timeout=61"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(format!("{base}/rpc/nobody/x?timeout=61"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency and correlation.
+
+/// `n` calls, `conc` at a time, each with a unique body that must come back to it exactly.
+async fn many_calls(c: &reqwest::Client, url: &str, n: usize, conc: usize) {
+    let results = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let c = c.clone();
+            let url = format!("{url}/{}?timeout=30", i % 7);
+            async move {
+                let body = format!("call {i} {:032x}", rand::random::<u128>());
+                let r = c
+                    .post(url)
+                    .header("x-call", i.to_string())
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => {
+                        let st = r.status().as_u16();
+                        let got = r.text().await.unwrap_or_default();
+                        (i, st, got == body, got)
+                    }
+                    Err(e) => (i, 0, false, e.to_string()),
+                }
+            }
+        })
+        .buffer_unordered(conc)
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(results.len(), n);
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|(_, st, ok, _)| *st != 200 || !ok)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {n} calls failed or got another answer, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_calls_each_get_their_own_answer_v5() {
+    let s = Server::start();
+    let _echo = echo(&s, false);
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let t0 = Instant::now();
+    many_calls(&c, &format!("{base}/rpc/many"), 1000, 200).await;
+    eprintln!("1000 v5 calls, 200 at a time: {:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_calls_each_get_their_own_answer_v311() {
+    let cfg = routes_config("many");
+    let s = Server::builder().config_file(&cfg).start();
+    let _echo = echo(&s, true);
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    let t0 = Instant::now();
+    many_calls(&c, &format!("{base}/svc/many"), 1000, 200).await;
+    eprintln!("1000 3.1.1 calls, 200 at a time: {:?}", t0.elapsed());
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_duplicate_replies_are_dropped_v5() {
+    let s = Server::start();
+    let mut resp = Responder::start(&s, "rpc/late/#").await;
+    let c = http();
+    let base = s.http_base();
+    let before = rpc_stats(&c, &base).await;
+
+    // A: the responder holds it past its 1 s timeout.
+    let r = c
+        .post(format!("{base}/rpc/late/a?timeout=1"))
+        .body("A")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 504).await;
+    let req_a = resp.next().await;
+    assert_eq!(&req_a.payload[..], b"A");
+
+    // B: the late reply to A arrives first, then B's own reply, then a duplicate of it.
+    let cb = c.clone();
+    let url = format!("{base}/rpc/late/b?timeout=10");
+    let call_b = tokio::spawn(async move { cb.post(url).body("B").send().await.unwrap() });
+    let req_b = resp.next().await;
+    assert_eq!(&req_b.payload[..], b"B");
+    resp.answer(&req_a, "late answer to A").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    resp.answer(&req_b, "answer to B").await;
+    resp.answer(&req_b, "duplicate answer to B").await;
+    let r = call_b.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "answer to B");
+
+    // C: A's and B's replies again before C's own; C still gets its own.
+    let cc = c.clone();
+    let url = format!("{base}/rpc/late/c?timeout=10");
+    let call_c = tokio::spawn(async move { cc.post(url).body("C").send().await.unwrap() });
+    let req_c = resp.next().await;
+    assert_eq!(&req_c.payload[..], b"C");
+    resp.answer(&req_a, "late answer to A, again").await;
+    resp.answer(&req_b, "late answer to B, again").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    resp.answer(&req_c, "answer to C").await;
+    let r = call_c.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "answer to C");
+
+    // The bridge's session survived the stray replies: a plain call still works.
+    let cd = c.clone();
+    let url = format!("{base}/rpc/late/d?timeout=10");
+    let call_d = tokio::spawn(async move { cd.post(url).body("D").send().await.unwrap() });
+    let req_d = resp.next().await;
+    resp.answer(&req_d, "answer to D").await;
+    let r = call_d.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "answer to D");
+
+    // Counted: 4 stray replies (A late, B duplicate, A and B again), 1 timeout, 3 answers.
+    let late = |v: &Value| v["late_replies"].as_u64().unwrap();
+    let deadline = Instant::now() + T;
+    let after = loop {
+        let after = rpc_stats(&c, &base).await;
+        if late(&after) - late(&before) >= 4 || Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(late(&after) - late(&before), 4, "{before} → {after}");
+    assert_eq!(after["timeouts"], 1, "{after}");
+    assert_eq!(after["replies"], 3, "{after}");
+    assert_eq!(after["in_flight"], 0, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_duplicate_replies_are_dropped_topic_convention() {
+    let cfg = routes_config("late");
+    let s = Server::builder().config_file(&cfg).start();
+    // A 3.1.1-style responder: it only looks at topics (rumqttc v5 client, no properties used).
+    let mut resp = Responder::start(&s, "req/late/#").await;
+    let c = http();
+    let base = s.http_base();
+
+    let r = c
+        .post(format!("{base}/late/a?timeout=1"))
+        .body("A")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 504).await;
+    let req_a = resp.next().await;
+    assert_eq!(&req_a.payload[..], b"A");
+    let topic_a = String::from_utf8(req_a.topic.to_vec()).unwrap();
+    let corr = topic_a.rsplit('/').next().unwrap();
+    assert!(
+        topic_a.starts_with("req/late/a/")
+            && corr.len() == 32
+            && corr.chars().all(|c| c.is_ascii_hexdigit()),
+        "{topic_a}"
+    );
+
+    let cb = c.clone();
+    let url = format!("{base}/late/b?timeout=10");
+    let call_b = tokio::spawn(async move { cb.post(url).body("B").send().await.unwrap() });
+    let req_b = resp.next().await;
+    assert_eq!(&req_b.payload[..], b"B");
+    resp.answer_topic(&req_a, "late answer to A").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    resp.answer_topic(&req_b, "answer to B").await;
+    resp.answer_topic(&req_b, "duplicate answer to B").await;
+    let r = call_b.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "answer to B");
+
+    let cc = c.clone();
+    let url = format!("{base}/late/c?timeout=10");
+    let call_c = tokio::spawn(async move { cc.post(url).body("C").send().await.unwrap() });
+    let req_c = resp.next().await;
+    resp.answer_topic(&req_b, "late answer to B, again").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    resp.answer_topic(&req_c, "answer to C").await;
+    let r = call_c.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "answer to C");
+
+    // Counted: A late, B duplicate, B again.
+    let deadline = Instant::now() + T;
+    let st = loop {
+        let st = rpc_stats(&c, &base).await;
+        if st["late_replies"].as_u64().unwrap() >= 3 || Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st["late_replies"], 3, "{st}");
+    assert_eq!(st["in_flight"], 0, "{st}");
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_leaves_nothing_waiting() {
+    let s = Server::start();
+    let mut resp = Responder::start(&s, "rpc/gone/#").await;
+    let c = http();
+    let base = s.http_base();
+
+    // The caller gives up after 300 ms; the bridge would wait 30 s.
+    let r = c
+        .post(format!("{base}/rpc/gone/a?timeout=30"))
+        .timeout(Duration::from_millis(300))
+        .body("A")
+        .send()
+        .await;
+    assert!(r.is_err(), "the call should have been abandoned: {r:?}");
+    let req_a = resp.next().await;
+    // Nothing waits for it any more (long before the bridge's own timeout).
+    wait_in_flight(&c, &base, 0, Duration::from_secs(5)).await;
+    // A reply now is a late one.
+    resp.answer(&req_a, "too late").await;
+    let deadline = Instant::now() + T;
+    while rpc_stats(&c, &base).await["late_replies"] != 1 {
+        assert!(Instant::now() < deadline, "late reply not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_status_and_headers_are_sanitised() {
+    let s = Server::start();
+    let mut resp = Responder::start(&s, "rpc/odd/#").await;
+    let c = http();
+    let base = s.http_base();
+
+    async fn call(c: &reqwest::Client, url: String) -> tokio::task::JoinHandle<reqwest::Response> {
+        let c = c.clone();
+        tokio::spawn(async move { c.get(url).send().await.unwrap() })
+    }
+
+    // Framing headers from a responder are not passed on; repeated headers are.
+    let h = call(&c, format!("{base}/rpc/odd/framing?timeout=10")).await;
+    let req = resp.next().await;
+    resp.answer_with(
+        &req,
+        "twelve bytes",
+        &[
+            ("status", "201"),
+            ("header:content-length", "999"),
+            ("header:transfer-encoding", "chunked"),
+            ("header:connection", "close"),
+            ("header:x-multi", "one"),
+            ("header:x-multi", "two"),
+            ("header:X-Upper", "kept"),
+            ("header:bad header", "dropped"),
+            ("header:x-bad-value", "a\nb"),
+        ],
+        Some("application/x-test"),
+    )
+    .await;
+    let r = h.await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/x-test")
+    );
+    assert_eq!(header(&r, "content-length").as_deref(), Some("12"));
+    assert_eq!(header(&r, "transfer-encoding"), None);
+    let multi: Vec<_> = r
+        .headers()
+        .get_all("x-multi")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(multi, vec!["one", "two"]);
+    assert_eq!(header(&r, "x-upper").as_deref(), Some("kept"));
+    assert_eq!(header(&r, "x-bad-value"), None);
+    assert_eq!(r.text().await.unwrap(), "twelve bytes");
+
+    // A status that is not an HTTP status is a 502.
+    for bad in ["abc", "99", "600", ""] {
+        let h = call(&c, format!("{base}/rpc/odd/status?timeout=10")).await;
+        let req = resp.next().await;
+        resp.answer_with(&req, "body", &[("status", bad)], None)
+            .await;
+        let r = h.await.unwrap();
+        assert_eq!(r.status(), 502, "status {bad:?}");
+    }
+
+    // 204 with no body.
+    let h = call(&c, format!("{base}/rpc/odd/empty?timeout=10")).await;
+    let req = resp.next().await;
+    resp.answer_with(&req, "", &[("status", "204")], None).await;
+    let r = h.await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_responders_answer_each_call_once() {
+    let s = Server::start();
+    let spawn_echo = |id: &str| {
+        Proc(
+            Command::new(echo_bin())
+                .args(["--port", &s.mqtt.to_string(), "--id", id])
+                .args(["--filter", "$share/workers/rpc/shared/#"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("echo"),
+        )
+    };
+    let _e1 = spawn_echo("echo-w1");
+    let _e2 = spawn_echo("echo-w2");
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/shared/probe")).await;
+    many_calls(&c, &format!("{base}/rpc/shared"), 300, 50).await;
+    // One answer per call: no duplicates from the second worker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = rpc_stats(&c, &base).await;
+    assert_eq!(st["late_replies"], 0, "{st}");
+    assert_eq!(st["replies"], 300, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_seen_by_the_bridge_alone() {
+    let s = Server::start();
+    let _echo = echo(&s, false);
+    let c = http();
+    let base = s.http_base();
+    // The echo first (the snooper's `#` would make the probe pass on its own).
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let mut snoop = Responder::start(&s, "#").await;
+    for i in 0..5 {
+        let r = c
+            .post(format!("{base}/rpc/private/{i}"))
+            .body(format!("secret {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("secret {i}"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut topics = Vec::new();
+    while let Ok(p) = snoop.rx.try_recv() {
+        topics.push(String::from_utf8_lossy(&p.topic).into_owned());
+    }
+    assert!(
+        topics.iter().any(|t| t.starts_with("rpc/private/")),
+        "the snooper saw the requests: {topics:?}"
+    );
+    assert!(
+        !topics.iter().any(|t| t.starts_with("rtw/")),
+        "a reply leaked to a # subscriber: {topics:?}"
+    );
+}
+
+/// One call at a time must not wait for TCP timers: rumqttd leaves Nagle's algorithm on for its
+/// internal links, and a reply written right behind a PUBACK used to wait for the edge's delayed
+/// ACK (about 40 ms per round trip, whatever the load). Medians, so one slow call on a busy
+/// machine does not fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_round_trips_pay_no_delayed_ack() {
+    let cfg = routes_config("latency");
+    let s = Server::builder().config_file(&cfg).start();
+    let _e5 = echo(&s, false);
+    let _e3 = echo(&s, true);
+    let c = http();
+    let base = s.http_base();
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    for url in [format!("{base}/rpc/lat/x"), format!("{base}/svc/lat/x")] {
+        let mut times = Vec::new();
+        for i in 0..30 {
+            let t0 = Instant::now();
+            let r = c.post(&url).body(format!("{i}")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().await.unwrap(), format!("{i}"));
+            times.push(t0.elapsed());
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        eprintln!("{url}: median {median:?}, max {:?}", times.last().unwrap());
+        assert!(
+            median < Duration::from_millis(30),
+            "{url}: median round trip {median:?} (delayed ACK?): {times:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
