@@ -51,8 +51,14 @@ impl Settings {
             anyhow::ensure!(f.exists(), "config file {} does not exist", f.display());
             b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
+        // Only `RTW_<SECTION>__<KEY>` variables are configuration; others that merely start with
+        // `RTW_` (a script's `RTW_BIN`, a test's switch) are not this program's business.
+        let vars: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("RTW_") && k.contains("__"))
+            .collect();
         b = b.add_source(
             config::Environment::with_prefix("RTW")
+                .source(Some(vars))
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")

@@ -28,7 +28,9 @@ fn http() -> reqwest::Client {
 
 /// A concrete URL for a documented path, with its required query parameters.
 fn url_for(base: &str, path: &str, item: &Value, op: Option<&Value>) -> String {
-    let path = path.replace("{topic}", "openapi/check/x");
+    let path = path
+        .replace("{topic}", "openapi/check/x")
+        .replace("{path}", "openapi/check/x");
     let mut query: Vec<String> = Vec::new();
     let params = item["parameters"].as_array().into_iter().flatten().chain(
         op.and_then(|o| o["parameters"].as_array())

@@ -32,6 +32,8 @@ pub struct Event {
     pub content_type: Option<String>,
     pub user_properties: Vec<(String, String)>,
     pub at: Instant,
+    /// The SSE data of this event, built once for however many streams carry it.
+    pub json: std::sync::OnceLock<String>,
 }
 
 struct FilterState {
@@ -287,6 +289,7 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
             content_type: props.content_type,
             user_properties: props.user_properties,
             at: Instant::now(),
+            json: std::sync::OnceLock::new(),
         });
         st.history.push_back(ev.clone());
         hub.trim(&mut st);

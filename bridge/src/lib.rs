@@ -46,6 +46,9 @@ pub struct BridgeSettings {
     pub stream_buffer: usize,
     /// Longest `timeout` a long poll may ask for, in seconds.
     pub poll_max_secs: u64,
+    /// Most `topic=` filters one stream or long poll may name (400 past it).
+    #[serde(default = "default_max_filters")]
+    pub max_filters: usize,
     /// Origins allowed to call the HTTP API from a browser (CORS); `*` for any. None by default.
     #[serde(default)]
     pub cors_origins: Vec<String>,
@@ -56,6 +59,10 @@ pub struct BridgeSettings {
     /// Directory served at `/examples/browser/` (the browser example page).
     #[serde(default = "default_examples_dir")]
     pub examples_dir: std::path::PathBuf,
+}
+
+fn default_max_filters() -> usize {
+    32
 }
 
 fn default_examples_dir() -> std::path::PathBuf {
@@ -71,6 +78,7 @@ impl Default for BridgeSettings {
             heartbeat_secs: 15,
             stream_buffer: 256,
             poll_max_secs: 60,
+            max_filters: default_max_filters(),
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
             examples_dir: default_examples_dir(),

@@ -148,6 +148,15 @@ pub async fn events(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q = match parse_query(raw) {
+        Ok(q) if q.filters.len() > st.settings.max_filters => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "at most {} topic filters per request",
+                    st.settings.max_filters
+                ),
+            )
+        }
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -223,7 +232,7 @@ pub async fn events(
 fn sse_event(st: &AppState, e: &Event) -> SseEvent {
     SseEvent::default()
         .id(st.hub.event_id(e.id))
-        .data(live_json(st, e).to_string())
+        .data(e.json.get_or_init(|| live_json(st, e).to_string()))
 }
 
 fn live(
@@ -262,6 +271,15 @@ pub async fn poll(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q = match parse_query(raw) {
+        Ok(q) if q.filters.len() > st.settings.max_filters => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "at most {} topic filters per request",
+                    st.settings.max_filters
+                ),
+            )
+        }
         Ok(q) => q,
         Err(r) => return r,
     };
