@@ -61,48 +61,10 @@ fn browser_prerequisites_missing() -> Vec<String> {
     missing
 }
 
-/// Builds the echo example once and returns its path.
+/// The echo example (built once).
 fn echo_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // This test binary is target/debug/deps/browser-…; the example is target/debug/examples/echo.
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile = exe.ancestors().nth(2).expect("target profile dir");
-        let bin = profile.join("examples").join("echo");
-        let mut cargo = Command::new(env!("CARGO"));
-        // `cargo test` gives this process the package's variables (CARGO_MANIFEST_DIR,
-        // CARGO_PKG_NAME, …). Build scripts such as ring's rerun when those change, so passing
-        // them on would rebuild ring and everything above it here, and again in the next
-        // plain `cargo build`.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_BIN_EXE_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || [
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                ]
-                .contains(&k.as_ref())
-                || ["CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k.as_ref())
-            {
-                cargo.env_remove(k.as_ref());
-            }
-        }
-        let status = cargo
-            .args(["build", "--example", "echo"])
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .status()
-            .expect("cargo build --example echo");
-        assert!(
-            status.success() || bin.exists(),
-            "building the echo example failed"
-        );
-        assert!(bin.exists(), "{} is missing", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| example_bin("echo"))
 }
 
 /// A child process killed (by its id) on drop.

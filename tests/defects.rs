@@ -491,47 +491,10 @@ async fn ws(port: u16) -> Box<dyn Io> {
 // Plain rumqttd
 // ---------------------------------------------------------------------------------------------
 
-/// Builds `examples/plain_rumqttd.rs` once per test run (a no-op when `cargo test --all-targets`
-/// already built it) and returns the binary, next to this test's own profile directory.
+/// The plain-rumqttd example (built once).
 fn plain_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable");
-        // target/<profile>/deps/defects-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("profile directory")
-            .to_path_buf();
-        let bin = profile_dir.join("examples").join("plain_rumqttd");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "--example",
-            "plain_rumqttd",
-            "--manifest-path",
-        ])
-        .arg(root().join("Cargo.toml"));
-        if let Some(target) = profile_dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(other) => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let (code, _, err) = run(&mut cmd, Duration::from_secs(900));
-        assert!(
-            code == Some(0) || bin.exists(),
-            "cannot build the plain_rumqttd example: {err}"
-        );
-        bin
-    })
+    BIN.get_or_init(|| example_bin("plain_rumqttd"))
 }
 
 /// A plain rumqttd process: MQTT 3.1.1, MQTT 5 and WebSocket listeners (and optionally 3.1.1

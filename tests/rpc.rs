@@ -41,34 +41,10 @@ fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-/// Builds the echo example once and returns its path.
+/// The echo example (built once).
 fn echo_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // This test binary is target/debug/deps/rpc-…; the example is target/debug/examples/echo.
-        let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target profile dir");
-        let bin = dir.join("examples").join("echo");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "echo"])
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .status()
-            .expect("cargo build --example echo");
-        // The workspace may be mid-edit elsewhere; an echo built before is still an echo.
-        assert!(
-            status.success() || bin.exists(),
-            "building the echo example failed"
-        );
-        if !status.success() {
-            eprintln!("warning: cargo build --example echo failed; using the existing binary");
-        }
-        assert!(bin.exists(), "{} is missing", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| example_bin("echo"))
 }
 
 /// A child process killed (by its id) on drop.

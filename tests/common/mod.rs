@@ -321,3 +321,71 @@ pub fn collect(mut child: Child, timeout: Duration) -> String {
     let out = child.wait_with_output().expect("wait");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Builds example `name` once per test process (a no-op when `cargo test --all-targets` already
+/// built it) and returns its path in this test's own profile directory.
+pub fn example_bin(name: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    // This test binary is target/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf();
+    let bin = profile_dir.join("examples").join(name);
+    let mut cargo = Command::new(env!("CARGO"));
+    // `cargo test` hands this process the package's variables (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, …). Build scripts such as ring's rerun when those change, so passing them
+    // on would rebuild ring and all above it here, and again in the next plain `cargo build`.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_str())
+        {
+            cargo.env_remove(&k);
+        }
+    }
+    cargo
+        .args(["build", "--quiet", "--example", name, "--manifest-path"])
+        .arg(root().join("Cargo.toml"));
+    if let Some(target) = profile_dir.parent() {
+        cargo.env("CARGO_TARGET_DIR", target);
+    }
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cargo.arg("--release");
+        }
+        Some(other) => {
+            cargo.args(["--profile", other]);
+        }
+    }
+    let (code, _, err) = run(&mut cargo, Duration::from_secs(900));
+    // A workspace mid-edit may not build; an example built before is still that example.
+    assert!(
+        code == Some(0) || bin.exists(),
+        "cargo build --example {name} failed: {err}"
+    );
+    assert!(bin.exists(), "{} is missing", bin.display());
+    built.insert(name.to_string(), bin.clone());
+    bin
+}
