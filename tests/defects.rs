@@ -941,9 +941,10 @@ async fn d3_fixed_auth_refusals_and_topic_authorization_in_process() {
         connect4("d3-bad4", 30, Some(("alice", "nope"))),
     )
     .await;
+    // The security contract: every 3.1.1 refusal is 0x05 (not authorized).
     assert_eq!(
         ack.packet("3.1.1 CONNACK").code,
-        v4::ConnectReturnCode::BadUserNamePassword
+        v4::ConnectReturnCode::NotAuthorized
     );
     let mut bad5 = connect5("d3-bad5", 30, None);
     if let v5::Packet::Connect(_, _, login) = &mut bad5 {
