@@ -419,13 +419,9 @@ mod tests {
     #[test]
     fn v311_publish_round_trips_through_v5_types() {
         let mut wire = BytesMut::new();
-        v4::Packet::Publish(v4::Publish::new(
-            "a/b",
-            m4::QoS::AtLeastOnce,
-            b"hi".to_vec(),
-        ))
-        .write(&mut wire, 1000)
-        .unwrap();
+        let mut publish = v4::Publish::new("a/b", m4::QoS::AtLeastOnce, b"hi".to_vec());
+        publish.pkid = 1; // a QoS 1 PUBLISH needs a packet id
+        v4::Packet::Publish(publish).write(&mut wire, 1000).unwrap();
         let p = read(&mut wire, Version::V311, 1000).unwrap().unwrap();
         let Packet::Publish(p) = p else { panic!() };
         assert_eq!(&p.topic[..], b"a/b");
