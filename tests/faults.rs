@@ -417,7 +417,11 @@ fn the_node_recovers_when_its_links_to_the_core_are_cut() {
     assert!(ready(s.http), "/readyz is 200 when healthy");
     let mut a = Mqtt::connect(s.mqtt, true, "cut-a");
     a.subscribe("cut/#", QoS::AtLeastOnce);
-    let core_ports: Vec<u16> = listening_ports(s.pid())
+    let Some(ports) = listening_ports(s.pid()) else {
+        eprintln!("no `ss` here: test skipped");
+        return;
+    };
+    let core_ports: Vec<u16> = ports
         .into_iter()
         .filter(|p| *p != s.mqtt && *p != s.http)
         .collect();

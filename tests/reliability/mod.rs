@@ -22,6 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// What one read gave.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a test helper: one value at a time
 pub enum Got {
     Packet(Packet),
     Closed,
@@ -506,12 +507,12 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Loopback TCP ports process `pid` listens on (from `ss -Htlnp`).
-pub fn listening_ports(pid: u32) -> Vec<u16> {
+/// Loopback TCP ports process `pid` listens on (from `ss -Htlnp`); `None` without `ss`.
+pub fn listening_ports(pid: u32) -> Option<Vec<u16>> {
     let out = std::process::Command::new("ss")
         .args(["-Htlnp"])
         .output()
-        .expect("ss");
+        .ok()?;
     let tag = format!("pid={pid},");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -520,7 +521,8 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
             let local = l.split_whitespace().nth(3)?;
             local.rsplit_once(':')?.1.parse().ok()
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// Destroys every established TCP connection to `port` on loopback, both ends (`ss -K`, which
@@ -539,7 +541,8 @@ pub fn kill_connections(port: u16) -> usize {
                 &format!(":{port}"),
             ])
             .output()
-            .expect("ss -K");
+            .ok();
+        let Some(out) = out else { return 0 };
         n += String::from_utf8_lossy(&out.stdout).lines().count();
     }
     n
