@@ -179,6 +179,19 @@ def http():
         "events_bad": "?topic=a%23b&topic=",
         "plus_space": "a+b?topic=a+b",
         "long": "x/" * 300 + "?topic=" + "+/" * 100 + "#",
+        "two_qos": "a/b?qos=1&qos=2",
+        "qos_empty": "a?qos=",
+        "retain_bad": "a?retain=maybe",
+        "expiry_zero": "a?expiry=0",
+        "pct_truncated": "a/%4",
+        "pct_lower": "a%2fb%2bc",
+        "trailing_slash": "a/b/",
+        "leading_slash": "/a",
+        "events_many": "?" + "&".join(f"topic=t/{i}/%2B" for i in range(40)),
+        "events_hash_mid": "?topic=a/%23/b",
+        "events_lastid": "?topic=a&lastEventId=00000000-18446744073709551615",
+        "poll_timeout_huge": "?topic=a&timeout=99999999999999999999",
+        "form_plus": "?topic=a+b%20c&retained=0",
     }
     for name, data in seeds.items():
         write("http_topic", name, data)
@@ -214,6 +227,16 @@ def jwt():
         "claims_exp_float": json.dumps({"sub": "f", "exp": 1e300}),
         "claims_admin": json.dumps({"exp": exp, "rtw": {"admin": True, "pub": ["#"], "sub": ["{client_id}/{username}/#"]}}),
         "claims_weird_types": json.dumps({"sub": 5, "exp": "soon", "rtw": [1, 2]}),
+        "claims_exp_negative": json.dumps({"sub": "g", "exp": -1}),
+        "claims_exp_max_i64": json.dumps({"sub": "h", "exp": 9223372036854775807}),
+        "claims_exp_9999": json.dumps({"sub": "i", "exp": 253402300800}),
+        "claims_nested_rtw": json.dumps({"exp": exp, "rtw": {"pub": ["{sub}/{sub}/#", "+"], "sub": [""], "admin": "yes"}}),
+        "claims_unicode_sub": json.dumps({"sub": "\u00e9\u0000/#", "exp": exp, "rtw": {"sub": ["{sub}/x"]}}),
+        "valid_hs512": hs256(good, header={"alg": "HS512"}),
+        "token_spaces": " " + hs256(good) + " \n",
+        "bearer_prefix": "Bearer " + hs256(good),
+        "header_not_json": b64(b"not json") + ".e30.sig",
+        "huge_header": b64(json.dumps({"alg": "HS256", "x": "y" * 2000}).encode()) + ".e30.AA",
     }
     for name, data in seeds.items():
         write("jwt", name, data)
@@ -235,6 +258,16 @@ def config():
         "bad_toml": "[mqtt\nlisten = ",
         "dotted": 'mqtt.listen = "1.2.3.4:1"\nsys.interval_secs = 0\n',
         "arrays_tables": "[[mqtt]]\nlisten = 1\n",
+        "core_sys": "[core]\nlisteners = 0\nsegment_size = 1024\nsegment_count = 0\n[sys]\ninterval_secs = 18446744073709551615\n",
+        "rpc_methods": '[[rpc.routes]]\nmethods = ["GET", "post"]\npath = "/x/{rest...}"\ntopic = "y/{rest}"\nconvention = "topic"\nenvelope = true\n',
+        "jwt_keys": '[auth]\njwt_public_keys = ["k1=/nonexistent.pem", "/dev/null"]\nusername_claim = "sub"\n',
+        "password_file": '[auth]\npassword_file = "/nonexistent"\nallow_query_token = true\ncookie_name = ""\n',
+        "listen_ipv6": '[mqtt]\nlisten = "[::]:1883"\n[http]\nlisten = ""\n',
+        "listen_garbage": '[mqtt]\nlisten = "not an address"\n',
+        "bool_as_string": '[auth]\nallow_anonymous = "true"\n',
+        "inline_tables": 'limits = { max_connections = 1 }\nbridge = { max_body = 0 }\n',
+        "unicode_keys": '["mqtt"]\n"listen" = "127.0.0.1:1"\n["ünknown"]\nx = 1\n',
+        "deny_action_bad": '[auth]\ndeny_action = "explode"\n',
     }
     for name, data in seeds.items():
         write("config", name, data)

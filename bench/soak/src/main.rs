@@ -296,8 +296,10 @@ async fn mqtt_client(
                     acked(&st, &flows[i], &inflight);
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    st.errors.fetch_add(1, Relaxed);
+                Err(e) => {
+                    if st.errors.fetch_add(1, Relaxed) < 20 {
+                        eprintln!("{id} (MQTT 5): {e}");
+                    }
                     st.reconnects.fetch_add(1, Relaxed);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -351,8 +353,10 @@ async fn mqtt_client(
                     acked(&st, &flows[i], &inflight)
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    st.errors.fetch_add(1, Relaxed);
+                Err(e) => {
+                    if st.errors.fetch_add(1, Relaxed) < 20 {
+                        eprintln!("{id} (MQTT 3.1.1, {}): {e}", if kind == Kind::Ws { "WebSocket" } else { "TCP" });
+                    }
                     st.reconnects.fetch_add(1, Relaxed);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
