@@ -42,7 +42,12 @@ fn parse(p: &[u8]) -> (usize, u64) {
 /// Publishes retained QoS 1 updates round-robin over `topics` topics with increasing counters
 /// (from `base`), up to 32 in flight, until the connection dies. Returns the highest counter
 /// acknowledged (PUBACK 0x00) per topic.
-fn retained_stream(port: u16, topics: usize, base: u64) -> HashMap<usize, u64> {
+fn retained_stream(
+    port: u16,
+    topics: usize,
+    base: u64,
+    progress: Arc<AtomicU64>,
+) -> HashMap<usize, u64> {
     let mut c = Mqtt::connect(port, true, &format!("kill-pub-{base}"));
     let mut inflight: HashMap<u16, (usize, u64)> = HashMap::new();
     let mut acked: HashMap<usize, u64> = HashMap::new();
@@ -68,6 +73,7 @@ fn retained_stream(port: u16, topics: usize, base: u64) -> HashMap<usize, u64> {
                 if puback_code(a.reason) == 0 {
                     let e = acked.entry(t).or_default();
                     *e = (*e).max(n);
+                    progress.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Got::Packet(_) => {}
@@ -107,10 +113,17 @@ fn sigkill_mid_stream_keeps_every_acknowledged_retained_write() {
     let mut total_acked = 0usize;
     for round in 0..3u64 {
         let port = s.mqtt;
+        let progress = Arc::new(AtomicU64::new(0));
+        let p = progress.clone();
         let publisher =
-            std::thread::spawn(move || retained_stream(port, TOPICS, round * 1_000_000));
-        // Kill at a different moment each round, with writes certainly in flight.
-        std::thread::sleep(Duration::from_millis(700 + 450 * round));
+            std::thread::spawn(move || retained_stream(port, TOPICS, round * 1_000_000, p));
+        // Kill at a different moment each round, once the stream is going, with writes
+        // certainly in flight (32 at any time).
+        let t = Instant::now();
+        while progress.load(Ordering::Relaxed) < 50 && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200 + 350 * round));
         s.kill();
         let acked = publisher.join().expect("publisher");
         assert!(!acked.is_empty(), "round {round}: nothing was acknowledged");
