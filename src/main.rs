@@ -188,7 +188,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Raises the open-file limit: every MQTT client costs this process three descriptors (its
+/// socket, the edge's internal link, and rumqttd's end of that link).
+fn raise_fd_limit() {
+    const WANT: u64 = 1 << 20;
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
+        // Raising the hard limit works with CAP_SYS_RESOURCE (root); otherwise soft goes to hard.
+        if rlimit::Resource::NOFILE
+            .set(soft.max(WANT), hard.max(WANT))
+            .is_err()
+        {
+            let _ = rlimit::increase_nofile_limit(WANT);
+        }
+    }
+    if let Ok((soft, _)) = rlimit::Resource::NOFILE.get() {
+        tracing::debug!(open_files = soft, "open-file limit");
+        if soft < 30_000 {
+            tracing::warn!(
+                open_files = soft,
+                "the open-file limit allows about {} clients (3 descriptors each); raise it with ulimit -n",
+                soft / 3
+            );
+        }
+    }
+}
+
 async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
+    raise_fd_limit();
     if settings.apply_local_only() {
         tracing::warn!(
             "no authentication configured: listening on loopback only \
