@@ -141,22 +141,28 @@ fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
         .or_else(|| q.last_id.clone())
 }
 
+/// The query, parsed and within `[bridge] max_filters`.
+fn checked_query(st: &AppState, raw: Option<String>) -> Result<StreamQuery, Response> {
+    let q = parse_query(raw)?;
+    if q.filters.len() > st.settings.max_filters {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "at most {} topic filters per request",
+                st.settings.max_filters
+            ),
+        ));
+    }
+    Ok(q)
+}
+
 pub async fn events(
     State(st): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let q = match parse_query(raw) {
-        Ok(q) if q.filters.len() > st.settings.max_filters => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "at most {} topic filters per request",
-                    st.settings.max_filters
-                ),
-            )
-        }
+    let q = match checked_query(&st, raw) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -270,16 +276,7 @@ pub async fn poll(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let q = match parse_query(raw) {
-        Ok(q) if q.filters.len() > st.settings.max_filters => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "at most {} topic filters per request",
-                    st.settings.max_filters
-                ),
-            )
-        }
+    let q = match checked_query(&st, raw) {
         Ok(q) => q,
         Err(r) => return r,
     };
