@@ -151,8 +151,19 @@ fn header(r: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().expect("header value").to_string())
 }
 
-/// A TOML config with `[[rpc.routes]]` for the 3.1.1 echo (topic convention), in `dir`.
-fn routes_config(name: &str) -> PathBuf {
+/// A config file in its own temporary directory, removed on drop (even when a test fails).
+struct Config(PathBuf);
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A TOML config with `[[rpc.routes]]` for the 3.1.1 echo (topic convention).
+fn routes_config(name: &str) -> Config {
     let dir = std::env::temp_dir().join(format!(
         "rtw-rpc-{name}-{}-{}",
         std::process::id(),
@@ -194,7 +205,7 @@ convention = "topic"
 "#,
     )
     .expect("write config");
-    path
+    Config(path)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,7 +432,7 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_echo_through_topic_routes_with_and_without_envelope() {
     let cfg = routes_config("v311");
-    let s = Server::builder().config_file(&cfg).start();
+    let s = Server::builder().config_file(&cfg.0).start();
     let _echo = echo(&s, true);
     let c = http();
     let base = s.http_base();
@@ -516,8 +527,6 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
     assert_eq!(r.status(), 200);
     let r = c.post(format!("{base}/users/7")).send().await.unwrap();
     json_error(r, 405).await;
-
-    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -526,7 +535,7 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribed_but_silent_is_504() {
     let cfg = routes_config("504");
-    let s = Server::builder().config_file(&cfg).start();
+    let s = Server::builder().config_file(&cfg.0).start();
     let _sub = silent_sub(&s, "rpc/slow/#");
     let _sub2 = silent_sub(&s, "req/slow/#");
     let c = http();
@@ -568,7 +577,6 @@ async fn subscribed_but_silent_is_504() {
         e >= Duration::from_millis(900) && e < Duration::from_secs(4),
         "{e:?}"
     );
-    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,7 +801,7 @@ async fn thousand_concurrent_calls_each_get_their_own_answer_v5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_each_get_their_own_answer_v311() {
     let cfg = routes_config("many");
-    let s = Server::builder().config_file(&cfg).start();
+    let s = Server::builder().config_file(&cfg.0).start();
     let _echo = echo(&s, true);
     let c = http();
     let base = s.http_base();
@@ -801,7 +809,6 @@ async fn thousand_concurrent_calls_each_get_their_own_answer_v311() {
     let t0 = Instant::now();
     many_calls(&c, &format!("{base}/svc/many"), 1000, 200).await;
     eprintln!("1000 3.1.1 calls, 200 at a time: {:?}", t0.elapsed());
-    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,7 +887,7 @@ async fn late_and_duplicate_replies_are_dropped_v5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_duplicate_replies_are_dropped_topic_convention() {
     let cfg = routes_config("late");
-    let s = Server::builder().config_file(&cfg).start();
+    let s = Server::builder().config_file(&cfg.0).start();
     // A 3.1.1-style responder: it only looks at topics (rumqttc v5 client, no properties used).
     let mut resp = Responder::start(&s, "req/late/#").await;
     let c = http();
@@ -939,7 +946,6 @@ async fn late_and_duplicate_replies_are_dropped_topic_convention() {
     };
     assert_eq!(st["late_replies"], 3, "{st}");
     assert_eq!(st["in_flight"], 0, "{st}");
-    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1108,7 +1114,7 @@ async fn replies_are_seen_by_the_bridge_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_round_trips_pay_no_delayed_ack() {
     let cfg = routes_config("latency");
-    let s = Server::builder().config_file(&cfg).start();
+    let s = Server::builder().config_file(&cfg.0).start();
     let _e5 = echo(&s, false);
     let _e3 = echo(&s, true);
     let c = http();
@@ -1132,5 +1138,4 @@ async fn sequential_round_trips_pay_no_delayed_ack() {
             "{url}: median round trip {median:?} (delayed ACK?): {times:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
