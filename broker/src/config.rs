@@ -124,8 +124,8 @@ impl Default for Core {
     fn default() -> Self {
         Core {
             listeners: 0,
-            segment_size: 4 * 1024 * 1024,
-            segment_count: 4,
+            segment_size: 1024 * 1024,
+            segment_count: 3,
         }
     }
 }
