@@ -1107,12 +1107,11 @@ async fn replies_are_seen_by_the_bridge_alone() {
     );
 }
 
-/// One call at a time must not wait for TCP timers: rumqttd leaves Nagle's algorithm on for its
-/// internal links, and a reply written right behind a PUBACK used to wait for the edge's delayed
-/// ACK (about 40 ms per round trip, whatever the load). Medians, so one slow call on a busy
-/// machine does not fail it.
+/// Calls one after another, each answered with its own body, on both conventions. (Their
+/// latency, which a delayed-ACK stall on the internal links once made ~40 ms each, is measured by
+/// `bench/rpc.sh`, not asserted here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_round_trips_pay_no_delayed_ack() {
+async fn sequential_round_trips_each_get_their_answer() {
     let cfg = routes_config("latency");
     let s = Server::builder().config_file(&cfg.0).start();
     let _e5 = echo(&s, false);
@@ -1122,20 +1121,10 @@ async fn sequential_round_trips_pay_no_delayed_ack() {
     wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
     wait_subscribed(&c, &format!("{base}/svc/probe")).await;
     for url in [format!("{base}/rpc/lat/x"), format!("{base}/svc/lat/x")] {
-        let mut times = Vec::new();
         for i in 0..30 {
-            let t0 = Instant::now();
             let r = c.post(&url).body(format!("{i}")).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            assert_eq!(r.text().await.unwrap(), format!("{i}"));
-            times.push(t0.elapsed());
+            assert_eq!(r.status(), 200, "{url} call {i}");
+            assert_eq!(r.text().await.unwrap(), format!("{i}"), "{url} call {i}");
         }
-        times.sort();
-        let median = times[times.len() / 2];
-        eprintln!("{url}: median {median:?}, max {:?}", times.last().unwrap());
-        assert!(
-            median < Duration::from_millis(30),
-            "{url}: median round trip {median:?} (delayed ACK?): {times:?}"
-        );
     }
 }
