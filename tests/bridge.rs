@@ -746,14 +746,13 @@ async fn long_poll_returns_a_message_published_during_the_wait() {
     let s = Server::start();
     let base = s.http_base();
     let url = format!("{base}/poll?topic=b/lp/%2B&timeout=20");
-    let t0 = Instant::now();
     let waiting = tokio::spawn(async move { http().get(url).send().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let port = s.mqtt;
     blocking(move || mosq_pub(port, &["-q", "1", "-t", "b/lp/x", "-m", "during"])).await;
     let res = waiting.await.unwrap();
+    // 200 with the message, not the 204 a 20 s timeout would give.
     assert_eq!(res.status(), 200);
-    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     let j: Value = res.json().await.unwrap();
     let evs = j["events"].as_array().unwrap();
     assert_eq!(evs.len(), 1, "{j}");
@@ -783,8 +782,10 @@ async fn long_poll_since_returns_the_history() {
     assert_eq!(post(&base, "/topics/b/lh/other", "no").await, 200);
     let mut got = Vec::new();
     let mut cursor = since.clone();
-    let t0 = Instant::now();
+    let mut polls = 0;
     while got.len() < 3 {
+        polls += 1;
+        assert!(polls <= 5, "3 messages not caught up in 5 polls: {got:?}");
         let res = c
             .get(format!("{base}/poll?topic=b/lh/x&since={cursor}&timeout=5"))
             .send()
@@ -797,11 +798,10 @@ async fn long_poll_since_returns_the_history() {
             got.push(e["payload"].as_str().unwrap().to_string());
         }
         cursor = j["last_id"].as_str().unwrap().to_string();
-        assert!(t0.elapsed() < Duration::from_secs(10));
     }
     assert_eq!(got, ["p2", "p3", "p4"]);
-    // The first catch-up answered at once.
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // The history came back whole in the first answer, without waiting for new messages.
+    assert_eq!(polls, 1, "catch-up took {polls} polls");
     // A since from another server run: a gap, at once.
     let res = c
         .get(format!(
