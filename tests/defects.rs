@@ -513,7 +513,20 @@ impl Plain {
         Plain::launch(false, None)
     }
 
+    /// Starts plain rumqttd on fresh ports, again on others if one was taken before its bind
+    /// (rumqttd then only logs an error and never serves that port).
     fn launch(with_tls: bool, auth: Option<(&str, &str)>) -> Plain {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Plain::try_launch(with_tls, auth) {
+                Ok(p) => return p,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn try_launch(with_tls: bool, auth: Option<(&str, &str)>) -> Result<Plain, String> {
         let (v4, v5, ws) = (free_port(), free_port(), free_port());
         let tls = with_tls.then(free_port);
         let log = std::env::temp_dir().join(format!(
@@ -540,27 +553,34 @@ impl Plain {
             cmd.args(["--auth-user", u, "--auth-pass", p]);
         }
         let mut child = cmd.spawn().expect("start plain_rumqttd");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(10);
         for port in [v4, v5, ws].into_iter().chain(tls) {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            while !listened_by(child.id(), port) {
                 if let Ok(Some(s)) = child.try_wait() {
                     panic!(
                         "plain_rumqttd exited during startup ({s}): {}",
                         std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
-                assert!(Instant::now() < deadline, "plain_rumqttd did not listen");
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "plain_rumqttd did not listen on {port}: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Plain {
+        Ok(Plain {
             child: Some(child),
             v4,
             v5,
             ws,
             tls,
             log,
-        }
+        })
     }
 
     /// What rumqttd wrote to stderr (its panics).

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
+use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,8 +50,7 @@ impl Core {
         let mut addrs = Vec::with_capacity(n);
         let mut servers = HashMap::new();
         for i in 0..n {
-            // Ask the OS for a free loopback port; rumqttd binds it a moment later.
-            let addr = StdListener::bind("127.0.0.1:0")?.local_addr()?;
+            let addr = internal_addr()?;
             addrs.push(addr);
             let mut auth = HashMap::new();
             auth.insert(INTERNAL_USER.to_string(), password.clone());
@@ -108,13 +108,47 @@ impl Core {
                 bail!("the embedded rumqttd did not start listening on {addr}");
             }
         }
-        tracing::debug!(listeners = n, "rumqttd core ready");
-        Ok(Core {
+        let core = Core {
             addrs,
             password,
             next: AtomicUsize::new(0),
             max_packet: cfg.limits.max_packet_size.saturating_add(1024),
-        })
+        };
+        core.probe().await?;
+        tracing::debug!(listeners = n, "rumqttd core ready");
+        Ok(core)
+    }
+
+    /// Logs in to every internal listener once with the process's password. A port that accepts
+    /// connections is not proof enough: another process may have taken it between our choice and
+    /// rumqttd's bind (rumqttd then logs an error on its own thread and serves nothing there).
+    async fn probe(&self) -> anyhow::Result<()> {
+        for i in 0..self.addrs.len() {
+            let req = UpstreamConnect {
+                client_id: format!("rtw-probe-{i}"),
+                clean_start: true,
+                receive_maximum: 1,
+            };
+            let addr = self.addrs[i];
+            let (mut link, ack) = self
+                .connect_to(addr, &req)
+                .await
+                .map(|(link, ack, _)| (link, ack))
+                .with_context(|| format!("the embedded rumqttd is not serving {addr}"))?;
+            if ack.code != codec::ConnectReturnCode::Success {
+                bail!(
+                    "the embedded rumqttd refused the edge on {addr}: {:?}",
+                    ack.code
+                );
+            }
+            let mut out = BytesMut::new();
+            Packet::Disconnect(codec::Disconnect::new(
+                codec::DisconnectReasonCode::NormalDisconnection,
+            ))
+            .write(&mut out, None)?;
+            let _ = link.write_all(&out).await;
+        }
+        Ok(())
     }
 
     /// Opens an internal MQTT 5 connection for one client session and returns it with the CONNACK.
@@ -124,9 +158,15 @@ impl Core {
         req: &UpstreamConnect,
     ) -> anyhow::Result<(TcpStream, ConnAck, BytesMut)> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
-        let mut stream = TcpStream::connect(self.addrs[i])
-            .await
-            .context("internal link")?;
+        self.connect_to(self.addrs[i], req).await
+    }
+
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        req: &UpstreamConnect,
+    ) -> anyhow::Result<(TcpStream, ConnAck, BytesMut)> {
+        let mut stream = TcpStream::connect(addr).await.context("internal link")?;
         stream.set_nodelay(true)?;
         let connect = Packet::Connect(
             Connect {
@@ -171,6 +211,30 @@ impl Core {
     pub fn max_packet(&self) -> u32 {
         self.max_packet
     }
+}
+
+/// Chooses a free loopback port for an internal listener, below the OS's ephemeral port range.
+///
+/// rumqttd binds the address itself and cannot report the port it got, so the edge has to
+/// choose one. A port from `bind(0)` would come from the ephemeral range, where any outgoing
+/// connection on the host (or another server choosing the same way) can take it before rumqttd
+/// binds; ports below that range are only ever taken by an explicit bind. Linux publishes the
+/// range in /proc (no crate reads it); elsewhere the IANA default start, 49152, is assumed.
+fn internal_addr() -> anyhow::Result<SocketAddr> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(49_152);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_start > LOWEST + 1_000 {
+        for _ in 0..64 {
+            let port = rand::rng().random_range(LOWEST..ephemeral_start);
+            if let Ok(l) = StdListener::bind(("127.0.0.1", port)) {
+                return Ok(l.local_addr()?);
+            }
+        }
+    }
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Acknowledges what was just read from an internal link at once (Linux `TCP_QUICKACK`).

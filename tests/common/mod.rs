@@ -19,6 +19,51 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Is `port` on loopback listened on by process `pid` itself?
+///
+/// A port that merely accepts connections is not proof that a just-spawned server is up: between
+/// `free_port()` and the server's bind, another test's process can take the port (an internal
+/// listener, a client's source port), and then a probe reaches that process instead while ours
+/// exits with "address in use". Linux says who owns a listening socket: its inode in
+/// /proc/net/tcp{,6} against the socket links in /proc/PID/fd. Elsewhere, a connect has to do.
+pub fn listened_by(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    let mut have_proc = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        have_proc = true;
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A");
+            let on_port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .is_some_and(|(_, p)| u16::from_str_radix(p, 16) == Ok(port));
+            if listening && on_port {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if !have_proc {
+        return TcpStream::connect(("127.0.0.1", port)).is_ok();
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
+}
+
 /// The repository root (for `certs/` and `tests/` assets).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -189,13 +234,14 @@ impl Server {
             cmd.stderr(file);
         }
         let child = cmd.spawn().expect("start realtime-web");
+        let pid = child.id();
         self.child = Some(child);
         let mut ports = vec![self.mqtt, self.http];
         ports.extend(self.mqtts);
         ports.extend(self.https);
         let deadline = Instant::now() + Duration::from_secs(20);
         for p in ports {
-            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+            while !listened_by(pid, p) {
                 if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                     self.child = None;
                     return Err(format!("realtime-web exited during startup: {status}"));
