@@ -260,6 +260,14 @@ fn a_retained_write_that_cannot_be_stored_is_refused() {
     // What was refused is not served as retained state either.
     let (status, _) = get(s.http, "/topics/store/b").expect("GET");
     assert_eq!(status, 404, "a refused retained write is not visible");
+    // A clear that cannot be stored is refused too, and the state it would have cleared stays.
+    assert_eq!(c.publish_acked("store/a", true, b""), Some(0x80));
+    let (status, body) = get(s.http, "/topics/store/a").expect("GET");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "kept"),
+        "a refused retained clear is not visible"
+    );
     // Messages that need no storage still flow; the server stays up and ready.
     assert!(matches!(
         c.publish_acked("store/live", false, b"x"),

@@ -126,6 +126,68 @@ fn session_survives_disconnect_within_expiry() {
     }
 }
 
+/// Retained messages sent on subscribe come from the edge, not the core, so the edge itself
+/// must keep the unacknowledged ones with the session: sent again on resume with DUP under the
+/// same packet id, PUBREL again for a QoS 2 exchange half done, and the rest of the queue after.
+#[test]
+fn retained_deliveries_resume_with_the_session() {
+    let s = Server::builder().env("LIMITS__MAX_INFLIGHT", 2).start();
+    let mut p = v5(&s, "rr-pub");
+    p.publish_msg(retained_msg("rr/a", QoS::AtLeastOnce, "a"));
+    p.publish_msg(retained_msg("rr/b", QoS::ExactlyOnce, "b"));
+    p.publish_msg(retained_msg("rr/c", QoS::AtLeastOnce, "c"));
+    for v in BOTH {
+        let id = format!("rr-sub-{v:?}");
+        let o = |clean| {
+            Opts::new(&id)
+                .clean(clean && v == V::V5)
+                .props(|p| p.session_expiry_interval = Some(60))
+        };
+        let mut c = Client::connect(s.mqtt, v, o(true));
+        c.auto_ack = false;
+        c.subscribe("rr/#", QoS::ExactlyOnce);
+        // Two in flight (the window), the third waits.
+        let a = recv_msg(&mut c, "rr/a", "a");
+        let b = recv_msg(&mut c, "rr/b", "b");
+        assert!(!a.dup && !b.dup);
+        assert!(c.next_publish(QUIET).is_none(), "{v:?}: window of 2");
+        // The client has b (PUBREC, the broker answers PUBREL) but never completes it, and
+        // never acknowledges a. Then the connection drops.
+        c.send(&Packet::PubRec(PubRec::new(b.pkid, None)));
+        c.expect(WAIT, |x| matches!(x, Packet::PubRel(r) if r.pkid == b.pkid));
+        drop(c);
+
+        let mut c = Client::connect(s.mqtt, v, o(false));
+        c.auto_ack = false;
+        assert!(c.connack.as_ref().unwrap().session_present, "{v:?}");
+        let again = recv_msg(&mut c, "rr/a", "a");
+        assert!(again.dup, "{v:?}: MQTT-3.3.1-1 DUP on redelivery");
+        assert_eq!(again.pkid, a.pkid, "{v:?}: MQTT-4.4.0-1 same packet id");
+        c.expect(WAIT, |x| matches!(x, Packet::PubRel(r) if r.pkid == b.pkid));
+        assert!(c.next_publish(QUIET).is_none(), "{v:?}: window still full");
+        // Completing both lets the queued one through; nothing comes twice.
+        c.send(&Packet::PubAck(PubAck::new(a.pkid, None)));
+        c.send(&Packet::PubComp(PubComp::new(b.pkid, None)));
+        let cm = recv_msg(&mut c, "rr/c", "c");
+        assert!(!cm.dup, "{v:?}: first delivery of c");
+        c.send(&Packet::PubAck(PubAck::new(cm.pkid, None)));
+        c.disconnect();
+        // All acknowledged: a resume sends nothing again.
+        let mut c = Client::connect(s.mqtt, v, o(false));
+        assert!(c.connack.as_ref().unwrap().session_present, "{v:?}");
+        c.assert_no_publish();
+        c.disconnect();
+        // Forget the session for the next version's run.
+        drop(Client::connect(s.mqtt, v, Opts::new(&id)));
+    }
+}
+
+fn retained_msg(t: &str, qos: QoS, body: &str) -> Publish {
+    let mut m = Publish::new(t, qos, body.as_bytes().to_vec(), None);
+    m.retain = true;
+    m
+}
+
 #[test]
 fn session_is_gone_after_expiry() {
     let s = Server::start();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::codec::Filter;
+use crate::codec::{Filter, Publish};
 
 /// Messages a session's control channel carries.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +56,28 @@ pub struct Registry {
     unacked: Mutex<HashMap<String, HashSet<(u64, u64)>>>,
     /// The client packet ids of such a session's QoS 2 deliveries in flight (see [`ResumeIds`]).
     ids: Mutex<HashMap<String, ResumeIds>>,
+    /// Such a session's QoS 1/2 messages from the edge itself (see [`LocalPending`]).
+    local: Mutex<HashMap<String, LocalPending>>,
+}
+
+/// A disconnected session's QoS 1/2 messages that came from the edge, not the core (retained
+/// messages sent on subscribe, `$SYS`): the core never saw them, so it cannot send them again;
+/// the edge keeps them until the session resumes or expires. Bounded by the session's receive
+/// window and `limits.max_queued`.
+#[derive(Debug, Default)]
+pub struct LocalPending {
+    /// Sent and not acknowledged, with their packet ids: sent again with DUP (MQTT-4.4.0-1).
+    pub sent: Vec<Publish>,
+    /// QoS 2 messages the client has (PUBREC) whose PUBCOMP is outstanding: PUBREL again.
+    pub released: Vec<u16>,
+    /// Waiting for room in the client's receive window when the connection ended.
+    pub queued: Vec<Publish>,
+}
+
+impl LocalPending {
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty() && self.released.is_empty() && self.queued.is_empty()
+    }
 }
 
 /// A disconnected session's QoS 2 deliveries in flight, by the packet id the client knows them
@@ -183,12 +205,29 @@ impl Registry {
         all.remove(client_id).unwrap_or_default()
     }
 
+    /// Keeps a disconnected session's messages from the edge.
+    pub fn save_local(&self, client_id: &str, pending: LocalPending) {
+        let mut all = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            all.remove(client_id);
+        } else {
+            all.insert(client_id.to_string(), pending);
+        }
+    }
+
+    /// The messages from the edge saved for `client_id`, forgetting them.
+    pub fn take_local(&self, client_id: &str) -> LocalPending {
+        let mut all = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        all.remove(client_id).unwrap_or_default()
+    }
+
     /// Called by a timer task when it has fired: forgets it, and the id once nothing is left.
     pub fn timer_fired(&self, client_id: &str, timer: Timer) {
         if let Timer::Purge = timer {
             self.take_subscriptions(client_id);
             self.take_unacked(client_id);
             self.take_ids(client_id);
+            self.take_local(client_id);
         }
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map.get_mut(client_id) {

@@ -7,7 +7,7 @@
 //! batches; [`RetainedStore::set`] returns when its write is durable, so a publisher is only
 //! acknowledged for what survives a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -114,9 +114,21 @@ pub enum StoreError {
     Failed(String),
 }
 
+/// What readers see, and what a failed write needs to undo itself.
+#[derive(Default)]
+struct Memory {
+    map: BTreeMap<String, Arc<Retained>>,
+    /// Numbers every write, so a failed one can tell whether a later write replaced it.
+    seq: u64,
+    /// Deletes not yet on disk, by topic: the latest one's number. A failed put can compare its
+    /// own record with the map; a failed delete left nothing there to compare, so it needs this.
+    /// Bounded by the write queue.
+    deleting: HashMap<String, u64>,
+}
+
 /// Shared handle to the store.
 pub struct RetainedStore {
-    map: RwLock<BTreeMap<String, Arc<Retained>>>,
+    mem: RwLock<Memory>,
     writes: mpsc::Sender<Write>,
 }
 
@@ -151,7 +163,10 @@ impl RetainedStore {
             .name("retained-writer".into())
             .spawn(move || writer(path, db, rx))?;
         Ok(Arc::new(RetainedStore {
-            map: RwLock::new(map),
+            mem: RwLock::new(Memory {
+                map,
+                ..Memory::default()
+            }),
             writes: tx,
         }))
     }
@@ -161,8 +176,8 @@ impl RetainedStore {
     pub async fn set(&self, publish: &Publish) -> Result<(), StoreError> {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let (done, wait) = oneshot::channel();
-        let (record, previous) = {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let (record, previous, seq) = {
+            let mut mem = self.mem.write().unwrap_or_else(|e| e.into_inner());
             let record = if publish.payload.is_empty() {
                 None
             } else {
@@ -179,53 +194,71 @@ impl RetainedStore {
             self.writes
                 .try_send(Write { op, done })
                 .map_err(|_| StoreError::Busy)?;
+            mem.seq += 1;
+            let seq = mem.seq;
             let previous = match &record {
-                None => map.remove(&topic),
-                Some(r) => map.insert(topic.clone(), r.clone()),
+                None => {
+                    mem.deleting.insert(topic.clone(), seq);
+                    mem.map.remove(&topic)
+                }
+                Some(r) => {
+                    mem.deleting.remove(&topic);
+                    mem.map.insert(topic.clone(), r.clone())
+                }
             };
-            (record, previous)
+            (record, previous, seq)
         };
-        let failed = match wait.await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => StoreError::Failed(e),
-            Err(_) => StoreError::Failed("writer stopped".into()),
+        let result = match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Failed(e)),
+            Err(_) => Err(StoreError::Failed("writer stopped".into())),
         };
-        // Not on disk, so not served either: put back what was there, unless a later write
-        // replaced this one in the meantime.
-        if let Some(mine) = record {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            if map.get(&topic).is_some_and(|cur| Arc::ptr_eq(cur, &mine)) {
-                match previous {
-                    Some(p) => map.insert(topic, p),
-                    None => map.remove(&topic),
-                };
-            }
+        let mut mem = self.mem.write().unwrap_or_else(|e| e.into_inner());
+        // Is this write still the latest for its topic?
+        let latest = match &record {
+            None => mem.deleting.get(&topic) == Some(&seq),
+            Some(mine) => mem
+                .map
+                .get(&topic)
+                .is_some_and(|cur| Arc::ptr_eq(cur, mine)),
+        };
+        if record.is_none() && latest {
+            mem.deleting.remove(&topic);
         }
-        Err(failed)
+        // Not on disk, so not what is served either: put back what was there, unless a later
+        // write replaced this one in the meantime.
+        if result.is_err() && latest {
+            match previous {
+                Some(p) => mem.map.insert(topic, p),
+                None => mem.map.remove(&topic),
+            };
+        }
+        result
     }
 
     /// Retained messages whose topics match `filter` (not a shared subscription).
     pub fn matching(&self, filter: &str) -> Vec<Arc<Retained>> {
         let prefix = topic::literal_prefix(filter);
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.range::<str, _>((
-            std::ops::Bound::Included(prefix),
-            std::ops::Bound::Unbounded,
-        ))
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .filter(|(k, _)| topic::matches(filter, k))
-        .map(|(_, v)| v.clone())
-        .collect()
+        let mem = self.mem.read().unwrap_or_else(|e| e.into_inner());
+        mem.map
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| topic::matches(filter, k))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// The retained message of one topic.
     pub fn get(&self, topic: &str) -> Option<Arc<Retained>> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(topic).cloned()
+        let mem = self.mem.read().unwrap_or_else(|e| e.into_inner());
+        mem.map.get(topic).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().map(|m| m.len()).unwrap_or(0)
+        self.mem.read().map(|m| m.map.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::auth::{Credentials, Identity, Refusal};
 use crate::codec::{self, *};
 use crate::core::UpstreamConnect;
-use crate::registry::{Control, Timer};
+use crate::registry::{Control, LocalPending, Timer};
 use crate::stats::Tally;
 use crate::topic;
 use crate::transport::{Io, Transport};
@@ -606,6 +606,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         inflight_in: HashSet::new(),
         local_qos2_in: HashSet::new(),
         out: HashMap::new(),
+        local_out: HashMap::new(),
         core_stamps: HashMap::new(),
         redelivered: HashSet::new(),
         core_to_client: HashMap::new(),
@@ -632,6 +633,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     let saved = edge.registry.take_subscriptions(&session.client_id);
     let unacked = edge.registry.take_unacked(&session.client_id);
     let ids = edge.registry.take_ids(&session.client_id);
+    let local = edge.registry.take_local(&session.client_id);
     if session_present {
         session.redelivered = unacked;
         session.reserved = ids
@@ -665,6 +667,9 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         code: ConnectReturnCode::Success,
         properties: ack_props,
     }));
+    if session_present {
+        session.resume_local(local);
+    }
     edge.stats.connect(transport);
     tracing::debug!(%peer, client_id = session.client_id, version = version.label(), transport = transport.label(), "connected");
 
@@ -712,6 +717,9 @@ struct Session {
     local_qos2_in: HashSet<u16>,
     /// Client-side packet id → origin, for messages in flight towards the client.
     out: HashMap<u16, (Origin, QoS)>,
+    /// The messages in `out` from the edge itself not yet received by the client (no PUBACK or
+    /// PUBREC): kept to send again if the session resumes on another connection.
+    local_out: HashMap<u16, Publish>,
     /// Core packet id → stamp (source, sequence) of the message last delivered under it.
     core_stamps: HashMap<u16, (u64, u64)>,
     /// Stamps of messages a resumed session had sent without acknowledgement (DUP when resent).
@@ -1369,7 +1377,9 @@ impl Session {
                 }
             }
             Origin::Core(u, _) => self.ack_core_publish(u),
-            Origin::Local => {}
+            Origin::Local => {
+                self.local_out.remove(&pkid);
+            }
         }
         self.drain_queue();
     }
@@ -1379,6 +1389,8 @@ impl Session {
             r.reason,
             PubRecReason::Success | PubRecReason::NoMatchingSubscribers
         );
+        // Received: from here on, only PUBREL is ever sent again for it.
+        self.local_out.remove(&r.pkid);
         match self.out.get(&r.pkid).copied() {
             None => self.send_client(Packet::PubRel(PubRel::new(r.pkid, None))),
             Some(_) if failed => {
@@ -1677,11 +1689,58 @@ impl Session {
                 }
             }
             self.out.insert(d, (origin, p.qos));
+            if let Origin::Local = origin {
+                self.local_out.insert(d, p.clone());
+            }
         } else {
             p.pkid = 0;
         }
         self.tally.messages_sent += 1;
         self.send_client(Packet::Publish(p));
+    }
+
+    /// Keeps the edge's own undelivered QoS 1/2 messages for a resume (the core's are the
+    /// core's: it sends them again itself).
+    fn save_local(&mut self) {
+        let mut pending = LocalPending::default();
+        for (&d, (origin, _)) in &self.out {
+            if let Origin::Local = origin {
+                match self.local_out.remove(&d) {
+                    Some(mut p) => {
+                        p.dup = true;
+                        pending.sent.push(p);
+                    }
+                    None => pending.released.push(d),
+                }
+            }
+        }
+        pending.sent.sort_by_key(|p| p.pkid);
+        pending.queued = self
+            .queue
+            .iter()
+            .filter(|(p, o)| matches!(o, Origin::Local) && p.qos != QoS::AtMostOnce)
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.edge.registry.save_local(&self.client_id, pending);
+    }
+
+    /// Sends again what [`Session::save_local`] kept: unacknowledged messages with DUP under the
+    /// packet ids the client knows them by, PUBREL for QoS 2 exchanges half done, then the queue.
+    fn resume_local(&mut self, local: LocalPending) {
+        for p in local.sent {
+            let d = p.pkid;
+            self.out.insert(d, (Origin::Local, p.qos));
+            self.local_out.insert(d, p.clone());
+            self.tally.messages_sent += 1;
+            self.send_client(Packet::Publish(p));
+        }
+        for d in local.released {
+            self.out.insert(d, (Origin::Local, QoS::ExactlyOnce));
+            self.send_client(Packet::PubRel(PubRel::new(d, None)));
+        }
+        for p in local.queued {
+            self.deliver(p, Origin::Local);
+        }
     }
 
     fn drain_queue(&mut self) {
@@ -1777,6 +1836,7 @@ impl Session {
                 }
             }
             self.edge.registry.save_unacked(&self.client_id, unacked);
+            self.save_local();
             // QoS 2 ids the client may hold: what is still unresolved from before, then every
             // QoS 2 delivery in flight, by the PUBREL the core will send again (the oldest under
             // each core id) and by the message itself (the newest: the core may have reused
