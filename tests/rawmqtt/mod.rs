@@ -20,7 +20,7 @@ pub use rumqttc::v5::mqttbytes::v5::*;
 pub use rumqttc::v5::mqttbytes::QoS;
 
 /// How long a test waits for something that must happen.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub const WAIT: Duration = Duration::from_secs(10);
 /// How long a test watches for something that must not happen.
 pub const QUIET: Duration = Duration::from_millis(1200);
 
