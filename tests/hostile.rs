@@ -133,7 +133,7 @@ fn slowloris_and_unfinished_handshakes_are_closed_while_others_are_served() {
         .map(|i| {
             std::thread::spawn(move || {
                 let mut c = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
-                let req = format!("GET /healthz?{i} HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+                let req = format!("GET /healthz?{i} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ");
                 let start = Instant::now();
                 for (sent, b) in req.bytes().chain(std::iter::repeat(b'a')).enumerate() {
                     if c.write_all(&[b]).is_err() {
@@ -453,17 +453,22 @@ fn a_100_mb_body_gets_413_without_being_buffered() {
     for (what, head, chunked) in [
         (
             "declared length",
-            format!("POST /topics/big HTTP/1.1\r\nHost: x\r\nContent-Length: {MB100}\r\n\r\n"),
+            format!(
+                "POST /topics/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {MB100}\r\n\r\n"
+            ),
             false,
         ),
         (
             "chunked",
-            "PUT /topics/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_string(),
+            "PUT /topics/big HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_string(),
             true,
         ),
         (
             "RPC",
-            format!("POST /rpc/svc/x HTTP/1.1\r\nHost: x\r\nContent-Length: {MB100}\r\n\r\n"),
+            format!(
+                "POST /rpc/svc/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {MB100}\r\n\r\n"
+            ),
             false,
         ),
     ] {

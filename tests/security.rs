@@ -650,9 +650,14 @@ impl Sse {
 
 /// A raw WebSocket handshake on /mqtt; returns the status line.
 fn ws_handshake(port: u16, origin: Option<&str>) -> String {
+    ws_handshake_to(port, &format!("127.0.0.1:{port}"), origin)
+}
+
+/// The same, naming the server `host`.
+fn ws_handshake_to(port: u16, host: &str, origin: Option<&str>) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let mut req = format!(
-        "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+        "GET /mqtt HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n"
     );
@@ -2673,4 +2678,76 @@ async fn secrets_never_reach_the_log() {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// curl against the server's HTTP port with `Host: host`; (status, body).
+fn curl_as(s: &Server, host: &str, args: &[&str], path: &str) -> (u16, String) {
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Host: {host}"))
+            .args(args)
+            .arg(format!("{}{path}", s.http_base())),
+    );
+    let (body, code) = out.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status"), body.to_string())
+}
+
+/// DNS rebinding: a web page whose domain is made to resolve to 127.0.0.1 passes same-origin
+/// and CORS checks in the victim's browser, but names its domain in `Host`. With no
+/// authentication configured (loopback-only mode) such requests are refused on every route and
+/// on the WebSocket; loopback names are served; configured anonymous access serves any name.
+#[test]
+fn loopback_only_mode_refuses_rebound_host_names() {
+    let s = Server::start();
+    let port = s.http;
+    let evil = format!("rebind.example:{port}");
+    let origin = format!("http://{evil}");
+    for (args, path) in [
+        (&[][..], "/healthz"),
+        (&[][..], "/topics/rebind/x"),
+        (
+            &["-X", "POST", "--data", "from a rebound page"][..],
+            "/topics/rebind/x?retain=true",
+        ),
+        (&[][..], "/no/such/route"),
+    ] {
+        let (code, body) = curl_as(&s, &evil, args, path);
+        assert_eq!(code, 403, "{path} with Host {evil}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON error body");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|e| e.contains("loopback")),
+            "{body}"
+        );
+    }
+    assert!(
+        ws_handshake_to(port, &evil, Some(&origin)).contains(" 403"),
+        "WebSocket from a rebound page"
+    );
+    // Loopback names work, and the refused publish never happened.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("app.localhost:{port}"),
+    ] {
+        let (code, body) = curl_as(&s, &host, &[], "/topics/rebind/x");
+        assert_eq!(code, 404, "Host {host}: {body}");
+    }
+    let local = format!("localhost:{port}");
+    assert!(ws_handshake_to(port, &local, Some(&format!("http://{local}"))).contains(" 101"));
+
+    // Anonymous access allowed explicitly: the operator chose to serve any name.
+    let open = Server::builder()
+        .env("AUTH__ALLOW_ANONYMOUS", "true")
+        .start();
+    let (code, body) = curl_as(
+        &open,
+        &format!("rebind.example:{}", open.http),
+        &[],
+        "/healthz",
+    );
+    assert_eq!(code, 200, "{body}");
 }

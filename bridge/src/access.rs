@@ -19,6 +19,50 @@ use broker::transport::Transport;
 
 use crate::routes::{error, AppState};
 
+/// Does `Host` name this machine's loopback interface (`localhost`, `*.localhost`, 127.0.0.0/8,
+/// `::1`)? A missing `Host` (HTTP/1.0 tools) passes: browsers always send one.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // Strip the port: "[::1]:8080", "127.0.0.1:8080", "localhost:8080".
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Guards loopback-only mode against DNS rebinding: a web page whose domain is made to resolve
+/// to 127.0.0.1 runs in the victim's browser with that domain as its origin, so same-origin and
+/// CORS checks pass, but its requests carry that domain in `Host`. With no authentication
+/// configured, only loopback names are served (403 otherwise), as Jupyter and other local
+/// servers do; once an authenticator is configured or anonymous access is allowed explicitly,
+/// any `Host` is served.
+pub async fn loopback_only(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if st.security.local_only() && !loopback_host(req.headers()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "no authentication is configured, so only loopback host names (localhost, \
+             127.0.0.1, [::1]) are served; configure [auth] or set auth.allow_anonymous = true \
+             to serve other names",
+        );
+    }
+    next.run(req).await
+}
+
 fn unauthorized(why: &str, invalid: bool) -> Response {
     let mut r = error(StatusCode::UNAUTHORIZED, why);
     let challenge = if invalid {

@@ -160,6 +160,8 @@ pub struct Security {
     passwords: RwLock<HashMap<String, String>>,
     /// Anonymous clients may connect.
     anonymous: bool,
+    /// Loopback-only mode: no authenticator, anonymous access not explicitly allowed.
+    local_only: bool,
 }
 
 /// Latest `exp` kept as an expiry time (9999-12-31T23:59:59Z).
@@ -223,6 +225,7 @@ impl Security {
         }
         let s = Security {
             anonymous: local_only || cfg.allow_anonymous.unwrap_or(!cfg.configured()),
+            local_only,
             keys,
             passwords: RwLock::new(HashMap::new()),
             cfg,
@@ -238,6 +241,12 @@ impl Security {
     /// Do anonymous clients get in?
     pub fn anonymous_allowed(&self) -> bool {
         self.anonymous
+    }
+
+    /// Loopback-only mode (no authentication configured, anonymous access not explicitly
+    /// allowed): every listener is on loopback and anyone who can reach it gets in.
+    pub fn local_only(&self) -> bool {
+        self.local_only
     }
 
     /// Re-reads the password file (startup and SIGHUP).
