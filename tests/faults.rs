@@ -475,7 +475,7 @@ fn the_node_recovers_when_its_links_to_the_core_are_cut() {
     // ...and so does the HTTP bridge.
     let (status, body) = http(
         s.http,
-        "POST /topics/cut/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nhttp",
+        "POST /topics/cut/2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nConnection: close\r\n\r\nhttp",
         WAIT,
     )
     .expect("POST");

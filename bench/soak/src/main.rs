@@ -425,7 +425,7 @@ async fn sse_client(
                     continue;
                 };
                 let req = format!(
-                    "GET /events?topic={topic}&retained=false HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+                    "GET /events?topic={topic}&retained=false HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
                 );
                 if s.write_all(req.as_bytes()).await.is_err() {
                     continue;
@@ -451,7 +451,7 @@ async fn sse_client(
         seq += 1;
         let body = seq.to_string();
         let req = format!(
-            "POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         match request(a.http, req).await {
@@ -484,7 +484,7 @@ async fn rpc_client(
         seq += 1;
         let body = format!("{k}-{seq}");
         let req = format!(
-            "POST /rpc/soak/{k} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /rpc/soak/{k} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         let t = Instant::now();
