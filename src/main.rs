@@ -128,9 +128,16 @@ fn passwd(
 }
 
 fn init_logs(s: &Settings) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .or_else(|_| EnvFilter::try_new(&s.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| s.log.level.clone());
+    // rumqttd wraps its router's work in `error_span!`s, enabled at every level, and a text
+    // subscriber formats their fields each time: about 4% of the CPU of an HTTP publish. Its
+    // logs are about internal links no client sees, so it is off unless the filter names it.
+    let wanted = if wanted.contains("rumqttd") {
+        wanted
+    } else {
+        format!("{wanted},rumqttd=off")
+    };
+    let filter = EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
