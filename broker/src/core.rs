@@ -141,12 +141,10 @@ impl Core {
                     ack.code
                 );
             }
-            let mut out = BytesMut::new();
-            Packet::Disconnect(codec::Disconnect::new(
-                codec::DisconnectReasonCode::NormalDisconnection,
-            ))
-            .write(&mut out, None)?;
-            let _ = link.write_all(&out).await;
+            // Just the close, no DISCONNECT: rumqttd would take the DISCONNECT and the close as
+            // two disconnections of one connection id, and the second could end the session
+            // that is given that id next (see session.rs).
+            let _ = link.shutdown().await;
         }
         Ok(())
     }
