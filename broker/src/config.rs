@@ -112,7 +112,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Core {
-    /// Internal MQTT 5 listeners on loopback (each runs on its own thread); 0 means one per core.
+    /// Internal MQTT 5 listeners on loopback (each runs on its own thread); 0 means four per core,
+    /// at least 8 and at most 64.
     pub listeners: usize,
     /// Bytes of messages rumqttd keeps per topic segment (what an offline session can catch up on).
     pub segment_size: usize,

