@@ -182,6 +182,89 @@ fn retained_deliveries_resume_with_the_session() {
     }
 }
 
+/// Persistent sessions outlive a restart (SIGTERM, then a new process on the same storage):
+/// the client finds `session_present = 1`, its subscriptions with their options, and the
+/// messages published while it was away after the restart. A session with clean start, or one
+/// whose expiry has passed, is gone.
+#[test]
+fn persistent_sessions_survive_a_restart() {
+    let mut s = Server::start();
+    let persistent = |v: V, id: &str, clean: bool| {
+        Opts::new(id)
+            .clean(clean && v == V::V5)
+            .props(|p| p.session_expiry_interval = Some(3600))
+    };
+    for v in BOTH {
+        let id = format!("restart-{v:?}");
+        let mut c = Client::connect(s.mqtt, v, persistent(v, &id, true));
+        let mut f = filter("restart/+/x", QoS::AtLeastOnce);
+        f.nolocal = true;
+        c.subscribe_with(vec![f], (v == V::V5).then_some(9));
+        c.subscribe("restart/plain", QoS::AtMostOnce);
+        c.disconnect();
+    }
+    // A session that expires while the server is down, and a clean one.
+    let mut short = Client::connect(
+        s.mqtt,
+        V::V5,
+        Opts::new("restart-short")
+            .clean(true)
+            .props(|p| p.session_expiry_interval = Some(1)),
+    );
+    short.subscribe("restart/+/x", QoS::AtLeastOnce);
+    short.disconnect();
+    let mut clean = Client::new(s.mqtt, V::V311, "restart-clean");
+    clean.subscribe("restart/+/x", QoS::AtLeastOnce);
+    clean.disconnect();
+
+    s.restart();
+    std::thread::sleep(Duration::from_millis(1100)); // past restart-short's expiry
+    let mut p = v5(&s, "restart-pub");
+    p.publish("restart/a/x", QoS::AtLeastOnce, b"while away");
+    p.publish("restart/plain", QoS::AtLeastOnce, b"plain");
+    for v in BOTH {
+        let id = format!("restart-{v:?}");
+        let mut c = Client::connect(s.mqtt, v, persistent(v, &id, false));
+        assert!(
+            c.connack.as_ref().unwrap().session_present,
+            "{v:?}: session present after the restart"
+        );
+        // Order holds per topic, not across the two subscriptions' topics.
+        let mut got: Vec<Publish> = vec![c.recv(), c.recv()];
+        got.sort_by_key(topic);
+        assert_eq!(
+            got.iter()
+                .map(|m| (topic(m), payload(m), m.qos))
+                .collect::<Vec<_>>(),
+            [
+                ("restart/a/x".into(), "while away".into(), QoS::AtLeastOnce),
+                // min(publish QoS 1, subscription QoS 0): the subscription's QoS was kept.
+                ("restart/plain".into(), "plain".into(), QoS::AtMostOnce),
+            ],
+            "{v:?}"
+        );
+        if v == V::V5 {
+            assert_eq!(sub_ids(&got[0]), vec![9], "subscription identifier kept");
+            // No-local kept: its own message does not come back, the other one does.
+            c.publish("restart/b/x", QoS::AtLeastOnce, b"own");
+            p.publish("restart/b/x", QoS::AtLeastOnce, b"other");
+            recv_msg(&mut c, "restart/b/x", "other");
+        }
+        c.assert_no_publish();
+        c.disconnect();
+    }
+    for (v, id) in [(V::V5, "restart-short"), (V::V311, "restart-clean")] {
+        let o = Opts::new(id).clean(false).props(|p| {
+            p.session_expiry_interval = Some(60);
+        });
+        let c = Client::connect(s.mqtt, v, o);
+        assert!(
+            !c.connack.as_ref().unwrap().session_present,
+            "{id}: no session after the restart"
+        );
+    }
+}
+
 fn retained_msg(t: &str, qos: QoS, body: &str) -> Publish {
     let mut m = Publish::new(t, qos, body.as_bytes().to_vec(), None);
     m.retain = true;

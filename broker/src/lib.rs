@@ -16,6 +16,7 @@ pub mod config;
 mod core;
 pub mod fuzzing;
 pub mod listener;
+pub mod persistence;
 pub mod registry;
 pub mod retained;
 pub mod security;
@@ -147,6 +148,22 @@ impl Edge {
         }
     }
 
+    /// Expires the session of `client_id` after `after`, unless a reconnect cancels the timer
+    /// (the registry keeps it).
+    pub(crate) fn purge_timer(
+        self: &Arc<Self>,
+        client_id: &str,
+        after: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let edge = self.clone();
+        let id = client_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            edge.purge_session(&id).await;
+            edge.registry.timer_fired(&id, registry::Timer::Purge);
+        })
+    }
+
     /// Ends a session in the core (session expiry): a clean connect under its id, then DISCONNECT.
     pub(crate) async fn purge_session(&self, client_id: &str) {
         let req = UpstreamConnect {
@@ -225,6 +242,7 @@ impl Broker {
             next_conn: AtomicU64::new(1),
             shutdown,
         });
+        restore_sessions(&edge).await;
         tokio::spawn(run_injector(edge.clone(), inj_rx));
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));
@@ -264,6 +282,45 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.edge.retained.flush().await;
+        let sessions = self.edge.registry.saved_sessions();
+        match persistence::save(&self.edge.config.storage.dir, &sessions) {
+            Ok(()) => tracing::info!(sessions = sessions.len(), "persistent sessions saved"),
+            Err(e) => tracing::error!(error = %e, "could not save persistent sessions"),
+        }
+    }
+}
+
+/// Brings back the persistent sessions saved at the last shutdown (see [`persistence`]), before
+/// any client can connect. A session that cannot be restored is logged and dropped: its client
+/// finds `session_present = 0`, as after a crash.
+async fn restore_sessions(edge: &Arc<Edge>) {
+    let saved = match persistence::take(&edge.config.storage.dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read saved sessions");
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let mut restored = 0;
+    for s in saved {
+        let left = match s.expires_at {
+            Some(t) => match t.duration_since(now) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => continue,
+            },
+            None => None,
+        };
+        if let Err(e) = persistence::restore_in_core(&edge.core, &s).await {
+            tracing::warn!(client_id = s.client_id, error = %e, "could not restore session");
+            continue;
+        }
+        let purge = left.map(|d| edge.purge_timer(&s.client_id, d));
+        edge.registry.restore(s, purge);
+        restored += 1;
+    }
+    if restored > 0 {
+        tracing::info!(sessions = restored, "persistent sessions restored");
     }
 }
 

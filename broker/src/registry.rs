@@ -7,12 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::codec::{Filter, Publish};
+use crate::persistence::SavedSession;
 
 /// Messages a session's control channel carries.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +51,8 @@ pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
     /// The subscriptions (with their options and identifier) of sessions that outlive their
     /// connection: the core keeps its half of the session, these are the edge's half.
-    saved: Mutex<HashMap<String, SavedSubs>>,
+    /// With when the session expires (`None`: never), for saving it across a restart.
+    saved: Mutex<HashMap<String, (SavedSubs, Option<SystemTime>)>>,
     /// Stamps (source, sequence) of the QoS 1/2 messages such a session had sent its client
     /// without an acknowledgement: sent again on resume, they carry DUP (MQTT-3.3.1-1).
     unacked: Mutex<HashMap<String, HashSet<(u64, u64)>>>,
@@ -161,16 +163,44 @@ impl Registry {
         }
     }
 
-    /// Keeps a disconnected session's subscriptions until it resumes or expires.
-    pub fn save_subscriptions(&self, client_id: &str, subs: Vec<(Filter, Option<usize>)>) {
+    /// Keeps a disconnected session's subscriptions until it resumes or expires (at
+    /// `expires_at`; `None`: never).
+    pub fn save_subscriptions(
+        &self,
+        client_id: &str,
+        subs: Vec<(Filter, Option<usize>)>,
+        expires_at: Option<SystemTime>,
+    ) {
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        saved.insert(client_id.to_string(), subs);
+        saved.insert(client_id.to_string(), (subs, expires_at));
     }
 
     /// The subscriptions saved for `client_id`, forgetting them.
     pub fn take_subscriptions(&self, client_id: &str) -> Vec<(Filter, Option<usize>)> {
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        saved.remove(client_id).unwrap_or_default()
+        saved.remove(client_id).map(|(s, _)| s).unwrap_or_default()
+    }
+
+    /// Every disconnected session that outlives its connection (to save at shutdown).
+    pub fn saved_sessions(&self) -> Vec<SavedSession> {
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        saved
+            .iter()
+            .map(|(id, (subs, expires_at))| SavedSession {
+                client_id: id.clone(),
+                subs: subs.clone(),
+                expires_at: *expires_at,
+            })
+            .collect()
+    }
+
+    /// Takes back a session saved before a restart, with its expiry timer.
+    pub fn restore(&self, s: SavedSession, purge: Option<JoinHandle<()>>) {
+        if let Some(p) = purge {
+            let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(s.client_id.clone()).or_default().purge = Some(p);
+        }
+        self.save_subscriptions(&s.client_id, s.subs, s.expires_at);
     }
 
     /// Keeps the stamps of a disconnected session's unacknowledged deliveries.

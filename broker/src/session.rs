@@ -1840,7 +1840,17 @@ impl Session {
                     (f, s.id)
                 })
                 .collect();
-            self.edge.registry.save_subscriptions(&self.client_id, subs);
+            // As `timers` below: a 3.1.1 session (and MQTT 5's 0xFFFFFFFF) never expires.
+            let secs = if self.version == Version::V5 {
+                self.expiry
+            } else {
+                u32::MAX
+            };
+            let expires_at =
+                (secs != u32::MAX).then(|| SystemTime::now() + Duration::from_secs(secs as u64));
+            self.edge
+                .registry
+                .save_subscriptions(&self.client_id, subs, expires_at);
             let mut unacked = std::mem::take(&mut self.redelivered);
             for (origin, _) in self.out.values() {
                 if let Origin::Core(u, _) = origin {
@@ -1918,15 +1928,8 @@ impl Session {
                 }))
             }
         });
-        let purge_timer = (expiry != 0 && expiry != u32::MAX && !self.upstream_clean).then(|| {
-            let edge = edge.clone();
-            let id = self.client_id.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(expiry as u64)).await;
-                edge.purge_session(&id).await;
-                edge.registry.timer_fired(&id, Timer::Purge);
-            })
-        });
+        let purge_timer = (expiry != 0 && expiry != u32::MAX && !self.upstream_clean)
+            .then(|| edge.purge_timer(&self.client_id, Duration::from_secs(expiry as u64)));
         (will_timer, purge_timer)
     }
 }
