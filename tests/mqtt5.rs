@@ -1227,3 +1227,35 @@ fn paho_client_sees_mqtt5_features() {
     assert_eq!(code, Some(0), "paho checks failed:\n{out}\n{err}");
     assert_eq!(out.trim(), "OK", "{out}\n{err}");
 }
+
+/// A persistent session that is the only member of a share group and drops its connection
+/// with a message unacknowledged, then resumes: the node keeps working, and the resumed shared
+/// subscription still gets the group's messages.
+#[test]
+fn shared_subscription_survives_a_dropped_persistent_member() {
+    let s = Server::start();
+    let o = |clean: bool| {
+        Opts::new("share-member")
+            .clean(clean)
+            .props(|p| p.session_expiry_interval = Some(600))
+    };
+    let mut c = Client::connect(s.mqtt, V::V5, o(true));
+    c.auto_ack = false;
+    c.subscribe("$share/g/sh/t", QoS::AtLeastOnce);
+    let mut p = v5(&s, "share-pub");
+    p.publish("sh/t", QoS::AtLeastOnce, b"one");
+    let first = recv_msg(&mut c, "sh/t", "one");
+    drop(c); // unacknowledged
+             // The node still routes for everyone else.
+    let mut other = v5(&s, "share-other");
+    other.subscribe("plain/t", QoS::AtLeastOnce);
+    p.publish("plain/t", QoS::AtLeastOnce, b"still up");
+    recv_msg(&mut other, "plain/t", "still up");
+    // The member comes back: the unacknowledged message again, then new ones.
+    let mut c = Client::connect(s.mqtt, V::V5, o(false));
+    assert!(c.connack.as_ref().unwrap().session_present);
+    let again = recv_msg(&mut c, "sh/t", "one");
+    assert_eq!(again.pkid, first.pkid);
+    p.publish("sh/t", QoS::AtLeastOnce, b"two");
+    recv_msg(&mut c, "sh/t", "two");
+}

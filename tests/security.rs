@@ -2751,3 +2751,56 @@ fn loopback_only_mode_refuses_rebound_host_names() {
     );
     assert_eq!(code, 200, "{body}");
 }
+
+/// A persistent session resumed with grants that no longer cover its shared subscription does
+/// not rejoin the share group: the group's messages all go to the member still allowed (none
+/// taken by a member the edge would have to drop them for), and none reach the resumed client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_session_with_narrower_grants_leaves_its_share_group() {
+    let s = jwt_server().start();
+    let wide = cli_token("carol", &[], &["jobs/#"], "1h", false);
+    let narrow = cli_token("carol", &[], &["other/#"], "1h", false);
+    let dave = cli_token("dave", &[], &["jobs/#"], "1h", false);
+    let publisher = cli_token("pub", &["jobs/#"], &[], "1h", false);
+    let carol = |token: &str, clean: bool| {
+        let mut o = v5_options(&s, Tr::Tcp, "carol");
+        o.set_credentials("carol", token)
+            .set_clean_start(clean)
+            .set_session_expiry_interval(Some(600));
+        o
+    };
+    let (mut c, _) = V5::connect(carol(&wide, true)).await;
+    let codes = v5_subscribe_many(&mut c, &["$share/workers/jobs/#"]).await;
+    assert_eq!(
+        codes,
+        vec![p5::SubscribeReasonCode::Success(Q5::AtLeastOnce)]
+    );
+    c.disconnect().await;
+    let (mut c, ack) = V5::connect(carol(&narrow, false)).await;
+    assert!(ack.session_present, "the session resumes");
+
+    let mut d = v5_with(&s, Tr::Tcp, "dave", "dave", &dave).await;
+    let codes = v5_subscribe_many(&mut d, &["$share/workers/jobs/#"]).await;
+    assert_eq!(
+        codes,
+        vec![p5::SubscribeReasonCode::Success(Q5::AtLeastOnce)]
+    );
+    let mut p = v5_with(&s, Tr::Tcp, "pub", "pub", &publisher).await;
+    for i in 0..20 {
+        assert_eq!(
+            v5_puback(&mut p, "jobs/x", &format!("job {i}")).await,
+            p5::PubAckReason::Success
+        );
+    }
+    assert_eq!(
+        v5_puback(&mut p, "jobs/end", "end").await,
+        p5::PubAckReason::Success
+    );
+    let got = v5_until(&mut d, "jobs/end").await;
+    assert_eq!(
+        got.len(),
+        20,
+        "dave, the group's only member allowed jobs/#, gets every job: {got:?}"
+    );
+    v5_quiet(&mut c, Duration::from_millis(500)).await;
+}

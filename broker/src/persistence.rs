@@ -170,8 +170,9 @@ pub(crate) async fn restore_in_core(core: &Core, s: &SavedSession) -> anyhow::Re
     // One SUBSCRIBE per subscription identifier (a SUBSCRIBE carries at most one).
     let mut groups: Vec<(Option<usize>, Vec<Filter>)> = Vec::new();
     for (f, id) in &s.subs {
-        let sys = f.path.starts_with("$SYS");
-        if sys {
+        // `$SYS` is the edge's; shared subscriptions are joined again when the client resumes
+        // (see `session::serve`): rumqttd keeps no offline member in a share group.
+        if f.path.starts_with("$SYS") || crate::topic::split_shared(&f.path).is_some() {
             continue;
         }
         let core_filter = Filter::new(f.path.clone(), f.qos);

@@ -561,7 +561,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         clean_start: upstream_clean,
         receive_maximum: window,
     };
-    let (core, core_ack, ubuf) = match edge.core.connect(&req).await {
+    let (mut core, core_ack, mut ubuf) = match edge.core.connect(&req).await {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(client_id, error = %e, "core unavailable");
@@ -619,6 +619,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         local_qos2_in: HashSet::new(),
         out: HashMap::new(),
         local_out: HashMap::new(),
+        keeps_core_copies: false,
         core_stamps: HashMap::new(),
         redelivered: HashSet::new(),
         core_to_client: HashMap::new(),
@@ -655,23 +656,71 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             .copied()
             .collect();
         session.resume = ids;
+        // Put back in the core what it no longer or should no longer hold.
+        let mut dropped = Vec::new();
+        let mut rejoin: Vec<(Option<usize>, Vec<Filter>)> = Vec::new();
+        let mut keep = Vec::new();
         for (f, id) in saved {
-            // The client may come back with other credentials: keep only what they allow (the
-            // core's copy of a dropped filter still sends, but nothing matches it here).
+            // The client may come back with other credentials: keep only what they allow.
             let inner = topic::match_filter(&f.path);
+            let shared = topic::split_shared(&f.path).is_some();
             if session.internal
                 || edge
                     .authorizer
                     .can_subscribe(&session.identity, &session.client_id, inner)
             {
-                session.add_sub(&f, id);
+                if shared {
+                    let core_filter = Filter::new(f.path.clone(), f.qos);
+                    match rejoin.iter_mut().find(|(gid, _)| *gid == id) {
+                        Some((_, fs)) => fs.push(core_filter),
+                        None => rejoin.push((id, vec![core_filter])),
+                    }
+                }
+                keep.push((f, id));
             } else {
                 tracing::debug!(
                     client_id = session.client_id,
                     filter = f.path,
                     "subscription no longer allowed"
                 );
+                if !shared && !f.path.starts_with("$SYS") {
+                    dropped.push(f.path);
+                }
             }
+        }
+        let mut requests: Vec<Packet> = rejoin
+            .into_iter()
+            .map(|(id, filters)| {
+                Packet::Subscribe(Subscribe {
+                    pkid: 0,
+                    filters,
+                    properties: id.map(|id| SubscribeProperties {
+                        id: Some(id),
+                        user_properties: Vec::new(),
+                    }),
+                })
+            })
+            .collect();
+        if !dropped.is_empty() {
+            requests.push(Packet::Unsubscribe(Unsubscribe {
+                pkid: 0,
+                filters: dropped,
+                properties: None,
+            }));
+        }
+        if let Err(e) = core_requests(&mut core, &mut ubuf, requests, edge.core.max_packet()).await
+        {
+            tracing::error!(client_id = session.client_id, error = %e, "core unavailable");
+            return refuse(
+                &mut io,
+                version,
+                ConnectReturnCode::ServerUnavailable,
+                "broker core unavailable",
+            )
+            .await;
+        }
+        for (f, id) in keep {
+            session.add_sub(&f, id);
         }
     }
     session.send_client(Packet::ConnAck(ConnAck {
@@ -695,6 +744,70 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         .release(&session.client_id, conn_id, will_timer, purge_timer);
     drop(claim);
     drop(ip_guard);
+}
+
+/// Sends SUBSCRIBE/UNSUBSCRIBE `requests` of the edge's own on a session's core link before the
+/// session runs, and waits for the SUBACKs, so their packet ids cannot meet the client's. Whatever else the core sends meanwhile (a resumed session's queue)
+/// stays in `ubuf`, in order, for the session.
+async fn core_requests(
+    core: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    mut requests: Vec<Packet>,
+    max: u32,
+) -> anyhow::Result<()> {
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    let mut waiting = HashSet::new();
+    for (i, r) in requests.iter_mut().enumerate() {
+        let pkid = i as u16 + 1;
+        match r {
+            Packet::Subscribe(s) => s.pkid = pkid,
+            Packet::Unsubscribe(u) => u.pkid = pkid,
+            _ => {}
+        }
+        // rumqttd sends no UNSUBACK for a filter it does not find (its defect 7): only SUBACKs
+        // are waited for; a late UNSUBACK finds no pending UNSUBSCRIBE and is dropped, or, if
+        // the client reused the id meanwhile, acknowledges the client's a moment early, after
+        // the edge already stopped delivering what it unsubscribes.
+        if matches!(r, Packet::Subscribe(_)) {
+            waiting.insert(pkid);
+        }
+        r.write(&mut out, None)
+            .map_err(|e| anyhow::anyhow!("encode: {e}"))?;
+    }
+    core.write_all(&out).await?;
+    let mut kept = BytesMut::new();
+    let wait = async {
+        loop {
+            loop {
+                match codec::read_v5(ubuf, max) {
+                    Ok(Some(Packet::SubAck(a))) if waiting.remove(&a.pkid) => {}
+                    Ok(Some(other)) => {
+                        other
+                            .write(&mut kept, None)
+                            .map_err(|e| anyhow::anyhow!("encode: {e}"))?;
+                    }
+                    Ok(None) => break,
+                    Err(e) => anyhow::bail!("core sent a bad packet: {e}"),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if core.read_buf(ubuf).await? == 0 {
+                anyhow::bail!("core closed the link");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| anyhow::anyhow!("core did not acknowledge in time"))??;
+    // What was kept goes first, then any partial packet still in `ubuf`.
+    kept.extend_from_slice(ubuf);
+    *ubuf = kept;
+    Ok(())
 }
 
 /// Gives back a per-address connection slot.
@@ -732,6 +845,9 @@ struct Session {
     /// The messages in `out` from the edge itself not yet received by the client (no PUBACK or
     /// PUBREC): kept to send again if the session resumes on another connection.
     local_out: HashMap<u16, Publish>,
+    /// A persistent session with a shared subscription: `local_out` also keeps the core's
+    /// messages, and the session takes them over when its connection ends (see `run`).
+    keeps_core_copies: bool,
     /// Core packet id → stamp (source, sequence) of the message last delivered under it.
     core_stamps: HashMap<u16, (u64, u64)>,
     /// Stamps of messages a resumed session had sent without acknowledgement (DUP when resent).
@@ -882,6 +998,16 @@ impl Session {
                 _ = sleep_until(expires) => break 'main End::Kicked(0xA0),
             }
         };
+        // A persistent session in a share group hands everything it holds from the core back
+        // to the core as delivered and keeps it itself (sent again on resume, as the edge's own
+        // messages). rumqttd panics, taking every session down, when a persistent member of a
+        // share group leaves with a message unacknowledged and was the group's last member.
+        if self.keeps_core_copies && !matches!(end, End::CoreLost) {
+            for e in self.core_acks.iter_mut() {
+                e.2 = true;
+            }
+            self.ack_core_publish(0);
+        }
         // Whatever the last batch produced still goes out: a QoS 0 PUBLISH read together with
         // the client's DISCONNECT must reach the core, acknowledgements must reach the client.
         let flush = async {
@@ -1234,6 +1360,9 @@ impl Session {
         };
         let inner = sub.filter.clone();
         let sys = sub.sys;
+        if shared && !self.upstream_clean {
+            self.keeps_core_copies = true;
+        }
         if self.subs.insert(f.path.clone(), sub).is_none() {
             self.edge
                 .stats
@@ -1389,10 +1518,9 @@ impl Session {
                 }
             }
             Origin::Core(u, _) => self.ack_core_publish(u),
-            Origin::Local => {
-                self.local_out.remove(&pkid);
-            }
+            Origin::Local => {}
         }
+        self.local_out.remove(&pkid);
         self.drain_queue();
     }
 
@@ -1701,7 +1829,7 @@ impl Session {
                 }
             }
             self.out.insert(d, (origin, p.qos));
-            if let Origin::Local = origin {
+            if matches!(origin, Origin::Local) || self.keeps_core_copies {
                 self.local_out.insert(d, p.clone());
             }
         } else {
@@ -1715,22 +1843,28 @@ impl Session {
     /// core's: it sends them again itself).
     fn save_local(&mut self) {
         let mut pending = LocalPending::default();
+        // With `keeps_core_copies` the core's messages were handed back to it as delivered
+        // (see `run`): they are the edge's to send again now. A core QoS 2 message the client
+        // already has (PUBREC) is finished by the core's own PUBREL, as before.
+        let ours = |o: &Origin| matches!(o, Origin::Local) || self.keeps_core_copies;
         for (&d, (origin, _)) in &self.out {
-            if let Origin::Local = origin {
-                match self.local_out.remove(&d) {
-                    Some(mut p) => {
-                        p.dup = true;
-                        pending.sent.push(p);
-                    }
-                    None => pending.released.push(d),
+            if !ours(origin) {
+                continue;
+            }
+            match self.local_out.remove(&d) {
+                Some(mut p) => {
+                    p.dup = true;
+                    pending.sent.push(p);
                 }
+                None if matches!(origin, Origin::Local) => pending.released.push(d),
+                None => {}
             }
         }
         pending.sent.sort_by_key(|p| p.pkid);
         pending.queued = self
             .queue
             .iter()
-            .filter(|(p, o)| matches!(o, Origin::Local) && p.qos != QoS::AtMostOnce)
+            .filter(|(p, o)| ours(o) && p.qos != QoS::AtMostOnce)
             .map(|(p, _)| p.clone())
             .collect();
         self.edge.registry.save_local(&self.client_id, pending);
