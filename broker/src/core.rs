@@ -141,10 +141,7 @@ impl Core {
                     ack.code
                 );
             }
-            // Just the close, no DISCONNECT: rumqttd would take the DISCONNECT and the close as
-            // two disconnections of one connection id, and the second could end the session
-            // that is given that id next (see session.rs).
-            let _ = link.shutdown().await;
+            close_link(&mut link).await;
         }
         Ok(())
     }
@@ -221,6 +218,28 @@ impl Core {
 fn auto_listeners() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     (cores * 4).clamp(8, 64)
+}
+
+/// Closes an internal link and waits (bounded) until rumqttd has closed its end too.
+///
+/// No DISCONNECT, just the close: rumqttd handles a DISCONNECT and then the close as two
+/// disconnections of the same connection id. And the close must be seen through: rumqttd queues
+/// a link's disconnection for its router before it drops the socket, so once our read sees the
+/// end, a new link under the same client id is queued after it. Without the wait, a client that
+/// reconnects at once could have its new link registered first, the old one dropped as a
+/// duplicate, and the old one's late disconnection end the new session (its id reused).
+pub async fn close_link(link: &mut TcpStream) {
+    let _ = link.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let drained = async {
+        loop {
+            match link.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
 }
 
 /// Chooses a free loopback port for an internal listener, below the OS's ephemeral port range.

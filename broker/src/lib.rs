@@ -172,10 +172,7 @@ impl Edge {
             receive_maximum: 1,
         };
         match self.core.connect(&req).await {
-            Ok((mut s, _, _)) => {
-                // Closed without DISCONNECT (see the end of `session::Session::run`).
-                let _ = s.shutdown().await;
-            }
+            Ok((mut s, _, _)) => core::close_link(&mut s).await,
             Err(e) => tracing::warn!(client_id, error = %e, "could not expire session"),
         }
     }

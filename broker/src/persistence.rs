@@ -213,7 +213,6 @@ pub(crate) async fn restore_in_core(core: &Core, s: &SavedSession) -> anyhow::Re
     })
     .await
     .context("core SUBACK timed out")??;
-    // Just the close, no DISCONNECT (see the end of `session::Session::run`).
-    let _ = link.shutdown().await;
+    crate::core::close_link(&mut link).await;
     Ok(())
 }

@@ -1015,12 +1015,12 @@ impl Session {
                 core.write_all(&self.core_out).await?;
                 self.core_out.clear();
             }
-            // No DISCONNECT, just the close: rumqttd handles a DISCONNECT and then the close as
-            // two disconnections of the same connection id, and the second can end an unrelated
-            // session that has been given that id in between.
-            core.shutdown().await
+            Ok::<(), std::io::Error>(())
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        // Closed, and seen closed by the core, before the claim on the client id goes (a
+        // reconnect waits for it): see `core::close_link`.
+        crate::core::close_link(&mut core).await;
         end
     }
 
