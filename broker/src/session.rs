@@ -564,15 +564,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     let (mut core, core_ack, mut ubuf) = match edge.core.connect(&req).await {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!(client_id, error = %e, "core unavailable");
             drop(claim);
-            return refuse(
-                &mut io,
-                version,
-                ConnectReturnCode::ServerUnavailable,
-                "broker core unavailable",
-            )
-            .await;
+            return core_unavailable(&mut io, version, &client_id, e).await;
         }
     };
     if core_ack.code != ConnectReturnCode::Success {
@@ -710,14 +703,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         }
         if let Err(e) = core_requests(&mut core, &mut ubuf, requests, edge.core.max_packet()).await
         {
-            tracing::error!(client_id = session.client_id, error = %e, "core unavailable");
-            return refuse(
-                &mut io,
-                version,
-                ConnectReturnCode::ServerUnavailable,
-                "broker core unavailable",
-            )
-            .await;
+            return core_unavailable(&mut io, version, &session.client_id, e).await;
         }
         for (f, id) in keep {
             session.add_sub(&f, id);
@@ -744,6 +730,18 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         .release(&session.client_id, conn_id, will_timer, purge_timer);
     drop(claim);
     drop(ip_guard);
+}
+
+/// Refuses a client whose session the core could not take: CONNACK "server unavailable".
+async fn core_unavailable(io: &mut Box<dyn Io>, v: Version, client_id: &str, e: anyhow::Error) {
+    tracing::error!(client_id, error = %e, "core unavailable");
+    refuse(
+        io,
+        v,
+        ConnectReturnCode::ServerUnavailable,
+        "broker core unavailable",
+    )
+    .await
 }
 
 /// Sends SUBSCRIBE/UNSUBSCRIBE `requests` of the edge's own on a session's core link before the
