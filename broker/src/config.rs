@@ -67,10 +67,12 @@ pub struct Limits {
     pub max_inflight: u16,
     /// QoS 1/2 messages queued by the edge for one client beyond those in flight.
     pub max_queued: usize,
-    /// Largest keep-alive a client may use, in seconds (0: no cap). An MQTT 5 client asking for
-    /// more, or for 0, is told the cap through Server Keep Alive.
+    /// Largest keep-alive a client may use, in seconds (0: no cap; default 65535, as Mosquitto).
+    /// An MQTT 5 client asking for more, or for 0, is told the cap through Server Keep Alive; a
+    /// 3.1.1 client cannot be told and keeps what it asked (see `conformance::keep_alive`).
     pub max_keepalive: u16,
-    /// Topic aliases a client may use towards the broker (0: none).
+    /// Topic aliases a client may use towards the broker (0: none), and the most the broker
+    /// uses towards a client that allows them (MQTT 5 Topic Alias Maximum).
     pub topic_alias_max: u16,
     /// Subscriptions one client may hold (SUBACK 0x97 past it).
     pub max_subscriptions: usize,
@@ -99,7 +101,7 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             max_inflight: 100,
             max_queued: 1000,
-            max_keepalive: 0,
+            max_keepalive: 65535,
             topic_alias_max: 32,
             max_subscriptions: 1000,
             write_timeout_secs: 30,

@@ -9,10 +9,12 @@
 //! never reach the core: the session keeps them in the [`retained`] store and delivers them on
 //! subscribe. [`Edge::ingress`] is the seam where messages enter the node.
 
+pub mod alias;
 pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conformance;
 mod core;
 pub mod fuzzing;
 pub mod listener;

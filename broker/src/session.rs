@@ -27,8 +27,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::alias::OutAliases;
 use crate::auth::{Credentials, Identity, Refusal};
 use crate::codec::{self, *};
+use crate::conformance;
 use crate::core::UpstreamConnect;
 use crate::registry::{Control, LocalPending, Timer};
 use crate::stats::Tally;
@@ -391,6 +393,9 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         )
         .await;
     }
+    if let Some(why) = conformance::connect_error(props.as_ref()) {
+        return refuse(&mut io, version, ConnectReturnCode::ProtocolError, why).await;
+    }
     if let Some(w) = &will {
         let ok = std::str::from_utf8(&w.topic)
             .ok()
@@ -515,12 +520,12 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         }
     }
     // Keep-alive, session expiry, flow control.
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if v5 && limits.max_keepalive > 0 && (keep_alive == 0 || keep_alive > limits.max_keepalive) {
-        keep_alive = limits.max_keepalive;
-        server_keep_alive = Some(keep_alive);
-    }
+    let (keep_alive, server_keep_alive) = conformance::keep_alive(
+        connect.keep_alive,
+        limits.max_keepalive,
+        version,
+        transport == Transport::Internal,
+    );
     let asked_expiry = if v5 {
         props
             .as_ref()
@@ -607,6 +612,11 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         expiry,
         upstream_clean,
         aliases: HashMap::new(),
+        out_aliases: OutAliases::for_client(
+            version,
+            props.as_ref().and_then(|p| p.topic_alias_max),
+            limits.topic_alias_max,
+        ),
         subs: HashMap::new(),
         inflight_in: HashSet::new(),
         local_qos2_in: HashSet::new(),
@@ -724,11 +734,14 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     edge.stats.disconnect(transport);
     edge.stats.add(&mut session.tally);
     tracing::debug!(client_id = session.client_id, reason = ?end, "disconnected");
-    session.finish(end, &mut io).await;
+    let linger = session.finish(end, &mut io).await;
     let (will_timer, purge_timer) = session.timers().await;
     edge.registry
         .release(&session.client_id, conn_id, will_timer, purge_timer);
     drop(claim);
+    if linger {
+        conformance::linger(&mut io, conformance::LINGER).await;
+    }
     drop(ip_guard);
 }
 
@@ -833,6 +846,8 @@ struct Session {
     expiry: u32,
     upstream_clean: bool,
     aliases: HashMap<u16, Bytes>,
+    /// Topic aliases towards the client (server → client).
+    out_aliases: OutAliases,
     subs: HashMap<String, Sub>,
     /// Client → core QoS 1/2 packet ids not yet completed.
     inflight_in: HashSet<u16>,
@@ -1088,6 +1103,11 @@ impl Session {
                 "UNSUBSCRIBE without filters".into(),
             )),
             Packet::Unsubscribe(u) => {
+                if let Some((code, why)) =
+                    conformance::filters_error(u.filters.iter().map(String::as_str))
+                {
+                    return Err(End::Violation(code, why));
+                }
                 self.client_unsubscribe(u);
                 Ok(())
             }
@@ -1095,10 +1115,15 @@ impl Session {
                 self.send_client(Packet::PingResp(PingResp));
                 Ok(())
             }
-            Packet::Disconnect(d) => Err(End::Client {
-                will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
-                expiry: d.properties.and_then(|p| p.session_expiry_interval),
-            }),
+            Packet::Disconnect(d) => {
+                if let Some(why) = conformance::disconnect_error(self.expiry, &d) {
+                    return Err(End::Violation(DisconnectReasonCode::ProtocolError, why));
+                }
+                Err(End::Client {
+                    will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                    expiry: d.properties.and_then(|p| p.session_expiry_interval),
+                })
+            }
             Packet::Connect(..) => Err(End::Violation(
                 DisconnectReasonCode::ProtocolError,
                 "second CONNECT".into(),
@@ -1167,6 +1192,9 @@ impl Session {
                 _ => DisconnectReasonCode::TopicNameInvalid,
             };
             return Err(End::Violation(code, e.to_string()));
+        }
+        if let Some((code, why)) = conformance::publish_error(&p) {
+            return Err(End::Violation(code, why));
         }
         if topic.starts_with('$') {
             self.refuse_publish(qos, pkid, Refuse::TopicNameInvalid);
@@ -1249,6 +1277,11 @@ impl Session {
     }
 
     fn client_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        if let Some((code, why)) =
+            conformance::filters_error(s.filters.iter().map(|f| f.path.as_str()))
+        {
+            return Err(End::Violation(code, why));
+        }
         let id = s.properties.as_ref().and_then(|p| p.id);
         if id == Some(0) {
             return Err(End::Violation(
@@ -1834,6 +1867,8 @@ impl Session {
             p.pkid = 0;
         }
         self.tally.messages_sent += 1;
+        self.out_aliases
+            .apply(&mut p, self.version, self.client_max_packet);
         self.send_client(Packet::Publish(p));
     }
 
@@ -1921,7 +1956,9 @@ impl Session {
 
     /// Tells the client why (MQTT 5), closes the core link, and forgets the core session if it
     /// must not outlive the connection.
-    async fn finish(&mut self, end: End, io: &mut Box<dyn Io>) {
+    /// Returns whether the client was sent a DISCONNECT it should get the time to read (see
+    /// [`conformance::linger`]): not at shutdown, which does not wait.
+    async fn finish(&mut self, end: End, io: &mut Box<dyn Io>) -> bool {
         let reason = match &end {
             End::Violation(code, why) => Some((*code, Some(why.clone()))),
             End::KeepAlive => Some((DisconnectReasonCode::KeepAliveTimeout, None)),
@@ -1932,6 +1969,8 @@ impl Session {
             )),
             End::Client { .. } | End::Gone => None,
         };
+        let linger =
+            reason.is_some() && self.version == Version::V5 && !matches!(end, End::Kicked(0x8B));
         if let (Some((code, why)), Version::V5) = (reason, self.version) {
             let d = Disconnect {
                 reason_code: code,
@@ -2018,6 +2057,7 @@ impl Session {
                 .subscriptions
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+        linger
     }
 
     /// Publishes or schedules the will and the session's expiry; returns the timers to keep.
