@@ -405,3 +405,65 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
         }
     }
 }
+
+// ---- where the spec leaves a choice (README, "MQTT conformance notes") ----
+
+/// MQTT 5 §3.1.2.4 / 3.1.1 §3.1.2.4 let the server queue QoS 0 messages for an offline session
+/// ("MAY"). realtime-web does: a persistent session gets, on resume, the QoS 0 messages
+/// published while it was away (bounded by the core's per-filter log).
+#[test]
+fn note_qos0_messages_for_an_offline_session() {
+    let s = Server::start();
+    for v in BOTH {
+        let id = format!("cf-q0-{v:?}");
+        let o = Opts::new(&id)
+            .clean(false)
+            .props(|p| p.session_expiry_interval = Some(300));
+        let o = if v == V::V5 { o } else { Opts { props: None, ..o } };
+        let mut c = Client::connect(s.mqtt, v, o.clone());
+        c.subscribe("cf/q0", QoS::AtLeastOnce);
+        c.disconnect();
+        let mut p = Client::new(s.mqtt, V::V311, "cf-q0-pub");
+        p.publish("cf/q0", QoS::AtMostOnce, b"while away");
+        p.ping();
+        let (mut c, ack) = Client::try_connect(s.mqtt, v, o);
+        assert!(ack.session_present, "{v:?}: {ack:?}");
+        let got = c.next_publish(WAIT).map(|m| (m.qos, m.payload));
+        assert_eq!(
+            got,
+            Some((QoS::AtMostOnce, Bytes::from_static(b"while away"))),
+            "{v:?}"
+        );
+    }
+}
+
+/// Shared subscriptions (MQTT 5 §4.8.2): each message goes to one member of the group, round
+/// robin; a new shared subscription gets no retained messages; a client that also holds a plain
+/// subscription on the same topics gets the plain one's copy as well (two subscriptions, two
+/// copies; overlapping plain subscriptions give one copy, `tests/mqtt5.rs`).
+#[test]
+fn note_shared_subscriptions() {
+    let s = Server::start();
+    let mut p = Client::new(s.mqtt, V::V5, "cf-sh-pub");
+    p.publish_retained("cf/sh/r", QoS::AtLeastOnce, b"retained");
+    let mut a = Client::new(s.mqtt, V::V5, "cf-sh-a");
+    a.subscribe("$share/g/cf/sh/#", QoS::AtLeastOnce);
+    let mut b = Client::new(s.mqtt, V::V5, "cf-sh-b");
+    b.subscribe("$share/g/cf/sh/#", QoS::AtLeastOnce);
+    a.assert_no_publish();
+    b.assert_no_publish();
+    for i in 0..4 {
+        p.publish("cf/sh/t", QoS::AtLeastOnce, format!("{i}").as_bytes());
+    }
+    let (ga, gb) = (a.drain(QUIET), b.drain(QUIET));
+    assert_eq!((ga.len(), gb.len()), (2, 2), "a: {ga:?}\nb: {gb:?}");
+
+    let mut both = Client::new(s.mqtt, V::V5, "cf-sh-both");
+    both.subscribe("$share/h/cf/sh2/#", QoS::AtLeastOnce);
+    both.subscribe("cf/sh2/#", QoS::AtLeastOnce);
+    p.publish("cf/sh2/t", QoS::AtLeastOnce, b"x");
+    // Two subscriptions, two copies: the share group's and the plain subscription's.
+    let got = both.drain(QUIET);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|m| &m.payload[..] == b"x"), "{got:?}");
+}
