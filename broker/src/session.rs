@@ -739,10 +739,11 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     edge.registry
         .release(&session.client_id, conn_id, will_timer, purge_timer);
     drop(claim);
+    drop(ip_guard);
+    drop(_permit);
     if linger {
         conformance::linger(&mut io, conformance::LINGER).await;
     }
-    drop(ip_guard);
 }
 
 /// Refuses a client whose session the core could not take: CONNACK "server unavailable".
