@@ -35,7 +35,8 @@ fn will(topic: &str, body: &str) -> LastWill {
 
 /// MQTT 5 §3.1.2.11.3: "It is a Protocol Error to include the Receive Maximum value more than
 /// once or for it to have the value 0." The server answers CONNACK 0x82 and closes (§4.13).
-/// (The same holds for Maximum Packet Size 0, §3.1.2.11.4.) 3.1.1 has no properties.
+/// (The same holds for Maximum Packet Size 0, §3.1.2.11.4, and for a will whose Response Topic
+/// has wildcards, MQTT-3.3.2-14.) 3.1.1 has no properties.
 #[test]
 fn receive_maximum_zero_is_a_protocol_error() {
     let s = Server::start();
@@ -51,6 +52,30 @@ fn receive_maximum_zero_is_a_protocol_error() {
         s.mqtt,
         V::V5,
         Opts::new("cf-mps0").props(|p| p.max_packet_size = Some(0)),
+    );
+    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
+    c.expect_closed(WAIT);
+
+    // A will whose Response Topic has a wildcard: the will would be published with it.
+    let props = LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: Some("cf/+/reply".into()),
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    let (mut c, ack) = Client::try_connect(
+        s.mqtt,
+        V::V5,
+        Opts::new("cf-wrt").will(LastWill::new(
+            "cf/will",
+            b"gone".to_vec(),
+            QoS::AtMostOnce,
+            false,
+            Some(props),
+        )),
     );
     assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
     c.expect_closed(WAIT);
@@ -419,7 +444,11 @@ fn note_qos0_messages_for_an_offline_session() {
         let o = Opts::new(&id)
             .clean(false)
             .props(|p| p.session_expiry_interval = Some(300));
-        let o = if v == V::V5 { o } else { Opts { props: None, ..o } };
+        let o = if v == V::V5 {
+            o
+        } else {
+            Opts { props: None, ..o }
+        };
         let mut c = Client::connect(s.mqtt, v, o.clone());
         c.subscribe("cf/q0", QoS::AtLeastOnce);
         c.disconnect();

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use crate::codec::{ConnectProperties, Disconnect, DisconnectReasonCode, Publish, Version};
+use crate::codec::{
+    ConnectProperties, Disconnect, DisconnectReasonCode, LastWill, Publish, Version,
+};
 use crate::topic::{self, TopicError};
 use crate::transport::Io;
 
@@ -20,19 +22,24 @@ use crate::transport::Io;
 /// a DISCONNECT, unless the client closes first.
 pub const LINGER: Duration = Duration::from_secs(1);
 
-/// CONNECT properties that make the CONNECT a protocol error (CONNACK 0x82, MQTT 5 §3.1.2.11).
-pub fn connect_error(props: Option<&ConnectProperties>) -> Option<&'static str> {
-    let p = props?;
-    if p.receive_maximum == Some(0) {
-        // §3.1.2.11.3: "It is a Protocol Error to include the Receive Maximum value more than
-        // once or for it to have the value 0."
-        return Some("Receive Maximum 0");
+/// CONNECT properties that make the CONNECT a protocol error (CONNACK 0x82, MQTT 5 §3.1.2.11):
+/// Receive Maximum or Maximum Packet Size 0, or a will whose Response Topic is not a topic name
+/// (the will is published with it, and a topic name has no wildcards, MQTT-4.7.1-1).
+pub fn connect_error(props: Option<&ConnectProperties>, will: Option<&LastWill>) -> Option<String> {
+    if let Some(p) = props {
+        if p.receive_maximum == Some(0) {
+            // §3.1.2.11.3: "It is a Protocol Error to include the Receive Maximum value more
+            // than once or for it to have the value 0."
+            return Some("Receive Maximum 0".into());
+        }
+        if p.max_packet_size == Some(0) {
+            // §3.1.2.11.4: the same for Maximum Packet Size.
+            return Some("Maximum Packet Size 0".into());
+        }
     }
-    if p.max_packet_size == Some(0) {
-        // §3.1.2.11.4: the same for Maximum Packet Size.
-        return Some("Maximum Packet Size 0");
-    }
-    None
+    let rt = will?.properties.as_ref()?.response_topic.as_deref()?;
+    let e = topic::validate_topic(rt).err()?;
+    Some(format!("invalid will Response Topic: {e}"))
 }
 
 /// A client DISCONNECT that is itself a protocol error (DISCONNECT 0x82): one setting a non-zero
@@ -116,18 +123,38 @@ pub async fn linger(io: &mut Box<dyn Io>, max: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{DisconnectProperties, PublishProperties, QoS};
+    use crate::codec::{DisconnectProperties, LastWillProperties, PublishProperties, QoS};
 
     #[test]
     fn receive_maximum_and_packet_size_zero() {
         let mut p = ConnectProperties::new();
-        assert_eq!(connect_error(Some(&p)), None);
-        assert_eq!(connect_error(None), None);
+        assert_eq!(connect_error(Some(&p), None), None);
+        assert_eq!(connect_error(None, None), None);
         p.receive_maximum = Some(0);
-        assert!(connect_error(Some(&p)).is_some());
+        assert!(connect_error(Some(&p), None).is_some());
         p.receive_maximum = Some(1);
         p.max_packet_size = Some(0);
-        assert!(connect_error(Some(&p)).is_some());
+        assert!(connect_error(Some(&p), None).is_some());
+    }
+
+    #[test]
+    fn will_response_topic_must_be_a_topic_name() {
+        let will = |rt: Option<&str>| {
+            let props = LastWillProperties {
+                delay_interval: None,
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: rt.map(str::to_string),
+                correlation_data: None,
+                user_properties: Vec::new(),
+            };
+            LastWill::new("w", "gone", QoS::AtMostOnce, false, Some(props))
+        };
+        assert_eq!(connect_error(None, Some(&will(None))), None);
+        assert_eq!(connect_error(None, Some(&will(Some("re/ply")))), None);
+        assert!(connect_error(None, Some(&will(Some("re/+")))).is_some());
+        assert!(connect_error(None, Some(&will(Some("re/#")))).is_some());
     }
 
     fn disconnect(expiry: Option<u32>) -> Disconnect {

@@ -393,8 +393,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         )
         .await;
     }
-    if let Some(why) = conformance::connect_error(props.as_ref()) {
-        return refuse(&mut io, version, ConnectReturnCode::ProtocolError, why).await;
+    if let Some(why) = conformance::connect_error(props.as_ref(), will.as_ref()) {
+        return refuse(&mut io, version, ConnectReturnCode::ProtocolError, &why).await;
     }
     if let Some(w) = &will {
         let ok = std::str::from_utf8(&w.topic)
