@@ -6,6 +6,11 @@
 //! (MQTT 5 DISCONNECT or CONNACK; a 3.1.1 client is just disconnected). [`keep_alive`] decides
 //! the keep-alive a session runs with, and [`linger`] lets a client read the DISCONNECT it was
 //! sent even while it is still writing.
+//!
+//! The node's own sessions (the HTTP bridge's, `Transport::Internal`) skip the filter and
+//! Response Topic checks and keep the lenient answers (SUBACK 0x8F, UNSUBACK, the message passed
+//! on): every HTTP caller shares them, the bridge refuses bad input with 400 before it gets there,
+//! and one it missed must not end the session for everyone.
 
 use std::time::Duration;
 
