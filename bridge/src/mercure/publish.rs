@@ -116,9 +116,11 @@ pub async fn publish(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct
-        .to_ascii_lowercase()
-        .starts_with("application/x-www-form-urlencoded")
+    // A body without a Content-Type is read as the form it must be.
+    if !ct.is_empty()
+        && !ct
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
     {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
