@@ -125,25 +125,37 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         .expose_headers([HeaderName::from_static("last-event-id")])
 }
 
+async fn method_not_allowed() -> axum::response::Response {
+    crate::routes::error(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
 /// The hub's routes (empty when the hub is off).
 pub fn routes(state: &AppState) -> Router<AppState> {
     let Some(m) = &state.mercure else {
         return Router::new();
     };
-    let mut r = Router::new().route(PATH, get(subscribe::subscribe).post(publish::publish));
+    let mut r = Router::new().route(
+        PATH,
+        get(subscribe::subscribe)
+            .post(publish::publish)
+            .fallback(method_not_allowed),
+    );
     if m.settings.subscriptions {
         r = r
             .route(
                 "/.well-known/mercure/subscriptions",
-                get(subscriptions::list),
+                get(subscriptions::list).fallback(method_not_allowed),
             )
             .route(
-                "/.well-known/mercure/subscriptions/{topic}",
-                get(subscriptions::list_topic),
+                "/.well-known/mercure/subscriptions/{selector}",
+                get(subscriptions::list_topic).fallback(method_not_allowed),
             )
             .route(
-                "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
-                get(subscriptions::one),
+                "/.well-known/mercure/subscriptions/{selector}/{subscriber}",
+                get(subscriptions::one).fallback(method_not_allowed),
             );
     }
     r.layer(axum::extract::DefaultBodyLimit::max(
