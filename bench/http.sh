@@ -17,6 +17,10 @@
 #      its arrival on every stream (p50/p99 over all streams and rounds; the last stream's time
 #      per round is the fan-out latency), and the server's VmRSS growth per open stream; the
 #      same number of connections held open on the hello-world server is the memory baseline.
+#   3. The same STREAMS and ROUNDS through the Mercure hub (issue 13): STREAMS anonymous
+#      subscribers on GET /.well-known/mercure?topic=urn:bench:mercure, each round a form POST to
+#      /.well-known/mercure with an HS256 publisher token (minted here with openssl); publish ->
+#      last stream and VmRSS per stream, side by side with the /events row.
 #
 # Tools: oha (crates.io, `cargo install --locked oha --root bench/.tools`; if that fails, wrk
 # from apt), bench/hello and bench/ssebench (standalone Cargo projects built once into
@@ -142,15 +146,26 @@ wait_port() { # port pid seconds
 }
 
 SERVER_PID=""; SERVER_PORT=""
+MERCURE_KEY="bench-mercure-key-$RANDOM$RANDOM$RANDOM"
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+# An HS256 publisher token with mercure.publish ["*"] (no exp, as Mercure's own).
+mercure_token() {
+  local h p
+  h="$(printf '%s' '{"alg":"HS256","typ":"JWT"}' | b64url)"
+  p="$(printf '%s' '{"mercure":{"publish":["*"]}}' | b64url)"
+  printf '%s.%s.%s' "$h" "$p" "$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -hmac "$MERCURE_KEY" -binary | b64url)"
+}
 start_server() { # rtw|hello -> SERVER_PID, SERVER_PORT
   local name="$1" dir="$WORK/$1-$RANDOM"
   mkdir -p "$dir"
   next_port; SERVER_PORT="$NEXT_PORT"
   case "$name" in
-    rtw)
+    rtw|rtw-mercure)
       next_port; local mqtt="$NEXT_PORT"
       mkdir -p "$dir/data"
-      RTW_HTTP__LISTEN="127.0.0.1:$SERVER_PORT" RTW_MQTT__LISTEN="127.0.0.1:$mqtt" \
+      local -a extra=()
+      [[ "$name" == rtw-mercure ]] && extra=(RTW_MERCURE__PUBLISHER_JWT_KEY="$MERCURE_KEY" RTW_MERCURE__ANONYMOUS=true)
+      env "${extra[@]}" RTW_HTTP__LISTEN="127.0.0.1:$SERVER_PORT" RTW_MQTT__LISTEN="127.0.0.1:$mqtt" \
         RTW_STORAGE__DIR="$dir/data" RTW_LIMITS__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) \
         RTW_LOG__LEVEL=warn "$RTW_BIN" > "$dir/server.log" 2>&1 &
       ;;
@@ -271,6 +286,15 @@ HELLO_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$SSEBENCH" --addr "127.0.0.1:$SERVER
   2>>"$WORK/hello-conns.err" | grep '^RESULT' | tail -1 || true)"
 sed 's/^/  hello: /' "$WORK/hello-conns.err" >&2 || true
 stop_server
+# 3. The same load through the Mercure hub.
+start_server rtw-mercure
+MERCURE_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$SSEBENCH" --addr "127.0.0.1:$SERVER_PORT" --streams "$STREAMS" \
+  --rounds "$ROUNDS" --pid "$SERVER_PID" --concurrency "$SSE_CONCURRENCY" --max-secs $(( STEP_TIMEOUT - 5 )) \
+  --topic urn:bench:mercure --mercure-token "$(mercure_token)" \
+  2>>"$WORK/mercure.err" | grep '^RESULT' | tail -1 || true)"
+sed 's/^/  mercure: /' "$WORK/mercure.err" >&2 || true
+kill -0 "$SERVER_PID" 2>/dev/null && MERCURE_ALIVE=yes || MERCURE_ALIVE=no
+stop_server
 kv() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
 # --- table -------------------------------------------------------------------
@@ -298,8 +322,22 @@ H_RPS="$(col hello 2)"; H_P50="$(col hello 3)"; H_P99="$(col hello 4)"
   else
     echo "| SSE: $STREAMS streams | fail (see the ssebench lines above) | - | |"
   fi
+  if [[ -n "$MERCURE_LINE" && -n "$SSE_LINE" ]]; then
+    echo
+    echo "| Mercure hub vs /events, $STREAMS streams | Mercure (/.well-known/mercure) | SSE (/events) | Mercure / SSE |"
+    echo "|---|---:|---:|---:|"
+    echo "| streams open / failed | $(kv "$MERCURE_LINE" streams) / $(kv "$MERCURE_LINE" failed) | $(kv "$SSE_LINE" streams) / $(kv "$SSE_LINE" failed) | |"
+    M_MEM="$(kv "$MERCURE_LINE" rss_per_stream_bytes)"; S_MEM="$(kv "$SSE_LINE" rss_per_stream_bytes)"
+    echo "| server VmRSS per open stream, bytes (lower is better) | $M_MEM | $S_MEM | $(ratio "$M_MEM" "$S_MEM") |"
+    M_LAST="$(kv "$MERCURE_LINE" last_p50_ms)"; S_LAST="$(kv "$SSE_LINE" last_p50_ms)"
+    echo "| publish -> last stream, median of $ROUNDS rounds, ms (lower is better) | $M_LAST | $S_LAST | $(ratio "$M_LAST" "$S_LAST") |"
+    echo "| publish -> stream p50 / p99, ms | $(kv "$MERCURE_LINE" lat_p50_ms) / $(kv "$MERCURE_LINE" lat_p99_ms) | $(kv "$SSE_LINE" lat_p50_ms) / $(kv "$SSE_LINE" lat_p99_ms) | |"
+    echo "| deliveries / expected | $(kv "$MERCURE_LINE" delivered) / $(kv "$MERCURE_LINE" expected) | $(kv "$SSE_LINE" delivered) / $(kv "$SSE_LINE" expected) | |"
+  else
+    echo "| Mercure: $STREAMS streams | fail (see the mercure lines above) | - | |"
+  fi
   echo
-  echo "server alive after the SSE run: $SSE_ALIVE"
+  echo "server alive after the SSE run: $SSE_ALIVE; after the Mercure run: $MERCURE_ALIVE"
 } | tee "$WORK/table.md"
 
 mkdir -p "$TOOLS"
@@ -307,3 +345,4 @@ cp "$WORK/rates.txt" "$TOOLS/http-last-rates.txt"
 cat "$WORK/header.txt" "$WORK/table.md" > "$TOOLS/http-last-table.md"
 echo "RESULT-SSE $SSE_LINE" >> "$TOOLS/http-last-rates.txt"
 echo "RESULT-HELLO-CONNS $HELLO_LINE" >> "$TOOLS/http-last-rates.txt"
+echo "RESULT-MERCURE $MERCURE_LINE" >> "$TOOLS/http-last-rates.txt"
