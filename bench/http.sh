@@ -3,6 +3,7 @@
 #
 #   bench/http.sh            publish rate (qos 1 and 0) vs hello-world, then 10,000 SSE streams
 #   bench/http.sh --quick    smaller counts (1,000 streams, 1 run, 3 s per rate step): a smoke test
+#   bench/http.sh --streams-only   only the /events and Mercure stream rows (no loader, no hello)
 #   bench/http.sh --help
 #
 # What it measures, in one run (see bench/README.md, "HTTP bridge"):
@@ -17,6 +18,10 @@
 #      its arrival on every stream (p50/p99 over all streams and rounds; the last stream's time
 #      per round is the fan-out latency), and the server's VmRSS growth per open stream; the
 #      same number of connections held open on the hello-world server is the memory baseline.
+#   3. The same STREAMS and ROUNDS through the Mercure hub (issue 13): STREAMS anonymous
+#      subscribers on GET /.well-known/mercure?topic=urn:bench:mercure, each round a form POST to
+#      /.well-known/mercure with an HS256 publisher token (minted here with openssl); publish ->
+#      last stream and VmRSS per stream, side by side with the /events row.
 #
 # Tools: oha (crates.io, `cargo install --locked oha --root bench/.tools`; if that fails, wrk
 # from apt), bench/hello and bench/ssebench (standalone Cargo projects built once into
@@ -46,10 +51,12 @@ SSE_CONCURRENCY="${SSE_CONCURRENCY:-256}"  # stream set-ups in flight
 STEP_TIMEOUT="${STEP_TIMEOUT:-180}" # seconds, per load-tool run
 PORT_BASE="${PORT_BASE:-24880}"     # first loopback port tried
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+STREAMS_ONLY=0
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) STREAMS=1000; RUNS=1; PUB_SECS=3; PUB_REQS=50000; ROUNDS=3 ;;
+    --streams-only) STREAMS_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -142,15 +149,26 @@ wait_port() { # port pid seconds
 }
 
 SERVER_PID=""; SERVER_PORT=""
+MERCURE_KEY="bench-mercure-key-$RANDOM$RANDOM$RANDOM"
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+# An HS256 publisher token with mercure.publish ["*"] (no exp, as Mercure's own).
+mercure_token() {
+  local h p
+  h="$(printf '%s' '{"alg":"HS256","typ":"JWT"}' | b64url)"
+  p="$(printf '%s' '{"mercure":{"publish":["*"]}}' | b64url)"
+  printf '%s.%s.%s' "$h" "$p" "$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -hmac "$MERCURE_KEY" -binary | b64url)"
+}
 start_server() { # rtw|hello -> SERVER_PID, SERVER_PORT
   local name="$1" dir="$WORK/$1-$RANDOM"
   mkdir -p "$dir"
   next_port; SERVER_PORT="$NEXT_PORT"
   case "$name" in
-    rtw)
+    rtw|rtw-mercure)
       next_port; local mqtt="$NEXT_PORT"
       mkdir -p "$dir/data"
-      RTW_HTTP__LISTEN="127.0.0.1:$SERVER_PORT" RTW_MQTT__LISTEN="127.0.0.1:$mqtt" \
+      local -a extra=()
+      [[ "$name" == rtw-mercure ]] && extra=(RTW_MERCURE__PUBLISHER_JWT_KEY="$MERCURE_KEY" RTW_MERCURE__ANONYMOUS=true)
+      env "${extra[@]}" RTW_HTTP__LISTEN="127.0.0.1:$SERVER_PORT" RTW_MQTT__LISTEN="127.0.0.1:$mqtt" \
         RTW_STORAGE__DIR="$dir/data" RTW_LIMITS__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) \
         RTW_LOG__LEVEL=warn "$RTW_BIN" > "$dir/server.log" 2>&1 &
       ;;
@@ -217,12 +235,15 @@ if [[ "$(ulimit -n)" != unlimited && $(ulimit -n) -lt $(( STREAMS + 1024 )) ]]; 
   log "ulimit -n is $(ulimit -n): streams reduced to $STREAMS"
 fi
 
-ensure_loader
-build_tool hello "$HELLO"
+if (( ! STREAMS_ONLY )); then
+  ensure_loader
+  build_tool hello "$HELLO"
+fi
 build_tool ssebench "$SSEBENCH"
 ensure_rtw
 
-LOADER_VERSION="$([[ $LOADER == oha ]] && "$OHA" --version 2>/dev/null || wrk -v 2>&1 | head -1)"
+LOADER_VERSION="-"
+(( STREAMS_ONLY )) || LOADER_VERSION="$([[ $LOADER == oha ]] && "$OHA" --version 2>/dev/null || wrk -v 2>&1 | head -1)"
 {
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
   echo "ulimit -n $(ulimit -n); somaxconn $(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo '?')"
@@ -233,7 +254,7 @@ LOADER_VERSION="$([[ $LOADER == oha ]] && "$OHA" --version 2>/dev/null || wrk -v
 
 # 1. Publish rate.
 : > "$WORK/rates.txt"
-for run in $(seq 1 "$RUNS"); do
+for run in $( (( STREAMS_ONLY )) || seq 1 "$RUNS"); do
   order=(rtw hello); (( run % 2 == 0 )) && order=(hello rtw)
   for srv in "${order[@]}"; do
     start_server "$srv"
@@ -265,11 +286,21 @@ kill -0 "$SERVER_PID" 2>/dev/null && SSE_ALIVE=yes || SSE_ALIVE=no
 stop_server
 # Baseline for the memory row: the hello-world server holding as many keep-alive connections
 # (each made one GET), read the same way.
-start_server hello
-HELLO_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$SSEBENCH" --addr "127.0.0.1:$SERVER_PORT" --streams "$STREAMS" \
+HELLO_LINE=""
+(( STREAMS_ONLY )) || start_server hello
+(( STREAMS_ONLY )) || HELLO_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$SSEBENCH" --addr "127.0.0.1:$SERVER_PORT" --streams "$STREAMS" \
   --rounds 0 --pid "$SERVER_PID" --concurrency "$SSE_CONCURRENCY" --max-secs $(( STEP_TIMEOUT - 5 )) \
   2>>"$WORK/hello-conns.err" | grep '^RESULT' | tail -1 || true)"
 sed 's/^/  hello: /' "$WORK/hello-conns.err" >&2 || true
+(( STREAMS_ONLY )) || stop_server
+# 3. The same load through the Mercure hub.
+start_server rtw-mercure
+MERCURE_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$SSEBENCH" --addr "127.0.0.1:$SERVER_PORT" --streams "$STREAMS" \
+  --rounds "$ROUNDS" --pid "$SERVER_PID" --concurrency "$SSE_CONCURRENCY" --max-secs $(( STEP_TIMEOUT - 5 )) \
+  --topic urn:bench:mercure --mercure-token "$(mercure_token)" \
+  2>>"$WORK/mercure.err" | grep '^RESULT' | tail -1 || true)"
+sed 's/^/  mercure: /' "$WORK/mercure.err" >&2 || true
+kill -0 "$SERVER_PID" 2>/dev/null && MERCURE_ALIVE=yes || MERCURE_ALIVE=no
 stop_server
 kv() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
@@ -280,14 +311,19 @@ fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "-" || v == "") print "-"
 H_RPS="$(col hello 2)"; H_P50="$(col hello 3)"; H_P99="$(col hello 4)"
 {
   echo
-  echo "| measurement | realtime-web | hello-world (hyper 1) | realtime-web / hello |"
-  echo "|---|---:|---:|---:|"
-  for q in 1 0; do
-    R_RPS="$(col "rtw-q$q" 2)"; R_P50="$(col "rtw-q$q" 3)"; R_P99="$(col "rtw-q$q" 4)"
-    echo "| POST /topics/bench/x?qos=$q, $PUB_CONNS conns: requests/s | $(fmt "$R_RPS") | $(fmt "$H_RPS") | $(ratio "$R_RPS" "$H_RPS") |"
-    echo "| qos=$q latency p50 / p99, ms (lower is better) | $(fmt "$R_P50" 2) / $(fmt "$R_P99" 2) | $(fmt "$H_P50" 2) / $(fmt "$H_P99" 2) | $(ratio "$R_P50" "$H_P50") / $(ratio "$R_P99" "$H_P99") |"
-    echo "| qos=$q non-2xx answers (all runs) | $(bad_total "rtw-q$q") | $(bad_total hello) | |"
-  done
+  if (( ! STREAMS_ONLY )); then
+    echo "| measurement | realtime-web | hello-world (hyper 1) | realtime-web / hello |"
+    echo "|---|---:|---:|---:|"
+    for q in 1 0; do
+      R_RPS="$(col "rtw-q$q" 2)"; R_P50="$(col "rtw-q$q" 3)"; R_P99="$(col "rtw-q$q" 4)"
+      echo "| POST /topics/bench/x?qos=$q, $PUB_CONNS conns: requests/s | $(fmt "$R_RPS") | $(fmt "$H_RPS") | $(ratio "$R_RPS" "$H_RPS") |"
+      echo "| qos=$q latency p50 / p99, ms (lower is better) | $(fmt "$R_P50" 2) / $(fmt "$R_P99" 2) | $(fmt "$H_P50" 2) / $(fmt "$H_P99" 2) | $(ratio "$R_P50" "$H_P50") / $(ratio "$R_P99" "$H_P99") |"
+      echo "| qos=$q non-2xx answers (all runs) | $(bad_total "rtw-q$q") | $(bad_total hello) | |"
+    done
+  else
+    echo "| measurement | realtime-web | | |"
+    echo "|---|---:|---:|---:|"
+  fi
   if [[ -n "$SSE_LINE" ]]; then
     echo "| SSE: streams open / failed | $(kv "$SSE_LINE" streams) / $(kv "$SSE_LINE" failed) (in $(kv "$SSE_LINE" open_secs) s) | - | |"
     R_MEM="$(kv "$SSE_LINE" rss_per_stream_bytes)"; H_MEM="$(kv "$HELLO_LINE" rss_per_stream_bytes)"
@@ -298,8 +334,22 @@ H_RPS="$(col hello 2)"; H_P50="$(col hello 3)"; H_P99="$(col hello 4)"
   else
     echo "| SSE: $STREAMS streams | fail (see the ssebench lines above) | - | |"
   fi
+  if [[ -n "$MERCURE_LINE" && -n "$SSE_LINE" ]]; then
+    echo
+    echo "| Mercure hub vs /events, $STREAMS streams | Mercure (/.well-known/mercure) | SSE (/events) | Mercure / SSE |"
+    echo "|---|---:|---:|---:|"
+    echo "| streams open / failed | $(kv "$MERCURE_LINE" streams) / $(kv "$MERCURE_LINE" failed) | $(kv "$SSE_LINE" streams) / $(kv "$SSE_LINE" failed) | |"
+    M_MEM="$(kv "$MERCURE_LINE" rss_per_stream_bytes)"; S_MEM="$(kv "$SSE_LINE" rss_per_stream_bytes)"
+    echo "| server VmRSS per open stream, bytes (lower is better) | $M_MEM | $S_MEM | $(ratio "$M_MEM" "$S_MEM") |"
+    M_LAST="$(kv "$MERCURE_LINE" last_p50_ms)"; S_LAST="$(kv "$SSE_LINE" last_p50_ms)"
+    echo "| publish -> last stream, median of $ROUNDS rounds, ms (lower is better) | $M_LAST | $S_LAST | $(ratio "$M_LAST" "$S_LAST") |"
+    echo "| publish -> stream p50 / p99, ms | $(kv "$MERCURE_LINE" lat_p50_ms) / $(kv "$MERCURE_LINE" lat_p99_ms) | $(kv "$SSE_LINE" lat_p50_ms) / $(kv "$SSE_LINE" lat_p99_ms) | |"
+    echo "| deliveries / expected | $(kv "$MERCURE_LINE" delivered) / $(kv "$MERCURE_LINE" expected) | $(kv "$SSE_LINE" delivered) / $(kv "$SSE_LINE" expected) | |"
+  else
+    echo "| Mercure: $STREAMS streams | fail (see the mercure lines above) | - | |"
+  fi
   echo
-  echo "server alive after the SSE run: $SSE_ALIVE"
+  echo "server alive after the SSE run: $SSE_ALIVE; after the Mercure run: $MERCURE_ALIVE"
 } | tee "$WORK/table.md"
 
 mkdir -p "$TOOLS"
@@ -307,3 +357,4 @@ cp "$WORK/rates.txt" "$TOOLS/http-last-rates.txt"
 cat "$WORK/header.txt" "$WORK/table.md" > "$TOOLS/http-last-table.md"
 echo "RESULT-SSE $SSE_LINE" >> "$TOOLS/http-last-rates.txt"
 echo "RESULT-HELLO-CONNS $HELLO_LINE" >> "$TOOLS/http-last-rates.txt"
+echo "RESULT-MERCURE $MERCURE_LINE" >> "$TOOLS/http-last-rates.txt"

@@ -243,6 +243,7 @@ async fn serve(settings: &mut Settings) -> anyhow::Result<()> {
             https: settings.https.clone(),
             bridge: settings.bridge.clone(),
             rpc: settings.rpc.clone(),
+            mercure: settings.mercure.clone(),
             security: security.clone(),
         },
     )

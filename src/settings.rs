@@ -38,6 +38,8 @@ pub struct Settings {
     pub bridge: bridge::BridgeSettings,
     pub rpc: bridge::rpc::RpcSettings,
     #[serde(default)]
+    pub mercure: bridge::mercure::MercureSettings,
+    #[serde(default)]
     pub auth: broker::security::AuthConfig,
     pub log: Log,
 }
@@ -65,6 +67,7 @@ impl Settings {
                 .with_list_parse_key("auth.jwt_public_keys")
                 .with_list_parse_key("bridge.cors_origins")
                 .with_list_parse_key("bridge.ws_origins")
+                .with_list_parse_key("mercure.cors_origins")
                 .try_parsing(true),
         );
         let c = b.build().context("cannot read configuration")?;

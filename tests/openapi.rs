@@ -19,6 +19,14 @@ fn document() -> Value {
     serde_json::from_str(&text).expect("openapi.json is JSON")
 }
 
+/// A server with every optional route on (the Mercure hub and its subscriptions API).
+fn server() -> Server {
+    Server::builder()
+        .env("MERCURE__PUBLISHER_JWT_KEY", "openapi-check-key")
+        .env("MERCURE__SUBSCRIPTIONS", "true")
+        .start()
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -63,7 +71,7 @@ async fn served_document_is_the_repository_document() {
     let doc = document();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
-    let s = Server::start();
+    let s = server();
     let res = http()
         .get(format!("{}/openapi.json", s.http_base()))
         .send()
@@ -79,7 +87,7 @@ async fn served_document_is_the_repository_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_exists() {
     let doc = document();
-    let s = Server::start();
+    let s = server();
     let base = s.http_base();
     let c = http();
     let mut checked = 0;
@@ -121,7 +129,7 @@ async fn every_documented_operation_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undocumented_methods_are_405_with_allow() {
     let doc = document();
-    let s = Server::start();
+    let s = server();
     let base = s.http_base();
     let c = http();
     // A retained message, so that HEAD on the topic finds something (a 404 would be ambiguous).
@@ -191,7 +199,7 @@ async fn undocumented_methods_are_405_with_allow() {
 async fn routes_outside_the_document_are_404() {
     let doc = document();
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
-    let s = Server::start();
+    let s = server();
     let c = http();
     for p in [
         "/nope",

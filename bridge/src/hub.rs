@@ -225,6 +225,29 @@ impl Hub {
         ))
     }
 
+    /// The id of the newest event in the history that satisfies `pred` (a scan of the bounded
+    /// history, newest first).
+    pub fn find(&self, pred: impl Fn(&Event) -> bool) -> Option<u64> {
+        self.lock()
+            .history
+            .iter()
+            .rev()
+            .find(|e| pred(e))
+            .map(|e| e.id)
+    }
+
+    /// The id of the newest event (0 before the first).
+    pub fn head(&self) -> u64 {
+        self.lock().next_id - 1
+    }
+
+    /// The event numbered `id`, while it is in the history.
+    pub fn event(&self, id: u64) -> Option<Arc<Event>> {
+        let st = self.lock();
+        let i = st.history.binary_search_by_key(&id, |e| e.id).ok()?;
+        st.history.get(i).cloned()
+    }
+
     /// Publishes through the broker and waits for it to accept the message.
     pub async fn publish(&self, p: Publish) -> Result<(), ClientError> {
         self.client.publish(p).await
@@ -241,6 +264,16 @@ impl Hub {
 }
 
 fn replay(st: &State, filters: &[String], n: u64) -> Result<Vec<Arc<Event>>, Gap> {
+    // 0 (no id this server gives) asks for everything the history holds, without a claim that
+    // nothing older was lost (Mercure's `Last-Event-ID: earliest`).
+    if n == 0 {
+        return Ok(st
+            .history
+            .iter()
+            .filter(|e| filters.iter().any(|f| topic::matches(f, &e.topic)))
+            .cloned()
+            .collect());
+    }
     if n >= st.next_id {
         return Err(Gap("Last-Event-ID is newer than this server's events"));
     }

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod fuzzing;
 pub mod hub;
+pub mod mercure;
 pub mod ops;
 pub mod routes;
 pub mod rpc;
@@ -93,6 +94,7 @@ pub struct BridgeConfig {
     pub https: TlsListener,
     pub bridge: BridgeSettings,
     pub rpc: rpc::RpcSettings,
+    pub mercure: mercure::MercureSettings,
     pub security: Arc<broker::security::Security>,
 }
 
@@ -116,10 +118,12 @@ impl Bridge {
             .await
             .map_err(|e| anyhow::anyhow!("the bridge cannot open its broker session: {e}"))?;
         let rpc = rpc::Rpc::start(&edge, cfg.rpc.clone(), &hub.epoch).await?;
+        let mercure = mercure::Mercure::start(cfg.mercure.clone(), &hub).await?;
         let app = routes::router(routes::AppState {
             edge: edge.clone(),
             hub,
             rpc,
+            mercure,
             security: cfg.security.clone(),
             settings: cfg.bridge.clone(),
         });

@@ -9,6 +9,7 @@
 //! | `GET /openapi.json`, `/healthz`, `/readyz` | API description and probes |
 //! | `GET /metrics`, `/api/stats`, `/` | Prometheus metrics, JSON stats, the dashboard ([`crate::ops`]) |
 //! | `GET /examples/browser/…` | the browser example page (`[bridge] examples_dir`) |
+//! | `GET/POST /.well-known/mercure[/subscriptions…]` | the Mercure hub ([`crate::mercure`]), with its own CORS |
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     pub hub: Arc<Hub>,
     pub rpc: Arc<Rpc>,
+    /// The Mercure hub, when `[mercure] publisher_jwt_key` is set.
+    pub mercure: Option<Arc<crate::mercure::Mercure>>,
     pub security: Arc<broker::security::Security>,
     pub settings: BridgeSettings,
 }
@@ -168,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(cors)
+        .merge(crate::mercure::routes(&state))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

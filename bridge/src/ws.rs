@@ -3,6 +3,10 @@
 //! The handshake is answered here (hyper's upgrade mechanism; tungstenite computes the accept
 //! key), then the upgraded connection is framed by tokio-tungstenite and served by the edge as
 //! one more client byte stream.
+//!
+//! Before that, the `Origin` a browser sends is checked ([`origin_refusal`]): every refusal is a
+//! 403 whose JSON body, like the (rate-limited) warning in the log, names the origin and the
+//! setting that would allow it.
 
 use std::sync::Arc;
 
@@ -23,32 +27,130 @@ use crate::Peer;
 /// Subprotocols accepted, in order of preference (`mqttv3.1` for old Paho clients).
 const PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-/// Browsers send `Origin`: it must be the server's own origin or one of `[bridge] ws_origins`.
-fn origin_allowed(h: &axum::http::HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true; // not a browser
+/// Is `host` (no port) a name or address of this machine's loopback interface?
+fn loopback_name(host: &str) -> bool {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host (without port) of a serialized origin `scheme://host[:port]`; `None` for `null`
+/// and anything that is not an http(s) origin.
+fn origin_host(origin: &str) -> Option<&str> {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))?;
+    if rest.contains('/') || rest.is_empty() {
+        return None;
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let end = v6.find(']')? + 2;
+            (&rest[..end], &rest[end..])
+        }
+        None => rest
+            .find(':')
+            .map_or((rest, ""), |i| (&rest[..i], &rest[i..])),
+    };
+    // The port, if any, is digits only: `http://127.0.0.1:80.evil.example` is not loopback.
+    match port.strip_prefix(':') {
+        None if port.is_empty() => Some(host),
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(host),
+        _ => None,
+    }
+}
+
+/// Why an upgrade's `Origin` is refused, or `None` when it is allowed.
+///
+/// No `Origin`: not a browser, allowed. The server's own origin (same host and port as `Host`)
+/// and the origins listed in `[bridge] ws_origins` (`*`: any) are always allowed. Otherwise, in
+/// loopback-only mode (no authentication configured), pages from loopback origins on any port
+/// (local development servers) are allowed and every other origin, `null` included, is refused:
+/// a page elsewhere must not reach an unauthenticated broker through the visitor's browser. With
+/// authentication configured, MQTT credentials travel inside CONNECT (never in cookies), so the
+/// origin protects nothing: any origin is allowed unless `ws_origins` lists some.
+pub(crate) fn origin_refusal(
+    h: &axum::http::HeaderMap,
+    allowed: &[String],
+    local_only: bool,
+) -> Option<String> {
+    let origin = h.get(header::ORIGIN)?;
+    let Ok(origin) = origin.to_str() else {
+        return Some("the Origin header is not text".into());
     };
     if allowed
         .iter()
         .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
     {
-        return true;
+        return None;
     }
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+    let same = origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+    if same {
+        return None;
+    }
+    let key =
+        format!("add \"{origin}\" to [bridge] ws_origins (RTW_BRIDGE__WS_ORIGINS) to allow it");
+    if !allowed.is_empty() {
+        return Some(format!(
+            "WebSocket origin {origin} is not in [bridge] ws_origins; {key}"
+        ));
+    }
+    if !local_only {
+        return None;
+    }
+    if origin_host(origin).is_some_and(loopback_name) {
+        return None;
+    }
+    Some(format!(
+        "WebSocket origin {origin} refused: no authentication is configured (loopback-only \
+         mode), so only pages from loopback origins (http://localhost:*, http://127.0.0.1:*) may \
+         open /mqtt; {key}, or configure [auth]"
+    ))
+}
+
+/// Logs a refused upgrade at warn, at most [`LOG_BURST`] per 10 s (the rest are counted and
+/// reported with the next one logged).
+fn log_refusal(why: &str, peer: Option<std::net::SocketAddr>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LOG_BURST: u64 = 10;
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static IN_WINDOW: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 10);
+    if WINDOW.swap(now, Ordering::AcqRel) != now {
+        IN_WINDOW.store(0, Ordering::Release);
+    }
+    if IN_WINDOW.fetch_add(1, Ordering::AcqRel) >= LOG_BURST {
+        SUPPRESSED.fetch_add(1, Ordering::AcqRel);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Ordering::AcqRel);
+    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+    tracing::warn!(%peer, suppressed, "{why}");
 }
 
 pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
     let edge: Arc<Edge> = st.edge.clone();
-    if !origin_allowed(req.headers(), &st.settings.ws_origins) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "WebSocket Origin not allowed (see [bridge] ws_origins)",
-        );
+    if let Some(why) = origin_refusal(
+        req.headers(),
+        &st.settings.ws_origins,
+        st.security.local_only(),
+    ) {
+        log_refusal(&why, req.extensions().get::<Peer>().map(|p| p.addr));
+        return error(StatusCode::FORBIDDEN, why);
     }
     let h = req.headers();
     let is_upgrade = h
@@ -128,4 +230,22 @@ pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
         hs.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     res.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_hosts() {
+        assert_eq!(origin_host("http://127.0.0.1:5173"), Some("127.0.0.1"));
+        assert_eq!(origin_host("http://localhost"), Some("localhost"));
+        assert_eq!(origin_host("https://[::1]:8443"), Some("[::1]"));
+        assert_eq!(origin_host("http://127.0.0.1:80.evil.example"), None);
+        assert_eq!(origin_host("http://[::1].evil"), None);
+        assert_eq!(origin_host("null"), None);
+        assert_eq!(origin_host("file://"), None);
+        assert!(loopback_name("[::1]") && loopback_name("app.localhost"));
+        assert!(!loopback_name("localhost.evil.example"));
+    }
 }

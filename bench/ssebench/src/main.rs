@@ -9,6 +9,10 @@
 //!    the time from just before the POST is written to the moment that stream has read the
 //!    event. Per round, the last stream's time is the fan-out latency.
 //!
+//! With `--mercure-token JWT` the same load goes through the Mercure hub instead: streams are
+//! `GET /.well-known/mercure?topic=T` (T a topic IRI, anonymous subscribers) and each round is a
+//! form `POST /.well-known/mercure` (`topic=T&data=ssebench-round-K`, Bearer JWT).
+//!
 //! With `--rounds 0` it only opens the connections and reads the memory (any server that
 //! answers `200` to the request, e.g. the hello-world baseline, for its cost per connection).
 //!
@@ -35,13 +39,14 @@ struct Args {
     max_secs: u64,
     settle_ms: u64,
     round_timeout_secs: u64,
+    mercure_token: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: rtw-ssebench --addr HOST:PORT [--streams 10000] [--rounds 5] [--topic bench/sse]\n\
          \x20                    [--pid SERVER_PID] [--concurrency 256] [--settle-ms 2000]\n\
-         \x20                    [--round-timeout-secs 30] [--max-secs 180]"
+         \x20                    [--round-timeout-secs 30] [--max-secs 180] [--mercure-token JWT]"
     );
     std::process::exit(2)
 }
@@ -57,6 +62,7 @@ fn parse_args() -> Args {
         max_secs: 180,
         settle_ms: 2000,
         round_timeout_secs: 30,
+        mercure_token: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -73,6 +79,7 @@ fn parse_args() -> Args {
             "--streams" => a.streams = v.parse().unwrap_or_else(|e| bad(format!("{e}"))),
             "--rounds" => a.rounds = v.parse().unwrap_or_else(|e| bad(format!("{e}"))),
             "--topic" => a.topic = v.clone(),
+            "--mercure-token" => a.mercure_token = Some(v.clone()),
             "--pid" => a.pid = Some(v.parse().unwrap_or_else(|e| bad(format!("{e}")))),
             "--concurrency" => a.concurrency = v.parse().unwrap_or_else(|e| bad(format!("{e}"))),
             "--max-secs" => a.max_secs = v.parse().unwrap_or_else(|e| bad(format!("{e}"))),
@@ -106,13 +113,22 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Connects and sends the SSE request; returns the socket and any bytes read past the head.
-async fn open_stream(addr: SocketAddr, topic: &str) -> Result<(TcpStream, Vec<u8>), String> {
+async fn open_stream(
+    addr: SocketAddr,
+    topic: &str,
+    mercure: bool,
+) -> Result<(TcpStream, Vec<u8>), String> {
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = s.set_nodelay(true);
+    let path = if mercure {
+        format!("/.well-known/mercure?topic={topic}")
+    } else {
+        format!("/events?topic={topic}&retained=false")
+    };
     let req = format!(
-        "GET /events?topic={topic}&retained=false HTTP/1.1\r\nHost: {addr}\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\
          Accept: text/event-stream\r\n\r\n"
     );
     s.write_all(req.as_bytes())
@@ -181,9 +197,15 @@ async fn read_stream(
 }
 
 /// One request on a keep-alive connection; returns the status code.
-async fn post(s: &mut TcpStream, addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
+async fn post(
+    s: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    extra_headers: &str,
+) -> Result<u16, String> {
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -230,9 +252,10 @@ async fn run(a: Args) -> Result<String, String> {
         let opened = open_tx.clone();
         let topic = a.topic.clone();
         let addr = a.addr;
+        let mercure = a.mercure_token.is_some();
         tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let r = open_stream(addr, &topic).await;
+            let r = open_stream(addr, &topic, mercure).await;
             drop(permit);
             match r {
                 Ok((s, rest)) => {
@@ -282,7 +305,18 @@ async fn run(a: Args) -> Result<String, String> {
         .await
         .map_err(|e| format!("publisher connect: {e}"))?;
     let _ = publisher.set_nodelay(true);
-    let path = format!("/topics/{}?qos=1", a.topic);
+    let (path, headers) = match &a.mercure_token {
+        Some(t) => (
+            "/.well-known/mercure".to_string(),
+            format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nAuthorization: Bearer {t}\r\n"
+            ),
+        ),
+        None => (
+            format!("/topics/{}?qos=1", a.topic),
+            "Content-Type: text/plain\r\n".to_string(),
+        ),
+    };
     // A warm-up publish, not measured (first-use allocations in the hub and streams).
     let mut all: Vec<f64> = Vec::new();
     let mut last: Vec<f64> = Vec::new();
@@ -296,7 +330,11 @@ async fn run(a: Args) -> Result<String, String> {
             &mut publisher,
             a.addr,
             &path,
-            &format!("ssebench-round-{round}"),
+            &match &a.mercure_token {
+                Some(_) => format!("topic={}&data=ssebench-round-{round}", a.topic),
+                None => format!("ssebench-round-{round}"),
+            },
+            &headers,
         )
         .await?;
         if status != 200 {
