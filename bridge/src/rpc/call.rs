@@ -303,6 +303,8 @@ async fn serve(
             idle,
             acks: &mut acks,
             replies: &mut replies,
+            settled: false,
+            sent: Default::default(),
         };
         up.publish(0, false, first).await?;
         if let Some(p) = released.take() {

@@ -132,6 +132,29 @@ pub struct Upload<'a> {
     pub idle: Duration,
     pub acks: &'a mut watch::Receiver<u64>,
     pub replies: &'a mut mpsc::Receiver<Reply>,
+    /// The upload ended (sent, answered early, or aborted); dropped before that — the caller
+    /// went away — it tells the responder.
+    pub settled: bool,
+    /// Chunks published so far.
+    pub sent: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.rpc.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+        let mut props = with_chunk(self.props, *self.sent.get_mut(), true);
+        props
+            .user_properties
+            .push((ABORT.into(), "caller gone".into()));
+        let p = Publish::new(self.topic, QoS::AtLeastOnce, Bytes::new(), Some(props));
+        let client = self.rpc.client.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.publish(p)).await;
+        });
+    }
 }
 
 impl Upload<'_> {
@@ -147,12 +170,20 @@ impl Upload<'_> {
             .client
             .publish(p)
             .await
-            .map_err(crate::access::broker_error)
+            .map_err(crate::access::broker_error)?;
+        self.sent.store(n + 1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Sends the rest of the body after chunk 0 (already sent), `stream_window` chunks ahead of
     /// the responder's acknowledgements. Returns a reply that came before the upload ended.
     pub async fn rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, Response> {
+        let r = self.send_rest(body).await;
+        self.settled = true;
+        r
+    }
+
+    async fn send_rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, Response> {
         let window = self.rpc.settings.stream_window as u64;
         let max = self.rpc.settings.max_stream_bytes;
         let mut changes = self.rpc.edge.subscriptions_changed();
