@@ -330,3 +330,42 @@ async fn a_body_over_max_stream_bytes_is_413() {
     let (r, _) = upload(&c, &url, 2, 3).await;
     assert_eq!(r.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_mid_upload_frees_the_call_and_the_responder_is_told() {
+    let s = Server::start();
+    let dir = TempDir::new("files-leave");
+    let _files = files(&s, &dir.0);
+    let (c, base) = (http(), s.http_base());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let call = {
+        let (c, base) = (c.clone(), base.clone());
+        tokio::spawn(async move {
+            c.put(format!("{base}/rpc/files/left.bin"))
+                .header("RTW-Wait", "20")
+                .body(reqwest::Body::wrap_stream(futures_util::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+                )))
+                .send()
+                .await
+        })
+    };
+    for _ in 0..3 {
+        tx.send(Ok(Bytes::from(vec![9u8; MIB]))).await.unwrap();
+    }
+    let deadline = Instant::now() + T;
+    while std::fs::read_dir(&dir.0).unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "no part file written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The caller goes away mid-body (its request is dropped; the body never ends).
+    call.abort();
+    wait_idle(&c, &base).await;
+    // The responder got rtw-abort and removed its partial file.
+    while std::fs::read_dir(&dir.0).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "the partial upload was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tx);
+}

@@ -287,12 +287,21 @@ async fn serve(
     // The body: read only now, one piece at a time.
     let piece = if streamable { set.chunk_size } else { max_body };
     let mut body = BodyChunks::new(body, piece);
-    let first = body.next().await?.unwrap_or_default();
+    // A caller that stops sending does not hold the call: the body is read under the timeout
+    // (for a fire-and-forget call, the default one).
+    let idle = Duration::from_secs(if fire_and_forget {
+        set.default_timeout_secs.max(1)
+    } else {
+        timeout
+    });
+    let first = tokio::time::timeout(idle, body.next())
+        .await
+        .map_err(|_| streaming::stalled(idle))??
+        .unwrap_or_default();
     let streamed = !body.finished();
     if (streamed && !streamable) || first.len() > max_body && !streamed {
         return Err(too_large(max_body));
     }
-    let idle = Duration::from_secs(timeout);
     let mut early = None;
     if streamed {
         rpc.stats.streams.fetch_add(1, Ordering::Relaxed);

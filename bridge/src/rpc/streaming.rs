@@ -189,10 +189,11 @@ impl Upload<'_> {
         let mut changes = self.rpc.edge.subscriptions_changed();
         let mut n = 1u64;
         let result = loop {
-            let data = match body.next().await {
-                Ok(Some(d)) => d,
-                Ok(None) => break Ok(None),
-                Err(r) => break Err(r),
+            let data = match tokio::time::timeout(self.idle, body.next()).await {
+                Ok(Ok(Some(d))) => d,
+                Ok(Ok(None)) => break Ok(None),
+                Ok(Err(r)) => break Err(r),
+                Err(_) => break Err(stalled(self.idle)),
             };
             if body.total() > max {
                 break Err(error(
@@ -250,6 +251,14 @@ impl Upload<'_> {
         self.rpc.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
         why
     }
+}
+
+/// The caller stopped sending its body.
+pub fn stalled(idle: Duration) -> Response {
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        format!("the request body stalled for {} s", idle.as_secs()),
+    )
 }
 
 pub fn gone() -> Response {
