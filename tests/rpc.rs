@@ -403,16 +403,19 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
         assert!(got[..] == body[..], "{n} bytes: content differs");
     }
 
-    // A body within `max_body` (1 MiB) whose request is over the broker's packet limit (1 MiB
-    // too) is refused with 413, and the bridge keeps serving (it used to lose its session).
+    // A body of 1 MiB (over `rpc.chunk_size`; as one message it would be over the broker's
+    // packet limit) goes to the MQTT 5 echo in chunks and comes back streamed, byte for byte
+    // (issue 17; the packet limit's 413 is checked on the envelope route below).
+    let body = random_bytes(1024 * 1024);
     let r = c
         .post(format!("{base}/rpc/demo/huge"))
-        .body(random_bytes(1024 * 1024))
+        .body(body.clone())
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 413).await;
-    assert!(msg.contains("maximum packet size"), "{msg}");
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().await.unwrap();
+    assert!(got[..] == body[..], "1 MiB through chunks: content differs");
     let r = c
         .post(format!("{base}/rpc/demo/after-huge"))
         .body("still here")

@@ -64,6 +64,11 @@ pub fn stats_json(st: &AppState) -> Value {
             "rejected_busy": rpc.rejected_busy.load(Relaxed),
             "late_replies": rpc.late_replies.load(Relaxed),
             "latency_ms_total": rpc.latency_ms_total.load(Relaxed),
+            "waiting": st.rpc.waiting(),
+            "waited": rpc.waited.load(Relaxed),
+            "rejected_waiting": rpc.rejected_waiting.load(Relaxed),
+            "streams": rpc.streams.load(Relaxed),
+            "stream_errors": rpc.stream_errors.load(Relaxed),
         },
         "ready": ready(st),
     })

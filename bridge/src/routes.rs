@@ -64,17 +64,14 @@ fn rpc_handler(route: Option<crate::rpc::RpcRoute>) -> axum::routing::MethodRout
               method: axum::http::Method,
               uri: axum::http::Uri,
               headers: axum::http::HeaderMap,
-              body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| {
+              body: axum::body::Body| {
             let route = route.clone();
             async move {
                 let caps = match captures_or_error(caps) {
                     Ok(c) => c,
                     Err(r) => return r,
                 };
-                let body = match body_or_error(body) {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
+                // The body is read by the call itself, a piece at a time (large bodies stream).
                 crate::rpc::call(st, route, caps, method, uri, headers, body).await
             }
         },

@@ -62,6 +62,8 @@ pub struct Edge {
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Filters clients (not the bridge) are subscribed to, with how many subscriptions each.
     interest: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Bumped each time a filter enters or leaves `interest` (see [`Edge::subscriptions_changed`]).
+    interest_changed: watch::Sender<u64>,
     pub config: BrokerConfig,
     core: Arc<Core>,
     /// Who subscribes to what: the fan-out's index.
@@ -89,6 +91,15 @@ impl Edge {
                 m.remove(filter);
             }
         }
+        drop(m);
+        self.interest_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes each time a client subscription appears or goes away: wait on it, then ask
+    /// [`Edge::has_subscriber`] (the HTTP bridge's requests that wait for a responder).
+    pub fn subscriptions_changed(&self) -> watch::Receiver<u64> {
+        self.interest_changed.subscribe()
     }
 
     /// Is the core running (what `/readyz` reports)?
@@ -233,6 +244,7 @@ impl Broker {
         let edge = Arc::new(Edge {
             interest: Default::default(),
             index: index::Index::default(),
+            interest_changed: watch::channel(0).0,
             certs: std::sync::Mutex::new(certs),
             per_ip: Default::default(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

@@ -10,7 +10,16 @@
 //!   rest of the topic (the correlation id is its last level). If the payload is a JSON envelope
 //!   with `headers["x-echo-status"]`, that becomes the envelope's `status`.
 //!
+//!   A request body that comes in chunks (the bridge's chunk protocol, see `stream.rs`) is
+//!   acknowledged chunk by chunk and echoed back as a streamed reply.
+//! * MQTT 3.1.1 (`--v311`) with `--reply-prefix`: copies `{first levels}/…` to
+//!   `{reply prefix}/…`, e.g. the seed's `/$req/realtimeweb/…` to `/$res/realtimeweb/…` with
+//!   `--filter '/$req/realtimeweb/#' --reply-prefix '/$res/realtimeweb'`; `--v5-topic` does the
+//!   same as an MQTT 5 client.
+//!
 //! Run: `cargo run --example echo -- --port 1883` (add `--v311` for the 3.1.1 convention).
+
+mod stream;
 
 use std::time::Duration;
 
@@ -33,6 +42,11 @@ struct Args {
     /// Filter to serve (default `rpc/#`, or `req/#` with --v311).
     #[arg(long)]
     filter: Option<String>,
+    /// Reply to `{this}/{rest}` where `rest` is the request topic after the filter's literal
+    /// prefix (the topic convention; with MQTT 5, for requests without a Response Topic).
+    /// Default with --v311: `res`.
+    #[arg(long)]
+    reply_prefix: Option<String>,
     /// Client id.
     #[arg(long, default_value = "echo")]
     id: String,
@@ -65,18 +79,48 @@ async fn v5(args: Args) {
     opts.set_max_packet_size(Some(MAX_PACKET as u32));
     opts.set_network_options(nodelay());
     let filter = args.filter.unwrap_or_else(|| "rpc/#".into());
+    let ack_topic = format!("echo-acks/{}", args.id);
+    let streams = stream::Shared::default();
     let (client, mut events) = AsyncClient::new(opts, 1000);
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if let Err(e) = client.subscribe(&filter, QoS::AtLeastOnce).await {
-                    eprintln!("echo: subscribe failed: {e}");
+                for f in [&filter, &ack_topic] {
+                    if let Err(e) = client.subscribe(f, QoS::AtLeastOnce).await {
+                        eprintln!("echo: subscribe failed: {e}");
+                    }
                 }
                 println!("echo: serving {filter} (MQTT 5)");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let props = p.properties.clone().unwrap_or_default();
+                if p.topic == ack_topic.as_bytes() {
+                    stream::acknowledged(&streams, &props);
+                    continue;
+                }
                 let Some(reply_to) = props.response_topic.clone() else {
+                    // The topic convention, when asked for.
+                    if let Some(to) = args
+                        .reply_prefix
+                        .as_deref()
+                        .and_then(|r| reply_topic(&String::from_utf8_lossy(&p.topic), &filter, r))
+                    {
+                        let c = client.clone();
+                        tokio::spawn(async move {
+                            let _ = c
+                                .publish_with_properties(
+                                    to,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    p.payload,
+                                    PublishProperties {
+                                        content_type: props.content_type,
+                                        ..Default::default()
+                                    },
+                                )
+                                .await;
+                        });
+                    }
                     continue; // not a request
                 };
                 let mut user = Vec::new();
@@ -96,6 +140,32 @@ async fn v5(args: Args) {
                     ..Default::default()
                 };
                 let c = client.clone();
+                if stream::prop(&props, "rtw-chunk").is_some() {
+                    // A chunked body: collected in order here, echoed back as a stream.
+                    let whole =
+                        stream::take_chunk(&streams, &c, &reply_to, &props, p.payload).await;
+                    let (s, ack_topic) = (streams.clone(), ack_topic.clone());
+                    match whole {
+                        Some(Ok(chunks)) => tokio::spawn(async move {
+                            stream::send_back(&s, &c, &reply_to, &ack_topic, reply, chunks).await
+                        }),
+                        Some(Err(())) => tokio::spawn(async move {
+                            let mut r = reply;
+                            r.user_properties = vec![("status".into(), "413".into())];
+                            let _ = c
+                                .publish_with_properties(
+                                    reply_to,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    "too big for an echo",
+                                    r,
+                                )
+                                .await;
+                        }),
+                        None => continue,
+                    };
+                    continue;
+                }
                 tokio::spawn(async move {
                     let _ = c
                         .publish_with_properties(
@@ -126,6 +196,7 @@ async fn v311(args: Args) {
     }
     opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     let filter = args.filter.unwrap_or_else(|| "req/#".into());
+    let prefix = args.reply_prefix.unwrap_or_else(|| "res".into());
     let (client, mut events) = AsyncClient::new(opts, 1000);
     events.set_network_options(nodelay());
     loop {
@@ -137,15 +208,13 @@ async fn v311(args: Args) {
                 println!("echo: serving {filter} (MQTT 3.1.1)");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Some(rest) = p.topic.split_once('/').map(|(_, r)| r.to_string()) else {
+                let Some(to) = reply_topic(&p.topic, &filter, &prefix) else {
                     continue;
                 };
                 let payload = with_status(&p.payload);
                 let c = client.clone();
                 tokio::spawn(async move {
-                    let _ = c
-                        .publish(format!("res/{rest}"), QoS::AtLeastOnce, false, payload)
-                        .await;
+                    let _ = c.publish(to, QoS::AtLeastOnce, false, payload).await;
                 });
             }
             Ok(_) => {}
@@ -155,6 +224,15 @@ async fn v311(args: Args) {
             }
         }
     }
+}
+
+/// `{prefix}/{rest}`, `rest` being `topic` after the literal levels of `filter` (`req/#`:
+/// `req/a/b` → `res/a/b`; `/$req/realtimeweb/#`: `/$req/realtimeweb/chat/1` →
+/// `/$res/realtimeweb/chat/1`).
+fn reply_topic(topic: &str, filter: &str, prefix: &str) -> Option<String> {
+    let literal = filter.find(['+', '#']).map_or(filter, |i| &filter[..i]);
+    let rest = topic.strip_prefix(literal)?;
+    Some(format!("{}/{rest}", prefix.trim_end_matches('/')))
 }
 
 /// TCP_NODELAY: rumqttc leaves Nagle's algorithm on, so a reply written right behind the

@@ -1,7 +1,10 @@
 //! `rtw-hello [ADDR]`: answers every request with `200 OK` and a 13-byte body, HTTP/1.1 with
 //! keep-alive, on a multi-threaded tokio runtime (one worker per CPU, as realtime-web).
 //! The request body is read and dropped, so a POST costs what it costs realtime-web to
-//! receive it. Prints `listening ADDR` once bound.
+//! receive it. Prints `listening ADDR` once bound. With `--files DIR` it is a plain file server
+//! instead (see `files.rs`, the peer of `bench/rpc.sh`'s streamed rows).
+
+mod files;
 
 use std::convert::Infallible;
 
@@ -27,6 +30,10 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".to_string());
+    let files_dir = std::env::args()
+        .skip_while(|a| a != "--files")
+        .nth(1)
+        .map(std::path::PathBuf::from);
     let listener = TcpListener::bind(&addr).await?;
     println!("listening {}", listener.local_addr()?);
     loop {
@@ -39,10 +46,23 @@ async fn main() -> std::io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
+        let files_dir = files_dir.clone();
         tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(hello))
-                .await;
+            let io = TokioIo::new(stream);
+            match files_dir {
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(io, service_fn(hello))
+                        .await;
+                }
+                Some(dir) => {
+                    let svc = service_fn(move |req| {
+                        let dir = dir.clone();
+                        async move { Ok::<_, Infallible>(files::serve(dir, req).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(io, svc).await;
+                }
+            }
         });
     }
 }

@@ -1,0 +1,318 @@
+//! Request/response: an HTTP request becomes an MQTT request, the MQTT reply becomes the HTTP
+//! response, matched by a 128-bit random correlation id and bounded by a timeout.
+//!
+//! Data flow: a route ([`route`]: the default `/rpc/{path…}` → `rpc/{path…}`, or one from
+//! `[[rpc.routes]]`) names a request topic template. The handler ([`call`]) checks the caller may
+//! publish there and that some client is subscribed — else it waits for one ([`waiting`], when
+//! the route or `RTW-Wait` allows) or answers 503 — takes an in-flight slot (else 429), registers
+//! the correlation id here, publishes the request through the bridge's own broker session
+//! (one message, or a window of chunks for a large body: [`streaming`]) and waits for the reply
+//! (else 504). Replies arrive on that session and [`receive`] hands them to the waiting call
+//! through a small bounded channel, never blocking the shared session; a late or duplicate reply
+//! finds nobody waiting, is dropped and counted. Chunk acknowledgements from responders
+//! (`rtw-ack`) update the call's window instead.
+//!
+//! Two conventions, per route:
+//! * `v5` (default): the request carries Response Topic `rtw/replies/{node}` and Correlation Data;
+//!   user properties `method`, `path`, `query` and `header:{name}` carry the HTTP request; the
+//!   reply may set user property `status` and `header:{name}` properties, and its content type.
+//! * `topic`, for MQTT 3.1.1 responders: the request goes to `{topic}/{correlation id}` and the
+//!   reply is expected on the route's reply topic template (`reply_topic`, or the request topic
+//!   with its first level replaced by `reply_level`) plus `/{correlation id}`. With
+//!   `envelope = true` the payloads are JSON envelopes carrying method, path, headers and status.
+
+mod call;
+mod reply;
+pub mod route;
+mod streaming;
+mod waiting;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use broker::client::LocalClient;
+use broker::codec::{Publish, PublishProperties, QoS};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+pub use call::call;
+pub use route::{axum_path, Convention, RpcRoute};
+
+/// `[rpc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcSettings {
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    /// Requests waiting for a reply at once (429 past it).
+    pub max_inflight: usize,
+    /// Longest wait for a responder a request may ask for (`RTW-Wait`, a route's `wait_secs`).
+    #[serde(default = "default_max_wait_secs")]
+    pub max_wait_secs: u64,
+    /// Requests waiting for a responder at once (429 with `Retry-After` past it).
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: usize,
+    /// Bodies larger than this go to MQTT 5 responders as a sequence of chunks of this size.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// Chunks sent ahead of the receiver's acknowledgement (`rtw-ack`), each way.
+    #[serde(default = "default_stream_window")]
+    pub stream_window: usize,
+    /// Largest streamed body, each way (413 for a request; a reply is cut).
+    #[serde(default = "default_max_stream_bytes")]
+    pub max_stream_bytes: u64,
+    #[serde(default)]
+    pub routes: Vec<RpcRoute>,
+}
+
+fn default_max_wait_secs() -> u64 {
+    60
+}
+fn default_max_waiting() -> usize {
+    1000
+}
+fn default_chunk_size() -> usize {
+    256 * 1024
+}
+fn default_stream_window() -> usize {
+    4
+}
+fn default_max_stream_bytes() -> u64 {
+    4 << 30
+}
+
+impl Default for RpcSettings {
+    fn default() -> Self {
+        RpcSettings {
+            default_timeout_secs: 10,
+            max_timeout_secs: 60,
+            max_inflight: 1000,
+            max_wait_secs: default_max_wait_secs(),
+            max_waiting: default_max_waiting(),
+            chunk_size: default_chunk_size(),
+            stream_window: default_stream_window(),
+            max_stream_bytes: default_max_stream_bytes(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// What a responder sent back (one message of a reply).
+pub(crate) struct Reply {
+    pub payload: bytes::Bytes,
+    pub props: PublishProperties,
+    pub envelope: bool,
+}
+
+/// Counters shown by the metrics endpoint and the dashboard.
+#[derive(Default)]
+pub struct RpcStats {
+    pub requests: AtomicU64,
+    pub replies: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub no_responder: AtomicU64,
+    pub rejected_busy: AtomicU64,
+    pub late_replies: AtomicU64,
+    /// Sum of round-trip milliseconds of answered requests.
+    pub latency_ms_total: AtomicU64,
+    /// Requests that waited for a responder and were then sent.
+    pub waited: AtomicU64,
+    /// Requests refused because `max_waiting` were already waiting.
+    pub rejected_waiting: AtomicU64,
+    /// Streamed bodies (either way) and those that ended in an error.
+    pub streams: AtomicU64,
+    pub stream_errors: AtomicU64,
+}
+
+/// A call waiting for its reply.
+struct Pending {
+    /// Reply messages (one, or a reply's chunks), never blocking [`receive`].
+    replies: mpsc::Sender<Reply>,
+    /// Highest request chunk the responder acknowledged, plus one.
+    acked: watch::Sender<u64>,
+    envelope: bool,
+    /// `topic` convention: the exact topic the reply must come on.
+    expect: Option<String>,
+}
+
+/// Shared RPC state.
+pub struct Rpc {
+    client: LocalClient,
+    edge: Arc<broker::Edge>,
+    reply_topic: String,
+    pending: Mutex<HashMap<String, Pending>>,
+    slots: Arc<Semaphore>,
+    waiting: Arc<waiting::WaitQueue>,
+    pub settings: RpcSettings,
+    pub stats: RpcStats,
+}
+
+impl Rpc {
+    pub async fn start(
+        edge: &Arc<broker::Edge>,
+        settings: RpcSettings,
+        node: &str,
+    ) -> anyhow::Result<Arc<Rpc>> {
+        for r in &settings.routes {
+            route::validate(r)?;
+        }
+        let max_packet = edge.config.limits.max_packet_size as usize;
+        anyhow::ensure!(
+            settings.chunk_size >= 1024 && settings.chunk_size + 16 * 1024 <= max_packet,
+            "rpc.chunk_size ({}) must be at least 1024 and at most limits.max_packet_size - 16 KiB \
+             ({})",
+            settings.chunk_size,
+            max_packet.saturating_sub(16 * 1024)
+        );
+        anyhow::ensure!(
+            settings.stream_window >= 1,
+            "rpc.stream_window must be at least 1"
+        );
+        let (tx, rx) = mpsc::channel(4096);
+        let client = LocalClient::connect(edge, &format!("rtw-rpc-{node}"), tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("RPC session: {e}"))?;
+        let reply_topic = format!("{}{node}", broker::REPLY_PREFIX);
+        client
+            .subscribe(&reply_topic, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| anyhow::anyhow!("RPC reply subscription: {e}"))?;
+        for r in settings
+            .routes
+            .iter()
+            .filter(|r| r.convention == Convention::Topic)
+        {
+            let f = r.reply_filter();
+            client
+                .subscribe(&f, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| anyhow::anyhow!("RPC reply subscription {f}: {e}"))?;
+        }
+        let waiting = Arc::new(waiting::WaitQueue::new(settings.max_waiting));
+        tokio::spawn(waiting::dispatch(waiting.clone(), edge.clone()));
+        let rpc = Arc::new(Rpc {
+            client,
+            edge: edge.clone(),
+            reply_topic,
+            pending: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(settings.max_inflight.max(1))),
+            waiting,
+            settings,
+            stats: RpcStats::default(),
+        });
+        tokio::spawn(receive(Arc::downgrade(&rpc), rx));
+        Ok(rpc)
+    }
+
+    /// Is the RPC session up?
+    pub fn ready(&self) -> bool {
+        !self.client.is_closed()
+    }
+
+    /// Requests waiting for a reply now.
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Requests waiting for a responder now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Registers a call; its replies come on the returned channel, acknowledgements of its
+    /// request chunks on the watch.
+    fn register(
+        &self,
+        corr: &str,
+        envelope: bool,
+        expect: Option<String>,
+    ) -> (mpsc::Receiver<Reply>, watch::Receiver<u64>) {
+        let (tx, rx) = mpsc::channel(2 * self.settings.stream_window + 2);
+        let (acked, acks) = watch::channel(0);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                corr.to_string(),
+                Pending {
+                    replies: tx,
+                    acked,
+                    envelope,
+                    expect,
+                },
+            );
+        (rx, acks)
+    }
+
+    fn forget(&self, corr: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(corr);
+    }
+
+    fn stray(&self, corr: &str, why: &str) {
+        self.stats.late_replies.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(corr, why, "RPC reply dropped");
+    }
+
+    /// Hands one message to the call `corr` waits with.
+    fn complete(&self, corr: &str, topic: &str, payload: bytes::Bytes, props: PublishProperties) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = pending.get(corr) else {
+            drop(pending);
+            return self.stray(corr, "late or duplicate");
+        };
+        if p.expect.as_deref().is_some_and(|e| e != topic) {
+            drop(pending);
+            return self.stray(corr, "on another route's reply topic");
+        }
+        if let Some(n) = streaming::ack_of(&props) {
+            p.acked.send_modify(|a| *a = (*a).max(n.saturating_add(1)));
+            return;
+        }
+        let more = streaming::chunk_of(&props).is_some_and(|(_, last)| !last);
+        let reply = Reply {
+            payload,
+            props,
+            envelope: p.envelope,
+        };
+        let sent = p.replies.try_send(reply);
+        // The whole reply is here: later messages for this id are late or duplicates.
+        if !more || sent.is_err() {
+            pending.remove(corr);
+        }
+        if sent.is_err() {
+            drop(pending);
+            self.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                corr,
+                "RPC reply stream overran its window: the call ends with an error"
+            );
+        }
+    }
+}
+
+/// Matches replies arriving on the RPC session to waiting requests.
+async fn receive(rpc: std::sync::Weak<Rpc>, mut rx: mpsc::Receiver<Publish>) {
+    while let Some(p) = rx.recv().await {
+        let Some(rpc) = rpc.upgrade() else { return };
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let props = p.properties.unwrap_or_default();
+        let corr = if topic == rpc.reply_topic {
+            props
+                .correlation_data
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+        } else {
+            topic.rsplit('/').next().map(str::to_string)
+        };
+        match corr {
+            Some(c) => rpc.complete(&c, &topic, p.payload, props),
+            None => {
+                rpc.stats.late_replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

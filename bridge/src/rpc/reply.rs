@@ -1,0 +1,130 @@
+//! Turning a responder's reply into the HTTP response: status and headers from user properties
+//! (`status`, `header:{name}`) or from a JSON envelope, the content type, and the body — the
+//! payload, or (for a streamed reply, see [`super::streaming`]) a stream of chunks.
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use serde_json::Value;
+
+use super::Reply;
+
+/// Headers never forwarded to responders, nor taken from their replies.
+pub fn private_header(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "cookie"
+            | "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "keep-alive"
+            | "content-type"
+            | "expect"
+            | "rtw-timeout"
+            | "rtw-wait"
+    ) || name.starts_with("proxy-")
+}
+
+/// The response to a one-message reply.
+pub fn respond(reply: Reply) -> Response {
+    let mut head = Head::of(&reply);
+    let mut body = reply.payload.clone();
+    if reply.envelope {
+        if let Ok(env) = serde_json::from_slice::<Value>(&reply.payload) {
+            body = head.take_envelope(&env);
+        }
+    }
+    head.response(Body::from(body))
+}
+
+/// Status, headers and content type of a reply.
+pub struct Head {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    content_type: Option<String>,
+}
+
+impl Head {
+    pub fn of(reply: &Reply) -> Head {
+        let mut head = Head {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            content_type: reply.props.content_type.clone(),
+        };
+        for (k, v) in &reply.props.user_properties {
+            if k == "status" {
+                head.status = parse_status(v).unwrap_or(StatusCode::BAD_GATEWAY);
+            } else if let Some(h) = k.strip_prefix("header:") {
+                head.headers.push((h.to_string(), v.clone()));
+            }
+        }
+        head
+    }
+
+    /// Takes status, headers and content type from a JSON envelope; returns its body.
+    fn take_envelope(&mut self, env: &Value) -> bytes::Bytes {
+        if let Some(s) = env.get("status") {
+            self.status = s
+                .as_u64()
+                .and_then(|n| parse_status(&n.to_string()))
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+        }
+        if let Some(hs) = env.get("headers").and_then(Value::as_object) {
+            for (k, v) in hs {
+                if let Some(v) = v.as_str() {
+                    self.headers.push((k.clone(), v.to_string()));
+                }
+            }
+        }
+        if let Some(ct) = env.get("content_type").and_then(Value::as_str) {
+            self.content_type = Some(ct.to_string());
+        }
+        match (env.get("body"), env.get("encoding").and_then(Value::as_str)) {
+            (Some(Value::String(b)), Some("base64")) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(bytes::Bytes::from)
+                .unwrap_or_default(),
+            (Some(Value::String(b)), _) => bytes::Bytes::from(b.clone()),
+            (Some(other), _) => bytes::Bytes::from(other.to_string()),
+            (None, _) => bytes::Bytes::new(),
+        }
+    }
+
+    pub fn response(self, body: Body) -> Response {
+        let mut res = Response::new(body);
+        *res.status_mut() = self.status;
+        for (k, v) in self.headers {
+            let lower = k.to_ascii_lowercase();
+            if private_header(&lower) && lower != "content-type" {
+                continue;
+            }
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(lower.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                res.headers_mut().append(k, v);
+            }
+        }
+        if let Some(v) = self
+            .content_type
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            res.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        res
+    }
+}
+
+fn parse_status(s: &str) -> Option<StatusCode> {
+    s.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (200..=599).contains(n))
+        .and_then(|n| StatusCode::from_u16(n).ok())
+}
