@@ -103,7 +103,7 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             connect_timeout_secs: 10,
             max_inflight: 100,
-            max_queued: 1000,
+            max_queued: 100_000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_keepalive: 65535,
             topic_alias_max: 32,

@@ -51,7 +51,7 @@ fn deliver(edge: &Edge, msg: Arc<Message>, hits: &mut Vec<Hit>) {
     hits.clear();
     edge.index.for_each_match(topic, msg.qos(), |s, shared| {
         // Replies to the bridge's requests are for the bridge alone, whatever the filter.
-        if (reply && !s.internal) || (s.no_local && s.src == msg.src) {
+        if (reply && !s.internal) || (s.no_local && s.src == msg.src) || msg.seq < s.since {
             return;
         }
         hits.push(Hit {

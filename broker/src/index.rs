@@ -33,6 +33,9 @@ pub struct Sub {
     pub src: u64,
     /// The node's own session (the HTTP bridge): the only one that receives `rtw/replies/…`.
     pub internal: bool,
+    /// Messages accepted before this sequence number are not for this subscription (they were
+    /// published before it was made).
+    pub since: u64,
 }
 
 struct Group {
@@ -162,7 +165,9 @@ fn split(filter: &str) -> (Vec<&str>, bool) {
 fn upsert(v: &mut Vec<Sub>, sub: Sub) -> bool {
     match v.iter_mut().find(|s| s.session == sub.session) {
         Some(s) => {
+            let since = s.since;
             *s = sub;
+            s.since = since;
             false
         }
         None => {
@@ -288,6 +293,7 @@ mod tests {
             id: None,
             src: session,
             internal: false,
+            since: 0,
         }
     }
 

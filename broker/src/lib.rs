@@ -68,6 +68,8 @@ pub struct Edge {
     core: Arc<Core>,
     /// Who subscribes to what: the fan-out's index.
     index: index::Index,
+    /// The next accepted message's sequence number.
+    seq: AtomicU64,
     pub retained: Arc<retained::RetainedStore>,
     pub registry: registry::Registry,
     pub stats: stats::Stats,
@@ -110,11 +112,18 @@ impl Edge {
     /// Hands a message to the core: the seam where every message enters the node. Messages on
     /// one `lane` keep their order. Waits (bounded) while the fan-out catches up.
     pub async fn route(&self, msg: &Message, lane: usize) -> Result<(), CoreError> {
-        let frame = msg.frame().map_err(|e| {
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel);
+        let frame = msg.frame(seq).map_err(|e| {
             tracing::warn!(error = %e, "message not encodable");
             CoreError::Gone
         })?;
         self.core.publish(lane, frame).await
+    }
+
+    /// The sequence number the next accepted message gets: a subscription made now sees
+    /// messages from it on.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
     }
 
     /// Bytes of messages waiting in the core for the fan-out.
@@ -245,6 +254,7 @@ impl Broker {
             interest: Default::default(),
             index: index::Index::default(),
             interest_changed: watch::channel(0).0,
+            seq: AtomicU64::new(1),
             certs: std::sync::Mutex::new(certs),
             per_ip: Default::default(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

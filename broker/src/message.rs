@@ -20,8 +20,9 @@ use crate::codec::{Publish, PublishProperties, QoS};
 
 /// Frame format version.
 const FORMAT: u8 = 1;
-/// Header: format (1), publisher hash (8), arrival time in ms since the epoch (8).
-const HEADER: usize = 17;
+/// Header: format (1), publisher hash (8), arrival time in ms since the epoch (8), the node's
+/// sequence number (8).
+const HEADER: usize = 25;
 
 /// A message on its way through the node.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct Message {
     pub src: u64,
     /// When the node accepted it.
     pub received: SystemTime,
+    /// Its place in the node's order of accepted messages (a subscription made after a message
+    /// was accepted does not get it; see [`crate::index::Sub::since`]).
+    pub seq: u64,
 }
 
 /// Why a frame could not be read.
@@ -53,6 +57,7 @@ impl Message {
             publish,
             src,
             received: SystemTime::now(),
+            seq: 0,
         }
     }
 
@@ -86,8 +91,8 @@ impl Message {
         Some((secs as u64).saturating_sub(waited) as u32)
     }
 
-    /// Encodes the frame that carries this message through the core.
-    pub fn frame(&self) -> Result<Bytes, FrameError> {
+    /// Encodes the frame that carries this message through the core, as accepted `seq`-th.
+    pub fn frame(&self, seq: u64) -> Result<Bytes, FrameError> {
         let mut p = self.publish.clone();
         if p.qos != QoS::AtMostOnce {
             p.pkid = 1; // required by the encoding; meaningless inside the node
@@ -101,6 +106,7 @@ impl Message {
             .unwrap_or(Duration::ZERO)
             .as_millis() as u64;
         out.put_u64(ms);
+        out.put_u64(seq);
         p.write(&mut out).map_err(|e| FrameError(e.to_string()))?;
         Ok(out.freeze())
     }
@@ -112,6 +118,7 @@ impl Message {
         }
         let src = u64::from_be_bytes(frame[1..9].try_into().unwrap_or_default());
         let ms = u64::from_be_bytes(frame[9..17].try_into().unwrap_or_default());
+        let seq = u64::from_be_bytes(frame[17..25].try_into().unwrap_or_default());
         let body = frame.slice(HEADER..);
         let fixed = check(body.iter(), None).map_err(|e| FrameError(e.to_string()))?;
         let mut publish = WirePublish::read(fixed, body).map_err(|e| FrameError(e.to_string()))?;
@@ -123,6 +130,7 @@ impl Message {
             publish,
             src,
             received: UNIX_EPOCH + Duration::from_millis(ms),
+            seq,
         })
     }
 }
@@ -156,7 +164,8 @@ mod tests {
             ..Default::default()
         });
         let m = Message::new(p, 42);
-        let back = Message::from_frame(m.frame().unwrap()).unwrap();
+        let back = Message::from_frame(m.frame(9).unwrap()).unwrap();
+        assert_eq!(back.seq, 9);
         assert_eq!(back.topic(), "a/b");
         assert_eq!(back.publish.payload, Bytes::from_static(b"hello"));
         assert_eq!(back.qos(), QoS::ExactlyOnce);
@@ -171,7 +180,7 @@ mod tests {
         assert!(Message::from_frame(Bytes::from_static(b"")).is_err());
         assert!(Message::from_frame(Bytes::from_static(&[1; 20])).is_err());
         let mut f = vec![FORMAT];
-        f.extend_from_slice(&[0; 16]);
+        f.extend_from_slice(&[0; 24]);
         f.extend_from_slice(&[0x30, 0x05, 0x00, 0x02, 0xff, 0xfe, 0x00]);
         assert!(Message::from_frame(Bytes::from(f)).is_err());
     }

@@ -88,7 +88,7 @@ impl SessionState {
     }
 
     /// The index entry for subscription `opts` of this session.
-    pub fn index_sub(&self, opts: &SubOpts, src: u64, internal: bool) -> index::Sub {
+    pub fn index_sub(&self, opts: &SubOpts, src: u64, internal: bool, since: u64) -> index::Sub {
         index::Sub {
             session: self.key,
             inbox: self.inbox.clone(),
@@ -98,6 +98,7 @@ impl SessionState {
             id: opts.id,
             src,
             internal,
+            since,
         }
     }
 
@@ -107,10 +108,11 @@ impl SessionState {
             return;
         }
         let (filter, group) = split(path);
-        if edge
-            .index
-            .insert(filter, group, self.index_sub(opts, src, internal))
-            && !internal
+        if edge.index.insert(
+            filter,
+            group,
+            self.index_sub(opts, src, internal, edge.next_seq()),
+        ) && !internal
         {
             edge.interest(filter, true);
         }
