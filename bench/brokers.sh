@@ -140,7 +140,7 @@ start_broker() { # name -> sets BROKER_PID, BROKER_PORT, BROKER_HTTP_PORT
     *) die "unknown broker $name" ;;
   esac
   BROKER_LOG="$dir/broker.log"
-  if ! wait_port "$BROKER_PORT" 30; then
+  if ! wait_port "$BROKER_PORT" 30 || { [[ -n "$BROKER_HTTP_PORT" ]] && ! wait_port "$BROKER_HTTP_PORT" 10; }; then
     tail -20 "$dir/broker.log" >&2 || true
     stop_broker
     return 1
