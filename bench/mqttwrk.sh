@@ -11,7 +11,8 @@
 # bounded by `timeout $STEP_TIMEOUT` (default 120 s). mqttwrk's subscriber only
 # returns once it has every message, so a step that does not finish in time
 # means lost messages (or a stalled broker). Reported per step: completed or
-# not, the wall time, mqttwrk's own summary lines and the broker's counters
+# not, the wall time, mqttwrk's own aggregate figures (messages the subscriber
+# got, its and the publisher's msgs/s) and the broker's counters
 # (received, sent, dropped: realtime-web /metrics, Mosquitto $SYS).
 #
 # mqttwrk is installed once with `cargo install mqttwrk --version 0.2.0 --root
@@ -89,7 +90,12 @@ for q in $QOS_LIST; do
       x="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$before")"; y="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$after")"
       if [[ "$x" =~ ^[0-9]+$ && "$y" =~ ^[0-9]+$ ]]; then counters+=" broker_$k=$(( y - x ))"; else counters+=" broker_$k=-"; fi
     done
-    line="RESULT tool=mqttwrk label=$b qos=$q status=$status messages=$COUNT wall_s=$secs$counters"
+    # mqttwrk's aggregate subscriber stats: messages received and its msgs/s.
+    clean="$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/mqttwrk-$b-$q.out")"
+    sub_rx="$(awk '/Aggregate SubStats/{f=1} f && /publish_count:/{gsub(",","",$2); print $2; exit}' <<<"$clean")"
+    sub_rate="$(awk '/Aggregate SubStats/{f=1} f && /throughput:/{gsub(",","",$2); printf "%.0f", $2; exit}' <<<"$clean")"
+    pub_rate="$(awk '/Aggregate PubStats/{f=1} f && /throughput:/{gsub(",","",$2); printf "%.0f", $2; exit}' <<<"$clean")"
+    line="RESULT tool=mqttwrk label=$b qos=$q status=$status messages=$COUNT sub_received=${sub_rx:--} sub_msgs_per_s=${sub_rate:--} pub_msgs_per_s=${pub_rate:--} wall_s=$secs$counters"
     echo "$line" >> "$OUT"
     log "$line"
     # mqttwrk's own summary (ANSI colours stripped).
