@@ -232,7 +232,7 @@ COUNTS="$WORK/counters.md"
   for key in "${ORDER[@]}"; do
     IFS=',' read -r sc b r <<<"$key"
     l="${LINES[$key]}"
-    pub="$(kv "$l" messages)"; exp="$(kv "$l" expected)"; del="$(kv "$l" delivered)"; lost="$(kv "$l" lost)"
+    pub="$(kv "$l" published)"; [[ -z "$pub" ]] && pub="$(kv "$l" messages)"; exp="$(kv "$l" expected)"; del="$(kv "$l" delivered)"; lost="$(kv "$l" lost)"
     [[ -n "$exp" && -n "$pub" && "$exp" != "$pub" ]] && pub="$pub x$(kv "$l" subscribers)"
     printf '| %-3s | %-12s | %3s | %-10s | %9s | %10s | %8s | %9s | %10s | %8s |\n' "$sc" "$b" "$r" \
       "$(kv "$l" status)" "${pub:--}" "${del:--}" "${lost:--}" \

@@ -428,10 +428,18 @@ async fn throughput(
 
     let payload = Bytes::from(vec![b'x'; payload_len]);
     let start = base.elapsed();
+    let mut sent = 0u64;
     for _ in 0..messages {
-        publisher
+        if let Err(e) = publisher
             .publish_bytes(topic.clone(), qos, false, payload.clone())
-            .await?;
+            .await
+        {
+            // The RESULT line still follows, with status=client-error.
+            eprintln!("publisher: {e}");
+            errors.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        sent += 1;
     }
     let publish_done = base.elapsed();
 
@@ -475,7 +483,7 @@ async fn throughput(
     let pub_secs = (publish_done - start).as_secs_f64().max(1e-9);
     println!(
         "RESULT mode=throughput label={} status={} qos={} subscribers={} messages={} payload={} \
-         expected={} delivered={} lost={} min_per_sub={} pubacks={} elapsed_s={:.3} \
+         published={} expected={} delivered={} lost={} min_per_sub={} pubacks={} elapsed_s={:.3} \
          msgs_per_s={:.0} publish_rate={:.0}",
         cli.label,
         status,
@@ -483,6 +491,7 @@ async fn throughput(
         subscribers,
         messages,
         payload_len,
+        sent,
         expected,
         delivered,
         expected.saturating_sub(delivered),
@@ -490,7 +499,7 @@ async fn throughput(
         puback.load(Ordering::Relaxed),
         secs,
         delivered as f64 / secs,
-        messages as f64 / pub_secs,
+        sent as f64 / pub_secs,
     );
 
     // Best-effort clean disconnect, bounded.

@@ -196,12 +196,17 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
         let due = (start.elapsed().as_secs_f64() * o.rate as f64) as u64;
         while sent < due {
             let t = &topics[(sent % o.subscribers as u64) as usize];
-            publisher
+            if let Err(e) = publisher
                 .publish_bytes(t.clone(), qos, false, payload.clone())
-                .await?;
+                .await
+            {
+                eprintln!("steady publisher: {e}");
+                failed = true;
+                break;
+            }
             sent += 1;
         }
-        if errors.load(Ordering::Relaxed) > 0 {
+        if failed || errors.load(Ordering::Relaxed) > 0 {
             failed = true;
             break;
         }
