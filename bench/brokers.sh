@@ -162,12 +162,14 @@ broker_counters() {
       ;;
     mosquitto)
       sleep 2.5
-      text="$(timeout 5 mosquitto_sub -p "$BROKER_PORT" -i "bench-sys-$RANDOM" -v -C 3 -W 3 \
+      # Listen 2 s and keep the last value of each: a counter can arrive twice
+      # (the retained value, then a refresh), so "the first 3 messages" may miss one.
+      text="$(timeout 5 mosquitto_sub -p "$BROKER_PORT" -i "bench-sys-$RANDOM" -v -W 2 \
               -t '$SYS/broker/publish/messages/received' -t '$SYS/broker/publish/messages/sent' \
               -t '$SYS/broker/publish/messages/dropped' 2>/dev/null || true)"
-      r="$(awk '$1 ~ /received$/ {print $2}' <<<"$text")"
-      s="$(awk '$1 ~ /sent$/ {print $2}' <<<"$text")"
-      d="$(awk '$1 ~ /dropped$/ {print $2}' <<<"$text")"
+      r="$(awk '$1 ~ /received$/ {v=$2} END{print v}' <<<"$text")"
+      s="$(awk '$1 ~ /sent$/ {v=$2} END{print v}' <<<"$text")"
+      d="$(awk '$1 ~ /dropped$/ {v=$2} END{print v}' <<<"$text")"
       ;;
   esac
   echo "received=${r:--} sent=${s:--} dropped=${d:--}"

@@ -99,7 +99,7 @@ for q in $QOS_LIST; do
     echo "$line" >> "$OUT"
     log "$line"
     # mqttwrk's own summary (ANSI colours stripped).
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/mqttwrk-$b-$q.out" | grep -v '^\s*$' | tail -8 | sed 's/^/    /' >&2
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/mqttwrk-$b-$q.out" | grep -v '^\s*$' | tail -8 | sed 's/^/    /' >&2  || true
     cp "$WORK/mqttwrk-$b-$q.out" "$TOOLS/mqttwrk-last-$b-qos$q.out" 2>/dev/null || true
     sleep 1
   done
