@@ -114,6 +114,8 @@ pub struct RpcStats {
     pub late_replies: AtomicU64,
     /// Sum of round-trip milliseconds of answered requests.
     pub latency_ms_total: AtomicU64,
+    /// Round trips of answered requests (the dashboard's p50/p99).
+    pub latency: crate::latency::Histogram,
 }
 
 /// Shared RPC state.
@@ -552,6 +554,7 @@ pub async fn call(
             rpc.stats
                 .latency_ms_total
                 .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            rpc.stats.latency.record(started.elapsed());
             respond(reply)
         }
         _ => {

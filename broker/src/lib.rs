@@ -14,6 +14,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 mod core;
+pub mod directory;
 pub mod fuzzing;
 pub mod listener;
 pub mod persistence;
@@ -23,6 +24,7 @@ pub mod security;
 pub mod session;
 pub mod stats;
 pub mod topic;
+pub mod topic_index;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -62,6 +64,8 @@ pub struct Edge {
     core: Core,
     pub retained: Arc<retained::RetainedStore>,
     pub registry: registry::Registry,
+    /// Live clients, for operators (the dashboard's clients table).
+    pub directory: Arc<directory::Directory>,
     pub stats: stats::Stats,
     pub authenticator: Arc<dyn auth::Authenticator>,
     pub authorizer: Arc<dyn auth::Authorizer>,
@@ -231,6 +235,7 @@ impl Broker {
             core,
             retained,
             registry: registry::Registry::default(),
+            directory: Default::default(),
             stats,
             authenticator,
             authorizer,

@@ -136,6 +136,7 @@ fn disconnect_code(code: u8) -> DisconnectReasonCode {
         0x95 => D::PacketTooLarge,
         0x96 => D::MessageRateTooHigh,
         0x97 => D::QuotaExceeded,
+        0x98 => D::AdministrativeAction,
         0xA0 => D::MaximumConnectTime,
         _ => D::UnspecifiedError,
     }
@@ -544,7 +545,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
 
     let conn_id = edge.conn_id();
     let (control_tx, control_rx) = mpsc::channel(4);
-    let claim = edge.registry.claim(&client_id, conn_id, control_tx).await;
+    let claim = edge.registry.claim(&client_id, conn_id, control_tx.clone()).await;
 
     // How the core keeps the session: rumqttd has one `clean` flag for both "start fresh" and
     // "forget at disconnect", so MQTT 5's two settings are mapped onto it here.
@@ -593,7 +594,9 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         server_keep_alive,
         ..empty_connack_props()
     });
+    let client = edge.directory.register(crate::directory::ClientInfo::new(&client_id, version.label(), transport, peer, login.map(|l| l.username), identity.subject.clone(), control_tx));
     let mut session = Session {
+        client,
         internal: transport == Transport::Internal,
         src: client_hash(&client_id),
         edge: edge.clone(),
@@ -819,6 +822,8 @@ impl Drop for IpGuard {
 
 struct Session {
     edge: Arc<Edge>,
+    /// This connection's entry in the operators' client list (`crate::directory`).
+    client: crate::directory::Handle,
     /// The in-process bridge session (may use the reply namespace).
     internal: bool,
     version: Version,
@@ -942,6 +947,7 @@ impl Session {
                 }
                 lean(&mut self.core_out);
             }
+            self.client.update(self.out.len(), self.queue.len(), self.tally.dropped);
             self.edge.stats.add(&mut self.tally);
             let has_sys = self.subs.values().any(|s| s.sys);
             let deadline = idle.map(|d| last_rx + d);
@@ -1027,7 +1033,13 @@ impl Session {
             match codec::read(cbuf, self.version, max) {
                 Ok(Some(p)) => self.on_client(p).await?,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(End::Violation(e.reason(), e.to_string())),
+                Err(e) => {
+                    if matches!(e, codec::DecodeError::TooLarge { .. }) {
+                        self.tally.dropped += 1;
+                        self.tally.dropped_too_large += 1;
+                    }
+                    return Err(End::Violation(e.reason(), e.to_string()));
+                }
             }
         }
     }
@@ -1197,6 +1209,7 @@ impl Session {
             return Ok(());
         }
         if !self.take_publish_token() {
+            self.tally.dropped_rate_limit += 1;
             self.refuse_publish(qos, pkid, Refuse::QuotaExceeded);
             return Ok(());
         }
@@ -1361,6 +1374,7 @@ impl Session {
         if shared && !self.upstream_clean {
             self.keeps_core_copies = true;
         }
+        self.client.subscribed(&f.path, f.qos as u8);
         if self.subs.insert(f.path.clone(), sub).is_none() {
             self.edge
                 .stats
@@ -1431,6 +1445,7 @@ impl Session {
             }
             match self.subs.remove(f) {
                 Some(sub) => {
+                    self.client.unsubscribed(f);
                     self.edge
                         .stats
                         .subscriptions
@@ -1793,12 +1808,14 @@ impl Session {
         {
             // MQTT 5 §3.1.2.11.4: a message too large for the client is discarded.
             self.tally.dropped += 1;
+            self.tally.dropped_too_large += 1;
             return self.ack_core(origin);
         }
         if p.qos != QoS::AtMostOnce {
             if self.out.len() >= self.window as usize {
                 if self.queue.len() >= self.edge.config.limits.max_queued {
                     self.tally.dropped += 1;
+                    self.tally.dropped_queue_full += 1;
                     return self.ack_core(origin);
                 }
                 self.queue.push_back((p, origin));
