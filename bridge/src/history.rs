@@ -191,7 +191,9 @@ fn column(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Value {
             .iter()
             .map(|s| {
                 let v = f(s);
-                if v.is_finite() {
+                if v.is_finite() && v.fract() == 0.0 {
+                    json!(v as i64)
+                } else if v.is_finite() {
                     json!((v * 100.0).round() / 100.0)
                 } else {
                     Value::Null

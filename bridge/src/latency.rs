@@ -34,7 +34,9 @@ fn bucket(d: Duration) -> usize {
     if us <= FIRST_US {
         return 0;
     }
-    ((us / FIRST_US).log2() * 4.0).ceil().min((BUCKETS - 1) as f64) as usize
+    ((us / FIRST_US).log2() * 4.0)
+        .ceil()
+        .min((BUCKETS - 1) as f64) as usize
 }
 
 impl Histogram {

@@ -25,7 +25,8 @@ pub struct TreeQuery {
     depth: Option<usize>,
 }
 
-/// `GET /api/topics`: the levels under `prefix`, `depth` deep (default 1), with counts.
+/// `GET /api/topics`: the levels under `prefix`, `depth` deep (default 1), with counts (none when
+/// nothing is stored under it).
 pub async fn topics(
     State(st): State<AppState>,
     uri: Uri,
@@ -55,33 +56,21 @@ pub async fn topics(
         }
     }
     let version = st.edge.retained.version();
-    match st.edge.retained.browse(q.prefix.as_deref(), depth, BUDGET) {
-        Some(l) => Json(json!({
-            "version": version,
-            "total": st.edge.retained.len(),
-            "prefix": l.prefix,
-            "count": l.count,
-            "value": l.value,
-            "entries": l.entries,
-            "more": l.more,
-        }))
-        .into_response(),
-        None if q.prefix.is_none() => Json(json!({
-            "version": version,
-            "total": 0,
-            "prefix": null,
-            "count": 0,
-            "value": null,
-            "entries": [],
-            "more": 0,
-        }))
-        .into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no retained message under {:?}",
-                q.prefix.unwrap_or_default()
-            ),
-        ),
-    }
+    // Nothing under the prefix (never was, or just deleted): no levels, not an error, so a
+    // page polling an open level sees it empty out.
+    let l = st.edge.retained.browse(q.prefix.as_deref(), depth, BUDGET);
+    let (count, value, entries, more) = match l {
+        Some(l) => (l.count, json!(l.value), json!(l.entries), l.more),
+        None => (0, json!(null), json!([]), 0),
+    };
+    Json(json!({
+        "version": version,
+        "total": st.edge.retained.len(),
+        "prefix": q.prefix,
+        "count": count,
+        "value": value,
+        "entries": entries,
+        "more": more,
+    }))
+    .into_response()
 }

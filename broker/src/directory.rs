@@ -187,7 +187,10 @@ impl Drop for Handle {
         if let Some((dir, info)) = self.entry.take() {
             let mut map = dir.clients.write().unwrap_or_else(|e| e.into_inner());
             // A newer connection under the same id may have taken the entry over.
-            if map.get(&info.client_id).is_some_and(|c| Arc::ptr_eq(c, &info)) {
+            if map
+                .get(&info.client_id)
+                .is_some_and(|c| Arc::ptr_eq(c, &info))
+            {
                 map.remove(&info.client_id);
             }
         }

@@ -545,7 +545,10 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
 
     let conn_id = edge.conn_id();
     let (control_tx, control_rx) = mpsc::channel(4);
-    let claim = edge.registry.claim(&client_id, conn_id, control_tx.clone()).await;
+    let claim = edge
+        .registry
+        .claim(&client_id, conn_id, control_tx.clone())
+        .await;
 
     // How the core keeps the session: rumqttd has one `clean` flag for both "start fresh" and
     // "forget at disconnect", so MQTT 5's two settings are mapped onto it here.
@@ -594,7 +597,15 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
         server_keep_alive,
         ..empty_connack_props()
     });
-    let client = edge.directory.register(crate::directory::ClientInfo::new(&client_id, version.label(), transport, peer, login.map(|l| l.username), identity.subject.clone(), control_tx));
+    let client = edge.directory.register(crate::directory::ClientInfo::new(
+        &client_id,
+        version.label(),
+        transport,
+        peer,
+        login.map(|l| l.username),
+        identity.subject.clone(),
+        control_tx,
+    ));
     let mut session = Session {
         client,
         internal: transport == Transport::Internal,
@@ -947,7 +958,8 @@ impl Session {
                 }
                 lean(&mut self.core_out);
             }
-            self.client.update(self.out.len(), self.queue.len(), self.tally.dropped);
+            self.client
+                .update(self.out.len(), self.queue.len(), self.tally.dropped);
             self.edge.stats.add(&mut self.tally);
             let has_sys = self.subs.values().any(|s| s.sys);
             let deadline = idle.map(|d| last_rx + d);
