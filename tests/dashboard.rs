@@ -1,8 +1,9 @@
 //! The dashboard (issue 18) and the APIs behind it, with real clients over real sockets:
 //!
 //! * `dashboard_in_chromium`: headless Chromium (`tests/browser/dashboard.mjs`, playwright-core
-//!   driving `/usr/bin/chromium`) opens `/` while curl and mosquitto_pub make traffic, and checks
-//!   that the charts draw points that move, that the clients table lists a mosquitto_sub with its
+//!   driving `/usr/bin/chromium`) opens `/` while curl and mosquitto_pub make traffic (MQTT,
+//!   HTTP publishes, RPC calls answered by a raw MQTT 5 responder), and checks that the charts
+//!   draw points that move (RPC latency included), that the clients table lists a mosquitto_sub with its
 //!   subscription, and that the topic tree shows a retained topic set by curl and drops it when
 //!   it is deleted from the page. Screenshots: `target/test-output/dashboard/`.
 //! * `operator_apis_need_an_admin_token`: 401 without credentials, 403 with a non-admin token,
@@ -137,6 +138,41 @@ fn dashboard_in_chromium() {
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(0), "curl PUT: {out} {err}");
+    // An MQTT 5 responder for the page's RPC traffic (`POST /rpc/dash/echo`), until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut responder = Client::new(s.mqtt, V::V5, "dash-rpc");
+    responder.subscribe("rpc/dash/#", QoS::AtLeastOnce);
+    let responder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            for _ in 0..10_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Some(req) = responder.next_publish(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let Some(props) = req.properties else {
+                    continue;
+                };
+                let Some(to) = props.response_topic else {
+                    continue;
+                };
+                responder.publish_props(
+                    &to,
+                    QoS::AtLeastOnce,
+                    &req.payload,
+                    rawmqtt::PublishProperties {
+                        correlation_data: props.correlation_data,
+                        ..Default::default()
+                    },
+                );
+                answered += 1;
+            }
+            answered
+        })
+    };
     let out_dir = target_dir().join("test-output").join("dashboard");
     let _ = std::fs::remove_dir_all(&out_dir);
     let started = Instant::now();
@@ -154,6 +190,8 @@ fn dashboard_in_chromium() {
     );
     let _ = sub.kill();
     let _ = sub.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = responder.join().unwrap();
     eprintln!("{err}");
     let line = out.lines().rev().find(|l| l.starts_with('{'));
     let summary: Value = match line.map(serde_json::from_str) {
@@ -178,6 +216,7 @@ fn dashboard_in_chromium() {
         );
     }
     assert_eq!(summary["get_after_delete"], "404", "{pretty}");
+    assert!(answered >= 1, "the page's traffic made no RPC call");
     for shot in summary["screenshots"].as_array().unwrap() {
         let png = std::fs::read(shot.as_str().unwrap()).expect("screenshot");
         assert!(
@@ -712,6 +751,56 @@ async fn history_api_charts_traffic_and_drops() {
             "no RPC, no latency: {h}"
         );
     }
+    // One RPC call, answered by an MQTT 5 responder: a call and its latency in the samples.
+    let mut responder = Client::new(s.mqtt, V::V5, "hist-responder");
+    responder.subscribe("rpc/#", QoS::AtLeastOnce);
+    let answer = std::thread::spawn(move || {
+        let req = responder
+            .next_publish(rawmqtt::WAIT)
+            .expect("the RPC request");
+        let props = req.properties.expect("request properties");
+        let to = props.response_topic.expect("response topic");
+        responder.publish_props(
+            &to,
+            QoS::AtLeastOnce,
+            b"pong",
+            rawmqtt::PublishProperties {
+                correlation_data: props.correlation_data,
+                ..Default::default()
+            },
+        );
+        responder
+    });
+    let res = c
+        .post(format!("{base}/rpc/demo/ping"))
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "pong");
+    let _responder = answer.join().unwrap();
+    let h = until(&c, &since, "the RPC call never reached the samples", |h| {
+        series_sum(h, "rpc_calls") >= 0.5
+            && h["rpc_p50_ms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(Value::is_f64)
+    })
+    .await;
+    let latencies = |key: &str| -> Vec<f64> {
+        h[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    let (p50, p99) = (latencies("rpc_p50_ms"), latencies("rpc_p99_ms"));
+    assert_eq!(p50.len(), 1, "one call, one second with a latency: {h}");
+    assert!(p50[0] > 0.0 && p50[0] <= p99[0], "{h}");
+    assert_eq!(series_sum(&h, "rpc_timeouts"), 0.0);
     // The same causes in the figures and the metrics.
     let (_, st) = get_json(&c, &format!("{base}/api/stats"), None).await;
     assert_eq!(st["messages"]["dropped_rate_limit"], refused, "{st}");

@@ -5,7 +5,8 @@
 //        --retained TOPIC --value TEXT --out DIR
 //
 // While it runs it makes traffic of its own: HTTP publishes with curl (which the mosquitto_sub
-// started by the Rust side receives over MQTT) and MQTT publishes with mosquitto_pub. Checks, in
+// started by the Rust side receives over MQTT), MQTT publishes with mosquitto_pub, and RPC
+// calls with curl (answered by the Rust side's responder on rpc/dash/#). Checks, in
 // order: the charts drew points, and they move (more points later, a different picture); the
 // clients table lists client ID with its subscription F, and its detail view opens; the topic
 // tree shows TOPIC (set by curl before the page opened) with its value, reached by expanding
@@ -76,7 +77,9 @@ function startTraffic(args) {
         `http://127.0.0.1:${args.http}/topics/dash/sub/http`], { timeout: 10_000 }).catch(() => {});
       await execFileP("mosquitto_pub", ["-h", "127.0.0.1", "-p", args.mqtt, "-V", "mqttv5", "-q", "1",
         "-t", "dash/sub/mqtt", "-m", `mqtt ${i}`], { timeout: 10_000 }).catch(() => {});
-      sent += 2;
+      await execFileP("curl", ["-sS", "-m", "5", "-o", "/dev/null", "-X", "POST", "--data-binary", `rpc ${i}`,
+        `http://127.0.0.1:${args.http}/rpc/dash/echo?timeout=2`], { timeout: 10_000 }).catch(() => {});
+      sent += 3;
       await sleep(250);
     }
   })();
@@ -168,6 +171,8 @@ async function main() {
     if (!(after.msgs.max[0] > 0 && after.msgs.max[1] > 0)) throw new Error(`messages in/out never above 0: ${JSON.stringify(after.msgs.max)}`);
     if (!(after.conns.max[0] >= 1)) throw new Error(`the tcp connections chart never showed mosquitto_sub: ${JSON.stringify(after.conns.max)}`);
     if (!(after.http.max[0] > 0)) throw new Error(`the HTTP requests chart never moved: ${JSON.stringify(after.http.max)}`);
+    if (!(after.rpc.max[0] > 0)) throw new Error(`the RPC calls chart never moved: ${JSON.stringify(after.rpc.max)}`);
+    if (!(after.lat.max[0] > 0 && after.lat.max[1] >= after.lat.max[0])) throw new Error(`the RPC latency chart shows no p50/p99: ${JSON.stringify(after.lat.max)}`);
     await shot(page, args, "dashboard-charts.png");
 
     step("clients table lists the subscriber");
