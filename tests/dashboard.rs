@@ -730,9 +730,9 @@ async fn history_api_charts_traffic_and_drops() {
     assert_eq!(res.status(), 200);
     let since = format!("{base}/api/history?since={t0}");
     let h = until(&c, &since, "the samples never showed the traffic", |h| {
-        series_sum(h, "drops_rate_limit") >= refused as f64 - 0.5
-            && series_sum(h, "messages_in") >= 40.0 - 0.5
-            && series_sum(h, "http_requests") >= 1.0 - 0.5
+        series_sum(h, "drops_rate_limit") > 0.0
+            && series_sum(h, "messages_in") > 0.0
+            && series_sum(h, "http_requests") > 0.0
     })
     .await;
     let ts: Vec<u64> = h["t"]
@@ -743,7 +743,7 @@ async fn history_api_charts_traffic_and_drops() {
         .collect();
     assert!(ts.iter().all(|&t| t > t0), "since={t0} gave {ts:?}");
     assert!(ts.windows(2).all(|w| w[0] < w[1]), "{ts:?}");
-    assert!(series_sum(&h, "messages_out") >= 1.0, "{h}");
+    assert!(series_sum(&h, "messages_out") > 0.0, "{h}");
     assert!(series_sum(&h, "connections_tcp") >= 2.0, "{h}");
     for key in ["rpc_p50_ms", "rpc_p99_ms"] {
         assert!(
@@ -781,7 +781,7 @@ async fn history_api_charts_traffic_and_drops() {
     assert_eq!(res.text().await.unwrap(), "pong");
     let _responder = answer.join().unwrap();
     let h = until(&c, &since, "the RPC call never reached the samples", |h| {
-        series_sum(h, "rpc_calls") >= 0.5
+        series_sum(h, "rpc_calls") > 0.0
             && h["rpc_p50_ms"]
                 .as_array()
                 .unwrap()
@@ -818,4 +818,67 @@ async fn history_api_charts_traffic_and_drops() {
     );
     let (st, v) = get_json(&c, &format!("{base}/api/history?since=soon"), None).await;
     assert_eq!(st, 400, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_are_counted_by_cause() {
+    let s = Server::builder()
+        .env("LIMITS__MAX_QUEUED", 2)
+        .env("LIMITS__MAX_PACKET_SIZE", 4096)
+        .start();
+    let base = s.http_base();
+    let c = http();
+    // Queue full: a client that reads but never acknowledges, one message in flight at a time.
+    let mut slow = Client::connect(
+        s.mqtt,
+        V::V5,
+        rawmqtt::Opts::new("slow").props(|p| p.receive_maximum = Some(1)),
+    );
+    slow.auto_ack = false;
+    slow.subscribe("drops/q", QoS::AtLeastOnce);
+    // Too large for its client: a 300-byte message to a client that takes 100-byte packets.
+    let mut small = Client::connect(
+        s.mqtt,
+        V::V5,
+        rawmqtt::Opts::new("small").props(|p| p.max_packet_size = Some(100)),
+    );
+    small.subscribe("drops/big", QoS::AtMostOnce);
+    let mut p = Client::new(s.mqtt, V::V5, "dropper");
+    for i in 0..10 {
+        p.publish("drops/q", QoS::AtLeastOnce, format!("q{i}").as_bytes());
+    }
+    p.publish("drops/big", QoS::AtMostOnce, &[b'x'; 300]);
+    // And a packet over limits.max_packet_size from a client: closed with 0x95, counted too.
+    let mut big = Client::new(s.mqtt, V::V5, "too-big");
+    big.send(&Packet::Publish(rawmqtt::Publish::new(
+        "drops/huge",
+        QoS::AtMostOnce,
+        vec![0u8; 8192],
+        None,
+    )));
+    big.expect_disconnect(DisconnectReasonCode::PacketTooLarge);
+    p.ping();
+    // One in flight, two queued, seven dropped; one too large for its client, one too large
+    // for the broker.
+    let st = until(&c, &format!("{base}/api/stats"), "drop causes", |v| {
+        v["messages"]["dropped_queue_full"] == 7 && v["messages"]["dropped_too_large"] == 2
+    })
+    .await;
+    assert_eq!(st["messages"]["dropped_rate_limit"], 0, "{st}");
+    assert_eq!(st["messages"]["dropped"], 9, "{st}");
+    let (_, slow_info) = get_json(&c, &format!("{base}/api/clients/slow"), None).await;
+    assert_eq!(slow_info["inflight"], 1, "{slow_info}");
+    assert_eq!(slow_info["queued"], 2, "{slow_info}");
+    assert_eq!(slow_info["drops"], 7, "{slow_info}");
+    let (_, small_info) = get_json(&c, &format!("{base}/api/clients/small"), None).await;
+    assert_eq!(small_info["drops"], 1, "{small_info}");
+    let h = until(
+        &c,
+        &format!("{base}/api/history"),
+        "drops in the samples",
+        |h| series_sum(h, "drops_queue_full") > 0.0 && series_sum(h, "drops_too_large") > 0.0,
+    )
+    .await;
+    assert!(series_sum(&h, "drops_other") < 0.5, "{h}");
+    drop(slow);
 }

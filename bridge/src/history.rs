@@ -130,8 +130,14 @@ fn sample(st: &AppState, prev: &Reading, now: &Reading) -> Sample {
 }
 
 impl History {
-    fn push(&self, s: Sample) {
+    fn push(&self, mut s: Sample) {
         let mut ring = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        // One sample per second of `t`, increasing, so `since` never skips one: a late tick
+        // followed by a punctual one can land in the same wall-clock second (or the clock can
+        // step back).
+        if let Some(last) = ring.back() {
+            s.t = s.t.max(last.t + 1);
+        }
         if ring.len() >= CAPACITY {
             ring.pop_front();
         }
