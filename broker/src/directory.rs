@@ -38,6 +38,8 @@ pub struct ClientInfo {
     pub subject: Option<String>,
     pub connected_at: SystemTime,
     control: mpsc::Sender<Control>,
+    /// Client id, user name, subject and peer address in lower case, for searches.
+    search_key: String,
     /// Filter (as the client wrote it, `$share/…` included) → granted QoS, in filter order.
     subscriptions: Mutex<BTreeMap<String, u8>>,
     inflight: AtomicU64,
@@ -80,7 +82,19 @@ impl ClientInfo {
         subject: Option<String>,
         control: mpsc::Sender<Control>,
     ) -> ClientInfo {
+        let search_key = [
+            Some(client_id),
+            username.as_deref(),
+            subject.as_deref(),
+            Some(&peer.to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_lowercase();
         ClientInfo {
+            search_key,
             client_id: client_id.to_string(),
             version,
             transport,
@@ -98,11 +112,7 @@ impl ClientInfo {
 
     /// Does `needle` (lower case) occur in the client id, user name, subject or peer address?
     fn matches(&self, needle: &str) -> bool {
-        let has = |s: &str| s.to_lowercase().contains(needle);
-        has(&self.client_id)
-            || self.username.as_deref().is_some_and(has)
-            || self.subject.as_deref().is_some_and(has)
-            || has(&self.peer.to_string())
+        self.search_key.contains(needle)
     }
 
     pub fn snapshot(&self) -> ClientSnapshot {
