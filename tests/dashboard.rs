@@ -828,14 +828,19 @@ async fn drops_are_counted_by_cause() {
         .start();
     let base = s.http_base();
     let c = http();
-    // Queue full: a client that reads but never acknowledges, one message in flight at a time.
+    // Queue full: ten retained messages, delivered by the edge itself on subscribe to a client
+    // that reads but never acknowledges, one message in flight at a time.
+    let mut p = Client::new(s.mqtt, V::V5, "dropper");
+    for i in 0..10 {
+        p.publish_retained(&format!("drops/q/{i}"), QoS::AtLeastOnce, b"q");
+    }
     let mut slow = Client::connect(
         s.mqtt,
         V::V5,
         rawmqtt::Opts::new("slow").props(|p| p.receive_maximum = Some(1)),
     );
     slow.auto_ack = false;
-    slow.subscribe("drops/q", QoS::AtLeastOnce);
+    slow.subscribe("drops/q/#", QoS::AtLeastOnce);
     // Too large for its client: a 300-byte message to a client that takes 100-byte packets.
     let mut small = Client::connect(
         s.mqtt,
@@ -843,10 +848,6 @@ async fn drops_are_counted_by_cause() {
         rawmqtt::Opts::new("small").props(|p| p.max_packet_size = Some(100)),
     );
     small.subscribe("drops/big", QoS::AtMostOnce);
-    let mut p = Client::new(s.mqtt, V::V5, "dropper");
-    for i in 0..10 {
-        p.publish("drops/q", QoS::AtLeastOnce, format!("q{i}").as_bytes());
-    }
     p.publish("drops/big", QoS::AtMostOnce, &[b'x'; 300]);
     // And a packet over limits.max_packet_size from a client: closed with 0x95, counted too.
     let mut big = Client::new(s.mqtt, V::V5, "too-big");
