@@ -195,8 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Raises the open-file limit: every MQTT client costs this process three descriptors (its
-/// socket, the edge's internal link, and rumqttd's end of that link).
+/// Raises the open-file limit: every client costs this process one descriptor (its socket).
 fn raise_fd_limit() {
     const WANT: u64 = 1 << 20;
     if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
@@ -210,11 +209,11 @@ fn raise_fd_limit() {
     }
     if let Ok((soft, _)) = rlimit::Resource::NOFILE.get() {
         tracing::debug!(open_files = soft, "open-file limit");
-        if soft < 30_000 {
+        if soft < 10_000 {
             tracing::warn!(
                 open_files = soft,
-                "the open-file limit allows about {} clients (3 descriptors each); raise it with ulimit -n",
-                soft / 3
+                "the open-file limit allows about {} clients (one descriptor each); raise it with ulimit -n",
+                soft
             );
         }
     }

@@ -459,9 +459,9 @@ async fn raw_connect(port: u16, id: String) -> tokio::net::TcpStream {
 }
 
 /// How many clients a server can hold here: 10,000, or fewer when the open-file limit is lower
-/// than the 3 descriptors a client takes in the server (its socket and both ends of its link to
-/// the core) allow. The hard limit caps what either process can raise itself to without
-/// CAP_SYS_RESOURCE; this process raises its own soft limit to it (as src/main.rs does).
+/// than one descriptor per client (in the server, and in this process) allows. The hard limit
+/// caps what either process can raise itself to without CAP_SYS_RESOURCE; this process raises
+/// its own soft limit to it (as src/main.rs does).
 fn clients_this_machine_holds() -> usize {
     const WANT: usize = 10_000;
     let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
@@ -470,11 +470,11 @@ fn clients_this_machine_holds() -> usize {
     let _ = rlimit::Resource::NOFILE.set(hard.max(soft), hard);
     let limit = rlimit::Resource::NOFILE.get().map_or(soft, |(s, _)| s);
     // Headroom for the server's own files, internal listeners and the bridge.
-    let fit = (limit.saturating_sub(1_000) / 3) as usize;
+    let fit = limit.saturating_sub(1_000) as usize;
     if fit < WANT {
         eprintln!(
-            "NOTE: the open-file limit here is {limit} (hard {hard}); a server holds 3 \
-             descriptors per client, so this run pages over {fit} clients instead of {WANT}"
+            "NOTE: the open-file limit here is {limit} (hard {hard}), so this run pages over \
+             {fit} clients instead of {WANT}"
         );
     }
     fit.min(WANT)

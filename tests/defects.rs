@@ -948,8 +948,7 @@ impl broker::auth::Authorizer for TestAuth {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d3_fixed_auth_refusals_and_topic_authorization_in_process() {
     let dir = std::env::temp_dir().join(format!("rtw-d3-{}", rand::random::<u64>()));
-    let mut cfg = broker::BrokerConfig::local("127.0.0.1:0".parse().unwrap(), dir.clone());
-    cfg.core.listeners = 1;
+    let cfg = broker::BrokerConfig::local("127.0.0.1:0".parse().unwrap(), dir.clone());
     let auth = Arc::new(TestAuth);
     let b = broker::Broker::start(cfg, auth.clone(), auth)
         .await

@@ -173,8 +173,9 @@ fn subscribe_all(port: u16, qos: QoS, n: u64, published: Arc<AtomicBool>, seed: 
 
 fn run(qos: QoS, n: u64) -> Seen {
     let s = Server::builder()
-        // Messages wait in the core for the offline subscriber: room for all of them.
-        .env("CORE__SEGMENT_SIZE", 64 << 20)
+        // Messages wait in the offline subscriber's queue: room for all of them.
+        .env("LIMITS__MAX_QUEUED", 1_000_000)
+        .env("LIMITS__MAX_QUEUED_BYTES", 1 << 30)
         .start();
     let seed = seed();
     eprintln!("QoS {}: {n} messages, seed {seed}", qos as u8);

@@ -304,6 +304,18 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
     )?;
     gauge(
         &r,
+        "rtw_index_subscriptions",
+        "Subscriptions in the fan-out's index (one per session and filter; offline persistent sessions and the bridge included)",
+        st.edge.index_len() as i64,
+    )?;
+    gauge(
+        &r,
+        "rtw_core_backlog_bytes",
+        "Bytes of messages in the core not yet taken by the fan-out",
+        st.edge.core_backlog() as i64,
+    )?;
+    gauge(
+        &r,
         "rtw_ready",
         "1 when the broker core and bridge sessions are up",
         ready(st) as i64,

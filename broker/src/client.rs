@@ -1,34 +1,30 @@
-//! An in-process MQTT 5 client of the edge, for the HTTP bridge.
+//! An in-process client of the edge, for the HTTP bridge and for applications that embed the
+//! broker: publish and subscribe from code, with no socket and no MQTT encoding.
 //!
-//! The bridge speaks to the broker through the same edge as every other client: a
-//! [`LocalClient`] is one session served by [`crate::session::serve`] over an in-memory duplex
-//! pipe (transport `internal`, which skips authentication: the bridge authorizes each HTTP caller
-//! itself). A task owns the pipe: it assigns packet ids, keeps the number of QoS 1/2 publishes in
-//! flight within the edge's Receive Maximum, completes each caller's request when its
-//! acknowledgement arrives, and hands received messages to the owner's bounded inbox.
-//!
-//! If the session ends under it (its link to the core broke, say), the task opens a new one and
-//! subscribes again to what the owner had subscribed; requests in flight then fail with
-//! [`ClientError::Closed`], and [`LocalClient::is_closed`] is true until the session is back.
+//! Data flow: [`LocalClient::publish`] checks a message as a session would (topic, payload
+//! format, size), keeps it in the retained store if it is retained, and hands it to the core
+//! through the same seam as every client ([`Edge::route`]); it returns once the node has
+//! accepted it. [`LocalClient::subscribe`] puts a filter in the edge's index under this client's
+//! own inbox; a task moves what arrives there, in order, to the owner's channel, so a slow owner
+//! fills the (bounded, counted) inbox and never holds up the fan-out. The bridge authorizes each
+//! HTTP caller itself; a local client may subscribe to the reply namespace `rtw/replies/`.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
-use crate::codec::{self, *};
-use crate::transport::Transport;
+use crate::codec::*;
+use crate::inbox::Inbox;
+use crate::message::{client_hash, Message};
+use crate::session::state::{self, SessionState, SubOpts};
 use crate::Edge;
 
 /// Why a request through the local client failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("the broker session of the bridge is gone")]
+    #[error("the broker is unavailable")]
     Closed,
     #[error("refused by the broker: {0}")]
     Refused(String),
@@ -36,398 +32,175 @@ pub enum ClientError {
     Timeout,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+/// Most messages (and bytes) waiting for a local client's owner.
+const INBOX_MESSAGES: usize = 65_536;
+const INBOX_BYTES: usize = 64 * 1024 * 1024;
 
-enum Cmd {
-    Publish(Box<Publish>, Option<OwnedSemaphorePermit>, Reply<()>),
-    Subscribe(Vec<Filter>, Reply<Vec<SubscribeReasonCode>>),
-    Unsubscribe(Vec<String>, Reply<()>),
+static NEXT_LANE: AtomicU64 = AtomicU64::new(0);
+
+struct Inner {
+    edge: Arc<Edge>,
+    state: Mutex<SessionState>,
+    inbox: Arc<Inbox>,
+    src: u64,
+    lane: usize,
+    pump: tokio::task::JoinHandle<()>,
 }
 
-enum Waiting {
-    Publish(Reply<()>, Option<OwnedSemaphorePermit>),
-    Subscribe(Reply<Vec<SubscribeReasonCode>>, Vec<Filter>),
-    Unsubscribe(Reply<()>, Vec<String>),
-    /// The subscriptions made again on a new session (nobody waits for them).
-    Resubscribe,
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.pump.abort();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let paths: Vec<String> = st.subs.keys().cloned().collect();
+        for p in paths {
+            st.index_remove(&self.edge, &p, true);
+        }
+        st.subs.clear();
+    }
 }
 
-/// Why [`run`] returned.
-enum Ended {
-    /// The owner is gone (every handle dropped, or the inbox closed).
-    Owner,
-    /// The session ended.
-    Session,
-}
-
-/// A handle to the in-process session; cheap to clone.
+/// A handle to an in-process client; cheap to clone.
 #[derive(Clone)]
 pub struct LocalClient {
-    cmds: mpsc::Sender<Cmd>,
-    inflight: Arc<Semaphore>,
-    /// The session is up (false while the task opens a new one).
-    up: Arc<AtomicBool>,
-    /// The edge's `limits.max_packet_size`: a bigger PUBLISH would end the session.
-    max_packet: usize,
+    inner: Arc<Inner>,
 }
 
-const PIPE: usize = 256 * 1024;
-const WAIT: Duration = Duration::from_secs(30);
-
 impl LocalClient {
-    /// Opens a session named `client_id`; messages for its subscriptions go to `inbox`.
+    /// A client named `client_id` (for logs); messages for its subscriptions go to `inbox`.
     pub async fn connect(
         edge: &Arc<Edge>,
         client_id: &str,
         inbox: mpsc::Sender<Publish>,
     ) -> Result<LocalClient, ClientError> {
-        let (pipe, buf, window) = open(edge, client_id).await?;
-        let (tx, rx) = mpsc::channel(1024);
-        let up = Arc::new(AtomicBool::new(true));
-        tokio::spawn(supervise(
-            edge.clone(),
-            client_id.to_string(),
-            (pipe, buf),
-            rx,
-            inbox,
-            up.clone(),
-        ));
+        if !edge.core_ready() {
+            return Err(ClientError::Closed);
+        }
+        let mut st = SessionState::new(edge, client_id, None);
+        st.inbox = Inbox::new(client_id, INBOX_MESSAGES, INBOX_BYTES);
+        let queue = st.inbox.clone();
+        let pump = tokio::spawn(pump(queue.clone(), inbox));
         Ok(LocalClient {
-            cmds: tx,
-            inflight: Arc::new(Semaphore::new(window as usize)),
-            up,
-            max_packet: edge.config.limits.max_packet_size as usize,
+            inner: Arc::new(Inner {
+                edge: edge.clone(),
+                state: Mutex::new(st),
+                inbox: queue,
+                src: client_hash(client_id),
+                lane: NEXT_LANE.fetch_add(1, Ordering::Relaxed) as usize,
+                pump,
+            }),
         })
     }
 
-    /// Is the session down (ended for good, or being opened again)?
+    /// Is the broker unavailable?
     pub fn is_closed(&self) -> bool {
-        self.cmds.is_closed() || !self.up.load(Ordering::Relaxed)
+        !self.inner.edge.core_ready() || self.inner.pump.is_finished()
     }
 
-    /// Publishes and waits for the broker's acknowledgement (QoS 1/2) or the write (QoS 0).
-    pub async fn publish(&self, p: Publish) -> Result<(), ClientError> {
-        // The edge ends a session that sends a packet over its limit (DISCONNECT 0x95), which
-        // for this shared session would fail every later caller: refuse this one instead.
-        // (+2: the packet id, not yet assigned.)
+    /// Publishes; returns once the node has accepted the message (and stored it, if retained).
+    pub async fn publish(&self, mut p: Publish) -> Result<(), ClientError> {
+        let edge = &self.inner.edge;
+        let max = edge.config.limits.max_packet_size as usize;
         let size = p.size() + 2;
-        if size > self.max_packet {
+        if size > max {
             return Err(ClientError::Refused(format!(
-                "PacketTooLarge: {size} bytes, over the broker's maximum packet size of {}",
-                self.max_packet
+                "PacketTooLarge: {size} bytes, over the broker's maximum packet size of {max}"
             )));
         }
-        let permit = if p.qos == QoS::AtMostOnce {
-            None
-        } else {
-            let acquire = self.inflight.clone().acquire_owned();
-            Some(
-                tokio::time::timeout(WAIT, acquire)
-                    .await
-                    .map_err(|_| ClientError::Timeout)?
-                    .map_err(|_| ClientError::Closed)?,
-            )
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            return Err(ClientError::Refused("TopicNameInvalid: not UTF-8".into()));
         };
-        let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Publish(Box::new(p), permit, tx), rx).await
+        if crate::topic::validate_topic(topic).is_err() || topic.starts_with('$') {
+            return Err(ClientError::Refused(format!("TopicNameInvalid: {topic}")));
+        }
+        let utf8_declared = p
+            .properties
+            .as_ref()
+            .is_some_and(|pr| pr.payload_format_indicator == Some(1));
+        if utf8_declared && std::str::from_utf8(&p.payload).is_err() {
+            return Err(ClientError::Refused(
+                "PayloadFormatInvalid: the payload is not UTF-8".into(),
+            ));
+        }
+        if p.retain && topic.starts_with(crate::REPLY_PREFIX) {
+            p.retain = false;
+        }
+        if p.retain {
+            if let Err(e) = edge.retained.set(&p).await {
+                return Err(ClientError::Refused(match e {
+                    crate::retained::StoreError::Busy => format!("QuotaExceeded: {e}"),
+                    crate::retained::StoreError::Failed(_) => format!("UnspecifiedError: {e}"),
+                }));
+            }
+        }
+        edge.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        edge.route(&Message::new(p, self.inner.src), self.inner.lane)
+            .await
+            .map_err(|e| match e {
+                crate::CoreError::Gone => ClientError::Closed,
+                crate::CoreError::Stuck(_) => ClientError::Timeout,
+            })
     }
 
-    /// Subscribes to one filter; returns the broker's reason code.
+    /// Subscribes to one filter (`$share/…` included); returns the reason code.
     pub async fn subscribe(
         &self,
         filter: &str,
         qos: QoS,
     ) -> Result<SubscribeReasonCode, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        // Retained messages are read from the store by whoever needs them, not replayed here.
+        if crate::topic::validate_filter(filter).is_err() || state::is_sys(filter) {
+            return Ok(SubscribeReasonCode::TopicFilterInvalid);
+        }
         let mut f = Filter::new(filter, qos);
         f.retain_forward_rule = RetainForwardRule::Never;
-        let codes = self.send(Cmd::Subscribe(vec![f], tx), rx).await?;
-        codes.first().copied().ok_or(ClientError::Closed)
+        let opts = SubOpts::from_filter(&f, None);
+        let mut st = self.lock();
+        st.index_insert(&self.inner.edge, filter, &opts, self.inner.src, true);
+        st.subs.insert(filter.to_string(), opts);
+        Ok(SubscribeReasonCode::Success(qos))
     }
 
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Unsubscribe(vec![filter.to_string()], tx), rx)
-            .await
-    }
-
-    async fn send<T>(
-        &self,
-        cmd: Cmd,
-        rx: oneshot::Receiver<Result<T, ClientError>>,
-    ) -> Result<T, ClientError> {
-        self.cmds.send(cmd).await.map_err(|_| ClientError::Closed)?;
-        tokio::time::timeout(WAIT, rx)
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|_| ClientError::Closed)?
-    }
-}
-
-/// Opens the in-process session: the pipe, bytes read past the CONNACK, and the edge's Receive
-/// Maximum.
-async fn open(
-    edge: &Arc<Edge>,
-    client_id: &str,
-) -> Result<(DuplexStream, BytesMut, u16), ClientError> {
-    let (ours, theirs) = tokio::io::duplex(PIPE);
-    let e = edge.clone();
-    tokio::spawn(async move {
-        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        e.serve(Box::new(theirs), peer, Transport::Internal).await
-    });
-    let mut pipe = ours;
-    let connect = Packet::Connect(
-        Connect {
-            keep_alive: 0,
-            client_id: client_id.to_string(),
-            clean_start: true,
-            properties: None,
-        },
-        None,
-        None,
-    );
-    let mut out = BytesMut::new();
-    connect
-        .write(&mut out, None)
-        .map_err(|e| ClientError::Refused(e.to_string()))?;
-    pipe.write_all(&out)
-        .await
-        .map_err(|_| ClientError::Closed)?;
-    let mut buf = BytesMut::with_capacity(PIPE);
-    let ack = tokio::time::timeout(WAIT, async {
-        loop {
-            if pipe
-                .read_buf(&mut buf)
-                .await
-                .map_err(|_| ClientError::Closed)?
-                == 0
-            {
-                return Err(ClientError::Closed);
-            }
-            match codec::read_v5(&mut buf, u32::MAX) {
-                Ok(Some(Packet::ConnAck(a))) => return Ok(a),
-                Ok(None) => continue,
-                _ => return Err(ClientError::Closed),
-            }
+        let mut st = self.lock();
+        if st.subs.remove(filter).is_some() {
+            st.index_remove(&self.inner.edge, filter, true);
         }
-    })
-    .await
-    .map_err(|_| ClientError::Timeout)??;
-    if ack.code != ConnectReturnCode::Success {
-        return Err(ClientError::Refused(format!("{:?}", ack.code)));
+        Ok(())
     }
-    let window = ack
-        .properties
-        .as_ref()
-        .and_then(|p| p.receive_max)
-        .unwrap_or(u16::MAX);
-    Ok((pipe, buf, window))
+
+    /// Filters subscribed.
+    pub fn subscriptions(&self) -> HashSet<String> {
+        self.lock().subs.keys().cloned().collect()
+    }
+
+    /// Messages dropped because the owner did not take them in time.
+    pub fn dropped(&self) -> u64 {
+        self.inner.inbox.dropped.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Runs the session, and opens a new one each time it ends (with backoff) until the owner is gone
-/// or the node shuts down.
-async fn supervise(
-    edge: Arc<Edge>,
-    client_id: String,
-    (mut pipe, mut buf): (DuplexStream, BytesMut),
-    mut cmds: mpsc::Receiver<Cmd>,
-    inbox: mpsc::Sender<Publish>,
-    up: Arc<AtomicBool>,
-) {
-    // What the owner subscribed to, made again on every new session.
-    let mut subs: Vec<Filter> = Vec::new();
+/// Moves messages from the client's inbox to its owner, in order.
+async fn pump(inbox: Arc<Inbox>, out: mpsc::Sender<Publish>) {
+    let now = std::time::SystemTime::now;
     loop {
-        if let Ended::Owner = run(pipe, buf, &mut cmds, &inbox, &mut subs).await {
-            return;
-        }
-        up.store(false, Ordering::Relaxed);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            if edge.shutdown.is_cancelled() || cmds.is_closed() {
+        while let Some(d) = inbox.pop() {
+            let left = d.msg.expiry_left(now());
+            if left == Some(0) {
+                continue;
+            }
+            let mut p = d.msg.publish.clone();
+            p.qos = d.qos;
+            p.retain = d.retain;
+            if let (Some(l), Some(props)) = (left, p.properties.as_mut()) {
+                props.message_expiry_interval = Some(l);
+            }
+            if out.send(p).await.is_err() {
                 return;
             }
-            tokio::time::sleep(delay).await;
-            match open(&edge, &client_id).await {
-                Ok((p, b, _)) => {
-                    (pipe, buf) = (p, b);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(client_id, error = %e, "cannot reopen the bridge's session");
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
         }
-        tracing::warn!(
-            client_id,
-            subscriptions = subs.len(),
-            "the bridge's broker session was reopened"
-        );
-        up.store(true, Ordering::Relaxed);
-    }
-}
-
-async fn run(
-    mut pipe: DuplexStream,
-    mut buf: BytesMut,
-    cmds: &mut mpsc::Receiver<Cmd>,
-    inbox: &mpsc::Sender<Publish>,
-    subs: &mut Vec<Filter>,
-) -> Ended {
-    let mut waiting: HashMap<u16, Waiting> = HashMap::new();
-    let mut next: u16 = 0;
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut alloc = |waiting: &HashMap<u16, Waiting>| loop {
-        next = next.wrapping_add(1).max(1);
-        if !waiting.contains_key(&next) {
-            return next;
-        }
-    };
-    // A reopened session: subscribe again to everything the owner had.
-    for chunk in subs.chunks(64) {
-        let id = alloc(&waiting);
-        let p = Packet::Subscribe(Subscribe {
-            pkid: id,
-            filters: chunk.to_vec(),
-            properties: None,
-        });
-        if p.write(&mut out, None).is_ok() {
-            waiting.insert(id, Waiting::Resubscribe);
-        }
-    }
-    let ended = 'main: loop {
-        if !out.is_empty() {
-            if pipe.write_all(&out).await.is_err() {
-                break Ended::Session;
-            }
-            out.clear();
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(PIPE);
-        }
-        tokio::select! {
-            cmd = cmds.recv() => {
-                let Some(cmd) = cmd else { break Ended::Owner };
-                let (packet, wait) = match cmd {
-                    Cmd::Publish(mut p, permit, reply) => {
-                        if p.qos == QoS::AtMostOnce {
-                            p.pkid = 0;
-                            let _ = reply.send(Ok(()));
-                            (Packet::Publish(*p), None)
-                        } else {
-                            let id = alloc(&waiting);
-                            p.pkid = id;
-                            (Packet::Publish(*p), Some((id, Waiting::Publish(reply, permit))))
-                        }
-                    }
-                    Cmd::Subscribe(filters, reply) => {
-                        let id = alloc(&waiting);
-                        (Packet::Subscribe(Subscribe { pkid: id, filters: filters.clone(), properties: None }),
-                         Some((id, Waiting::Subscribe(reply, filters))))
-                    }
-                    Cmd::Unsubscribe(filters, reply) => {
-                        let id = alloc(&waiting);
-                        (Packet::Unsubscribe(Unsubscribe { pkid: id, filters: filters.clone(), properties: None }),
-                         Some((id, Waiting::Unsubscribe(reply, filters))))
-                    }
-                };
-                if packet.write(&mut out, None).is_err() {
-                    if let Some((_, w)) = wait {
-                        fail(w, ClientError::Refused("cannot encode".into()));
-                    }
-                    continue;
-                }
-                if let Some((id, w)) = wait {
-                    waiting.insert(id, w);
-                }
-            }
-            r = pipe.read_buf(&mut buf) => {
-                if !matches!(r, Ok(n) if n > 0) { break Ended::Session }
-                loop {
-                    let p = match codec::read_v5(&mut buf, u32::MAX) {
-                        Ok(Some(p)) => p,
-                        Ok(None) => break,
-                        Err(_) => break 'main Ended::Session,
-                    };
-                    match p {
-                        Packet::Publish(p) => {
-                            match p.qos {
-                                QoS::AtMostOnce => {}
-                                QoS::AtLeastOnce => { let _ = Packet::PubAck(PubAck::new(p.pkid, None)).write(&mut out, None); }
-                                QoS::ExactlyOnce => { let _ = Packet::PubRec(PubRec::new(p.pkid, None)).write(&mut out, None); }
-                            }
-                            // Back-pressure: a full inbox holds this task, and so the session.
-                            if inbox.send(p).await.is_err() { break 'main Ended::Owner }
-                        }
-                        Packet::PubRel(r) => { let _ = Packet::PubComp(PubComp::new(r.pkid, None)).write(&mut out, None); }
-                        Packet::PubAck(a) => {
-                            let ok = matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
-                            done_publish(&mut waiting, a.pkid, ok, format!("{:?}", a.reason));
-                        }
-                        Packet::PubRec(r) => {
-                            let ok = matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers);
-                            if ok {
-                                let _ = Packet::PubRel(PubRel::new(r.pkid, None)).write(&mut out, None);
-                            } else {
-                                done_publish(&mut waiting, r.pkid, false, format!("{:?}", r.reason));
-                            }
-                        }
-                        Packet::PubComp(c) => done_publish(&mut waiting, c.pkid, true, String::new()),
-                        Packet::SubAck(s) => match waiting.remove(&s.pkid) {
-                            Some(Waiting::Subscribe(reply, filters)) => {
-                                for (f, c) in filters.into_iter().zip(&s.return_codes) {
-                                    if matches!(c, SubscribeReasonCode::Success(_)) {
-                                        subs.retain(|x| x.path != f.path);
-                                        subs.push(f);
-                                    }
-                                }
-                                let _ = reply.send(Ok(s.return_codes));
-                            }
-                            Some(Waiting::Resubscribe) | None => {}
-                            Some(other) => fail(other, ClientError::Closed),
-                        },
-                        Packet::UnsubAck(u) => {
-                            if let Some(Waiting::Unsubscribe(reply, filters)) = waiting.remove(&u.pkid) {
-                                subs.retain(|x| !filters.contains(&x.path));
-                                let _ = reply.send(Ok(()));
-                            }
-                        }
-                        Packet::Disconnect(_) => break 'main Ended::Session,
-                        _ => {}
-                    }
-                }
-            }
-        }
-    };
-    for (_, w) in waiting.drain() {
-        fail(w, ClientError::Closed);
-    }
-    ended
-}
-
-fn done_publish(waiting: &mut HashMap<u16, Waiting>, id: u16, ok: bool, why: String) {
-    if let Some(Waiting::Publish(reply, _permit)) = waiting.remove(&id) {
-        let _ = reply.send(if ok {
-            Ok(())
-        } else {
-            Err(ClientError::Refused(why))
-        });
-    }
-}
-
-fn fail(w: Waiting, e: ClientError) {
-    match w {
-        Waiting::Publish(r, _) => {
-            let _ = r.send(Err(e));
-        }
-        Waiting::Subscribe(r, _) => {
-            let _ = r.send(Err(e));
-        }
-        Waiting::Unsubscribe(r, _) => {
-            let _ = r.send(Err(e));
-        }
-        Waiting::Resubscribe => {}
+        inbox.wait().await;
     }
 }

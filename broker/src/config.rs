@@ -65,8 +65,11 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Receive Maximum: QoS 1/2 messages in flight per direction per client.
     pub max_inflight: u16,
-    /// QoS 1/2 messages queued by the edge for one client beyond those in flight.
+    /// QoS 1/2 messages queued for one session beyond those in flight (the newest is dropped
+    /// past it, counted).
     pub max_queued: usize,
+    /// Bytes of messages (any QoS) queued for one session (the newest is dropped past it).
+    pub max_queued_bytes: usize,
     /// Largest keep-alive a client may use, in seconds (0: no cap). An MQTT 5 client asking for
     /// more, or for 0, is told the cap through Server Keep Alive.
     pub max_keepalive: u16,
@@ -99,6 +102,7 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             max_inflight: 100,
             max_queued: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
             max_keepalive: 0,
             topic_alias_max: 32,
             max_subscriptions: 1000,
@@ -108,24 +112,21 @@ impl Default for Limits {
     }
 }
 
-/// `[core]`: how the embedded rumqttd is set up. Internal; the defaults suit most machines.
+/// `[core]`: the embedded rumqttd's message log. Internal; the defaults suit most machines.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Core {
-    /// Internal MQTT 5 listeners on loopback (each runs on its own thread); 0 means four per core,
-    /// at least 8 and at most 64.
-    pub listeners: usize,
-    /// Bytes of messages rumqttd keeps per topic segment (what an offline session can catch up on).
+    /// Bytes per segment of the core's log (raised to twice the largest packet if smaller).
     pub segment_size: usize,
-    /// Segments kept per topic.
+    /// Segments kept (at least 2). Publishers wait while the fan-out is more than about half
+    /// the log behind, so nothing accepted is lost in the core.
     pub segment_count: usize,
 }
 
 impl Default for Core {
     fn default() -> Self {
         Core {
-            listeners: 0,
-            segment_size: 1024 * 1024,
+            segment_size: 2 * 1024 * 1024 + 4096,
             segment_count: 3,
         }
     }

@@ -1,280 +1,254 @@
-//! The embedded rumqttd: routing, sessions and QoS state. The only module that names rumqttd.
+//! The embedded rumqttd, in process: the node's ordered message log. The only module that names
+//! rumqttd.
 //!
-//! rumqttd runs on its own threads with N internal MQTT 5 listeners on loopback (each listener is
-//! one single-threaded runtime in rumqttd, so more listeners spread connection work over cores).
-//! They require a per-process random password, so no client can reach them: clients only ever
-//! talk to the edge, and the edge opens one internal connection per client session
-//! ([`Core::connect`]). Swapping the core for another engine means replacing this module.
+//! Data flow. rumqttd's router runs on its own thread and is reached only through its in-process
+//! links (`rumqttd::local`): no sockets, ports or passwords. Every message that enters the node is
+//! a frame ([`crate::message`]); [`Core::publish`] appends it through one of a few ingress links
+//! (a publisher always uses the same one, so its order is kept). One egress link subscribes to the
+//! node's topic and its [`Egress`] hands every frame, in order, to the edge's fan-out
+//! ([`crate::fanout`]), which matches it against the edge's subscription index and queues it for
+//! each local session. A link to another node will be one more link here.
+//!
+//! Why the core carries one topic and not the clients' topics: rumqttd keeps a log for every
+//! filter ever subscribed and a cache entry for every topic ever published, for the life of the
+//! process (a connect/subscribe/disconnect loop grew it by 1 GB; every RPC reply topic is new), and
+//! it keeps per-connection state that made an idle client cost ~30 KB. The edge's own index (a
+//! trie that gives memory back when a filter goes) does the matching; rumqttd keeps the one log,
+//! bounded by `core.segment_size` × `core.segment_count`, whose every byte it counts.
+//!
+//! Flow control. rumqttd never slows a publisher: a reader that falls more than the log's size
+//! behind silently skips what was dropped. So the core counts the bytes published and not yet
+//! taken by the egress, and [`Core::publish`] waits while that backlog is over a limit well
+//! inside the log: nothing accepted is ever lost in the core. A session whose client reads too
+//! slowly loses messages only from its own bounded queue, counted (see [`crate::inbox`]).
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::BytesMut;
-use rand::distr::{Alphanumeric, SampleString};
-use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::Notification;
+use tokio::sync::Notify;
 
-use crate::codec::{self, ConnAck, Connect, ConnectProperties, Login, Packet};
 use crate::config;
 
-/// Username the edge uses on the internal listeners.
-const INTERNAL_USER: &str = "rtw-edge";
+/// The one topic every frame is appended under.
+const NODE_TOPIC: &str = "rtw/node";
+/// Ingress links: publishers are spread over them (by connection) so they rarely wait on each
+/// other's lock.
+const INGRESS: usize = 4;
+/// How long a publisher waits for room in the core before the core is declared stuck.
+const STUCK: Duration = Duration::from_secs(10);
 
-/// A running rumqttd and how to reach it.
-pub struct Core {
-    addrs: Vec<SocketAddr>,
-    password: String,
-    next: AtomicUsize,
-    max_packet: u32,
+/// Why the core did not take a message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CoreError {
+    #[error("the broker core is gone")]
+    Gone,
+    #[error("the broker core did not make room in {0:?}")]
+    Stuck(Duration),
 }
 
-/// What a session asks of its internal connection.
-pub struct UpstreamConnect {
-    pub client_id: String,
-    pub clean_start: bool,
-    pub receive_maximum: u16,
+struct Ingress {
+    tx: LinkTx,
+    /// The last append could not wake the router: the next one must.
+    owed: bool,
+}
+
+/// The running core.
+pub struct Core {
+    ingress: Vec<Mutex<Ingress>>,
+    /// Bytes appended and not yet taken by the egress.
+    backlog: AtomicUsize,
+    /// Most bytes the backlog may hold before publishers wait.
+    limit: usize,
+    room: Notify,
+    up: AtomicBool,
+}
+
+/// The reading end: every frame appended to the core, in order.
+pub struct Egress {
+    rx: LinkRx,
+    _tx: LinkTx,
+    core: Arc<Core>,
 }
 
 impl Core {
-    /// Starts rumqttd and waits until every internal listener accepts connections.
-    pub async fn start(cfg: &config::BrokerConfig) -> anyhow::Result<Core> {
-        let n = match cfg.core.listeners {
-            0 => auto_listeners(),
-            n => n,
-        };
-        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
-        let mut addrs = Vec::with_capacity(n);
-        let mut servers = HashMap::new();
-        for i in 0..n {
-            let addr = internal_addr()?;
-            addrs.push(addr);
-            let mut auth = HashMap::new();
-            auth.insert(INTERNAL_USER.to_string(), password.clone());
-            servers.insert(
-                format!("internal-{i}"),
-                rumqttd::ServerSettings {
-                    name: format!("core-{i}"),
-                    listen: addr,
-                    tls: None,
-                    // rumqttd sleeps this long after every accept; the edge has its own limits.
-                    next_connection_delay_ms: 0,
-                    connections: rumqttd::ConnectionSettings {
-                        connection_timeout_ms: 10_000,
-                        max_payload_size: cfg.limits.max_packet_size as usize + 1024,
-                        max_inflight_count: cfg.limits.max_inflight.max(1) as usize,
-                        auth: Some(auth),
-                        external_auth: None,
-                        dynamic_filters: true,
-                    },
-                },
-            );
-        }
-        let config = rumqttd::Config {
-            id: 0,
-            router: rumqttd::RouterConfig {
-                max_connections: cfg.limits.max_connections + 1024,
-                max_outgoing_packet_count: cfg.limits.max_inflight.max(1) as u64 * 2,
-                max_segment_size: cfg.core.segment_size,
-                max_segment_count: cfg.core.segment_count,
+    /// Starts rumqttd's router and links its ingress and egress.
+    pub fn start(cfg: &config::BrokerConfig) -> anyhow::Result<(Arc<Core>, Egress)> {
+        let max_frame = cfg.limits.max_packet_size as usize + 1024;
+        let segment_count = cfg.core.segment_count.max(2);
+        // A frame never fills a segment on its own.
+        let segment_size = cfg.core.segment_size.max(2 * max_frame);
+        let router = rumqttd::Router::new(
+            0,
+            rumqttd::RouterConfig {
+                max_connections: INGRESS + 16,
+                max_outgoing_packet_count: 256,
+                max_segment_size: segment_size,
+                max_segment_count: segment_count,
                 custom_segment: None,
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },
-            v5: Some(servers),
-            ..Default::default()
-        };
-        std::thread::Builder::new()
-            .name("rumqttd".into())
-            .spawn(move || {
-                let mut broker = rumqttd::Broker::new(config);
-                if let Err(e) = broker.start() {
-                    tracing::error!(error = %e, "rumqttd stopped");
-                }
-            })?;
-        for addr in &addrs {
-            let mut ok = false;
-            for _ in 0..200 {
-                if TcpStream::connect(addr).await.is_ok() {
-                    ok = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            if !ok {
-                bail!("the embedded rumqttd did not start listening on {addr}");
-            }
+        );
+        let router_tx = router.spawn();
+        // The links' set-up waits on the router thread; it answers at once.
+        let (mut etx, erx, _) = LinkBuilder::new("rtw-egress", router_tx.clone())
+            .build()
+            .context("cannot link to the core")?;
+        etx.subscribe(NODE_TOPIC).context("core subscribe")?;
+        let mut ingress = Vec::with_capacity(INGRESS);
+        for i in 0..INGRESS {
+            let (tx, _rx, _) = LinkBuilder::new(&format!("rtw-ingress-{i}"), router_tx.clone())
+                .dynamic_filters(true)
+                .build()
+                .context("cannot link to the core")?;
+            // Nothing comes back on an ingress link (QoS 0 appends are not acknowledged).
+            drop(_rx);
+            ingress.push(Mutex::new(Ingress { tx, owed: false }));
         }
-        let core = Core {
-            addrs,
-            password,
-            next: AtomicUsize::new(0),
-            max_packet: cfg.limits.max_packet_size.saturating_add(1024),
+        let limit = (segment_size * (segment_count - 1)).saturating_sub(max_frame) / 2;
+        if limit < max_frame {
+            bail!("core.segment_size is too small for limits.max_packet_size");
+        }
+        let core = Arc::new(Core {
+            ingress,
+            backlog: AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+            up: AtomicBool::new(true),
+        });
+        let mut egress = Egress {
+            rx: erx,
+            _tx: etx,
+            core: core.clone(),
         };
-        core.probe().await?;
-        tracing::debug!(listeners = n, "rumqttd core ready");
-        Ok(core)
+        egress.await_suback()?;
+        tracing::debug!(segment_size, segment_count, limit, "core ready");
+        Ok((core, egress))
     }
 
-    /// Logs in to every internal listener once with the process's password. A port that accepts
-    /// connections is not proof enough: another process may have taken it between our choice and
-    /// rumqttd's bind (rumqttd then logs an error on its own thread and serves nothing there).
-    async fn probe(&self) -> anyhow::Result<()> {
-        for i in 0..self.addrs.len() {
-            let req = UpstreamConnect {
-                client_id: format!("rtw-probe-{i}"),
-                clean_start: true,
-                receive_maximum: 1,
-            };
-            let addr = self.addrs[i];
-            let (mut link, ack) = self
-                .connect_to(addr, &req)
-                .await
-                .map(|(link, ack, _)| (link, ack))
-                .with_context(|| format!("the embedded rumqttd is not serving {addr}"))?;
-            if ack.code != codec::ConnectReturnCode::Success {
-                bail!(
-                    "the embedded rumqttd refused the edge on {addr}: {:?}",
-                    ack.code
-                );
+    /// Is the core running?
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Appends a frame through ingress link `lane` (any number: it is taken modulo the links),
+    /// waiting (bounded) while the core's backlog is over its limit.
+    pub async fn publish(&self, lane: usize, frame: Bytes) -> Result<(), CoreError> {
+        if !self.is_up() {
+            return Err(CoreError::Gone);
+        }
+        if self.backlog.load(Ordering::Acquire) >= self.limit {
+            self.wait_for_room().await?;
+        }
+        self.backlog.fetch_add(frame.len(), Ordering::AcqRel);
+        let mut ing = self.ingress[lane % self.ingress.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // rumqttd's router takes a link's whole buffer when woken, so one wake per empty →
+        // non-empty change is enough; a wake per frame would fill its event channel. A
+        // non-empty buffer has a wake pending: the frame joins it under the buffer's lock, so
+        // the router cannot take the buffer between the check and the push.
+        if !ing.owed {
+            let mut buf = ing.tx.buffer();
+            if !buf.is_empty() {
+                let p = Publish::new(Bytes::from_static(NODE_TOPIC.as_bytes()), frame, false);
+                buf.push_back(Packet::Publish(p, None));
+                return Ok(());
             }
-            close_link(&mut link).await;
+        }
+        // Empty (only the router takes from it, and this lane's lock keeps other publishers
+        // out), or a wake is owed: append and wake.
+        match ing
+            .tx
+            .try_publish(Bytes::from_static(NODE_TOPIC.as_bytes()), frame)
+        {
+            Ok(_) => ing.owed = false,
+            // The frame is in the buffer; the router was not told. The next append tells it.
+            Err(LinkError::TrySend(_)) => ing.owed = true,
+            Err(e) => {
+                self.up.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "the broker core is gone");
+                return Err(CoreError::Gone);
+            }
         }
         Ok(())
     }
 
-    /// Opens an internal MQTT 5 connection for one client session and returns it with the CONNACK.
-    /// Bytes the core sent right after CONNACK (a resumed session's queue) come back too.
-    pub async fn connect(
-        &self,
-        req: &UpstreamConnect,
-    ) -> anyhow::Result<(TcpStream, ConnAck, BytesMut)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
-        self.connect_to(self.addrs[i], req).await
-    }
-
-    async fn connect_to(
-        &self,
-        addr: SocketAddr,
-        req: &UpstreamConnect,
-    ) -> anyhow::Result<(TcpStream, ConnAck, BytesMut)> {
-        let mut stream = TcpStream::connect(addr).await.context("internal link")?;
-        stream.set_nodelay(true)?;
-        let connect = Packet::Connect(
-            Connect {
-                // rumqttd refuses keep-alive 0; the edge pings it (see session.rs).
-                keep_alive: 60,
-                client_id: req.client_id.clone(),
-                clean_start: req.clean_start,
-                properties: Some(ConnectProperties {
-                    receive_maximum: Some(req.receive_maximum.max(1)),
-                    // No broker→edge topic aliases: rumqttd's are keyed by filter, not topic.
-                    topic_alias_max: None,
-                    max_packet_size: Some(self.max_packet),
-                    ..ConnectProperties::new()
-                }),
-            },
-            None,
-            Some(Login::new(INTERNAL_USER, self.password.clone())),
-        );
-        let mut out = BytesMut::new();
-        connect.write(&mut out, None)?;
-        stream.write_all(&out).await?;
-        let mut buf = BytesMut::with_capacity(256);
-        let connack = tokio::time::timeout(Duration::from_secs(10), async {
+    async fn wait_for_room(&self) -> Result<(), CoreError> {
+        let wait = async {
             loop {
-                if stream.read_buf(&mut buf).await? == 0 {
-                    bail!("core closed the internal link during CONNECT");
+                let notified = self.room.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.backlog.load(Ordering::Acquire) < self.limit || !self.is_up() {
+                    return;
                 }
-                match codec::read_v5(&mut buf, self.max_packet) {
-                    Ok(Some(Packet::ConnAck(c))) => return Ok(c),
-                    Ok(Some(other)) => bail!("core answered CONNECT with {other:?}"),
-                    Ok(None) => {}
-                    Err(e) => bail!("core sent a bad CONNACK: {e}"),
-                }
+                notified.await;
             }
-        })
-        .await
-        .context("core CONNACK timed out")??;
-        Ok((stream, connack, buf))
+        };
+        tokio::time::timeout(STUCK, wait)
+            .await
+            .map_err(|_| CoreError::Stuck(STUCK))?;
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(CoreError::Gone)
+        }
     }
 
-    /// Largest packet the core sends.
-    pub fn max_packet(&self) -> u32 {
-        self.max_packet
+    /// Bytes waiting in the core for the fan-out.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 }
 
-/// Internal listeners when the config says 0: four per core, at least 8, at most 64.
-///
-/// rumqttd registers a new connection with a blocking round trip to its router thread from the
-/// listener's single-threaded runtime, so one listener takes one connection at a time, and a
-/// connection storm queues behind it. Measured on 2 cores (5,000 clients at once): 2 listeners
-/// took ~600 connections/s with p99 8 s and refused some under load; 8 took ~4,000/s with p99
-/// 0.7 s and refused none; 16 and 32 were no better; message throughput was the same.
-fn auto_listeners() -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores * 4).clamp(8, 64)
-}
-
-/// Closes an internal link and waits (bounded) until rumqttd has closed its end too.
-///
-/// No DISCONNECT, just the close: rumqttd handles a DISCONNECT and then the close as two
-/// disconnections of the same connection id. And the close must be seen through: rumqttd queues
-/// a link's disconnection for its router before it drops the socket, so once our read sees the
-/// end, a new link under the same client id is queued after it. Without the wait, a client that
-/// reconnects at once could have its new link registered first, the old one dropped as a
-/// duplicate, and the old one's late disconnection end the new session (its id reused).
-pub async fn close_link(link: &mut TcpStream) {
-    let _ = link.shutdown().await;
-    let mut scratch = [0u8; 4096];
-    let drained = async {
+impl Egress {
+    fn await_suback(&mut self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match link.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
+            match self.rx.recv_deadline(deadline) {
+                Ok(Some(Notification::DeviceAck(_))) => return Ok(()),
                 Ok(_) => {}
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
-}
-
-/// Chooses a free loopback port for an internal listener, below the OS's ephemeral port range.
-///
-/// rumqttd binds the address itself and cannot report the port it got, so the edge has to
-/// choose one. A port from `bind(0)` would come from the ephemeral range, where any outgoing
-/// connection on the host (or another server choosing the same way) can take it before rumqttd
-/// binds; ports below that range are only ever taken by an explicit bind. Linux publishes the
-/// range in /proc (no crate reads it); elsewhere the IANA default start, 49152, is assumed.
-fn internal_addr() -> anyhow::Result<SocketAddr> {
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(49_152);
-    const LOWEST: u16 = 10_000;
-    if ephemeral_start > LOWEST + 1_000 {
-        for _ in 0..64 {
-            let port = rand::rng().random_range(LOWEST..ephemeral_start);
-            if let Ok(l) = StdListener::bind(("127.0.0.1", port)) {
-                return Ok(l.local_addr()?);
+                Err(e) => bail!("the core did not acknowledge its subscription: {e}"),
             }
         }
     }
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
-}
 
-/// Acknowledges what was just read from an internal link at once (Linux `TCP_QUICKACK`).
-///
-/// rumqttd leaves Nagle's algorithm on for the sockets it accepts. When it writes two small
-/// packets to one link in a row (a PUBACK, then a PUBLISH) and the edge has nothing to send
-/// back in between, the second waits for the edge's delayed ACK: about 40 ms on Linux, which
-/// every HTTP request/response round trip used to pay. Called after every read from the core.
-pub(crate) fn ack_now(link: &TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(link).set_tcp_quickack(true);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = link;
+    /// The next frame appended to the core; `None` when the core is gone.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let n = match self.rx.next().await {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.core.up.store(false, Ordering::Relaxed);
+                    self.core.room.notify_waiters();
+                    tracing::error!(error = %e, "the broker core is gone");
+                    return None;
+                }
+            };
+            match n {
+                Notification::Forward(f) => {
+                    let frame = f.publish.payload;
+                    let before = self.core.backlog.fetch_sub(frame.len(), Ordering::AcqRel);
+                    if before >= self.core.limit && before - frame.len() < self.core.limit {
+                        self.core.room.notify_waiters();
+                    }
+                    return Some(frame);
+                }
+                // The router paused this link because its buffer was full: it is drained now.
+                Notification::Unschedule if self.rx.wake().await.is_err() => {
+                    self.core.up.store(false, Ordering::Relaxed);
+                    return None;
+                }
+                _ => {}
+            }
+        }
+    }
 }

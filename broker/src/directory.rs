@@ -44,7 +44,9 @@ pub struct ClientInfo {
     subscriptions: Mutex<BTreeMap<String, u8>>,
     inflight: AtomicU64,
     queued: AtomicU64,
+    /// Drops the session counted itself, and those at its queue's bounds (counted there).
     drops: AtomicU64,
+    queue_drops: AtomicU64,
 }
 
 /// A `ClientInfo` read at one moment, for serializing.
@@ -107,6 +109,7 @@ impl ClientInfo {
             inflight: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             drops: AtomicU64::new(0),
+            queue_drops: AtomicU64::new(0),
         }
     }
 
@@ -141,7 +144,7 @@ impl ClientInfo {
             subscriptions,
             inflight: self.inflight.load(Relaxed),
             queued: self.queued.load(Relaxed),
-            drops: self.drops.load(Relaxed),
+            drops: self.drops.load(Relaxed) + self.queue_drops.load(Relaxed),
         }
     }
 }
@@ -179,15 +182,16 @@ impl Handle {
         }
     }
 
-    /// Once per batch: messages in flight towards the client, queued behind them, and drops
-    /// since the last call.
-    pub fn update(&self, inflight: usize, queued: usize, dropped: u64) {
+    /// Once per batch: messages in flight towards the client, queued behind them, drops the
+    /// session made since the last call, and the drops its queue has counted in all.
+    pub fn update(&self, inflight: usize, queued: usize, dropped: u64, queue_dropped: u64) {
         if let Some(i) = self.info() {
             i.inflight.store(inflight as u64, Relaxed);
             i.queued.store(queued as u64, Relaxed);
             if dropped > 0 {
                 i.drops.fetch_add(dropped, Relaxed);
             }
+            i.queue_drops.store(queue_dropped, Relaxed);
         }
     }
 }
@@ -316,10 +320,10 @@ mod tests {
         assert_eq!(p.clients.len(), 3);
         assert_eq!(p.clients[0].client_id, "c10");
         handles[3].subscribed("a/#", 1);
-        handles[3].update(2, 5, 1);
+        handles[3].update(2, 5, 1, 2);
         let s = dir.get("c03").unwrap().snapshot();
         assert_eq!(s.subscriptions[0].filter, "a/#");
-        assert_eq!((s.inflight, s.queued, s.drops), (2, 5, 1));
+        assert_eq!((s.inflight, s.queued, s.drops), (2, 5, 3));
         drop(internal);
         drop(handles);
         assert!(dir.is_empty());

@@ -1,13 +1,14 @@
-//! realtime-web's broker half: the MQTT edge in front of an embedded rumqttd.
+//! realtime-web's broker half: the MQTT edge, with rumqttd in process as its message log.
 //!
 //! Data flow: a listener ([`listener`]) accepts a TCP or TLS socket (the bridge hands over
 //! WebSocket ones) and spawns [`session::serve`], which reads CONNECT, authenticates through
-//! [`auth`], claims the client id in the [`registry`], and opens the client's own MQTT 5
-//! connection to the [`core`] (rumqttd on loopback). From then on the session translates both
-//! ways: client packets (3.1.1 or 5, see [`codec`]) are checked, authorized and forwarded;
-//! messages from the core are fixed up (QoS, retain, no-local) and delivered. Retained messages
-//! never reach the core: the session keeps them in the [`retained`] store and delivers them on
-//! subscribe. [`Edge::ingress`] is the seam where messages enter the node.
+//! [`auth`], claims the client id in the [`registry`] and serves the MQTT session itself
+//! (3.1.1 or 5, see [`codec`]): subscriptions go into the edge's [`index`], packet ids and the
+//! receive window are the session's. A message a client publishes is checked, authorized, kept
+//! in the [`retained`] store if retained, and handed to the core ([`Edge::route`], the one seam
+//! where messages enter the node); the [`fanout`] takes every message out of the core in order
+//! and queues it in the bounded [`inbox`] of each matching session. The HTTP bridge publishes
+//! and subscribes through the same seam ([`client::LocalClient`]), with no MQTT encoding.
 
 pub mod auth;
 pub mod client;
@@ -15,8 +16,12 @@ pub mod codec;
 pub mod config;
 mod core;
 pub mod directory;
+mod fanout;
 pub mod fuzzing;
+mod inbox;
+mod index;
 pub mod listener;
+pub mod message;
 pub mod persistence;
 pub mod registry;
 pub mod retained;
@@ -32,14 +37,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Packet, PingReq, Publish};
 pub use crate::config::BrokerConfig;
-use crate::core::{Core, UpstreamConnect};
+use crate::core::Core;
+pub use crate::core::CoreError;
+use crate::message::Message;
 
 /// Topics under this prefix carry replies to the HTTP bridge's requests: any client may publish
 /// there (a responder needs the 128-bit correlation id to be heard), only the bridge receives.
@@ -52,8 +56,6 @@ pub fn reserved_filter(filter: &str) -> bool {
 
 /// State shared by every session.
 pub struct Edge {
-    /// The node's own link to the core is up (what `/readyz` reports).
-    core_up: std::sync::atomic::AtomicBool,
     /// TLS certificates in use (reloaded on SIGHUP or when their files change).
     certs: std::sync::Mutex<Vec<Arc<listener::CertStore>>>,
     /// Open client connections per peer address.
@@ -61,7 +63,9 @@ pub struct Edge {
     /// Filters clients (not the bridge) are subscribed to, with how many subscriptions each.
     interest: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     pub config: BrokerConfig,
-    core: Core,
+    core: Arc<Core>,
+    /// Who subscribes to what: the fan-out's index.
+    index: index::Index,
     pub retained: Arc<retained::RetainedStore>,
     pub registry: registry::Registry,
     /// Live clients, for operators (the dashboard's clients table).
@@ -70,7 +74,6 @@ pub struct Edge {
     pub authenticator: Arc<dyn auth::Authenticator>,
     pub authorizer: Arc<dyn auth::Authorizer>,
     sys: watch::Receiver<Arc<Vec<(String, String)>>>,
-    injector: mpsc::Sender<Publish>,
     connections: Arc<Semaphore>,
     next_conn: AtomicU64,
     pub shutdown: CancellationToken,
@@ -90,9 +93,29 @@ impl Edge {
         }
     }
 
-    /// Is the core reachable (the node's own internal link is connected)?
+    /// Is the core running (what `/readyz` reports)?
     pub fn core_ready(&self) -> bool {
-        self.core_up.load(Ordering::Relaxed)
+        self.core.is_up()
+    }
+
+    /// Hands a message to the core: the seam where every message enters the node. Messages on
+    /// one `lane` keep their order. Waits (bounded) while the fan-out catches up.
+    pub async fn route(&self, msg: &Message, lane: usize) -> Result<(), CoreError> {
+        let frame = msg.frame().map_err(|e| {
+            tracing::warn!(error = %e, "message not encodable");
+            CoreError::Gone
+        })?;
+        self.core.publish(lane, frame).await
+    }
+
+    /// Bytes of messages waiting in the core for the fan-out.
+    pub fn core_backlog(&self) -> usize {
+        self.core.backlog()
+    }
+
+    /// Subscriptions in the fan-out's index (one per session and filter).
+    pub fn index_len(&self) -> usize {
+        self.index.count()
     }
 
     /// Registers another reloadable certificate (the HTTPS listener's).
@@ -143,15 +166,6 @@ impl Edge {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Publishes a message on behalf of the node (wills): stamped like a client's, QoS 0 on the
-    /// internal link (the stamp carries the real QoS, the core delivers at subscription QoS).
-    pub(crate) fn inject(&self, publish: Publish) {
-        if self.injector.try_send(publish).is_err() {
-            self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("injector queue full: message dropped");
-        }
-    }
-
     /// Expires the session of `client_id` after `after`, unless a reconnect cancels the timer
     /// (the registry keeps it).
     pub(crate) fn purge_timer(
@@ -168,16 +182,10 @@ impl Edge {
         })
     }
 
-    /// Ends a session in the core (session expiry): a clean connect under its id, then DISCONNECT.
+    /// Ends a session whose client is away (session expiry).
     pub(crate) async fn purge_session(&self, client_id: &str) {
-        let req = UpstreamConnect {
-            client_id: client_id.to_string(),
-            clean_start: true,
-            receive_maximum: 1,
-        };
-        match self.core.connect(&req).await {
-            Ok((mut s, _, _)) => core::close_link(&mut s).await,
-            Err(e) => tracing::warn!(client_id, error = %e, "could not expire session"),
+        if let Some(s) = self.registry.take_offline(client_id) {
+            s.discard(self, false);
         }
     }
 
@@ -209,10 +217,9 @@ impl Broker {
         authorizer: Arc<dyn auth::Authorizer>,
     ) -> anyhow::Result<Broker> {
         let retained = retained::RetainedStore::open(&config.storage.dir)?;
-        let core = Core::start(&config).await?;
+        let (core, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
         let stats = stats::Stats::default();
         let (sys_tx, sys_rx) = watch::channel(stats.sys_tree(retained.len()));
-        let (inj_tx, inj_rx) = mpsc::channel(4096);
         let shutdown = CancellationToken::new();
         let mqtt = listener::bind_tcp(&config.mqtt.listen).await?;
         let mut certs = Vec::new();
@@ -227,7 +234,7 @@ impl Broker {
         };
         let edge = Arc::new(Edge {
             interest: Default::default(),
-            core_up: std::sync::atomic::AtomicBool::new(false),
+            index: index::Index::default(),
             certs: std::sync::Mutex::new(certs),
             per_ip: Default::default(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -240,12 +247,11 @@ impl Broker {
             authenticator,
             authorizer,
             sys: sys_rx,
-            injector: inj_tx,
             next_conn: AtomicU64::new(1),
             shutdown,
         });
+        tokio::spawn(fanout::run(edge.clone(), egress));
         restore_sessions(&edge).await;
-        tokio::spawn(run_injector(edge.clone(), inj_rx));
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));
         let mut listeners = Vec::new();
@@ -313,12 +319,21 @@ async fn restore_sessions(edge: &Arc<Edge>) {
             },
             None => None,
         };
-        if let Err(e) = persistence::restore_in_core(&edge.core, &s).await {
-            tracing::warn!(client_id = s.client_id, error = %e, "could not restore session");
-            continue;
+        let mut state = session::state::SessionState::new(edge, &s.client_id, s.owner.clone());
+        state.inbox.set_online(false);
+        state.expires_at = s.expires_at;
+        let src = message::client_hash(&s.client_id);
+        for (f, id) in &s.subs {
+            let opts = session::state::SubOpts::from_filter(f, *id);
+            state.index_insert(edge, &f.path, &opts, src, false);
+            state.subs.insert(f.path.clone(), opts);
+            edge.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
-        let purge = left.map(|d| edge.purge_timer(&s.client_id, d));
-        edge.registry.restore(s, purge);
+        if let Some(d) = left {
+            let purge = edge.purge_timer(&s.client_id, d);
+            edge.registry.set_purge(&s.client_id, purge);
+        }
+        edge.registry.store_offline(&s.client_id, state);
         restored += 1;
     }
     if restored > 0 {
@@ -350,58 +365,5 @@ async fn run_sys(edge: Arc<Edge>, tx: watch::Sender<Arc<Vec<(String, String)>>>)
             _ = edge.shutdown.cancelled() => return,
         }
         let _ = tx.send(edge.stats.sys_tree(edge.retained.len()));
-    }
-}
-
-/// Keeps one internal connection for messages the node publishes itself, reconnecting as needed.
-async fn run_injector(edge: Arc<Edge>, mut rx: mpsc::Receiver<Publish>) {
-    let id = format!("rtw-node-{}", edge.conn_id());
-    let mut pending: Option<Publish> = None;
-    loop {
-        let req = UpstreamConnect {
-            client_id: id.clone(),
-            clean_start: true,
-            receive_maximum: 1,
-        };
-        let mut stream = match edge.core.connect(&req).await {
-            Ok((s, _, _)) => {
-                edge.core_up.store(true, Ordering::Relaxed);
-                s
-            }
-            Err(e) => {
-                edge.core_up.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, "injector cannot reach the core");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut ping = tokio::time::interval(Duration::from_secs(30));
-        let mut out = BytesMut::new();
-        let mut sink = [0u8; 1024];
-        loop {
-            if let Some(p) = pending.take() {
-                out.clear();
-                if Packet::Publish(p.clone()).write(&mut out, None).is_ok()
-                    && stream.write_all(&out).await.is_err()
-                {
-                    pending = Some(p);
-                    break;
-                }
-            }
-            tokio::select! {
-                p = rx.recv() => match p {
-                    Some(p) => pending = Some(p),
-                    None => return,
-                },
-                _ = ping.tick() => {
-                    out.clear();
-                    let _ = Packet::PingReq(PingReq).write(&mut out, None);
-                    if stream.write_all(&out).await.is_err() { break; }
-                }
-                r = stream.read(&mut sink) => if matches!(r, Ok(0) | Err(_)) { break },
-            }
-        }
-        edge.core_up.store(false, Ordering::Relaxed);
-        tracing::error!("the node's link to the core broke; reconnecting");
     }
 }

@@ -1,27 +1,22 @@
 //! Persistent sessions across a restart: their subscriptions, written at shutdown and restored
 //! at startup.
 //!
-//! The core (rumqttd) keeps sessions in memory only. On SIGTERM, after every client has been
-//! disconnected, the edge writes the sessions that outlive their connections (clean start 0 /
-//! session expiry > 0) to `storage.dir/sessions.redb`: client id, subscriptions with their
-//! options and identifiers, and when the session expires. At the next start, before any client
-//! can connect, each one that has not expired is recreated in the core (an internal connection
-//! under its client id that subscribes and closes), so messages published from then on queue for
-//! it, and its edge half goes back into the registry with its expiry timer. The file is emptied
-//! once read. Messages that were queued at shutdown, in-flight packet ids, and sessions of a
+//! Sessions live in the edge's memory. On SIGTERM, after every client has been disconnected, the
+//! edge writes the sessions that outlive their connections (clean start 0 / session expiry > 0)
+//! to `storage.dir/sessions.redb`: client id, owner, subscriptions with their options and
+//! identifiers, and when the session expires. At the next start, before any client can connect,
+//! each one that has not expired goes back into the registry and its subscriptions into the
+//! index, so messages published from then on queue for it. The file is emptied once read. Messages that were queued at shutdown, in-flight packet ids, and sessions of a
 //! process that was killed are not kept (docs/guarantees.md).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use bytes::BytesMut;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::codec::{self, Filter, Packet, RetainForwardRule, Subscribe, SubscribeProperties};
-use crate::core::{Core, UpstreamConnect};
+use crate::codec::{self, Filter, RetainForwardRule};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
@@ -29,6 +24,8 @@ const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 #[derive(Debug, Clone)]
 pub struct SavedSession {
     pub client_id: String,
+    /// The identity (subject) that created it: only it may resume it.
+    pub owner: Option<String>,
     /// Subscriptions with their options and subscription identifier.
     pub subs: Vec<(Filter, Option<usize>)>,
     /// `None`: never expires (3.1.1 clean session 0, MQTT 5 expiry 0xFFFFFFFF).
@@ -37,6 +34,8 @@ pub struct SavedSession {
 
 #[derive(Serialize, Deserialize)]
 struct Record {
+    #[serde(default)]
+    owner: Option<String>,
     subs: Vec<SubRecord>,
     /// Milliseconds since the Unix epoch.
     expires_at_ms: Option<u64>,
@@ -59,6 +58,7 @@ fn path(dir: &Path) -> PathBuf {
 
 fn encode(s: &SavedSession) -> anyhow::Result<Vec<u8>> {
     let r = Record {
+        owner: s.owner.clone(),
         subs: s
             .subs
             .iter()
@@ -103,6 +103,7 @@ fn decode(client_id: &str, bytes: &[u8]) -> anyhow::Result<SavedSession> {
     }
     Ok(SavedSession {
         client_id: client_id.to_string(),
+        owner: r.owner,
         subs,
         expires_at: r
             .expires_at_ms
@@ -153,66 +154,4 @@ pub fn take(dir: &Path) -> anyhow::Result<Vec<SavedSession>> {
     txn.commit()
         .with_context(|| format!("cannot write {}", file.display()))?;
     Ok(out)
-}
-
-/// Recreates `s` in the core: an internal connection under its client id without clean start,
-/// its subscriptions (those the core routes; `$SYS` is the edge's), then the close.
-pub(crate) async fn restore_in_core(core: &Core, s: &SavedSession) -> anyhow::Result<()> {
-    let req = UpstreamConnect {
-        client_id: s.client_id.clone(),
-        clean_start: false,
-        receive_maximum: 1,
-    };
-    let (mut link, ack, mut buf) = core.connect(&req).await?;
-    if ack.code != codec::ConnectReturnCode::Success {
-        bail!("core refused the session: {:?}", ack.code);
-    }
-    // One SUBSCRIBE per subscription identifier (a SUBSCRIBE carries at most one).
-    let mut groups: Vec<(Option<usize>, Vec<Filter>)> = Vec::new();
-    for (f, id) in &s.subs {
-        // `$SYS` is the edge's; shared subscriptions are joined again when the client resumes
-        // (see `session::serve`): rumqttd keeps no offline member in a share group.
-        if f.path.starts_with("$SYS") || crate::topic::split_shared(&f.path).is_some() {
-            continue;
-        }
-        let core_filter = Filter::new(f.path.clone(), f.qos);
-        match groups.iter_mut().find(|(gid, _)| gid == id) {
-            Some((_, fs)) => fs.push(core_filter),
-            None => groups.push((*id, vec![core_filter])),
-        }
-    }
-    let mut out = BytesMut::new();
-    for (i, (id, filters)) in groups.iter().enumerate() {
-        Packet::Subscribe(Subscribe {
-            pkid: i as u16 + 1,
-            filters: filters.clone(),
-            properties: id.map(|id| SubscribeProperties {
-                id: Some(id),
-                user_properties: Vec::new(),
-            }),
-        })
-        .write(&mut out, None)?;
-    }
-    link.write_all(&out).await?;
-    let mut acked = 0;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while acked < groups.len() {
-            loop {
-                match codec::read_v5(&mut buf, core.max_packet()) {
-                    Ok(Some(Packet::SubAck(_))) => acked += 1,
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => bail!("core sent a bad packet: {e}"),
-                }
-            }
-            if acked < groups.len() && link.read_buf(&mut buf).await? == 0 {
-                bail!("core closed the link before SUBACK");
-            }
-        }
-        Ok(())
-    })
-    .await
-    .context("core SUBACK timed out")??;
-    crate::core::close_link(&mut link).await;
-    Ok(())
 }

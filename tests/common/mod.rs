@@ -199,7 +199,6 @@ impl Server {
         cmd.env("RTW_MQTT__LISTEN", format!("127.0.0.1:{}", self.mqtt))
             .env("RTW_HTTP__LISTEN", format!("127.0.0.1:{}", self.http))
             .env("RTW_STORAGE__DIR", &self.dir)
-            .env("RTW_CORE__LISTENERS", "1")
             .env_remove("RUST_LOG")
             // The harness's own switch, not a config key (RTW_ is the config prefix).
             .env_remove("RTW_TEST_LOG")

@@ -63,6 +63,18 @@ impl Mqtt {
         clean: bool,
         props: Option<ConnectProperties>,
     ) -> (Mqtt, ConnAck) {
+        Mqtt::try_connect_as(port, v5, id, clean, props, None)
+    }
+
+    /// [`Mqtt::try_connect`] with a user name and password.
+    pub fn try_connect_as(
+        port: u16,
+        v5: bool,
+        id: &str,
+        clean: bool,
+        props: Option<ConnectProperties>,
+        login: Option<(&str, &str)>,
+    ) -> (Mqtt, ConnAck) {
         let mut c = Mqtt::tcp(port, v5);
         c.send(&Packet::Connect(
             Connect {
@@ -72,7 +84,7 @@ impl Mqtt {
                 properties: props,
             },
             None,
-            None,
+            login.map(|(u, p)| Login::new(u, p)),
         ));
         match c.wait(WAIT, |p| matches!(p, Packet::ConnAck(_))) {
             Some(Packet::ConnAck(a)) => (c, a),
@@ -350,10 +362,13 @@ fn q5(q: m4::QoS) -> QoS {
 /// MQTT 5 → 3.1.1 for what a client sends.
 fn lower(p: &Packet) -> v4::Packet {
     match p {
-        Packet::Connect(c, _, _) => {
+        Packet::Connect(c, _, login) => {
             let mut x = v4::Connect::new(c.client_id.clone());
             x.keep_alive = c.keep_alive;
             x.clean_session = c.clean_start;
+            if let Some(l) = login {
+                x.set_login(l.username.clone(), l.password.clone());
+            }
             v4::Packet::Connect(x)
         }
         Packet::Publish(p) => {

@@ -1,0 +1,88 @@
+//! The fan-out: every message out of the core, to every local session that wants it.
+//!
+//! Data flow: one task reads the core's egress ([`crate::core::Egress`]) in order, decodes each
+//! frame once into an `Arc<Message>`, looks its topic up in the subscription index
+//! ([`crate::index`]) and pushes one [`Delivery`] per matching session into that session's
+//! bounded inbox ([`crate::inbox`]). A session matched by several of its filters gets one copy,
+//! at the highest of their QoS, with every subscription identifier (MQTT 5 §3.3.4). The task
+//! never waits for a session: a full inbox drops the message for that session only, counted.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::codec::{qmax, qmin, QoS};
+use crate::core::Egress;
+use crate::inbox::{Delivery, Inbox};
+use crate::message::Message;
+use crate::Edge;
+
+struct Hit {
+    session: u64,
+    inbox: Arc<Inbox>,
+    qos: QoS,
+    rap: bool,
+    id: Option<usize>,
+}
+
+/// Runs until the core is gone.
+pub async fn run(edge: Arc<Edge>, mut egress: Egress) {
+    let mut hits = Vec::new();
+    while let Some(frame) = egress.next().await {
+        match Message::from_frame(frame) {
+            Ok(m) => deliver(&edge, Arc::new(m), &mut hits),
+            Err(e) => tracing::error!(error = %e, "dropping a message the core returned"),
+        }
+    }
+    tracing::error!("the broker core stopped: no more messages are delivered");
+}
+
+/// Hands `msg` to every matching session.
+fn deliver(edge: &Edge, msg: Arc<Message>, hits: &mut Vec<Hit>) {
+    if msg.expiry_left(SystemTime::now()) == Some(0) {
+        return;
+    }
+    let topic = msg.topic();
+    let reply = topic.starts_with(crate::REPLY_PREFIX);
+    hits.clear();
+    edge.index.for_each_match(topic, msg.qos(), |s| {
+        // Replies to the bridge's requests are for the bridge alone, whatever the filter.
+        if (reply && !s.internal) || (s.no_local && s.src == msg.src) {
+            return;
+        }
+        hits.push(Hit {
+            session: s.session,
+            inbox: s.inbox.clone(),
+            qos: s.qos,
+            rap: s.rap,
+            id: s.id,
+        });
+    });
+    if hits.len() > 1 {
+        hits.sort_unstable_by_key(|h| h.session);
+    }
+    let mut i = 0;
+    while i < hits.len() {
+        let mut j = i + 1;
+        let (mut qos, mut rap) = (hits[i].qos, hits[i].rap);
+        let mut ids: Vec<usize> = hits[i].id.into_iter().collect();
+        while j < hits.len() && hits[j].session == hits[i].session {
+            qos = qmax(qos, hits[j].qos);
+            rap |= hits[j].rap;
+            if let Some(id) = hits[j].id {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            j += 1;
+        }
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: qmin(msg.qos(), qos),
+            retain: msg.publish.retain && rap,
+            ids,
+        };
+        hits[i].inbox.push(d, &edge.stats);
+        i = j;
+    }
+    hits.clear();
+}

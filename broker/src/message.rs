@@ -1,0 +1,178 @@
+//! One message inside the node, and its frame: the bytes that carry it through the core.
+//!
+//! Every message that enters the node (a client's PUBLISH, an HTTP publish, a will) is encoded
+//! once, by [`Message::frame`], into a frame: a short header (format, publisher, arrival time)
+//! followed by the message as an MQTT 5 PUBLISH packet. The core's log holds frames and the
+//! fan-out decodes each one once ([`Message::from_frame`], zero-copy for topic and payload) into
+//! an `Arc<Message>` that every matching session shares. The frame is also what a link to
+//! another node carries, so a message leaves and enters a node in one form.
+//!
+//! The frame keeps the QoS and retain flag as published (a session delivers at the lower of the
+//! message's and its subscription's QoS, and honours retain-as-published), the publisher's
+//! client hash (no-local), and the arrival time (MQTT 5 message expiry counts from it).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rumqttc::v5::mqttbytes::v5::{check, Publish as WirePublish};
+
+use crate::codec::{Publish, PublishProperties, QoS};
+
+/// Frame format version.
+const FORMAT: u8 = 1;
+/// Header: format (1), publisher hash (8), arrival time in ms since the epoch (8).
+const HEADER: usize = 17;
+
+/// A message on its way through the node.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The PUBLISH as published: topic, payload, QoS, retain flag and properties. Its packet id
+    /// and DUP flag mean nothing here; topic alias and subscription identifiers are never set.
+    pub publish: Publish,
+    /// Hash of the publisher's client id (see [`client_hash`]); 0 for the node itself.
+    pub src: u64,
+    /// When the node accepted it.
+    pub received: SystemTime,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("bad message frame: {0}")]
+pub struct FrameError(String);
+
+impl Message {
+    /// A message accepted now from publisher `src`.
+    pub fn new(mut publish: Publish, src: u64) -> Message {
+        publish.dup = false;
+        publish.pkid = 0;
+        if let Some(p) = publish.properties.as_mut() {
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+        }
+        Message {
+            publish,
+            src,
+            received: SystemTime::now(),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        // Topics are checked as UTF-8 before a message is made (`Message::new` callers and
+        // `from_frame`); an empty string is only a fallback that matches no filter.
+        std::str::from_utf8(&self.publish.topic).unwrap_or("")
+    }
+
+    pub fn qos(&self) -> QoS {
+        self.publish.qos
+    }
+
+    /// Bytes this message holds (topic, payload and properties), for queue accounting.
+    pub fn weight(&self) -> usize {
+        self.publish.size() + 32
+    }
+
+    /// Seconds left of its MQTT 5 message expiry interval: `None` when it has none, `Some(0)`
+    /// when it has expired.
+    pub fn expiry_left(&self, now: SystemTime) -> Option<u32> {
+        let secs = self
+            .publish
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)?;
+        let waited = now
+            .duration_since(self.received)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        Some((secs as u64).saturating_sub(waited) as u32)
+    }
+
+    /// Encodes the frame that carries this message through the core.
+    pub fn frame(&self) -> Result<Bytes, FrameError> {
+        let mut p = self.publish.clone();
+        if p.qos != QoS::AtMostOnce {
+            p.pkid = 1; // required by the encoding; meaningless inside the node
+        }
+        let mut out = BytesMut::with_capacity(HEADER + p.size() + 8);
+        out.put_u8(FORMAT);
+        out.put_u64(self.src);
+        let ms = self
+            .received
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        out.put_u64(ms);
+        p.write(&mut out).map_err(|e| FrameError(e.to_string()))?;
+        Ok(out.freeze())
+    }
+
+    /// Reads a frame made by [`Message::frame`]; topic and payload share the frame's memory.
+    pub fn from_frame(frame: Bytes) -> Result<Message, FrameError> {
+        if frame.len() < HEADER || frame[0] != FORMAT {
+            return Err(FrameError("unknown format".into()));
+        }
+        let src = u64::from_be_bytes(frame[1..9].try_into().unwrap_or_default());
+        let ms = u64::from_be_bytes(frame[9..17].try_into().unwrap_or_default());
+        let body = frame.slice(HEADER..);
+        let fixed = check(body.iter(), None).map_err(|e| FrameError(e.to_string()))?;
+        let mut publish = WirePublish::read(fixed, body).map_err(|e| FrameError(e.to_string()))?;
+        if std::str::from_utf8(&publish.topic).is_err() {
+            return Err(FrameError("topic is not UTF-8".into()));
+        }
+        publish.pkid = 0;
+        Ok(Message {
+            publish,
+            src,
+            received: UNIX_EPOCH + Duration::from_millis(ms),
+        })
+    }
+}
+
+/// The hash of a client id that messages carry as their publisher (no-local compares it).
+pub fn client_hash(client_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut h);
+    // 0 is the node's own.
+    h.finish().max(1)
+}
+
+/// Properties with nothing set.
+pub fn no_properties() -> PublishProperties {
+    PublishProperties::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trips() {
+        let mut p = Publish::new("a/b", QoS::ExactlyOnce, Bytes::from_static(b"hello"), None);
+        p.retain = true;
+        p.properties = Some(PublishProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            message_expiry_interval: Some(30),
+            ..Default::default()
+        });
+        let m = Message::new(p, 42);
+        let back = Message::from_frame(m.frame().unwrap()).unwrap();
+        assert_eq!(back.topic(), "a/b");
+        assert_eq!(back.publish.payload, Bytes::from_static(b"hello"));
+        assert_eq!(back.qos(), QoS::ExactlyOnce);
+        assert!(back.publish.retain);
+        assert_eq!(back.src, 42);
+        assert_eq!(back.publish.properties, m.publish.properties);
+        assert_eq!(back.expiry_left(back.received), Some(30));
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        assert!(Message::from_frame(Bytes::from_static(b"")).is_err());
+        assert!(Message::from_frame(Bytes::from_static(&[1; 20])).is_err());
+        let mut f = vec![FORMAT];
+        f.extend_from_slice(&[0; 16]);
+        f.extend_from_slice(&[0x30, 0x05, 0x00, 0x02, 0xff, 0xfe, 0x00]);
+        assert!(Message::from_frame(Bytes::from(f)).is_err());
+    }
+}

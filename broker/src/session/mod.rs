@@ -1,0 +1,483 @@
+//! One client connection, from CONNECT to close: the edge's MQTT session.
+//!
+//! Data flow. [`serve`] reads CONNECT and admits the client ([`connect`]), then one task runs
+//! the session: a `select!` over the client's socket, the session's inbox, its control channel
+//! (takeover, shutdown), `$SYS` updates and its timers, dispatching each to one handler —
+//! [`publish`] for what the client publishes (checked, authorized, stored if retained, handed to
+//! the core), [`subscribe`] for (un)subscriptions (the edge's index, retained messages), and
+//! [`deliver`] for what goes to the client (packet ids, the receive window, acknowledgements).
+//! Replies are batched: a busy connection costs one write per batch, not per packet. When the
+//! connection ends, [`end`] says why, publishes or schedules the will, and keeps the session's
+//! [`state`] for the next connection if it is persistent.
+
+mod connect;
+mod deliver;
+mod end;
+mod publish;
+pub(crate) mod state;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::auth::Identity;
+use crate::codec::{self, *};
+use crate::registry::Control;
+use crate::stats::Tally;
+use crate::transport::{Io, Transport};
+use crate::Edge;
+use state::SessionState;
+
+/// User-property name reserved for the node (clients' properties of that name are removed).
+pub const STAMP_KEY: &str = "$rtw";
+
+/// Messages taken from the inbox per batch before the session writes and looks around again.
+const BATCH: usize = 256;
+
+/// Why a session ends.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT.
+    Client {
+        will: bool,
+        expiry: Option<u32>,
+    },
+    /// The client's socket closed or failed.
+    Gone,
+    /// The client broke the protocol or a limit: DISCONNECT with this reason.
+    Violation(DisconnectReasonCode, String),
+    KeepAlive,
+    /// Closed by the broker (takeover 0x8E, shutdown 0x8B, credentials expired 0xA0…).
+    Kicked(u8),
+    /// The node's core is gone.
+    CoreLost,
+}
+
+/// Everything admission settled, to build a [`Session`] from.
+struct SessionSetup {
+    client: crate::directory::Handle,
+    edge: Arc<Edge>,
+    internal: bool,
+    version: Version,
+    src: u64,
+    lane: usize,
+    client_id: String,
+    identity: Identity,
+    keep_alive: u16,
+    client_max_packet: u32,
+    window: u16,
+    will: Option<LastWill>,
+    expiry: u32,
+    persistent: bool,
+    state: SessionState,
+    session_present: bool,
+    ack_props: Option<ConnAckProperties>,
+}
+
+/// A running session.
+struct Session {
+    /// This connection's entry in the operators' client list (`crate::directory`).
+    client: crate::directory::Handle,
+    edge: Arc<Edge>,
+    internal: bool,
+    version: Version,
+    client_id: String,
+    /// Hash of the client id, carried by its messages (no-local).
+    src: u64,
+    /// The core ingress link its messages take (keeps their order).
+    lane: usize,
+    identity: Identity,
+    keep_alive: u16,
+    client_max_packet: u32,
+    /// Most QoS 1/2 messages in flight towards the client.
+    window: u16,
+    will: Option<LastWill>,
+    expiry: u32,
+    /// The session outlives the connection.
+    persistent: bool,
+    state: SessionState,
+    session_present: bool,
+    ack_props: Option<ConnAckProperties>,
+    /// Topic aliases the client set (client → broker).
+    aliases: HashMap<u16, Bytes>,
+    /// Publish-rate token bucket.
+    rate_tokens: f64,
+    rate_at: tokio::time::Instant,
+    client_out: BytesMut,
+    /// PUBACKs in `client_out`, not yet written (their messages still count as in flight).
+    unflushed_acks: usize,
+    tally: Tally,
+}
+
+/// Serves one client connection until it ends.
+pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, transport: Transport) {
+    let limits = edge.config.limits.clone();
+    let mut cbuf = BytesMut::with_capacity(1024);
+    let first = tokio::time::timeout(
+        limits.connect_timeout(),
+        connect::read_connect(&mut io, &mut cbuf, limits.max_packet_size),
+    )
+    .await;
+    let hello = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+        Ok(Err(reply)) => {
+            if let Some(out) = reply {
+                let _ = io.write_all(&out).await;
+                let _ = io.flush().await;
+            }
+            let _ = io.shutdown().await;
+            return;
+        }
+        Ok(Ok(x)) => x,
+    };
+    let Ok(admitted) = connect::admit(&edge, &mut io, hello, peer, transport).await else {
+        return;
+    };
+    let connect::Admitted {
+        mut session,
+        claim,
+        control,
+        ip_guard,
+        permit,
+        conn_id,
+    } = admitted;
+    session.start();
+    edge.stats.connect(transport);
+    tracing::debug!(%peer, client_id = session.client_id, version = session.version.label(), transport = transport.label(), "connected");
+
+    let end = session.run(&mut io, cbuf, control).await;
+    edge.stats.disconnect(transport);
+    edge.stats.add(&mut session.tally);
+    tracing::debug!(client_id = session.client_id, reason = ?end, "disconnected");
+    let client_id = session.client_id.clone();
+    let (will_timer, purge_timer) = session.finish(end, &mut io).await;
+    edge.registry
+        .release(&client_id, conn_id, will_timer, purge_timer);
+    drop(claim);
+    drop(ip_guard);
+    drop(permit);
+}
+
+impl Session {
+    fn new(s: SessionSetup) -> Session {
+        let rate = s.edge.config.limits.max_publish_rate as f64;
+        Session {
+            client: s.client,
+            edge: s.edge,
+            internal: s.internal,
+            version: s.version,
+            client_id: s.client_id,
+            src: s.src,
+            lane: s.lane,
+            identity: s.identity,
+            keep_alive: s.keep_alive,
+            client_max_packet: s.client_max_packet,
+            window: s.window,
+            will: s.will,
+            expiry: s.expiry,
+            persistent: s.persistent,
+            state: s.state,
+            session_present: s.session_present,
+            ack_props: s.ack_props,
+            aliases: HashMap::new(),
+            rate_tokens: rate,
+            rate_at: tokio::time::Instant::now(),
+            client_out: BytesMut::new(),
+            unflushed_acks: 0,
+            tally: Tally::default(),
+        }
+    }
+
+    /// CONNACK, then what a resumed session owes its client.
+    fn start(&mut self) {
+        if self.session_present {
+            self.resume_subscriptions();
+        }
+        self.state.inbox.set_online(true);
+        let ack = ConnAck {
+            session_present: self.session_present,
+            code: ConnectReturnCode::Success,
+            properties: self.ack_props.take(),
+        };
+        self.send_client(Packet::ConnAck(ack));
+        if self.session_present {
+            self.resend_in_flight();
+        }
+    }
+
+    async fn run(
+        &mut self,
+        io: &mut Box<dyn Io>,
+        mut cbuf: BytesMut,
+        mut control: mpsc::Receiver<Control>,
+    ) -> End {
+        let max_in = self.edge.config.limits.max_packet_size;
+        let write_timeout = self.edge.config.limits.write_timeout();
+        let mut sys = self.edge.sys.clone();
+        sys.mark_unchanged();
+        let idle =
+            (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500));
+        let mut last_rx = tokio::time::Instant::now();
+        let expires = self.identity.expires_at.map(|t| {
+            let left = t
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        let inbox = self.state.inbox.clone();
+        // Packets the client sent right behind its CONNECT arrived with it.
+        let mut pipelined = !cbuf.is_empty();
+        let mut grow = Grow::new(64 * 1024);
+        loop {
+            if std::mem::take(&mut pipelined) {
+                if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                    return end;
+                }
+            }
+            self.drain_inbox();
+            if !self.client_out.is_empty() {
+                self.tally.bytes_sent += self.client_out.len() as u64;
+                let w = async {
+                    io.write_all(&self.client_out).await?;
+                    io.flush().await
+                };
+                match tokio::time::timeout(write_timeout, w).await {
+                    Ok(Ok(())) => lean(&mut self.client_out),
+                    _ => return End::Gone,
+                }
+                self.unflushed_acks = 0;
+            }
+            self.client.update(
+                self.state.out.len(),
+                self.state.inbox.len(),
+                self.tally.dropped,
+                self.state
+                    .inbox
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            self.edge.stats.add(&mut self.tally);
+            let has_sys = self.state.subs.keys().any(|p| state::is_sys(p));
+            let can_take = self.can_take();
+            let more = can_take && !inbox.is_empty();
+            let deadline = idle.map(|d| last_rx + d);
+            grow.prepare(&mut cbuf);
+            tokio::select! {
+                c = control.recv() => match c {
+                    Some(Control::Kick(code)) => {
+                        // What the replaced client sent before the new connection came (its last
+                        // acknowledgements, its DISCONNECT) still counts.
+                        use futures_util::FutureExt;
+                        if let Some(Ok(1..)) = io.read_buf(&mut cbuf).now_or_never() {
+                            if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                                return end;
+                            }
+                        }
+                        return End::Kicked(code)
+                    }
+                    None => return End::Kicked(0x8B),
+                },
+                r = io.read_buf(&mut cbuf) => match r {
+                    Ok(0) | Err(_) => return End::Gone,
+                    Ok(n) => {
+                        grow.read(n);
+                        last_rx = tokio::time::Instant::now();
+                        self.tally.bytes_received += n as u64;
+                        if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                            return end;
+                        }
+                    }
+                },
+                _ = inbox.wait(), if can_take && !more => {}
+                _ = std::future::ready(()), if more => {}
+                r = sys.changed(), if has_sys => {
+                    if r.is_ok() {
+                        let tree = sys.borrow_and_update().clone();
+                        self.deliver_sys(&tree, None, false);
+                    }
+                }
+                _ = sleep_until(deadline) => return End::KeepAlive,
+                _ = sleep_until(expires) => return End::Kicked(0xA0),
+            }
+        }
+    }
+
+    async fn on_client_bytes(&mut self, cbuf: &mut BytesMut, max: u32) -> Result<(), End> {
+        loop {
+            match codec::read(cbuf, self.version, max) {
+                Ok(Some(p)) => self.on_client(p).await?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if matches!(e, codec::DecodeError::TooLarge { .. }) {
+                        self.tally.dropped += 1;
+                        self.tally.dropped_too_large += 1;
+                    }
+                    return Err(End::Violation(e.reason(), e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn send_client(&mut self, p: Packet) {
+        if let Err(e) = codec::write(&p, self.version, &mut self.client_out) {
+            tracing::warn!(error = %e, "cannot encode packet for client");
+        }
+    }
+
+    /// One handler per packet type.
+    async fn on_client(&mut self, p: Packet) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.client_publish(p).await,
+            Packet::PubAck(a) => {
+                self.client_done(a.pkid);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.client_pubrec(r);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                self.client_pubrel(r.pkid);
+                Ok(())
+            }
+            Packet::PubComp(c) => {
+                self.client_done(c.pkid);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.client_subscribe(s),
+            Packet::Unsubscribe(u) if u.filters.is_empty() => Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                "UNSUBSCRIBE without filters".into(),
+            )),
+            Packet::Unsubscribe(u) => {
+                self.client_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq(_) => {
+                self.send_client(Packet::PingResp(PingResp));
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(End::Client {
+                will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                expiry: d.properties.and_then(|p| p.session_expiry_interval),
+            }),
+            Packet::Connect(..) => Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                "second CONNECT".into(),
+            )),
+            other => Err(End::Violation(
+                DisconnectReasonCode::ProtocolError,
+                format!("unexpected {:?} from client", packet_name(&other)),
+            )),
+        }
+    }
+}
+
+fn disconnect_code(code: u8) -> DisconnectReasonCode {
+    use DisconnectReasonCode as D;
+    match code {
+        0x00 => D::NormalDisconnection,
+        0x81 => D::MalformedPacket,
+        0x82 => D::ProtocolError,
+        0x87 => D::NotAuthorized,
+        0x89 => D::ServerBusy,
+        0x8B => D::ServerShuttingDown,
+        0x8D => D::KeepAliveTimeout,
+        0x8E => D::SessionTakenOver,
+        0x90 => D::TopicNameInvalid,
+        0x93 => D::ReceiveMaximumExceeded,
+        0x94 => D::TopicAliasInvalid,
+        0x95 => D::PacketTooLarge,
+        0x96 => D::MessageRateTooHigh,
+        0x97 => D::QuotaExceeded,
+        0x98 => D::AdministrativeAction,
+        0xA0 => D::MaximumConnectTime,
+        _ => D::UnspecifiedError,
+    }
+}
+
+/// Read-buffer sizing: a connection that is idle or slow holds a small buffer; one whose reads
+/// fill the buffer gets a bigger one (up to `max`), so a busy connection still reads whole
+/// batches with one syscall.
+struct Grow {
+    want: usize,
+    max: usize,
+    spare: usize,
+}
+
+impl Grow {
+    const MIN: usize = 512;
+
+    fn new(max: usize) -> Grow {
+        Grow {
+            want: Self::MIN,
+            max,
+            spare: 0,
+        }
+    }
+
+    /// Makes room before a read; frees a large empty buffer.
+    fn prepare(&mut self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > self.want * 4 {
+            *buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < self.want {
+            buf.reserve(self.want);
+        }
+        self.spare = buf.capacity() - buf.len();
+    }
+
+    /// Adapts to a read of `n` bytes.
+    fn read(&mut self, n: usize) {
+        if n >= self.spare {
+            self.want = (self.want * 2).min(self.max);
+        } else if n < self.want / 8 {
+            self.want = (self.want / 2).max(Self::MIN);
+        }
+    }
+}
+
+/// Clears a written buffer, freeing it when a burst made it large.
+fn lean(buf: &mut BytesMut) {
+    if buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::new();
+    } else {
+        buf.clear();
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Auth(_) => "AUTH",
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PingReq(_) => "PINGREQ",
+        Packet::PingResp(_) => "PINGRESP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::Disconnect(_) => "DISCONNECT",
+    }
+}
