@@ -131,15 +131,18 @@ fn init_logs(s: &Settings) {
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| s.log.level.clone());
     // rumqttd wraps its router's work in `error_span!`s, enabled at every level, and a text
     // subscriber formats their fields each time: about 4% of the CPU of an HTTP publish. Its
-    // logs are about internal links no client sees, so it is off unless the filter names it.
+    // logs are about its own links no client sees, so it is off unless the filter names it.
     let wanted = if wanted.contains("rumqttd") {
         wanted
     } else {
         format!("{wanted},rumqttd=off")
     };
     let filter = EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
+    // Colours only for a terminal: a file or a pipe gets plain text.
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if s.log.format == "json" {
         b.json().init();

@@ -70,10 +70,12 @@ pub struct Limits {
     pub max_queued: usize,
     /// Bytes of messages (any QoS) queued for one session (the newest is dropped past it).
     pub max_queued_bytes: usize,
-    /// Largest keep-alive a client may use, in seconds (0: no cap). An MQTT 5 client asking for
-    /// more, or for 0, is told the cap through Server Keep Alive.
+    /// Largest keep-alive a client may use, in seconds (0: no cap; default 65535, as Mosquitto).
+    /// An MQTT 5 client asking for more, or for 0, is told the cap through Server Keep Alive; a
+    /// 3.1.1 client cannot be told and keeps what it asked (see `conformance::keep_alive`).
     pub max_keepalive: u16,
-    /// Topic aliases a client may use towards the broker (0: none).
+    /// Topic aliases a client may use towards the broker (0: none), and the most the broker
+    /// uses towards a client that allows them (MQTT 5 Topic Alias Maximum).
     pub topic_alias_max: u16,
     /// Subscriptions one client may hold (SUBACK 0x97 past it).
     pub max_subscriptions: usize,
@@ -103,7 +105,7 @@ impl Default for Limits {
             max_inflight: 100,
             max_queued: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
-            max_keepalive: 0,
+            max_keepalive: 65535,
             topic_alias_max: 32,
             max_subscriptions: 1000,
             write_timeout_secs: 30,

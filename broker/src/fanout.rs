@@ -4,7 +4,9 @@
 //! frame once into an `Arc<Message>`, looks its topic up in the subscription index
 //! ([`crate::index`]) and pushes one [`Delivery`] per matching session into that session's
 //! bounded inbox ([`crate::inbox`]). A session matched by several of its filters gets one copy,
-//! at the highest of their QoS, with every subscription identifier (MQTT 5 §3.3.4). The task
+//! at the highest of their QoS, with every subscription identifier (MQTT 5 §3.3.4); a share
+//! group's copy comes on its own (§4.8.2: a second copy may go to a client that also holds a
+//! plain subscription). The task
 //! never waits for a session: a full inbox drops the message for that session only, counted.
 
 use std::sync::Arc;
@@ -18,6 +20,9 @@ use crate::Edge;
 
 struct Hit {
     session: u64,
+    /// A share group's copy: delivered on its own (MQTT 5 §4.8.2), not merged with the
+    /// session's other matches.
+    shared: bool,
     inbox: Arc<Inbox>,
     qos: QoS,
     rap: bool,
@@ -44,13 +49,14 @@ fn deliver(edge: &Edge, msg: Arc<Message>, hits: &mut Vec<Hit>) {
     let topic = msg.topic();
     let reply = topic.starts_with(crate::REPLY_PREFIX);
     hits.clear();
-    edge.index.for_each_match(topic, msg.qos(), |s| {
+    edge.index.for_each_match(topic, msg.qos(), |s, shared| {
         // Replies to the bridge's requests are for the bridge alone, whatever the filter.
         if (reply && !s.internal) || (s.no_local && s.src == msg.src) {
             return;
         }
         hits.push(Hit {
             session: s.session,
+            shared,
             inbox: s.inbox.clone(),
             qos: s.qos,
             rap: s.rap,
@@ -58,14 +64,18 @@ fn deliver(edge: &Edge, msg: Arc<Message>, hits: &mut Vec<Hit>) {
         });
     });
     if hits.len() > 1 {
-        hits.sort_unstable_by_key(|h| h.session);
+        hits.sort_unstable_by_key(|h| (h.session, h.shared));
     }
     let mut i = 0;
     while i < hits.len() {
         let mut j = i + 1;
         let (mut qos, mut rap) = (hits[i].qos, hits[i].rap);
         let mut ids: Vec<usize> = hits[i].id.into_iter().collect();
-        while j < hits.len() && hits[j].session == hits[i].session {
+        while j < hits.len()
+            && !hits[i].shared
+            && hits[j].session == hits[i].session
+            && !hits[j].shared
+        {
             qos = qmax(qos, hits[j].qos);
             rap |= hits[j].rap;
             if let Some(id) = hits[j].id {

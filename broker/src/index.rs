@@ -138,9 +138,10 @@ impl Index {
         self.filters.load(Ordering::Relaxed)
     }
 
-    /// Calls `f` with every subscription matching `topic` (share groups: the chosen member).
-    /// `qos` is the message's QoS, used to prefer a group member with room.
-    pub fn for_each_match(&self, topic: &str, qos: QoS, mut f: impl FnMut(&Sub)) {
+    /// Calls `f` with every subscription matching `topic` and whether it is a share group's
+    /// (then the member chosen for this message). `qos` is the message's QoS, used to prefer a
+    /// group member with room.
+    pub fn for_each_match(&self, topic: &str, qos: QoS, mut f: impl FnMut(&Sub, bool)) {
         let root = self.root.read().unwrap_or_else(|e| e.into_inner());
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
@@ -231,15 +232,15 @@ fn walk(
     depth: usize,
     dollar: bool,
     qos: QoS,
-    f: &mut impl FnMut(&Sub),
+    f: &mut impl FnMut(&Sub, bool),
 ) {
     let wild_ok = !(dollar && depth == 0);
     if wild_ok {
-        node.multi.iter().for_each(&mut *f);
+        node.multi.iter().for_each(|s| f(s, false));
         node.multi_groups.iter().for_each(|g| pick(g, qos, f));
     }
     let Some((first, rest)) = levels.split_first() else {
-        node.exact.iter().for_each(&mut *f);
+        node.exact.iter().for_each(|s| f(s, false));
         node.exact_groups.iter().for_each(|g| pick(g, qos, f));
         return;
     };
@@ -255,7 +256,7 @@ fn walk(
 
 /// One member of a share group for this message: round robin over members that are connected
 /// and have room, else over all.
-fn pick(g: &Group, qos: QoS, f: &mut impl FnMut(&Sub)) {
+fn pick(g: &Group, qos: QoS, f: &mut impl FnMut(&Sub, bool)) {
     let n = g.members.len();
     if n == 0 {
         return;
@@ -267,10 +268,10 @@ fn pick(g: &Group, qos: QoS, f: &mut impl FnMut(&Sub)) {
             if i > 0 {
                 g.next.fetch_add(i, Ordering::Relaxed);
             }
-            return f(m);
+            return f(m, true);
         }
     }
-    f(&g.members[start % n])
+    f(&g.members[start % n], true)
 }
 
 #[cfg(test)]
@@ -292,7 +293,7 @@ mod tests {
 
     fn matches(ix: &Index, topic: &str) -> Vec<u64> {
         let mut v = Vec::new();
-        ix.for_each_match(topic, QoS::AtMostOnce, |s| v.push(s.session));
+        ix.for_each_match(topic, QoS::AtMostOnce, |s, _| v.push(s.session));
         v.sort();
         v
     }

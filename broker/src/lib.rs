@@ -10,10 +10,12 @@
 //! and queues it in the bounded [`inbox`] of each matching session. The HTTP bridge publishes
 //! and subscribes through the same seam ([`client::LocalClient`]), with no MQTT encoding.
 
+pub mod alias;
 pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conformance;
 mod core;
 pub mod directory;
 mod fanout;

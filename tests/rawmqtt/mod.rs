@@ -194,6 +194,12 @@ impl Client {
         let _ = self.s.flush();
     }
 
+    /// Writes raw bytes and reports a failed write (a reset or broken pipe).
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(bytes)?;
+        self.s.flush()
+    }
+
     /// The wire form of `p` for this client's protocol.
     pub fn encode(&self, p: &Packet) -> Vec<u8> {
         let mut b = BytesMut::new();
@@ -346,6 +352,11 @@ impl Client {
             p => self.other.push_back(p),
         }
         true
+    }
+
+    /// Packets other than PUBLISH received and not yet taken (in order).
+    pub fn unread(&self) -> impl Iterator<Item = &Packet> {
+        self.other.iter()
     }
 
     /// Is the connection closed (by the broker)? Only known after a read saw it.

@@ -192,6 +192,10 @@ pub(super) async fn admit(
         .await;
         return Err(());
     }
+    if let Some(why) = crate::conformance::connect_error(props.as_ref(), will.as_ref()) {
+        refuse(io, version, ConnectReturnCode::ProtocolError, &why).await;
+        return Err(());
+    }
     if let Some(w) = &will {
         let ok = std::str::from_utf8(&w.topic)
             .ok()
@@ -321,12 +325,8 @@ pub(super) async fn admit(
         }
     }
     // Keep-alive, session expiry, flow control.
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if v5 && limits.max_keepalive > 0 && (keep_alive == 0 || keep_alive > limits.max_keepalive) {
-        keep_alive = limits.max_keepalive;
-        server_keep_alive = Some(keep_alive);
-    }
+    let (keep_alive, server_keep_alive) =
+        crate::conformance::keep_alive(connect.keep_alive, limits.max_keepalive, version, internal);
     let asked_expiry = if v5 {
         props
             .as_ref()
@@ -400,6 +400,11 @@ pub(super) async fn admit(
         identity.subject.clone(),
         control_tx,
     ));
+    let out_aliases = crate::alias::OutAliases::for_client(
+        version,
+        props.as_ref().and_then(|p| p.topic_alias_max),
+        limits.topic_alias_max,
+    );
     let session = Session::new(SessionSetup {
         client,
         edge: edge.clone(),
@@ -418,6 +423,7 @@ pub(super) async fn admit(
         state,
         session_present,
         ack_props,
+        out_aliases,
     });
     Ok(Admitted {
         session,

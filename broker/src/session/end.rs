@@ -16,12 +16,13 @@ use crate::Edge;
 
 impl Session {
     /// Tells the client why (MQTT 5), closes, keeps or ends the session, and returns the will
-    /// and expiry timers for the registry to hold.
+    /// and expiry timers for the registry to hold, and whether the client was sent a DISCONNECT
+    /// it should get the time to read (see [`crate::conformance::linger`]; not at shutdown).
     pub(super) async fn finish(
         mut self,
         end: End,
         io: &mut Box<dyn Io>,
-    ) -> (Option<JoinHandle<()>>, Option<JoinHandle<()>>) {
+    ) -> (Option<JoinHandle<()>>, Option<JoinHandle<()>>, bool) {
         let reason = match &end {
             End::Violation(code, why) => Some((*code, Some(why.clone()))),
             End::KeepAlive => Some((DisconnectReasonCode::KeepAliveTimeout, None)),
@@ -32,6 +33,8 @@ impl Session {
             )),
             End::Client { .. } | End::Gone => None,
         };
+        let linger =
+            reason.is_some() && self.version == Version::V5 && !matches!(end, End::Kicked(0x8B));
         if let (Some((code, why)), Version::V5) = (reason, self.version) {
             let d = Disconnect {
                 reason_code: code,
@@ -105,7 +108,7 @@ impl Session {
         });
         let purge_timer = (expiry != 0 && expiry != u32::MAX)
             .then(|| edge.purge_timer(&client_id, Duration::from_secs(expiry as u64)));
-        (will_timer, purge_timer)
+        (will_timer, purge_timer, linger)
     }
 }
 

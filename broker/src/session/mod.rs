@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::alias::OutAliases;
 use crate::auth::Identity;
 use crate::codec::{self, *};
 use crate::registry::Control;
@@ -78,6 +79,7 @@ struct SessionSetup {
     state: SessionState,
     session_present: bool,
     ack_props: Option<ConnAckProperties>,
+    out_aliases: OutAliases,
 }
 
 /// A running session.
@@ -106,6 +108,8 @@ struct Session {
     ack_props: Option<ConnAckProperties>,
     /// Topic aliases the client set (client → broker).
     aliases: HashMap<u16, Bytes>,
+    /// Topic aliases towards the client (broker → client).
+    out_aliases: OutAliases,
     /// Publish-rate token bucket.
     rate_tokens: f64,
     rate_at: tokio::time::Instant,
@@ -159,12 +163,15 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     edge.stats.add(&mut session.tally);
     tracing::debug!(client_id = session.client_id, reason = ?end, "disconnected");
     let client_id = session.client_id.clone();
-    let (will_timer, purge_timer) = session.finish(end, &mut io).await;
+    let (will_timer, purge_timer, linger) = session.finish(end, &mut io).await;
     edge.registry
         .release(&client_id, conn_id, will_timer, purge_timer);
     drop(claim);
     drop(ip_guard);
     drop(permit);
+    if linger {
+        crate::conformance::linger(&mut io, crate::conformance::LINGER).await;
+    }
 }
 
 impl Session {
@@ -189,6 +196,7 @@ impl Session {
             session_present: s.session_present,
             ack_props: s.ack_props,
             aliases: HashMap::new(),
+            out_aliases: s.out_aliases,
             rate_tokens: rate,
             rate_at: tokio::time::Instant::now(),
             client_out: BytesMut::new(),
@@ -359,6 +367,13 @@ impl Session {
                 "UNSUBSCRIBE without filters".into(),
             )),
             Packet::Unsubscribe(u) => {
+                // Not for the node's own session (see `conformance`'s module comment).
+                let filters = u.filters.iter().map(String::as_str);
+                if let Some((code, why)) =
+                    crate::conformance::filters_error(filters).filter(|_| !self.internal)
+                {
+                    return Err(End::Violation(code, why));
+                }
                 self.client_unsubscribe(u);
                 Ok(())
             }
@@ -366,10 +381,15 @@ impl Session {
                 self.send_client(Packet::PingResp(PingResp));
                 Ok(())
             }
-            Packet::Disconnect(d) => Err(End::Client {
-                will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
-                expiry: d.properties.and_then(|p| p.session_expiry_interval),
-            }),
+            Packet::Disconnect(d) => {
+                if let Some(why) = crate::conformance::disconnect_error(self.expiry, &d) {
+                    return Err(End::Violation(DisconnectReasonCode::ProtocolError, why));
+                }
+                Err(End::Client {
+                    will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                    expiry: d.properties.and_then(|p| p.session_expiry_interval),
+                })
+            }
             Packet::Connect(..) => Err(End::Violation(
                 DisconnectReasonCode::ProtocolError,
                 "second CONNECT".into(),

@@ -99,6 +99,10 @@ impl Session {
             };
             return Err(End::Violation(code, e.to_string()));
         }
+        if let Some((code, why)) = crate::conformance::publish_error(&p).filter(|_| !self.internal)
+        {
+            return Err(End::Violation(code, why));
+        }
         // A QoS 2 message already received under this id (sent again before our PUBREC came
         // through): acknowledge it again, route it once.
         if qos == QoS::ExactlyOnce && self.state.qos2_in.contains(&pkid) {

@@ -17,6 +17,12 @@ use crate::topic;
 
 impl Session {
     pub(super) fn client_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        let filters = s.filters.iter().map(|f| f.path.as_str());
+        if let Some((code, why)) =
+            crate::conformance::filters_error(filters).filter(|_| !self.internal)
+        {
+            return Err(End::Violation(code, why));
+        }
         let id = s.properties.as_ref().and_then(|p| p.id);
         if id == Some(0) {
             return Err(End::Violation(
