@@ -11,14 +11,18 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod clients;
 pub mod fuzzing;
+pub mod history;
 pub mod hub;
+pub mod latency;
 pub mod mercure;
 pub mod ops;
 pub mod routes;
 pub mod rpc;
 pub mod stream;
 pub mod topics;
+pub mod tree;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -119,14 +123,17 @@ impl Bridge {
             .map_err(|e| anyhow::anyhow!("the bridge cannot open its broker session: {e}"))?;
         let rpc = rpc::Rpc::start(&edge, cfg.rpc.clone(), &hub.epoch).await?;
         let mercure = mercure::Mercure::start(cfg.mercure.clone(), &hub).await?;
-        let app = routes::router(routes::AppState {
+        let state = routes::AppState {
             edge: edge.clone(),
             hub,
             rpc,
             mercure,
             security: cfg.security.clone(),
             settings: cfg.bridge.clone(),
-        });
+            history: Default::default(),
+        };
+        history::start(state.clone());
+        let app = routes::router(state);
         let mut tasks = Vec::new();
         let mut http_addr = None;
         let mut https_addr = None;

@@ -4,6 +4,10 @@
 //!
 //! Every figure comes from the same counters as the `$SYS` tree ([`broker::stats::Stats`]), so
 //! the three views agree. Metrics and stats need an admin identity when authentication is on.
+//!
+//! The dashboard's other data come from [`crate::history`] (charts), [`crate::clients`] and
+//! [`crate::tree`]; its charting library, uPlot (MIT, `bridge/assets/uplot/LICENSE`), is
+//! served from the binary under `/assets/`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -18,14 +22,45 @@ use serde_json::{json, Value};
 use crate::routes::{error, AppState};
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../assets/uplot/LICENSE");
 
-/// The admin check for operator views.
-fn admin(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
+/// The admin check for operator views: the caller, or 401/403.
+pub(crate) fn admin(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<broker::auth::Identity, Response> {
     let who = crate::access::caller(st, headers, Some(uri))?;
     if !who.admin {
         return Err(error(StatusCode::FORBIDDEN, "an admin token is needed"));
     }
-    Ok(())
+    Ok(who)
+}
+
+/// A static asset, cached for an hour (the binary's version names no file, so not longer).
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn uplot_js() -> Response {
+    asset("text/javascript; charset=utf-8", UPLOT_JS)
+}
+
+pub async fn uplot_css() -> Response {
+    asset("text/css; charset=utf-8", UPLOT_CSS)
+}
+
+pub async fn uplot_license() -> Response {
+    asset("text/plain; charset=utf-8", UPLOT_LICENSE)
 }
 
 /// All figures, as JSON.
@@ -48,12 +83,17 @@ pub fn stats_json(st: &AppState) -> Value {
             "received": s.messages_received.load(Relaxed),
             "sent": s.messages_sent.load(Relaxed),
             "dropped": s.messages_dropped.load(Relaxed),
+            "dropped_queue_full": s.dropped_queue_full.load(Relaxed),
+            "dropped_too_large": s.dropped_too_large.load(Relaxed),
+            "dropped_rate_limit": s.dropped_rate_limit.load(Relaxed),
         },
         "bytes": {
             "received": s.bytes_received.load(Relaxed),
             "sent": s.bytes_sent.load(Relaxed),
         },
         "retained": st.edge.retained.len(),
+        "retained_version": st.edge.retained.version(),
+        "http_requests": st.history.http_requests.load(Relaxed),
         "streams": st.hub.streams(),
         "rpc": {
             "in_flight": st.rpc.in_flight(),
@@ -176,6 +216,25 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         "Messages refused or dropped (limits, permissions, slow clients)",
         s.messages_dropped.load(Relaxed),
     )?;
+    for (name, help, c) in [
+        (
+            "rtw_messages_dropped_queue_full_total",
+            "Of the drops: QoS 1/2 messages past limits.max_queued for a slow client",
+            &s.dropped_queue_full,
+        ),
+        (
+            "rtw_messages_dropped_too_large_total",
+            "Of the drops: messages over a client's maximum packet size, packets over limits.max_packet_size",
+            &s.dropped_too_large,
+        ),
+        (
+            "rtw_messages_dropped_rate_limit_total",
+            "Of the drops: PUBLISH refused by limits.max_publish_rate",
+            &s.dropped_rate_limit,
+        ),
+    ] {
+        counter(&r, name, help, c.load(Relaxed))?;
+    }
     counter(
         &r,
         "rtw_bytes_received_total",

@@ -8,6 +8,10 @@
 //! | `GET /poll?topic=…&since=…` | long polling ([`crate::stream`]) |
 //! | `GET /openapi.json`, `/healthz`, `/readyz` | API description and probes |
 //! | `GET /metrics`, `/api/stats`, `/` | Prometheus metrics, JSON stats, the dashboard ([`crate::ops`]) |
+//! | `GET /api/history` | the dashboard's charts: the last hour, a sample a second ([`crate::history`]) |
+//! | `GET /api/clients`, `GET/DELETE /api/clients/{id}` | connected clients ([`crate::clients`]) |
+//! | `GET /api/topics` | the retained messages as a tree ([`crate::tree`]) |
+//! | `GET /assets/uPlot.*` | the dashboard's charting library |
 //! | `GET /examples/browser/…` | the browser example page (`[bridge] examples_dir`) |
 //! | `GET/POST /.well-known/mercure[/subscriptions…]` | the Mercure hub ([`crate::mercure`]), with its own CORS |
 
@@ -34,6 +38,8 @@ pub struct AppState {
     pub mercure: Option<Arc<crate::mercure::Mercure>>,
     pub security: Arc<broker::security::Security>,
     pub settings: BridgeSettings,
+    /// The dashboard's chart samples and the bridge's request counter.
+    pub history: Arc<crate::history::History>,
 }
 
 /// The body, or a JSON error when it is over `[bridge] max_body` or unreadable.
@@ -163,6 +169,16 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(crate::ops::readyz))
         .route("/metrics", get(crate::ops::metrics))
         .route("/api/stats", get(crate::ops::stats))
+        .route("/api/history", get(crate::history::history))
+        .route("/api/clients", get(crate::clients::list))
+        .route(
+            "/api/clients/{id}",
+            get(crate::clients::get).delete(crate::clients::kick),
+        )
+        .route("/api/topics", get(crate::tree::topics))
+        .route("/assets/uPlot.iife.min.js", get(crate::ops::uplot_js))
+        .route("/assets/uPlot.min.css", get(crate::ops::uplot_css))
+        .route("/assets/uPlot.LICENSE.txt", get(crate::ops::uplot_license))
         .route("/", get(crate::ops::dashboard))
         .nest_service("/examples/browser", examples)
         .method_not_allowed_fallback(method_not_allowed)
@@ -170,6 +186,10 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .merge(crate::mercure::routes(&state))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::history::count_request,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::access::loopback_only,

@@ -84,6 +84,7 @@ impl Inbox {
         if full {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             if q.last_warn
                 .is_none_or(|t| now - t >= Duration::from_secs(60))

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod conformance;
 mod core;
+pub mod directory;
 mod fanout;
 pub mod fuzzing;
 mod inbox;
@@ -30,6 +31,7 @@ pub mod security;
 pub mod session;
 pub mod stats;
 pub mod topic;
+pub mod topic_index;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -72,6 +74,8 @@ pub struct Edge {
     seq: AtomicU64,
     pub retained: Arc<retained::RetainedStore>,
     pub registry: registry::Registry,
+    /// Live clients, for operators (the dashboard's clients table).
+    pub directory: Arc<directory::Directory>,
     pub stats: stats::Stats,
     pub authenticator: Arc<dyn auth::Authenticator>,
     pub authorizer: Arc<dyn auth::Authorizer>,
@@ -262,6 +266,7 @@ impl Broker {
             core,
             retained,
             registry: registry::Registry::default(),
+            directory: Default::default(),
             stats,
             authenticator,
             authorizer,

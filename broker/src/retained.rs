@@ -6,6 +6,9 @@
 //! update the map at once and go to a writer thread that commits them to a redb database in
 //! batches; [`RetainedStore::set`] returns when its write is durable, so a publisher is only
 //! acknowledged for what survives a crash.
+//!
+//! Beside the map, a [`TopicIndex`] holds the same topics by level, changed with the map, so
+//! operators can browse the store a level at a time ([`RetainedStore::browse`]) without a scan.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, Packet, Publish, QoS};
 use crate::topic;
+use crate::topic_index::{Listing, TopicIndex};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// Writes waiting for the writer thread before publishers are told the store is busy.
@@ -124,6 +128,93 @@ struct Memory {
     /// own record with the map; a failed delete left nothing there to compare, so it needs this.
     /// Bounded by the write queue.
     deleting: HashMap<String, u64>,
+    /// The map's topics by level.
+    index: TopicIndex,
+    /// Counts changes to the map (what a browser polls to know it must refresh).
+    changes: u64,
+}
+
+impl Memory {
+    /// Every change to `map` goes through here and [`Memory::remove`], to keep `index` in step.
+    fn insert(&mut self, topic: String, r: Arc<Retained>) -> Option<Arc<Retained>> {
+        self.changes += 1;
+        if !self.map.contains_key(&topic) {
+            self.index.insert(&topic);
+        }
+        self.map.insert(topic, r)
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Arc<Retained>> {
+        self.changes += 1;
+        let previous = self.map.remove(topic);
+        if previous.is_some() {
+            self.index.remove(topic);
+        }
+        previous
+    }
+}
+
+/// What the topic browser shows of a retained message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ValueInfo {
+    /// The first bytes of the payload: text when they are UTF-8, else hexadecimal.
+    pub preview: String,
+    pub encoding: &'static str,
+    /// The preview is shorter than the payload.
+    pub truncated: bool,
+    pub content_type: Option<String>,
+    /// Payload bytes.
+    pub size: usize,
+    pub qos: u8,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+    /// Its message expiry interval has passed (it is no longer delivered).
+    pub expired: bool,
+}
+
+/// Bytes of payload a preview shows.
+const PREVIEW: usize = 96;
+
+impl ValueInfo {
+    fn of(r: &Retained, now: SystemTime) -> ValueInfo {
+        let p = &r.publish.payload;
+        let mut cut = p.len().min(PREVIEW);
+        let text = match std::str::from_utf8(&p[..cut]) {
+            Ok(t) => Some(t),
+            // Cut inside a multi-byte character: show the whole characters before it.
+            Err(e) if e.error_len().is_none() && cut < p.len() => {
+                cut = e.valid_up_to();
+                std::str::from_utf8(&p[..cut]).ok()
+            }
+            Err(_) => None,
+        };
+        let (preview, encoding) = match text {
+            Some(t) => (t.to_string(), "utf8"),
+            None => {
+                cut = p.len().min(PREVIEW / 2);
+                let hex = p[..cut].iter().map(|b| format!("{b:02x}")).collect();
+                (hex, "hex")
+            }
+        };
+        ValueInfo {
+            preview,
+            encoding,
+            truncated: cut < p.len(),
+            content_type: r
+                .publish
+                .properties
+                .as_ref()
+                .and_then(|pr| pr.content_type.clone()),
+            size: p.len(),
+            qos: r.publish.qos as u8,
+            updated_ms: r
+                .stored_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            expired: r.live(now).is_none(),
+        }
+    }
 }
 
 /// Shared handle to the store.
@@ -144,7 +235,7 @@ impl RetainedStore {
         txn.open_table(TABLE)?;
         txn.commit()
             .with_context(|| format!("cannot write to {}", path.display()))?;
-        let mut map = BTreeMap::new();
+        let mut mem = Memory::default();
         {
             let rtxn = db.begin_read()?;
             let table = rtxn.open_table(TABLE)?;
@@ -152,7 +243,7 @@ impl RetainedStore {
                 let (k, v) = row?;
                 match Retained::decode(v.value()) {
                     Ok(r) => {
-                        map.insert(k.value().to_string(), Arc::new(r));
+                        mem.insert(k.value().to_string(), Arc::new(r));
                     }
                     Err(e) => tracing::warn!(topic = k.value(), error = %e, "skipping record"),
                 }
@@ -163,10 +254,7 @@ impl RetainedStore {
             .name("retained-writer".into())
             .spawn(move || writer(path, db, rx))?;
         Ok(Arc::new(RetainedStore {
-            mem: RwLock::new(Memory {
-                map,
-                ..Memory::default()
-            }),
+            mem: RwLock::new(mem),
             writes: tx,
         }))
     }
@@ -199,11 +287,11 @@ impl RetainedStore {
             let previous = match &record {
                 None => {
                     mem.deleting.insert(topic.clone(), seq);
-                    mem.map.remove(&topic)
+                    mem.remove(&topic)
                 }
                 Some(r) => {
                     mem.deleting.remove(&topic);
-                    mem.map.insert(topic.clone(), r.clone())
+                    mem.insert(topic.clone(), r.clone())
                 }
             };
             (record, previous, seq)
@@ -229,8 +317,8 @@ impl RetainedStore {
         // write replaced this one in the meantime.
         if result.is_err() && latest {
             match previous {
-                Some(p) => mem.map.insert(topic, p),
-                None => mem.map.remove(&topic),
+                Some(p) => mem.insert(topic, p),
+                None => mem.remove(&topic),
             };
         }
         result
@@ -259,6 +347,26 @@ impl RetainedStore {
 
     pub fn len(&self) -> usize {
         self.mem.read().map(|m| m.map.len()).unwrap_or(0)
+    }
+
+    /// A number that changes whenever the stored messages do (for pollers).
+    pub fn version(&self) -> u64 {
+        self.mem.read().map(|m| m.changes).unwrap_or(0)
+    }
+
+    /// The levels under topic `prefix` (`None`: the top), `depth` levels deep, at most `budget`
+    /// entries, each retained message described by a [`ValueInfo`]; `None` when nothing is
+    /// stored under `prefix`. Walks only the levels listed (see [`TopicIndex`]).
+    pub fn browse(
+        &self,
+        prefix: Option<&str>,
+        depth: usize,
+        budget: usize,
+    ) -> Option<Listing<ValueInfo>> {
+        let mem = self.mem.read().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::now();
+        let mut value = |t: &str| mem.map.get(t).map(|r| ValueInfo::of(r, now));
+        mem.index.list(prefix, depth, budget, &mut value)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -23,6 +23,14 @@ pub struct Stats {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub messages_dropped: AtomicU64,
+    /// Of the drops, by cause: QoS 1/2 messages past `limits.max_queued` for a slow client.
+    pub dropped_queue_full: AtomicU64,
+    /// Messages over a client's Maximum Packet Size (discarded), and packets over
+    /// `limits.max_packet_size` from a client (its connection is closed). Each of these three is
+    /// also counted in `messages_dropped`.
+    pub dropped_too_large: AtomicU64,
+    /// PUBLISH refused by `limits.max_publish_rate`.
+    pub dropped_rate_limit: AtomicU64,
     pub subscriptions: AtomicI64,
 }
 
@@ -48,6 +56,9 @@ impl Default for Stats {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             messages_dropped: AtomicU64::new(0),
+            dropped_queue_full: AtomicU64::new(0),
+            dropped_too_large: AtomicU64::new(0),
+            dropped_rate_limit: AtomicU64::new(0),
             subscriptions: AtomicI64::new(0),
         }
     }
@@ -61,6 +72,9 @@ pub struct Tally {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub dropped: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_too_large: u64,
+    pub dropped_rate_limit: u64,
 }
 
 impl Stats {
@@ -102,6 +116,15 @@ impl Stats {
         }
         if t.dropped > 0 {
             self.messages_dropped.fetch_add(t.dropped, Relaxed);
+        }
+        for (n, c) in [
+            (t.dropped_queue_full, &self.dropped_queue_full),
+            (t.dropped_too_large, &self.dropped_too_large),
+            (t.dropped_rate_limit, &self.dropped_rate_limit),
+        ] {
+            if n > 0 {
+                c.fetch_add(n, Relaxed);
+            }
         }
         *t = Tally::default();
     }

@@ -377,6 +377,7 @@ async fn serve(
     rpc.stats
         .latency_ms_total
         .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    rpc.stats.latency.record(started.elapsed());
     match streaming::chunk_of(&reply.props) {
         Some((0, false)) => {
             let head = Head::of(&reply);

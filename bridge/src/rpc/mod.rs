@@ -116,6 +116,8 @@ pub struct RpcStats {
     pub late_replies: AtomicU64,
     /// Sum of round-trip milliseconds of answered requests.
     pub latency_ms_total: AtomicU64,
+    /// Round trips of answered requests (the dashboard's p50/p99).
+    pub latency: crate::latency::Histogram,
     /// Requests that waited for a responder and were then sent.
     pub waited: AtomicU64,
     /// Requests refused because `max_waiting` were already waiting.

@@ -350,7 +350,10 @@ pub(super) async fn admit(
 
     let conn_id = edge.conn_id();
     let (control_tx, control) = mpsc::channel(4);
-    let claim = edge.registry.claim(&client_id, conn_id, control_tx).await;
+    let claim = edge
+        .registry
+        .claim(&client_id, conn_id, control_tx.clone())
+        .await;
 
     // The session the client left, if it resumes it and may.
     let owner = identity.subject.clone();
@@ -388,12 +391,22 @@ pub(super) async fn admit(
     } else {
         !connect.clean_start
     };
+    let client = edge.directory.register(crate::directory::ClientInfo::new(
+        &client_id,
+        version.label(),
+        transport,
+        peer,
+        login.map(|l| l.username),
+        identity.subject.clone(),
+        control_tx,
+    ));
     let out_aliases = crate::alias::OutAliases::for_client(
         version,
         props.as_ref().and_then(|p| p.topic_alias_max),
         limits.topic_alias_max,
     );
     let session = Session::new(SessionSetup {
+        client,
         edge: edge.clone(),
         internal,
         version,

@@ -61,6 +61,7 @@ impl Session {
         if rest.len() > max {
             let n = rest.len() - max;
             self.tally.dropped += n as u64;
+            self.tally.dropped_queue_full += n as u64;
             rest.truncate(max);
         }
         for d in rest.into_iter().rev() {
@@ -89,6 +90,7 @@ impl Session {
         {
             // MQTT 5 §3.1.2.11.4: a message too large for the client is discarded.
             self.tally.dropped += 1;
+            self.tally.dropped_too_large += 1;
             return;
         }
         if d.qos != QoS::AtMostOnce {

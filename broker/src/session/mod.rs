@@ -62,6 +62,7 @@ enum End {
 
 /// Everything admission settled, to build a [`Session`] from.
 struct SessionSetup {
+    client: crate::directory::Handle,
     edge: Arc<Edge>,
     internal: bool,
     version: Version,
@@ -83,6 +84,8 @@ struct SessionSetup {
 
 /// A running session.
 struct Session {
+    /// This connection's entry in the operators' client list (`crate::directory`).
+    client: crate::directory::Handle,
     edge: Arc<Edge>,
     internal: bool,
     version: Version,
@@ -175,6 +178,7 @@ impl Session {
     fn new(s: SessionSetup) -> Session {
         let rate = s.edge.config.limits.max_publish_rate as f64;
         Session {
+            client: s.client,
             edge: s.edge,
             internal: s.internal,
             version: s.version,
@@ -260,6 +264,15 @@ impl Session {
                 }
                 self.unflushed_acks = 0;
             }
+            self.client.update(
+                self.state.out.len(),
+                self.state.inbox.len(),
+                self.tally.dropped,
+                self.state
+                    .inbox
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
             self.edge.stats.add(&mut self.tally);
             let has_sys = self.state.subs.keys().any(|p| state::is_sys(p));
             let can_take = self.can_take();
@@ -311,7 +324,13 @@ impl Session {
             match codec::read(cbuf, self.version, max) {
                 Ok(Some(p)) => self.on_client(p).await?,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(End::Violation(e.reason(), e.to_string())),
+                Err(e) => {
+                    if matches!(e, codec::DecodeError::TooLarge { .. }) {
+                        self.tally.dropped += 1;
+                        self.tally.dropped_too_large += 1;
+                    }
+                    return Err(End::Violation(e.reason(), e.to_string()));
+                }
             }
         }
     }

@@ -138,6 +138,7 @@ impl Session {
             return Ok(());
         }
         if !self.take_publish_token() {
+            self.tally.dropped_rate_limit += 1;
             self.refuse_publish(qos, pkid, Refuse::QuotaExceeded);
             return Ok(());
         }

@@ -46,6 +46,7 @@ impl Session {
                 let existed = self.state.subs.contains_key(&f.path);
                 self.state
                     .index_insert(&self.edge, &f.path, &opts, self.src, self.internal);
+                self.client.subscribed(&f.path, f.qos as u8);
                 if self.state.subs.insert(f.path.clone(), opts).is_none() {
                     self.edge
                         .stats
@@ -135,6 +136,7 @@ impl Session {
         for f in &u.filters {
             match self.state.subs.remove(f) {
                 Some(_) => {
+                    self.client.unsubscribed(f);
                     self.state.index_remove(&self.edge, f, self.internal);
                     self.edge
                         .stats
@@ -165,6 +167,7 @@ impl Session {
             if allowed {
                 // Entries carry the session's options; the index keeps them while offline.
                 if let Some(opts) = self.state.subs.get(&path).cloned() {
+                    self.client.subscribed(&path, opts.qos as u8);
                     self.state
                         .index_insert(&self.edge, &path, &opts, self.src, self.internal);
                 }
