@@ -174,7 +174,6 @@ reply_topic = "svc/replies/{rest}"
         .env("RTW_MQTT__LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("RTW_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("RTW_STORAGE__DIR", &dir)
-        .env("RTW_CORE__LISTENERS", "1")
         .env_remove("RUST_LOG");
     let (code, _out, err) = run(&mut cmd, T);
     let _ = std::fs::remove_dir_all(&dir);
