@@ -2364,13 +2364,15 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
         .await
         .unwrap();
     json_error(r, 413).await;
+    // An MQTT 5 RPC body over one message is streamed (bounded by rpc.max_stream_bytes, not
+    // bridge.max_body, issue 17): with nobody subscribed it is 503 at once, body unread.
     let r = h
         .post(format!("{}/rpc/calm", s.http_base()))
         .body(vec![b'x'; 2000])
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
+    assert_eq!(r.status(), 503);
     // Everyone else is still served.
     assert_eq!(
         v5_puback(&mut calm, "calm/end", "x").await,

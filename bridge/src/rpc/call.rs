@@ -72,9 +72,50 @@ pub async fn call(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve(st, route, captures, method, uri, headers, body)
-        .await
-        .unwrap_or_else(|r| r)
+    serve(
+        st,
+        route,
+        captures,
+        method,
+        uri,
+        headers,
+        drained_after_answer(body),
+    )
+    .await
+    .unwrap_or_else(|r| r)
+}
+
+/// How long, and how much, a request body is still read (and dropped) after the call ended
+/// without it: a caller still sending then reads the answer instead of a broken pipe.
+const DRAIN_SECS: u64 = 5;
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// The body, read by a task that hands it on; if the call stops reading it (it answered early:
+/// 502, 504, 413…), the task drains what the caller still sends, bounded in time and bytes.
+fn drained_after_answer(body: Body) -> Body {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(1);
+    tokio::spawn(async move {
+        let mut s = body.into_data_stream();
+        while let Some(item) = s.next().await {
+            if tx.send(item).await.is_err() {
+                let drain = async {
+                    let mut n = 0;
+                    while let Some(Ok(b)) = s.next().await {
+                        n += b.len();
+                        if n > DRAIN_BYTES {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(DRAIN_SECS), drain).await;
+                return;
+            }
+        }
+    });
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|x| (x, rx))
+    }))
 }
 
 async fn serve(

@@ -153,7 +153,7 @@ pub struct Rpc {
 impl Rpc {
     pub async fn start(
         edge: &Arc<broker::Edge>,
-        settings: RpcSettings,
+        mut settings: RpcSettings,
         node: &str,
     ) -> anyhow::Result<Arc<Rpc>> {
         for r in &settings.routes {
@@ -161,12 +161,21 @@ impl Rpc {
         }
         let max_packet = edge.config.limits.max_packet_size as usize;
         anyhow::ensure!(
-            settings.chunk_size >= 1024 && settings.chunk_size + 16 * 1024 <= max_packet,
-            "rpc.chunk_size ({}) must be at least 1024 and at most limits.max_packet_size - 16 KiB \
-             ({})",
-            settings.chunk_size,
-            max_packet.saturating_sub(16 * 1024)
+            settings.chunk_size >= 1024,
+            "rpc.chunk_size ({}) must be at least 1024",
+            settings.chunk_size
         );
+        // A chunk and its properties fit one packet: a small limits.max_packet_size makes
+        // chunks smaller (a body is then refused as too large past what one packet holds).
+        let fits = max_packet.saturating_sub(16 * 1024).max(1024);
+        if settings.chunk_size > fits {
+            tracing::warn!(
+                chunk_size = settings.chunk_size,
+                fits,
+                "rpc.chunk_size is over limits.max_packet_size - 16 KiB: using {fits}"
+            );
+            settings.chunk_size = fits;
+        }
         anyhow::ensure!(
             settings.stream_window >= 1,
             "rpc.stream_window must be at least 1"
