@@ -15,13 +15,19 @@ use broker::transport::Transport;
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::{json, Value};
 
+use crate::access::ClientIp;
 use crate::routes::{error, AppState};
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 
 /// The admin check for operator views.
-fn admin(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
-    let who = crate::access::caller(st, headers, Some(uri))?;
+async fn admin(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    ip: ClientIp,
+) -> Result<(), Response> {
+    let who = crate::access::caller(st, headers, Some(uri), ip).await?;
     if !who.admin {
         return Err(error(StatusCode::FORBIDDEN, "an admin token is needed"));
     }
@@ -73,8 +79,13 @@ fn ready(st: &AppState) -> bool {
     st.edge.core_ready() && st.rpc.ready() && !st.hub.client().is_closed()
 }
 
-pub async fn stats(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&st, &headers, &uri) {
+pub async fn stats(
+    State(st): State<AppState>,
+    ip: ClientIp,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&st, &headers, &uri, ip).await {
         return r;
     }
     Json(stats_json(&st)).into_response()
@@ -254,8 +265,13 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-pub async fn metrics(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&st, &headers, &uri) {
+pub async fn metrics(
+    State(st): State<AppState>,
+    ip: ClientIp,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&st, &headers, &uri, ip).await {
         return r;
     }
     match scrape(&st) {

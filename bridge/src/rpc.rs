@@ -366,16 +366,47 @@ fn timeout_of(
     }
 }
 
+/// One RPC request, as the router saw it (its body is read once the caller is authorized).
+pub struct Call {
+    pub route: Option<RpcRoute>,
+    pub captures: HashMap<String, String>,
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub ip: crate::access::ClientIp,
+}
+
+/// The query string forwarded to responders: without `access_token` when the bridge takes
+/// credentials from the query (`[auth] allow_query_token`), so a token never reaches them.
+fn forwarded_query(st: &AppState, uri: &Uri) -> Option<String> {
+    let q = uri.query()?;
+    if !st.security.config().allow_query_token {
+        return Some(q.to_string());
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| {
+            let key = kv.split('=').next().unwrap_or("");
+            let key: String = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            key != "access_token"
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
 /// Serves one RPC call.
-pub async fn call(
-    st: AppState,
-    route: Option<RpcRoute>,
-    captures: HashMap<String, String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn call(st: AppState, req: Call, body: Body) -> Response {
+    let Call {
+        route,
+        captures,
+        method,
+        uri,
+        headers,
+        ip,
+    } = req;
     let rpc = st.rpc.clone();
     let timeout = match timeout_of(&st, &rpc, route.as_ref(), &uri, &headers) {
         Ok(t) => t,
@@ -394,15 +425,6 @@ pub async fn call(
             );
         }
     }
-    if body.len() > st.settings.max_body {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is over the maximum of {} bytes",
-                st.settings.max_body
-            ),
-        );
-    }
     let template = route.as_ref().map_or("rpc/{path...}", |r| r.topic.as_str());
     let topic = match fill(template, &captures) {
         Ok(t) => t,
@@ -414,9 +436,15 @@ pub async fn call(
             format!("invalid request topic {topic:?}: {e}"),
         );
     }
-    if let Err(r) = crate::access::check_publish(&st, &headers, &uri, &topic) {
+    if let Err(r) = crate::access::check_publish(&st, &headers, &uri, ip, &topic).await {
         return r;
     }
+    // Only an authorized caller's body is read.
+    let body = match crate::routes::read_body(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let query = forwarded_query(&st, &uri);
     let convention = route.as_ref().map_or(Convention::V5, |r| r.convention);
     let envelope = route.as_ref().is_some_and(|r| r.envelope);
     let corr = format!("{:032x}", rand::random::<u128>());
@@ -474,8 +502,8 @@ pub async fn call(
             props
                 .user_properties
                 .push(("path".into(), uri.path().to_string()));
-            if let Some(q) = uri.query() {
-                props.user_properties.push(("query".into(), q.to_string()));
+            if let Some(q) = &query {
+                props.user_properties.push(("query".into(), q.clone()));
             }
             for (k, v) in &forwarded {
                 props
@@ -501,7 +529,7 @@ pub async fn call(
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
             let env = json!({
-                "method": method.as_str(), "path": uri.path(), "query": uri.query(),
+                "method": method.as_str(), "path": uri.path(), "query": query,
                 "headers": hs, "content_type": content_type, "body": b, "encoding": enc,
             });
             props.content_type = Some("application/json".into());
@@ -532,6 +560,12 @@ pub async fn call(
         payload,
         Some(props),
     );
+    if let Some(why) = broker::limits::publish_over_limits(&p, &st.edge.config.limits) {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request's headers make {why}"),
+        );
+    }
     if let Err(e) = rpc.client.publish(p).await {
         rpc.pending
             .lock()

@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::auth::{Credentials, Identity, Refusal};
+use crate::auth::{Credentials, Identity};
 use crate::codec::{self, *};
 use crate::core::UpstreamConnect;
 use crate::registry::{Control, LocalPending, Timer};
@@ -279,6 +279,7 @@ async fn read_connect(
                         )))
                     }
                 };
+                codec::check_connect(buf, version)?;
                 return match codec::read(buf, version, max) {
                     Ok(Some(Packet::Connect(c, w, l))) => Ok((version, c, w, l)),
                     Ok(_) => Err(None),
@@ -371,7 +372,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
                 let _ = io.write_all(&out).await;
                 let _ = io.flush().await;
             }
-            let _ = io.shutdown().await;
+            crate::transport::close_gently(&mut io).await;
             return;
         }
         Ok(Ok(x)) => x,
@@ -404,6 +405,13 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             )
             .await;
         }
+    }
+
+    if let Some((code, why)) = will
+        .as_ref()
+        .and_then(|w| crate::limits::will_refusal(w, version, &limits))
+    {
+        return refuse(&mut io, version, code, &why).await;
     }
 
     // Client identifier (MQTT-3.1.3-6/7/8 and MQTT 5 §3.1.3.1).
@@ -476,8 +484,8 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             ..Identity::default()
         })
     } else {
-        // Password hashing takes milliseconds: keep it off the async workers' hot loop.
-        tokio::task::block_in_place(|| edge.authenticator.authenticate(&creds))
+        // Password hashing takes milliseconds: the authenticator runs it off the async workers.
+        edge.authenticator.authenticate_async(&creds).await
     };
     let identity = match authenticated {
         Ok(id) => id,
@@ -485,13 +493,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
             edge.stats
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (code, why) = match &r {
-                Refusal::BadCredentials(w) => (ConnectReturnCode::BadUserNamePassword, w.as_str()),
-                Refusal::NotAuthorized(w) => (ConnectReturnCode::NotAuthorized, w.as_str()),
-                Refusal::BadAuthMethod(w) => {
-                    (ConnectReturnCode::BadAuthenticationMethod, w.as_str())
-                }
-            };
+            let (code, why) = r.connack();
             tracing::info!(%peer, client_id, reason = why, "connection refused");
             // 3.1.1 has one code for every refusal here: 0x05, not authorized.
             let code = if v5 {
@@ -1178,6 +1180,10 @@ impl Session {
             .is_some_and(|pr| pr.payload_format_indicator == Some(1));
         if utf8_declared && std::str::from_utf8(&p.payload).is_err() {
             self.refuse_publish(qos, pkid, Refuse::PayloadFormatInvalid);
+            return Ok(());
+        }
+        if crate::limits::publish_over_limits(&p, &self.edge.config.limits).is_some() {
+            self.refuse_publish(qos, pkid, Refuse::QuotaExceeded);
             return Ok(());
         }
         if !self
