@@ -121,6 +121,11 @@ pub fn peek_hello(buf: &[u8], max: u32) -> Result<Option<Hello>, DecodeError> {
         return Ok(None);
     };
     if hlen + rlen > max as usize {
+        // An oversized CONNECT is answered by level: MQTT 5 has a CONNACK for it (0x95). Its
+        // level byte may not be here yet (the fixed header can come alone): wait for it.
+        if buf[0] == 0x10 && buf.len() < hlen + 7 {
+            return Ok(None);
+        }
         return Err(DecodeError::TooLarge {
             size: hlen + rlen,
             max,
@@ -527,5 +532,13 @@ mod tests {
             Some(Hello::NotConnect)
         );
         assert_eq!(peek_hello(&[0x10], 100).unwrap(), None);
+        // Oversized: undecided until the level byte is here.
+        assert_eq!(peek_hello(&[0x10, 0xff, 0x01], 100).unwrap(), None);
+        let big = [0x10, 0xff, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 5];
+        assert!(matches!(
+            peek_hello(&big, 100),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert_eq!(connect_level(&big), Some(5));
     }
 }
