@@ -151,7 +151,7 @@ start_server() { # rtw|hello -> SERVER_PID, SERVER_PORT
       next_port; local mqtt="$NEXT_PORT"
       mkdir -p "$dir/data"
       RTW_HTTP__LISTEN="127.0.0.1:$SERVER_PORT" RTW_MQTT__LISTEN="127.0.0.1:$mqtt" \
-        RTW_STORAGE__DIR="$dir/data" RTW_LIMITS__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) \
+        RTW_STORAGE__DIR="$dir/data" RTW_LIMITS__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) RTW_BRIDGE__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) \
         RTW_LOG__LEVEL=warn "$RTW_BIN" > "$dir/server.log" 2>&1 &
       ;;
     hello)

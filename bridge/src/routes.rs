@@ -34,11 +34,10 @@ pub struct AppState {
 }
 
 /// Reads a request body, once the request is authorized: at most `[bridge] max_body` bytes
-/// (413 at once when the declared length is over it, else as soon as the limit is passed)
-/// within `[bridge] body_timeout_secs` (408, and the connection is closed).
+/// (413 as soon as the limit is passed, or the declared length is over it) within
+/// `[bridge] body_timeout_secs` (408, and the connection is closed).
 pub async fn read_body(
     st: &AppState,
-    headers: &axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<axum::body::Bytes, Response> {
     let max = st.settings.max_body;
@@ -48,13 +47,9 @@ pub async fn read_body(
             format!("the body is over the maximum of {max} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
+    // A declared length over the limit fails on the first chunk read (not before: reading one
+    // chunk lets hyper take in what the client already sent, so it reads the 413 rather than
+    // a reset connection).
     let limit = std::time::Duration::from_secs(st.settings.body_timeout_secs.max(1));
     match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
         Ok(Ok(b)) => Ok(b),

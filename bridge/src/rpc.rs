@@ -440,7 +440,7 @@ pub async fn call(st: AppState, req: Call, body: Body) -> Response {
         return r;
     }
     // Only an authorized caller's body is read.
-    let body = match crate::routes::read_body(&st, &headers, body).await {
+    let body = match crate::routes::read_body(&st, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };

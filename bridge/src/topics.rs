@@ -183,18 +183,16 @@ async fn publish(st: &AppState, req: Request<'_>, payload: Payload) -> Response 
     }
     let body = match payload {
         Payload::Empty => Bytes::new(),
-        Payload::Read { body, require } => {
-            match crate::routes::read_body(st, headers, body).await {
-                Ok(b) if require && b.is_empty() => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "an empty body would clear the state: use DELETE",
-                    )
-                }
-                Ok(b) => b,
-                Err(r) => return r,
+        Payload::Read { body, require } => match crate::routes::read_body(st, body).await {
+            Ok(b) if require && b.is_empty() => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "an empty body would clear the state: use DELETE",
+                )
             }
-        }
+            Ok(b) => b,
+            Err(r) => return r,
+        },
     };
     let mut props = match properties_from(headers, &body) {
         Ok(p) => p,
