@@ -254,6 +254,36 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         "Sum of answered RPC round trips, ms",
         rpc.latency_ms_total.load(Relaxed),
     )?;
+    let pw = st.security.password_stats();
+    for (name, help, v) in [
+        (
+            "rtw_password_checks_total",
+            "Password hashes checked by the password workers",
+            &pw.hashed,
+        ),
+        (
+            "rtw_password_cache_hits_total",
+            "Logins let in by a recent successful check of the same password",
+            &pw.cache_hits,
+        ),
+        (
+            "rtw_password_failures_total",
+            "Password checks that failed",
+            &pw.failures,
+        ),
+        (
+            "rtw_password_throttled_total",
+            "Logins refused without a check after repeated failures (0x9F / 429)",
+            &pw.throttled,
+        ),
+        (
+            "rtw_password_busy_total",
+            "Logins refused because every password worker was busy (0x89 / 503)",
+            &pw.busy,
+        ),
+    ] {
+        counter(&r, name, help, v.load(Relaxed))?;
+    }
     gauge(
         &r,
         "rtw_ready",

@@ -68,7 +68,7 @@ pub enum Check {
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct PasswordStats {
-    /// Verifications run by the pool.
+    /// Checks handed to the workers (or run in place by [`Passwords::check_blocking`]).
     pub hashed: AtomicU64,
     pub cache_hits: AtomicU64,
     pub failures: AtomicU64,
@@ -298,7 +298,10 @@ impl Passwords {
             reply,
         };
         match jobs.try_send(job) {
-            Ok(()) => Ok(rx),
+            Ok(()) => {
+                self.stats.hashed.fetch_add(1, Ordering::Relaxed);
+                Ok(rx)
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.busy.fetch_add(1, Ordering::Relaxed);
                 Err(Check::Busy)
