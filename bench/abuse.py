@@ -205,7 +205,9 @@ def props(port, token, n, size):
     pr.UserProperty = [("k%d" % i, "v" * per) for i in range(max(1, size // (per + 8)))]
     for _ in range(n):
         pub.publish("abuse/props", b"x", qos=1, properties=pr).wait_for_publish(10)
-    time.sleep(1)
+    deadline = time.time() + 10
+    while len(got) < codes.get("0x00", 0) and time.time() < deadline:
+        time.sleep(0.1)
     pub.disconnect()
     sub.disconnect()
     print("props", n, "sent,", size, "bytes each; PUBACK", dict(codes), "; received", len(got))
@@ -224,6 +226,8 @@ def bystander(port, token, secs):
 
     c.on_message = on_message
     c.connect("127.0.0.1", port)
+    # paho leaves Nagle on: small publishes would wait for delayed ACKs (~20 ms floor).
+    c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.subscribe("bystander/rtt", qos=1)
     c.loop_start()
     time.sleep(0.5)
