@@ -169,7 +169,7 @@ start_server() { # rtw|hello -> SERVER_PID, SERVER_PORT
       local -a extra=()
       [[ "$name" == rtw-mercure ]] && extra=(RTW_MERCURE__PUBLISHER_JWT_KEY="$MERCURE_KEY" RTW_MERCURE__ANONYMOUS=true)
       env "${extra[@]}" RTW_HTTP__LISTEN="127.0.0.1:$SERVER_PORT" RTW_MQTT__LISTEN="127.0.0.1:$mqtt" \
-        RTW_STORAGE__DIR="$dir/data" RTW_LIMITS__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) \
+        RTW_STORAGE__DIR="$dir/data" RTW_LIMITS__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) RTW_BRIDGE__MAX_CONNECTIONS_PER_IP=$(( STREAMS + 1000 )) \
         RTW_LOG__LEVEL=warn "$RTW_BIN" > "$dir/server.log" 2>&1 &
       ;;
     hello)

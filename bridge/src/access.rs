@@ -8,8 +8,10 @@
 //!
 //! [`Security`]: broker::security::Security
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use base64::Engine;
@@ -90,8 +92,41 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// The caller's identity, or the 401 response.
-pub fn caller(st: &AppState, headers: &HeaderMap, uri: Option<&Uri>) -> Result<Identity, Response> {
+/// The address a request came from (failed password checks are counted against it); the
+/// unspecified address when the router is used without the listener's [`crate::Peer`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<crate::Peer>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip()),
+        ))
+    }
+}
+
+/// 429 or 503 with `Retry-After`.
+fn retry_later(status: StatusCode, why: &str, secs: u64) -> Response {
+    let mut r = error(status, why);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
+/// The caller's identity, or the 401 response (429 when its address or user is throttled
+/// after failed password checks, 503 when the password checks are all busy). Password hashes
+/// are verified on the password workers, never on the async workers.
+pub async fn caller(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: Option<&Uri>,
+    ip: ClientIp,
+) -> Result<Identity, Response> {
     let sec = &st.security;
     let auth = headers
         .get(header::AUTHORIZATION)
@@ -139,25 +174,28 @@ pub fn caller(st: &AppState, headers: &HeaderMap, uri: Option<&Uri>) -> Result<I
         client_id: "",
         username: user.as_deref(),
         password: secret.as_deref(),
-        peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        peer: SocketAddr::new(ip.0, 0),
         transport: Transport::Http,
     };
-    match sec.authenticate(&creds) {
+    match sec.authenticate_async(&creds).await {
         Ok(id) => Ok(id),
         Err(Refusal::BadCredentials(why)) | Err(Refusal::BadAuthMethod(why)) => {
             Err(unauthorized(&why, true))
         }
         Err(Refusal::NotAuthorized(why)) => Err(unauthorized(&why, secret.is_some())),
+        Err(Refusal::Throttled(why)) => Err(retry_later(StatusCode::TOO_MANY_REQUESTS, &why, 5)),
+        Err(Refusal::Busy(why)) => Err(retry_later(StatusCode::SERVICE_UNAVAILABLE, &why, 1)),
     }
 }
 
-pub fn check_publish(
+pub async fn check_publish(
     st: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
+    ip: ClientIp,
     topic: &str,
 ) -> Result<Identity, Response> {
-    let who = caller(st, headers, Some(uri))?;
+    let who = caller(st, headers, Some(uri), ip).await?;
     if !st.security.can_publish(&who, "", topic) {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -167,15 +205,22 @@ pub fn check_publish(
     Ok(who)
 }
 
-pub fn check_subscribe(
+pub async fn check_subscribe(
     st: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
+    ip: ClientIp,
     filter: &str,
 ) -> Result<Identity, Response> {
-    let who = caller(st, headers, Some(uri))?;
+    let who = caller(st, headers, Some(uri), ip).await?;
+    may_read(st, &who, filter)?;
+    Ok(who)
+}
+
+/// May `who` read `filter`? (403 if not.)
+pub fn may_read(st: &AppState, who: &Identity, filter: &str) -> Result<(), Response> {
     // The reply namespace is the bridge's own, as over MQTT (SUBACK 0x87).
-    if !st.security.can_subscribe(&who, "", filter)
+    if !st.security.can_subscribe(who, "", filter)
         || broker::reserved_filter(broker::topic::match_filter(filter))
     {
         return Err(error(
@@ -183,7 +228,7 @@ pub fn check_subscribe(
             format!("not allowed to read {filter:?}"),
         ));
     }
-    Ok(who)
+    Ok(())
 }
 
 /// Maps a broker failure onto an HTTP status.

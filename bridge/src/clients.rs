@@ -33,11 +33,12 @@ pub struct ListQuery {
 /// `GET /api/clients`: one page of the clients, sorted by client id.
 pub async fn list(
     State(st): State<AppState>,
+    ip: crate::access::ClientIp,
     uri: Uri,
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri) {
+    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
         return r;
     }
     let q = match q {
@@ -76,11 +77,12 @@ fn not_found(id: &str) -> Response {
 /// `GET /api/clients/{id}`.
 pub async fn get(
     State(st): State<AppState>,
+    ip: crate::access::ClientIp,
     uri: Uri,
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri) {
+    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
         return r;
     }
     let Ok(Path(id)) = id else {
@@ -96,11 +98,12 @@ pub async fn get(
 /// it is still closing after 5 s), 404 if no such client is connected.
 pub async fn kick(
     State(st): State<AppState>,
+    ip: crate::access::ClientIp,
     uri: Uri,
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    let who = match crate::ops::admin(&st, &headers, &uri) {
+    let who = match crate::ops::admin(&st, &headers, &uri, ip).await {
         Ok(w) => w,
         Err(r) => return r,
     };

@@ -212,11 +212,12 @@ fn column(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Value {
 /// `GET /api/history?since=T`: the samples after T (all of the last hour without it).
 pub async fn history(
     State(st): State<AppState>,
+    ip: crate::access::ClientIp,
     uri: Uri,
     headers: HeaderMap,
     q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri) {
+    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
         return r;
     }
     let Ok(Query(q)) = q else {

@@ -64,6 +64,21 @@ pub struct BridgeSettings {
     /// Directory served at `/examples/browser/` (the browser example page).
     #[serde(default = "default_examples_dir")]
     pub examples_dir: std::path::PathBuf,
+    /// Seconds a request body may take to arrive once the request is authorized (408 past it).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// HTTP connections open at once from one address (past it: 429, connection closed; over
+    /// TLS closed before the handshake).
+    #[serde(default = "default_http_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_body_timeout() -> u64 {
+    30
+}
+
+fn default_http_per_ip() -> usize {
+    1024
 }
 
 fn default_max_filters() -> usize {
@@ -87,6 +102,8 @@ impl Default for BridgeSettings {
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
             examples_dir: default_examples_dir(),
+            body_timeout_secs: default_body_timeout(),
+            max_connections_per_ip: default_http_per_ip(),
         }
     }
 }
@@ -134,6 +151,7 @@ impl Bridge {
         };
         history::start(state.clone());
         let app = routes::router(state);
+        let per_ip = Arc::new(PerIp::new(cfg.bridge.max_connections_per_ip));
         let mut tasks = Vec::new();
         let mut http_addr = None;
         let mut https_addr = None;
@@ -144,6 +162,7 @@ impl Bridge {
                 l,
                 None,
                 app.clone(),
+                per_ip.clone(),
             )));
         }
         if let Some((addr, cert, key)) = cfg.https.enabled() {
@@ -157,6 +176,7 @@ impl Bridge {
                     l,
                     Some(TlsAcceptor::from(tls)),
                     app.clone(),
+                    per_ip.clone(),
                 )));
             }
         }
@@ -175,11 +195,67 @@ impl Bridge {
     }
 }
 
+/// HTTP connections open per client address (both listeners together), bounded.
+struct PerIp {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One counted connection; counted out when dropped.
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Answers a plain-HTTP connection over the per-address limit with 429 and closes it.
+async fn refuse_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body =
+        r#"{"error":{"status":429,"message":"too many HTTP connections from this address"}}"#;
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    broker::transport::close_gently(&mut stream).await;
+}
+
 async fn accept_loop(
     edge: Arc<Edge>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: axum::Router,
+    per_ip: Arc<PerIp>,
 ) {
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -194,7 +270,17 @@ async fn accept_loop(
         let app = app.clone();
         let tls = tls.clone();
         let timeout = edge.config.limits.connect_timeout();
+        let Some(slot) = per_ip.enter(addr.ip()) else {
+            edge.stats
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if tls.is_none() {
+                tokio::spawn(refuse_http(stream));
+            }
+            continue;
+        };
         tokio::spawn(async move {
+            let _slot = slot;
             let peer = Peer {
                 addr,
                 tls: tls.is_some(),

@@ -19,6 +19,7 @@ use broker::transport::Transport;
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::{json, Value};
 
+use crate::access::ClientIp;
 use crate::routes::{error, AppState};
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
@@ -27,12 +28,13 @@ const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../assets/uplot/LICENSE");
 
 /// The admin check for operator views: the caller, or 401/403.
-pub(crate) fn admin(
+pub(crate) async fn admin(
     st: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
+    ip: ClientIp,
 ) -> Result<broker::auth::Identity, Response> {
-    let who = crate::access::caller(st, headers, Some(uri))?;
+    let who = crate::access::caller(st, headers, Some(uri), ip).await?;
     if !who.admin {
         return Err(error(StatusCode::FORBIDDEN, "an admin token is needed"));
     }
@@ -118,8 +120,13 @@ fn ready(st: &AppState) -> bool {
     st.edge.core_ready() && st.rpc.ready() && !st.hub.client().is_closed()
 }
 
-pub async fn stats(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&st, &headers, &uri) {
+pub async fn stats(
+    State(st): State<AppState>,
+    ip: ClientIp,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&st, &headers, &uri, ip).await {
         return r;
     }
     Json(stats_json(&st)).into_response()
@@ -307,6 +314,36 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         "Sum of answered RPC round trips, ms",
         rpc.latency_ms_total.load(Relaxed),
     )?;
+    let pw = st.security.password_stats();
+    for (name, help, v) in [
+        (
+            "rtw_password_checks_total",
+            "Password hashes checked by the password workers",
+            &pw.hashed,
+        ),
+        (
+            "rtw_password_cache_hits_total",
+            "Logins let in by a recent successful check of the same password",
+            &pw.cache_hits,
+        ),
+        (
+            "rtw_password_failures_total",
+            "Password checks that failed",
+            &pw.failures,
+        ),
+        (
+            "rtw_password_throttled_total",
+            "Logins refused without a check after repeated failures (0x9F / 429)",
+            &pw.throttled,
+        ),
+        (
+            "rtw_password_busy_total",
+            "Logins refused because every password worker was busy (0x89 / 503)",
+            &pw.busy,
+        ),
+    ] {
+        counter(&r, name, help, v.load(Relaxed))?;
+    }
     gauge(
         &r,
         "rtw_index_subscriptions",
@@ -330,8 +367,13 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-pub async fn metrics(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&st, &headers, &uri) {
+pub async fn metrics(
+    State(st): State<AppState>,
+    ip: ClientIp,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&st, &headers, &uri, ip).await {
         return r;
     }
     match scrape(&st) {

@@ -42,11 +42,51 @@ pub struct AppState {
     pub history: Arc<crate::history::History>,
 }
 
-/// The body, or a JSON error when it is over `[bridge] max_body` or unreadable.
-pub fn body_or_error(
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+/// Reads a request body, once the request is authorized: at most `[bridge] max_body` bytes
+/// (413 as soon as the limit is passed, or the declared length is over it) within
+/// `[bridge] body_timeout_secs` (408, and the connection is closed).
+pub async fn read_body(
+    st: &AppState,
+    body: axum::body::Body,
 ) -> Result<axum::body::Bytes, Response> {
-    body.map_err(|e| error(e.status(), e.body_text()))
+    let max = st.settings.max_body;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the maximum of {max} bytes"),
+        )
+    };
+    // A declared length over the limit fails on the first chunk read (not before: reading one
+    // chunk lets hyper take in what the client already sent, so it reads the 413 rather than
+    // a reset connection).
+    let limit = std::time::Duration::from_secs(st.settings.body_timeout_secs.max(1));
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            Err(if over {
+                too_large()
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )
+            })
+        }
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {} s", limit.as_secs()),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
+    }
 }
 
 /// Path captures, or a JSON 400.
@@ -67,6 +107,7 @@ fn rpc_handler(route: Option<crate::rpc::RpcRoute>) -> axum::routing::MethodRout
             axum::extract::Path<std::collections::HashMap<String, String>>,
             axum::extract::rejection::PathRejection,
         >,
+              ip: crate::access::ClientIp,
               method: axum::http::Method,
               uri: axum::http::Uri,
               headers: axum::http::HeaderMap,
@@ -77,8 +118,15 @@ fn rpc_handler(route: Option<crate::rpc::RpcRoute>) -> axum::routing::MethodRout
                     Ok(c) => c,
                     Err(r) => return r,
                 };
-                // The body is read by the call itself, a piece at a time (large bodies stream).
-                crate::rpc::call(st, route, caps, method, uri, headers, body).await
+                let req = crate::rpc::Call {
+                    route,
+                    captures: caps,
+                    method,
+                    uri,
+                    headers,
+                    ip,
+                };
+                crate::rpc::call(st, req, body).await
             }
         },
     )

@@ -25,6 +25,7 @@ use broker::topic;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
 
+use crate::access::ClientIp;
 use crate::hub::{Event, Gap, Subscription};
 use crate::routes::{error, AppState};
 
@@ -119,18 +120,20 @@ fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
     json!({ "gap": why, "last_id": st.hub.event_id(head) })
 }
 
-/// Checks every filter; returns when the caller's credentials expire (the stream ends then).
-fn authorize(
+/// Authenticates the caller once and checks every filter; returns when the caller's
+/// credentials expire (the stream ends then).
+async fn authorize(
     st: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
+    ip: ClientIp,
     filters: &[String],
 ) -> Result<Option<std::time::SystemTime>, Response> {
-    let mut expires = None;
+    let who = crate::access::caller(st, headers, Some(uri), ip).await?;
     for f in filters {
-        expires = crate::access::check_subscribe(st, headers, uri, f)?.expires_at;
+        crate::access::may_read(st, &who, f)?;
     }
-    Ok(expires)
+    Ok(who.expires_at)
 }
 
 fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
@@ -158,6 +161,7 @@ fn checked_query(st: &AppState, raw: Option<String>) -> Result<StreamQuery, Resp
 
 pub async fn events(
     State(st): State<AppState>,
+    ip: ClientIp,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -166,7 +170,7 @@ pub async fn events(
         Ok(q) => q,
         Err(r) => return r,
     };
-    let expires = match authorize(&st, &headers, &uri, &q.filters) {
+    let expires = match authorize(&st, &headers, &uri, ip, &q.filters).await {
         Ok(e) => e,
         Err(r) => return r,
     };
@@ -272,6 +276,7 @@ fn live(
 
 pub async fn poll(
     State(st): State<AppState>,
+    ip: ClientIp,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -291,7 +296,7 @@ pub async fn poll(
             )
         }
     };
-    if let Err(r) = authorize(&st, &headers, &uri, &q.filters) {
+    if let Err(r) = authorize(&st, &headers, &uri, ip, &q.filters).await {
         return r;
     }
     let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));

@@ -20,8 +20,8 @@ use broker::codec::{Publish, PublishProperties, QoS};
 use broker::topic;
 use serde_json::json;
 
-use crate::routes::{body_or_error, error, AppState};
-use axum::extract::rejection::BytesRejection;
+use crate::access::ClientIp;
+use crate::routes::{error, AppState};
 
 pub const USER_PROPERTY: &str = "mqtt-user-property";
 pub const RESPONSE_TOPIC: &str = "mqtt-response-topic";
@@ -143,14 +143,29 @@ pub fn headers_from(props: &PublishProperties, h: &mut HeaderMap) {
     }
 }
 
-async fn publish(
-    st: &AppState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
-    body: Bytes,
+/// What a publishing request asks for, checked and authorized before its body is read.
+struct Request<'a> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    q: &'a HashMap<String, String>,
+    ip: ClientIp,
     retain: bool,
-) -> Response {
+}
+
+/// The body to publish: none (DELETE), or the request's, read once the caller is authorized.
+enum Payload {
+    Empty,
+    Read { body: Body, require: bool },
+}
+
+async fn publish(st: &AppState, req: Request<'_>, payload: Payload) -> Response {
+    let Request {
+        uri,
+        headers,
+        q,
+        ip,
+        retain,
+    } = req;
     let topic = match topic_of(uri, "/topics/") {
         Ok(t) => t,
         Err(r) => return r,
@@ -163,9 +178,22 @@ async fn publish(
         Ok(r) => r || retain,
         Err(r) => return r,
     };
-    if body.len() > st.settings.max_body {
-        return too_large(st);
+    if let Err(r) = crate::access::check_publish(st, headers, uri, ip, &topic).await {
+        return r;
     }
+    let body = match payload {
+        Payload::Empty => Bytes::new(),
+        Payload::Read { body, require } => match crate::routes::read_body(st, body).await {
+            Ok(b) if require && b.is_empty() => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "an empty body would clear the state: use DELETE",
+                )
+            }
+            Ok(b) => b,
+            Err(r) => return r,
+        },
+    };
     let mut props = match properties_from(headers, &body) {
         Ok(p) => p,
         Err(r) => return r,
@@ -181,11 +209,14 @@ async fn publish(
             }
         }
     }
-    if let Err(r) = crate::access::check_publish(st, headers, uri, &topic) {
-        return r;
-    }
     let mut p = Publish::new(topic.as_str(), qos, body, Some(props));
     p.retain = retain;
+    if let Some(why) = broker::limits::publish_over_limits(&p, &st.edge.config.limits) {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the MQTT properties from the headers make {why}"),
+        );
+    }
     match st.hub.publish(p).await {
         Ok(()) => {
             Json(json!({ "topic": topic, "qos": qos as u8, "retain": retain })).into_response()
@@ -194,67 +225,69 @@ async fn publish(
     }
 }
 
-fn too_large(st: &AppState) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!(
-            "the body is over the maximum of {} bytes",
-            st.settings.max_body
-        ),
-    )
-}
-
-/// The body, or the JSON error; over the router's limit (`max_body`), one that says the limit.
-fn body_within(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    body_or_error(body).map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(st)
-        } else {
-            r
-        }
-    })
-}
-
 pub async fn post(
     State(st): State<AppState>,
+    ip: ClientIp,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    match body_within(&st, body) {
-        Ok(body) => publish(&st, &uri, &headers, &q, body, false).await,
-        Err(r) => r,
-    }
+    let req = Request {
+        uri: &uri,
+        headers: &headers,
+        q: &q,
+        ip,
+        retain: false,
+    };
+    let body = Payload::Read {
+        body,
+        require: false,
+    };
+    publish(&st, req, body).await
 }
 
 pub async fn put(
     State(st): State<AppState>,
+    ip: ClientIp,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let body = match body_within(&st, body) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let req = Request {
+        uri: &uri,
+        headers: &headers,
+        q: &q,
+        ip,
+        retain: true,
     };
-    if body.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "an empty body would clear the state: use DELETE",
-        );
-    }
-    publish(&st, &uri, &headers, &q, body, true).await
+    publish(
+        &st,
+        req,
+        Payload::Read {
+            body,
+            require: true,
+        },
+    )
+    .await
 }
 
 pub async fn delete(
     State(st): State<AppState>,
+    ip: ClientIp,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let r = publish(&st, &uri, &headers, &q, Bytes::new(), true).await;
+    let req = Request {
+        uri: &uri,
+        headers: &headers,
+        q: &q,
+        ip,
+        retain: true,
+    };
+    let r = publish(&st, req, Payload::Empty).await;
     if r.status() == StatusCode::OK {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -262,12 +295,17 @@ pub async fn delete(
     }
 }
 
-pub async fn get(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn get(
+    State(st): State<AppState>,
+    ip: ClientIp,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let topic = match topic_of(&uri, "/topics/") {
         Ok(t) => t,
         Err(r) => return r,
     };
-    if let Err(r) = crate::access::check_subscribe(&st, &headers, &uri, &topic) {
+    if let Err(r) = crate::access::check_subscribe(&st, &headers, &uri, ip, &topic).await {
         return r;
     }
     let Some(r) = st.edge.retained.get(&topic) else {

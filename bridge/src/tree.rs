@@ -29,11 +29,12 @@ pub struct TreeQuery {
 /// nothing is stored under it).
 pub async fn topics(
     State(st): State<AppState>,
+    ip: crate::access::ClientIp,
     uri: Uri,
     headers: HeaderMap,
     q: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri) {
+    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
         return r;
     }
     let q = match q {

@@ -4,10 +4,13 @@
 //! The broker ships the open implementations ([`Anonymous`], [`AllowAll`]); the security layer
 //! (JWT, password file, per-topic rules) plugs in its own through [`crate::Broker::start`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::codec::ConnectReturnCode;
 use crate::transport::Transport;
 
 /// What a client presented when connecting.
@@ -49,11 +52,39 @@ pub enum Refusal {
     NotAuthorized(String),
     /// 3.1.1: 0x05; 5: 0x8C.
     BadAuthMethod(String),
+    /// Too many failed password checks from this address or for this user lately: refused
+    /// without checking. 3.1.1: 0x05; 5: 0x9F (connection rate exceeded); HTTP 429.
+    Throttled(String),
+    /// The password checks are all busy and none came free in time. 3.1.1: 0x05; 5: 0x89
+    /// (server busy); HTTP 503.
+    Busy(String),
 }
+
+impl Refusal {
+    /// The MQTT 5 CONNACK code and the reason text (3.1.1 clients get 0x05 for every refusal).
+    pub fn connack(&self) -> (ConnectReturnCode, &str) {
+        match self {
+            Refusal::BadCredentials(w) => (ConnectReturnCode::BadUserNamePassword, w),
+            Refusal::NotAuthorized(w) => (ConnectReturnCode::NotAuthorized, w),
+            Refusal::BadAuthMethod(w) => (ConnectReturnCode::BadAuthenticationMethod, w),
+            Refusal::Throttled(w) => (ConnectReturnCode::ConnectionRateExceeded, w),
+            Refusal::Busy(w) => (ConnectReturnCode::ServerBusy, w),
+        }
+    }
+}
+
+/// What [`Authenticator::authenticate_async`] returns.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Identity, Refusal>> + Send + 'a>>;
 
 /// Decides who a client is.
 pub trait Authenticator: Send + Sync + 'static {
+    /// Decides in place (it may block: slow checks such as password hashes run here).
     fn authenticate(&self, creds: &Credentials<'_>) -> Result<Identity, Refusal>;
+    /// Decides without blocking the async workers: what the edge and the bridge call. The
+    /// default decides in place, for authenticators with nothing slow to do.
+    fn authenticate_async<'a>(&'a self, creds: &'a Credentials<'a>) -> AuthFuture<'a> {
+        Box::pin(std::future::ready(self.authenticate(creds)))
+    }
     /// Is any real authentication configured (else the broker stays on loopback)?
     fn configured(&self) -> bool;
 }

@@ -121,6 +121,11 @@ pub fn peek_hello(buf: &[u8], max: u32) -> Result<Option<Hello>, DecodeError> {
         return Ok(None);
     };
     if hlen + rlen > max as usize {
+        // An oversized CONNECT is answered by level: MQTT 5 has a CONNACK for it (0x95). Its
+        // level byte may not be here yet (the fixed header can come alone): wait for it.
+        if buf[0] == 0x10 && buf.len() < hlen + 7 {
+            return Ok(None);
+        }
         return Err(DecodeError::TooLarge {
             size: hlen + rlen,
             max,
@@ -145,6 +150,43 @@ pub fn peek_hello(buf: &[u8], max: u32) -> Result<Option<Hello>, DecodeError> {
         (Some(b"MQTT"), Some(level)) => Hello::Connect { level },
         _ => Hello::WrongName { level },
     }))
+}
+
+/// Checks of a complete CONNECT's flags that the decoder does not make, run before decoding it
+/// (`buf` starts with a CONNECT named "MQTT" of this version). `Err` carries the bytes to answer
+/// with before closing, if any:
+///
+/// * the reserved flag (bit 0) set is a malformed packet (MQTT-3.1.2-3): MQTT 5 gets CONNACK
+///   0x81 (§4.13 allows it), 3.1.1 none ("the Server MUST … disconnect the Client");
+/// * 3.1.1 only: the password flag without the user name flag (MQTT-3.1.2-22; MQTT 5 allows a
+///   password alone) is refused with CONNACK 0x05, as every 3.1.1 refusal here.
+pub fn check_connect(buf: &[u8], version: Version) -> Result<(), Option<BytesMut>> {
+    let Ok(Some((hlen, _))) = fixed_header(buf) else {
+        return Ok(());
+    };
+    // Protocol name (2 + 4 bytes), level (1), then the flags.
+    let Some(&flags) = buf.get(hlen + 7) else {
+        return Ok(());
+    };
+    let refuse = |code| {
+        let mut out = BytesMut::new();
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: None,
+        });
+        write(&connack, version, &mut out).map(|_| out).ok()
+    };
+    if flags & 0x01 != 0 {
+        return Err(match version {
+            Version::V5 => refuse(ConnectReturnCode::MalformedPacket),
+            Version::V311 => None,
+        });
+    }
+    if version == Version::V311 && flags & 0x40 != 0 && flags & 0x80 == 0 {
+        return Err(refuse(ConnectReturnCode::NotAuthorized));
+    }
+    Ok(())
 }
 
 fn map_v5_err(e: Error) -> Option<DecodeError> {
@@ -456,6 +498,24 @@ mod tests {
     }
 
     #[test]
+    fn connect_flags_are_checked() {
+        // 3.1.1, clean session, keep-alive 60, client id "c".
+        let mut c = vec![
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'c',
+        ];
+        assert_eq!(check_connect(&c, Version::V311), Ok(()));
+        c[9] = 0x03;
+        assert_eq!(check_connect(&c, Version::V311), Err(None));
+        c[9] = 0x42;
+        let refused = check_connect(&c, Version::V311).unwrap_err().unwrap();
+        assert_eq!(&refused[..], &[0x20, 2, 0, 5]);
+        c[8] = 5;
+        c[9] = 0x03;
+        let refused = check_connect(&c, Version::V5).unwrap_err().unwrap();
+        assert_eq!(refused[3], 0x81);
+    }
+
+    #[test]
     fn hello_detects_levels_and_names() {
         let c = [0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60];
         assert_eq!(
@@ -472,5 +532,13 @@ mod tests {
             Some(Hello::NotConnect)
         );
         assert_eq!(peek_hello(&[0x10], 100).unwrap(), None);
+        // Oversized: undecided until the level byte is here.
+        assert_eq!(peek_hello(&[0x10, 0xff, 0x01], 100).unwrap(), None);
+        let big = [0x10, 0xff, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 5];
+        assert!(matches!(
+            peek_hello(&big, 100),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert_eq!(connect_level(&big), Some(5));
     }
 }

@@ -83,6 +83,20 @@ pub struct Limits {
     pub write_timeout_secs: u64,
     /// Largest session expiry interval granted, in seconds.
     pub max_session_expiry_secs: u32,
+    /// User properties one PUBLISH or will may carry (PUBACK/PUBREC or CONNACK 0x97 past it).
+    #[serde(default = "default_max_user_properties")]
+    pub max_user_properties: usize,
+    /// Bytes of MQTT 5 properties one PUBLISH or will may carry, as encoded (0x97 past it).
+    #[serde(default = "default_max_property_bytes")]
+    pub max_property_bytes: usize,
+}
+
+fn default_max_user_properties() -> usize {
+    64
+}
+
+fn default_max_property_bytes() -> usize {
+    64 * 1024
 }
 
 impl Limits {
@@ -110,6 +124,8 @@ impl Default for Limits {
             max_subscriptions: 1000,
             write_timeout_secs: 30,
             max_session_expiry_secs: u32::MAX,
+            max_user_properties: default_max_user_properties(),
+            max_property_bytes: default_max_property_bytes(),
         }
     }
 }

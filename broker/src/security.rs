@@ -19,13 +19,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{Authenticator, Authorizer, Credentials, Grants, Identity, Refusal};
+use crate::auth::{AuthFuture, Authenticator, Authorizer, Credentials, Grants, Identity, Refusal};
+use crate::password::{Check, Passwords};
 use crate::topic;
 use crate::transport::Transport;
 
@@ -92,6 +93,20 @@ pub struct AuthConfig {
     pub deny_action: DenyAction,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Threads verifying password-file hashes; the most checks at once, and the memory they
+    /// take (this many times the hash's memory cost, 19 MiB for `realtime-web passwd`).
+    #[serde(default = "default_password_workers")]
+    pub password_workers: usize,
+    /// Seconds a successful password check is remembered (0: never).
+    #[serde(default = "default_password_cache")]
+    pub password_cache_secs: u64,
+}
+
+fn default_password_workers() -> usize {
+    2
+}
+fn default_password_cache() -> u64 {
+    60
 }
 
 fn default_leeway() -> u64 {
@@ -116,6 +131,8 @@ impl Default for AuthConfig {
             allow_query_token: false,
             deny_action: DenyAction::Drop,
             rules: Vec::new(),
+            password_workers: default_password_workers(),
+            password_cache_secs: default_password_cache(),
         }
     }
 }
@@ -158,6 +175,8 @@ pub struct Security {
     cfg: AuthConfig,
     keys: Vec<JwtKey>,
     passwords: RwLock<HashMap<String, String>>,
+    /// Verifies password-file hashes: cached, throttled, on a bounded pool.
+    checker: Passwords,
     /// Anonymous clients may connect.
     anonymous: bool,
     /// Loopback-only mode: no authenticator, anonymous access not explicitly allowed.
@@ -228,6 +247,14 @@ impl Security {
             local_only,
             keys,
             passwords: RwLock::new(HashMap::new()),
+            checker: Passwords::new(
+                if cfg.password_file.is_some() {
+                    cfg.password_workers.max(1)
+                } else {
+                    0
+                },
+                cfg.password_cache_secs,
+            ),
             cfg,
         };
         s.reload_passwords()?;
@@ -256,6 +283,7 @@ impl Security {
         };
         let users = read_password_file(path)?;
         *self.passwords.write().unwrap_or_else(|e| e.into_inner()) = users;
+        self.checker.clear_cache();
         Ok(())
     }
 
@@ -297,6 +325,11 @@ impl Security {
             if let Some(i) = &self.cfg.issuer {
                 v.set_issuer(&[i]);
             }
+            // Configured `iss`/`aud` are required, not only checked when present.
+            let mut required = vec!["exp"];
+            required.extend(self.cfg.issuer.as_ref().map(|_| "iss"));
+            required.extend(self.cfg.audience.as_ref().map(|_| "aud"));
+            v.set_required_spec_claims(&required);
             match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
                 Ok(d) => return Ok(d.claims),
                 Err(e) => last = e.to_string(),
@@ -395,6 +428,16 @@ pub fn read_password_file(path: &Path) -> anyhow::Result<HashMap<String, String>
             .with_context(|| format!("{}:{}: expected user:hash", path.display(), n + 1))?;
         PasswordHash::new(h)
             .map_err(|e| anyhow::anyhow!("{}:{}: bad hash: {e}", path.display(), n + 1))?;
+        // Every check of this hash takes its memory cost, on each password worker.
+        let kib = crate::password::memory_kib(h)
+            .with_context(|| format!("{}:{}: not an argon2 hash", path.display(), n + 1))?;
+        anyhow::ensure!(
+            kib <= crate::password::MAX_HASH_MEMORY_KIB,
+            "{}:{}: the hash costs {kib} KiB of memory to check, over the maximum of {} KiB",
+            path.display(),
+            n + 1,
+            crate::password::MAX_HASH_MEMORY_KIB
+        );
         users.insert(u.to_string(), h.to_string());
     }
     Ok(users)
@@ -477,29 +520,68 @@ impl Authenticator for Security {
             }
             return Err(Refusal::NotAuthorized("credentials required".into()));
         };
-        // A password-file user?
-        if let Some(user) = c.username {
-            let hash = self
-                .passwords
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(user)
-                .cloned();
-            if let Some(hash) = hash {
-                let ok = PasswordHash::new(&hash)
-                    .map(|h| {
-                        Argon2::default()
-                            .verify_password(password.as_bytes(), &h)
-                            .is_ok()
-                    })
-                    .unwrap_or(false);
-                return if ok {
-                    Ok(self.identity_from_rules(user, Some(user.to_string())))
-                } else {
-                    Err(Refusal::BadCredentials("bad user name or password".into()))
-                };
-            }
+        if let Some((user, hash)) = self.password_user(c) {
+            let check = self
+                .checker
+                .check_blocking(user, &hash, password, c.peer.ip());
+            return self.password_outcome(user, check);
         }
+        self.authenticate_token_or_anonymous(c, password)
+    }
+
+    fn authenticate_async<'a>(&'a self, c: &'a Credentials<'a>) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let password = c.password.filter(|p| !p.is_empty());
+            if let (Some(password), Some((user, hash))) = (password, self.password_user(c)) {
+                let check = self.checker.check(user, &hash, password, c.peer.ip()).await;
+                return self.password_outcome(user, check);
+            }
+            self.authenticate(c)
+        })
+    }
+
+    fn configured(&self) -> bool {
+        self.cfg.configured()
+    }
+}
+
+impl Security {
+    /// The password-file user `c` names, with its hash.
+    fn password_user<'a>(&self, c: &Credentials<'a>) -> Option<(&'a str, String)> {
+        let user = c.username?;
+        let hash = self
+            .passwords
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned()?;
+        Some((user, hash))
+    }
+
+    fn password_outcome(&self, user: &str, check: Check) -> Result<Identity, Refusal> {
+        match check {
+            Check::Ok => Ok(self.identity_from_rules(user, Some(user.to_string()))),
+            Check::Wrong => Err(Refusal::BadCredentials("bad user name or password".into())),
+            Check::Throttled(d) => Err(Refusal::Throttled(format!(
+                "too many failed logins from this address or for this user; retry in {} s",
+                d.as_secs().max(1)
+            ))),
+            Check::Busy => Err(Refusal::Busy(
+                "too many password checks at once; retry later".into(),
+            )),
+        }
+    }
+
+    /// Counters of the password checks.
+    pub fn password_stats(&self) -> &crate::password::PasswordStats {
+        &self.checker.stats
+    }
+
+    fn authenticate_token_or_anonymous(
+        &self,
+        c: &Credentials<'_>,
+        password: &str,
+    ) -> Result<Identity, Refusal> {
         if self.keys.is_empty() {
             if !self.cfg.configured() && self.anonymous {
                 return Ok(self.identity_from_rules("anonymous", None));
@@ -527,10 +609,6 @@ impl Authenticator for Security {
             verified = want;
         }
         Ok(self.identity_from_claims(claims, c.client_id, verified.as_deref()))
-    }
-
-    fn configured(&self) -> bool {
-        self.cfg.configured()
     }
 }
 

@@ -47,6 +47,27 @@ impl Transport {
     }
 }
 
+/// Ends a connection the server is refusing, after its answer (e.g. a CONNACK) was written:
+/// sends FIN, then reads and discards what the client is still sending (up to 2 s and 16 MiB)
+/// before the socket is dropped. Closing a socket with unread input makes the kernel send RST,
+/// which can destroy the answer before the client has read it (a CONNACK 0x95 for an oversized
+/// CONNECT was lost so).
+pub async fn close_gently<T: AsyncRead + AsyncWrite + Unpin + ?Sized>(io: &mut T) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        let mut left: usize = 16 << 20;
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+}
+
 /// A WebSocket carrying MQTT, seen as a byte stream.
 pub struct WsIo<S> {
     ws: WebSocketStream<S>,

@@ -195,13 +195,19 @@ impl Server {
     }
 
     fn try_spawn(&mut self) -> Result<(), String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-web"));
+        // RTW_TEST_BIN runs the tests against another build (e.g. to see a test fail before
+        // its fix); otherwise the binary cargo built with them.
+        let bin = std::env::var_os("RTW_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_realtime-web")));
+        let mut cmd = Command::new(bin);
         cmd.env("RTW_MQTT__LISTEN", format!("127.0.0.1:{}", self.mqtt))
             .env("RTW_HTTP__LISTEN", format!("127.0.0.1:{}", self.http))
             .env("RTW_STORAGE__DIR", &self.dir)
             .env_remove("RUST_LOG")
             // The harness's own switch, not a config key (RTW_ is the config prefix).
             .env_remove("RTW_TEST_LOG")
+            .env_remove("RTW_TEST_BIN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("RTW_TEST_LOG").is_some() {

@@ -7,8 +7,6 @@
 //! the bridge's broker session; the answer, once the broker has it, is `200 text/plain` with
 //! the update's id (the given one, or a generated `urn:uuid:…`).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::{self, Source};
 use super::mapping::{field_safe, Update};
 use super::selector;
-use crate::routes::{body_or_error, error, AppState};
+use crate::routes::{error, read_body, AppState};
 
 /// Longest topic IRI accepted (the MQTT topic it maps onto must fit 65,535 bytes).
 const MAX_TOPIC: usize = 60_000;
@@ -90,7 +88,7 @@ pub async fn publish(
     State(st): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let Some(m) = st.mercure.clone() else {
         return error(StatusCode::NOT_FOUND, "the Mercure hub is off");
@@ -108,7 +106,8 @@ pub async fn publish(
         Ok(g) => g,
         Err(r) => return r,
     };
-    let body = match body_or_error(body) {
+    // Only an authorized publisher's body is read.
+    let body = match read_body(&st, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };

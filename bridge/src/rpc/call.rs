@@ -62,27 +62,42 @@ fn too_many(message: &str) -> Response {
     r
 }
 
+/// One RPC request, as the router saw it (its body is read once the caller is authorized).
+pub struct Call {
+    pub route: Option<RpcRoute>,
+    pub captures: HashMap<String, String>,
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub ip: crate::access::ClientIp,
+}
+
+/// The query string forwarded to responders: without `access_token` when the bridge takes
+/// credentials from the query (`[auth] allow_query_token`), so a token never reaches them.
+fn forwarded_query(st: &AppState, uri: &Uri) -> Option<String> {
+    let q = uri.query()?;
+    if !st.security.config().allow_query_token {
+        return Some(q.to_string());
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| {
+            let key = kv.split('=').next().unwrap_or("");
+            let key: String = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            key != "access_token"
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
 /// Serves one RPC call.
-pub async fn call(
-    st: AppState,
-    route: Option<RpcRoute>,
-    captures: HashMap<String, String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(
-        st,
-        route,
-        captures,
-        method,
-        uri,
-        headers,
-        drained_after_answer(body),
-    )
-    .await
-    .unwrap_or_else(|r| r)
+pub async fn call(st: AppState, req: Call, body: Body) -> Response {
+    serve(st, req, drained_after_answer(body))
+        .await
+        .unwrap_or_else(|r| r)
 }
 
 /// How long, and how much, a request body is still read (and dropped) after the call ended
@@ -118,15 +133,15 @@ fn drained_after_answer(body: Body) -> Body {
     }))
 }
 
-async fn serve(
-    st: AppState,
-    route: Option<RpcRoute>,
-    captures: HashMap<String, String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Response> {
+async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response> {
+    let Call {
+        route,
+        captures,
+        method,
+        uri,
+        headers,
+        ip,
+    } = req;
     let started = Instant::now();
     let rpc = st.rpc.clone();
     let set = &rpc.settings;
@@ -205,7 +220,8 @@ async fn serve(
             format!("invalid request topic {topic:?}: {e}"),
         ));
     }
-    crate::access::check_publish(&st, &headers, &uri, &topic)?;
+    crate::access::check_publish(&st, &headers, &uri, ip, &topic).await?;
+    let query = forwarded_query(&st, &uri);
     let corr = format!("{:032x}", rand::random::<u128>());
     let publish_topic = match convention {
         Convention::V5 => topic.clone(),
@@ -294,8 +310,8 @@ async fn serve(
         let user = &mut props.user_properties;
         user.push(("method".into(), method.to_string()));
         user.push(("path".into(), uri.path().to_string()));
-        if let Some(q) = uri.query() {
-            user.push(("query".into(), q.to_string()));
+        if let Some(q) = &query {
+            user.push(("query".into(), q.clone()));
         }
         for (k, v) in &forwarded {
             user.push((format!("header:{k}"), v.clone()));
@@ -365,7 +381,14 @@ async fn serve(
         let payload = match (convention, envelope) {
             (Convention::Topic, true) => {
                 props.content_type = Some("application/json".into());
-                wrap(&method, &uri, &forwarded, content_type, &first)
+                wrap(
+                    &method,
+                    &uri,
+                    query.as_deref(),
+                    &forwarded,
+                    content_type,
+                    &first,
+                )
             }
             _ => first,
         };
@@ -375,6 +398,12 @@ async fn serve(
             payload,
             Some(props),
         );
+        if let Some(why) = broker::limits::publish_over_limits(&p, &st.edge.config.limits) {
+            return Err(error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("the request's headers make {why}"),
+            ));
+        }
         rpc.client
             .publish(p)
             .await
@@ -444,6 +473,7 @@ fn too_large(max_body: usize) -> Response {
 fn wrap(
     method: &Method,
     uri: &Uri,
+    query: Option<&str>,
     forwarded: &[(String, String)],
     content_type: Option<String>,
     body: &Bytes,
@@ -460,7 +490,7 @@ fn wrap(
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     let env = json!({
-        "method": method.as_str(), "path": uri.path(), "query": uri.query(),
+        "method": method.as_str(), "path": uri.path(), "query": query,
         "headers": hs, "content_type": content_type, "body": b, "encoding": enc,
     });
     Bytes::from(env.to_string())

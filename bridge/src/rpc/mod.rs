@@ -36,7 +36,7 @@ use broker::codec::{Publish, PublishProperties, QoS};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-pub use call::call;
+pub use call::{call, Call};
 pub use route::{axum_path, Convention, RpcRoute};
 
 /// `[rpc]`.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::state::SessionState;
 use super::{Session, SessionSetup};
-use crate::auth::{Credentials, Identity, Refusal};
+use crate::auth::{Credentials, Identity};
 use crate::codec::{self, *};
 use crate::message::client_hash;
 use crate::registry::{Claim, Control};
@@ -72,6 +72,7 @@ pub(super) async fn read_connect(
                         )))
                     }
                 };
+                codec::check_connect(buf, version)?;
                 return match codec::read(buf, version, max) {
                     Ok(Some(Packet::Connect(c, w, l))) => Ok((version, c, w, l)),
                     Ok(_) => Err(None),
@@ -212,6 +213,14 @@ pub(super) async fn admit(
         }
     }
 
+    if let Some((code, why)) = will
+        .as_ref()
+        .and_then(|w| crate::limits::will_refusal(w, version, limits))
+    {
+        refuse(io, version, code, &why).await;
+        return Err(());
+    }
+
     // Client identifier (MQTT-3.1.3-6/7/8 and MQTT 5 §3.1.3.1).
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
@@ -284,8 +293,8 @@ pub(super) async fn admit(
             ..Identity::default()
         })
     } else {
-        // Password hashing takes milliseconds: keep it off the async workers' hot loop.
-        tokio::task::block_in_place(|| edge.authenticator.authenticate(&creds))
+        // Password hashing takes milliseconds: the authenticator runs it off the async workers.
+        edge.authenticator.authenticate_async(&creds).await
     };
     let identity = match authenticated {
         Ok(id) => id,
@@ -293,13 +302,7 @@ pub(super) async fn admit(
             edge.stats
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (code, why) = match &r {
-                Refusal::BadCredentials(w) => (ConnectReturnCode::BadUserNamePassword, w.as_str()),
-                Refusal::NotAuthorized(w) => (ConnectReturnCode::NotAuthorized, w.as_str()),
-                Refusal::BadAuthMethod(w) => {
-                    (ConnectReturnCode::BadAuthenticationMethod, w.as_str())
-                }
-            };
+            let (code, why) = r.connack();
             tracing::info!(%peer, client_id, reason = why, "connection refused");
             // 3.1.1 has one code for every refusal here: 0x05, not authorized.
             let code = if v5 {

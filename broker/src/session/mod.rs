@@ -138,7 +138,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
                 let _ = io.write_all(&out).await;
                 let _ = io.flush().await;
             }
-            let _ = io.shutdown().await;
+            crate::transport::close_gently(&mut io).await;
             return;
         }
         Ok(Ok(x)) => x,

@@ -121,6 +121,10 @@ impl Session {
             self.refuse_publish(qos, pkid, Refuse::PayloadFormatInvalid);
             return Ok(());
         }
+        if crate::limits::publish_over_limits(&p, &self.edge.config.limits).is_some() {
+            self.refuse_publish(qos, pkid, Refuse::QuotaExceeded);
+            return Ok(());
+        }
         if !self
             .edge
             .authorizer
