@@ -109,6 +109,9 @@ async fn retained_set_resubscribe_and_clear() {
 
     // And it can be set again afterwards.
     publ.send("ret/a", q4(0), true, b"again").await;
+    // QoS 0 has no acknowledgement: a QoS 1 message behind it on the same connection is
+    // acknowledged only once the broker has handled (and stored) the one before.
+    publ.send("sync/ret", q4(1), false, b"").await;
     let (mut sub4, _) = V4::connect(v4_options(&s, Tr::Tcp, "ret-sub4")).await;
     sub4.subscribe("ret/a", q4(1)).await;
     let r = sub4.publish_in(T).await;

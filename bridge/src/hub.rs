@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker::client::{ClientError, LocalClient};
+use broker::client::{ClientError, LocalClient, Received};
 use broker::codec::{Publish, QoS, SubscribeReasonCode};
 use broker::topic;
 use bytes::Bytes;
@@ -45,6 +45,10 @@ struct FilterState {
 
 struct StreamEntry {
     filters: Vec<String>,
+    /// Messages the node accepted before this sequence number are not for this stream: it was
+    /// opened after they were published (and reads retained state from the store instead).
+    /// 0 for a stream that resumes from `Last-Event-ID`, which is owed everything after it.
+    after: u64,
     tx: mpsc::Sender<Arc<Event>>,
     lagged: Arc<AtomicU64>,
 }
@@ -193,6 +197,13 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.settings.stream_buffer.max(1));
         let lagged = Arc::new(AtomicU64::new(0));
         let mut st = self.lock();
+        // Read under the hub's lock: a message the hub numbers after this was accepted after
+        // the stream existed or is owed to it by the replay below.
+        let after = if since.is_some() {
+            0
+        } else {
+            self.client.next_seq()
+        };
         let id = st.next_stream;
         st.next_stream += 1;
         for f in filters {
@@ -205,6 +216,7 @@ impl Hub {
             id,
             StreamEntry {
                 filters: filters.to_vec(),
+                after,
                 tx,
                 lagged: lagged.clone(),
             },
@@ -296,9 +308,9 @@ fn replay(st: &State, filters: &[String], n: u64) -> Result<Vec<Arc<Event>>, Gap
 }
 
 /// Receives the bridge session's messages: numbers them, keeps them, fans them out.
-async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
+async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Received>) {
     let mut targets: Vec<u64> = Vec::new();
-    while let Some(p) = rx.recv().await {
+    while let Some(Received { publish: p, seq }) = rx.recv().await {
         // The broker sends a new subscription the matching retained messages (retain flag
         // set; live messages reach the bridge with it cleared). They are not new messages:
         // streams read retained state from the store themselves.
@@ -335,7 +347,7 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Publish>) {
         targets.sort_unstable();
         targets.dedup();
         for sid in &targets {
-            if let Some(s) = st.streams.get(sid) {
+            if let Some(s) = st.streams.get(sid).filter(|s| seq >= s.after) {
                 // Once a stream has lost a message, it gets nothing more until it has told
                 // its client (the gap event), so the gap sits exactly where the hole is.
                 if s.lagged.load(Ordering::Acquire) > 0 || s.tx.try_send(ev.clone()).is_err() {

@@ -32,6 +32,15 @@ pub enum ClientError {
     Timeout,
 }
 
+/// A message for one of a local client's subscriptions.
+#[derive(Debug)]
+pub struct Received {
+    pub publish: Publish,
+    /// The node's sequence number of the message: it was accepted before any message with a
+    /// higher one (compare with [`LocalClient::next_seq`]).
+    pub seq: u64,
+}
+
 /// Most messages (and bytes) waiting for a local client's owner.
 const INBOX_MESSAGES: usize = 65_536;
 const INBOX_BYTES: usize = 64 * 1024 * 1024;
@@ -70,7 +79,7 @@ impl LocalClient {
     pub async fn connect(
         edge: &Arc<Edge>,
         client_id: &str,
-        inbox: mpsc::Sender<Publish>,
+        inbox: mpsc::Sender<Received>,
     ) -> Result<LocalClient, ClientError> {
         if !edge.core_ready() {
             return Err(ClientError::Closed);
@@ -94,6 +103,12 @@ impl LocalClient {
     /// Is the broker unavailable?
     pub fn is_closed(&self) -> bool {
         !self.inner.edge.core_ready() || self.inner.pump.is_finished()
+    }
+
+    /// The sequence number the next accepted message gets: every message received later with
+    /// a lower one was accepted before this call.
+    pub fn next_seq(&self) -> u64 {
+        self.inner.edge.next_seq()
     }
 
     /// Publishes; returns once the node has accepted the message (and stored it, if retained).
@@ -183,7 +198,7 @@ impl LocalClient {
 }
 
 /// Moves messages from the client's inbox to its owner, in order.
-async fn pump(inbox: Arc<Inbox>, out: mpsc::Sender<Publish>) {
+async fn pump(inbox: Arc<Inbox>, out: mpsc::Sender<Received>) {
     let now = std::time::SystemTime::now;
     loop {
         while let Some(d) = inbox.pop() {
@@ -197,7 +212,8 @@ async fn pump(inbox: Arc<Inbox>, out: mpsc::Sender<Publish>) {
             if let (Some(l), Some(props)) = (left, p.properties.as_mut()) {
                 props.message_expiry_interval = Some(l);
             }
-            if out.send(p).await.is_err() {
+            let seq = d.msg.seq;
+            if out.send(Received { publish: p, seq }).await.is_err() {
                 return;
             }
         }

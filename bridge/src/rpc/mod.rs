@@ -31,8 +31,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use broker::client::LocalClient;
-use broker::codec::{Publish, PublishProperties, QoS};
+use broker::client::{LocalClient, Received};
+use broker::codec::{PublishProperties, QoS};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -306,8 +306,8 @@ impl Rpc {
 }
 
 /// Matches replies arriving on the RPC session to waiting requests.
-async fn receive(rpc: std::sync::Weak<Rpc>, mut rx: mpsc::Receiver<Publish>) {
-    while let Some(p) = rx.recv().await {
+async fn receive(rpc: std::sync::Weak<Rpc>, mut rx: mpsc::Receiver<Received>) {
+    while let Some(Received { publish: p, .. }) = rx.recv().await {
         let Some(rpc) = rpc.upgrade() else { return };
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let props = p.properties.unwrap_or_default();
