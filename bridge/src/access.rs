@@ -245,6 +245,10 @@ pub fn broker_error(e: ClientError) -> Response {
             StatusCode::TOO_MANY_REQUESTS,
             format!("the broker refused: {why}"),
         ),
+        ClientError::Refused(why) if why.starts_with("StoreUnavailable") => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the broker refused: {why}"),
+        ),
         ClientError::Refused(why) => error(
             StatusCode::BAD_GATEWAY,
             format!("the broker refused: {why}"),

@@ -111,7 +111,8 @@ impl LocalClient {
         self.inner.edge.next_seq()
     }
 
-    /// Publishes; returns once the node has accepted the message (and stored it, if retained).
+    /// Publishes; returns once the node has accepted the message (and stored it, if retained;
+    /// and, at QoS 1/2, written it for every persistent session it matched).
     pub async fn publish(&self, mut p: Publish) -> Result<(), ClientError> {
         let edge = &self.inner.edge;
         let max = edge.config.limits.max_packet_size as usize;
@@ -148,12 +149,21 @@ impl LocalClient {
             }
         }
         edge.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        edge.route(&Message::new(p, self.inner.src), self.inner.lane)
+        let waiter = edge
+            .route_durable(&Message::new(p, self.inner.src), self.inner.lane)
             .await
             .map_err(|e| match e {
                 crate::CoreError::Gone => ClientError::Closed,
                 crate::CoreError::Stuck(_) => ClientError::Timeout,
-            })
+            })?;
+        // Acknowledged only once on disk for every persistent session it matched.
+        match waiter {
+            None => Ok(()),
+            Some(w) => w.wait(&edge.sessions).await.map_err(|e| {
+                tracing::warn!(error = %e, "message not stored: refused");
+                ClientError::Refused(format!("StoreUnavailable: {e}"))
+            }),
+        }
     }
 
     /// Subscribes to one filter (`$share/…` included); returns the reason code.

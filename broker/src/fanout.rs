@@ -33,19 +33,27 @@ struct Hit {
 pub async fn run(edge: Arc<Edge>, mut egress: Egress) {
     let mut hits = Vec::new();
     while let Some(frame) = egress.next().await {
-        match Message::from_frame(frame) {
-            Ok(m) => deliver(&edge, Arc::new(m), &mut hits),
+        edge.sessions.room().await;
+        match Message::from_frame(frame.clone()) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                let op = deliver(&edge, m.clone(), &frame, &mut hits);
+                if m.qos() != QoS::AtMostOnce {
+                    edge.sessions.resolve(m.seq, op);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "dropping a message the core returned"),
         }
     }
     tracing::error!("the broker core stopped: no more messages are delivered");
 }
 
-/// Hands `msg` to every matching session.
-fn deliver(edge: &Edge, msg: Arc<Message>, hits: &mut Vec<Hit>) {
+/// Hands `msg` to every matching session; returns the last session-store op it took (0: none).
+fn deliver(edge: &Edge, msg: Arc<Message>, frame: &[u8], hits: &mut Vec<Hit>) -> u64 {
     if msg.expiry_left(SystemTime::now()) == Some(0) {
-        return;
+        return 0;
     }
+    let mut op = 0;
     let topic = msg.topic();
     let reply = topic.starts_with(crate::REPLY_PREFIX);
     hits.clear();
@@ -91,8 +99,19 @@ fn deliver(edge: &Edge, msg: Arc<Message>, hits: &mut Vec<Hit>) {
             retain: msg.publish.retain && rap,
             ids,
         };
-        hits[i].inbox.push(d, &edge.stats);
+        let inbox = &hits[i].inbox;
+        if d.qos != QoS::AtMostOnce && inbox.is_persistent() && inbox.fits(&d) {
+            // On disk before any session can send it (and so before its PUBACK can remove it).
+            let key = hits[i].session;
+            op = edge.sessions.enqueue(key, &d, frame);
+            if !inbox.push(d, &edge.stats) {
+                edge.sessions.remove(key, msg.seq);
+            }
+        } else {
+            inbox.push(d, &edge.stats);
+        }
         i = j;
     }
     hits.clear();
+    op
 }

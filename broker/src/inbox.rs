@@ -50,6 +50,9 @@ pub struct Inbox {
     q: Mutex<Queue>,
     wake: Notify,
     online: AtomicBool,
+    /// The session outlives its connection: the fan-out writes its deliveries to the session
+    /// store ([`crate::durable`]) before queuing them here.
+    persistent: AtomicBool,
     /// Messages dropped at this inbox's bounds.
     pub dropped: AtomicU64,
     max_acked: usize,
@@ -64,6 +67,7 @@ impl Inbox {
             q: Mutex::new(Queue::default()),
             wake: Notify::new(),
             online: AtomicBool::new(true),
+            persistent: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             max_acked,
             max_bytes,
@@ -163,6 +167,22 @@ impl Inbox {
 
     pub fn is_online(&self) -> bool {
         self.online.load(Ordering::Relaxed)
+    }
+
+    /// Sets whether the session is persistent; returns what it was.
+    pub fn set_persistent(&self, on: bool) -> bool {
+        self.persistent.swap(on, Ordering::AcqRel)
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    /// Would [`Inbox::push`] take `d` now?
+    pub fn fits(&self, d: &Delivery) -> bool {
+        let q = self.queue();
+        let acked = d.qos != QoS::AtMostOnce;
+        !((acked && q.acked >= self.max_acked) || q.bytes + d.msg.weight() > self.max_bytes)
     }
 
     /// Does a QoS `qos` message fit now (for choosing a shared-subscription member)?

@@ -18,6 +18,7 @@ pub mod config;
 pub mod conformance;
 mod core;
 pub mod directory;
+pub mod durable;
 mod fanout;
 pub mod fuzzing;
 mod inbox;
@@ -26,7 +27,6 @@ pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod password;
-pub mod persistence;
 pub mod registry;
 pub mod retained;
 pub mod security;
@@ -75,6 +75,8 @@ pub struct Edge {
     /// The next accepted message's sequence number.
     seq: AtomicU64,
     pub retained: Arc<retained::RetainedStore>,
+    /// Persistent sessions and their queues on disk.
+    pub sessions: Arc<durable::SessionStore>,
     pub registry: registry::Registry,
     /// Live clients, for operators (the dashboard's clients table).
     pub directory: Arc<directory::Directory>,
@@ -118,12 +120,31 @@ impl Edge {
     /// Hands a message to the core: the seam where every message enters the node. Messages on
     /// one `lane` keep their order. Waits (bounded) while the fan-out catches up.
     pub async fn route(&self, msg: &Message, lane: usize) -> Result<(), CoreError> {
+        self.route_durable(msg, lane).await.map(|_| ())
+    }
+
+    /// [`Edge::route`], and for a QoS 1/2 message that persistent sessions may want, what its
+    /// publisher waits on before acknowledging it ([`durable::Waiter::wait`]).
+    pub async fn route_durable(
+        &self,
+        msg: &Message,
+        lane: usize,
+    ) -> Result<Option<durable::Waiter>, CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
         let frame = msg.frame(seq).map_err(|e| {
             tracing::warn!(error = %e, "message not encodable");
             CoreError::Gone
         })?;
-        self.core.publish(lane, frame).await
+        let waiter = self.sessions.expect(seq, msg.qos());
+        match self.core.publish(lane, frame).await {
+            Ok(()) => Ok(waiter),
+            Err(e) => {
+                if let Some(w) = waiter {
+                    self.sessions.cancel(w);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The sequence number the next accepted message gets: a subscription made now sees
@@ -241,6 +262,7 @@ impl Broker {
         authorizer: Arc<dyn auth::Authorizer>,
     ) -> anyhow::Result<Broker> {
         let retained = retained::RetainedStore::open(&config.storage.dir)?;
+        let (sessions, loaded) = durable::SessionStore::open(&config.storage.dir)?;
         let (core, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
         let stats = stats::Stats::default();
         let (sys_tx, sys_rx) = watch::channel(stats.sys_tree(retained.len()));
@@ -267,6 +289,7 @@ impl Broker {
             config,
             core,
             retained,
+            sessions,
             registry: registry::Registry::default(),
             directory: Default::default(),
             stats,
@@ -277,7 +300,7 @@ impl Broker {
             shutdown,
         });
         tokio::spawn(fanout::run(edge.clone(), egress));
-        restore_sessions(&edge).await;
+        durable::recover(&edge, loaded);
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));
         let mut listeners = Vec::new();
@@ -304,7 +327,7 @@ impl Broker {
     }
 
     /// Stops accepting, disconnects every client (MQTT 5 reason 0x8B), waits (bounded) for the
-    /// sessions to end and flushes the retained store.
+    /// sessions to end and flushes the retained and session stores.
     pub async fn shutdown(self) {
         for l in &self.listeners {
             l.abort();
@@ -316,54 +339,11 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.edge.retained.flush().await;
-        let sessions = self.edge.registry.saved_sessions();
-        match persistence::save(&self.edge.config.storage.dir, &sessions) {
-            Ok(()) => tracing::info!(sessions = sessions.len(), "persistent sessions saved"),
-            Err(e) => tracing::error!(error = %e, "could not save persistent sessions"),
-        }
-    }
-}
-
-/// Brings back the persistent sessions saved at the last shutdown (see [`persistence`]), before
-/// any client can connect. A session that cannot be restored is logged and dropped: its client
-/// finds `session_present = 0`, as after a crash.
-async fn restore_sessions(edge: &Arc<Edge>) {
-    let saved = match persistence::take(&edge.config.storage.dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read saved sessions");
-            return;
-        }
-    };
-    let now = std::time::SystemTime::now();
-    let mut restored = 0;
-    for s in saved {
-        let left = match s.expires_at {
-            Some(t) => match t.duration_since(now) {
-                Ok(d) if !d.is_zero() => Some(d),
-                _ => continue,
-            },
-            None => None,
-        };
-        let mut state = session::state::SessionState::new(edge, &s.client_id, s.owner.clone());
-        state.inbox.set_online(false);
-        state.expires_at = s.expires_at;
-        let src = message::client_hash(&s.client_id);
-        for (f, id) in &s.subs {
-            let opts = session::state::SubOpts::from_filter(f, *id);
-            state.index_insert(edge, &f.path, &opts, src, false);
-            state.subs.insert(f.path.clone(), opts);
-            edge.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(d) = left {
-            let purge = edge.purge_timer(&s.client_id, d);
-            edge.registry.set_purge(&s.client_id, purge);
-        }
-        edge.registry.store_offline(&s.client_id, state);
-        restored += 1;
-    }
-    if restored > 0 {
-        tracing::info!(sessions = restored, "persistent sessions restored");
+        self.edge.sessions.flush().await;
+        tracing::info!(
+            sessions = self.edge.registry.offline_count(),
+            "persistent sessions stored"
+        );
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::persistence::SavedSession;
 use crate::session::state::SessionState;
 
 /// Messages a session's control channel carries.
@@ -130,19 +129,6 @@ impl Registry {
     pub fn take_offline(&self, client_id: &str) -> Option<SessionState> {
         let mut m = self.offline.lock().unwrap_or_else(|e| e.into_inner());
         m.remove(client_id)
-    }
-
-    /// Every persistent session whose client is away (to save at shutdown).
-    pub fn saved_sessions(&self) -> Vec<SavedSession> {
-        let m = self.offline.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter()
-            .map(|(id, s)| SavedSession {
-                client_id: id.clone(),
-                owner: s.owner.clone(),
-                subs: crate::session::state::saved_subs(s),
-                expires_at: s.expires_at,
-            })
-            .collect()
     }
 
     /// Arms the expiry timer of a session restored at start.

@@ -73,6 +73,7 @@ impl Session {
     fn send_delivery(&mut self, d: Delivery, dup: bool) {
         let left = d.msg.expiry_left(SystemTime::now());
         if left == Some(0) {
+            self.store_forget(d.msg.seq);
             return; // expired while queued (MQTT 5 §3.3.2.3.3)
         }
         let mut p = d.msg.publish.clone();
@@ -91,11 +92,13 @@ impl Session {
             // MQTT 5 §3.1.2.11.4: a message too large for the client is discarded.
             self.tally.dropped += 1;
             self.tally.dropped_too_large += 1;
+            self.store_forget(d.msg.seq);
             return;
         }
         if d.qos != QoS::AtMostOnce {
             let id = self.alloc_pkid();
             p.pkid = id;
+            self.store_sent(&d, id);
             self.put_out(id, Outgoing::Sent(d));
         } else {
             p.pkid = 0;
@@ -124,7 +127,9 @@ impl Session {
 
     /// PUBACK or PUBCOMP from the client.
     pub(super) fn client_done(&mut self, pkid: u16) {
-        self.state.out.remove(&pkid);
+        if let Some((_, o)) = self.state.out.remove(&pkid) {
+            self.store_forget_out(&o);
+        }
     }
 
     pub(super) fn client_pubrec(&mut self, r: PubRec) {
@@ -135,10 +140,17 @@ impl Session {
         match self.state.out.get_mut(&r.pkid) {
             // The client refused the message: the exchange ends here.
             Some(_) if failed => {
-                self.state.out.remove(&r.pkid);
+                if let Some((_, o)) = self.state.out.remove(&r.pkid) {
+                    self.store_forget_out(&o);
+                }
             }
             Some(e) => {
-                e.1 = Outgoing::Released;
+                let seq = match &e.1 {
+                    Outgoing::Sent(d) => d.msg.seq,
+                    Outgoing::Released(seq) => *seq,
+                };
+                e.1 = Outgoing::Released(seq);
+                self.store_released(seq, r.pkid);
                 self.send_client(Packet::PubRel(PubRel::new(r.pkid, None)));
             }
             // Not ours (any more): PUBREL anyway, or the client waits forever (MQTT-4.3.3).
@@ -156,12 +168,13 @@ impl Session {
         out.sort_by_key(|(_, (seq, _))| *seq);
         for (id, (_, o)) in out {
             match o {
-                Outgoing::Released => {
-                    self.put_out(id, Outgoing::Released);
+                Outgoing::Released(seq) => {
+                    self.put_out(id, Outgoing::Released(seq));
                     self.send_client(Packet::PubRel(PubRel::new(id, None)));
                 }
                 Outgoing::Sent(d) => {
                     if !self.may_receive(d.msg.topic()) {
+                        self.store_forget(d.msg.seq);
                         continue;
                     }
                     let mut p = d.msg.publish.clone();
@@ -182,7 +195,13 @@ impl Session {
         }
         // Queued messages, authorized again too.
         let inbox = self.state.inbox.clone();
-        inbox.retain(|d| self.may_receive(d.msg.topic()));
+        inbox.retain(|d| {
+            let ok = self.may_receive(d.msg.topic());
+            if !ok {
+                self.store_forget(d.msg.seq);
+            }
+            ok
+        });
     }
 
     fn may_receive(&self, topic: &str) -> bool {

@@ -33,6 +33,13 @@ impl Session {
             )),
             End::Client { .. } | End::Gone => None,
         };
+        // What is written below may promise state that must be on disk first.
+        if self.barrier > 0 {
+            let store = self.edge.sessions.clone();
+            let _ = store
+                .wait_done(self.barrier, store.progress().failures)
+                .await;
+        }
         let linger =
             reason.is_some() && self.version == Version::V5 && !matches!(end, End::Kicked(0x8B));
         if let (Some((code, why)), Version::V5) = (reason, self.version) {
@@ -83,6 +90,8 @@ impl Session {
             state.inbox.set_online(false);
             state.expires_at = (expiry != u32::MAX)
                 .then(|| SystemTime::now() + Duration::from_secs(expiry as u64));
+            edge.sessions.mark(&state.inbox, true);
+            edge.sessions.put_session(&client_id, &state, expiry, false);
             edge.registry.store_offline(&client_id, state);
         }
         let will_timer = will.and_then(|w| {

@@ -12,6 +12,7 @@
 
 mod connect;
 mod deliver;
+mod durable;
 mod end;
 mod publish;
 pub(crate) mod state;
@@ -116,6 +117,10 @@ struct Session {
     client_out: BytesMut,
     /// PUBACKs in `client_out`, not yet written (their messages still count as in flight).
     unflushed_acks: usize,
+    /// Acknowledgements waiting for the session store (see [`durable`]).
+    held: Vec<durable::Held>,
+    /// The session-store op that must be on disk before the next write to the client.
+    barrier: u64,
     tally: Tally,
 }
 
@@ -201,6 +206,8 @@ impl Session {
             rate_at: tokio::time::Instant::now(),
             client_out: BytesMut::new(),
             unflushed_acks: 0,
+            held: Vec::new(),
+            barrier: 0,
             tally: Tally::default(),
         }
     }
@@ -211,6 +218,7 @@ impl Session {
             self.resume_subscriptions();
         }
         self.state.inbox.set_online(true);
+        self.store_connected();
         let ack = ConnAck {
             session_present: self.session_present,
             code: ConnectReturnCode::Success,
@@ -252,6 +260,9 @@ impl Session {
                 }
             }
             self.drain_inbox();
+            if let Err(end) = self.settle().await {
+                return end;
+            }
             if !self.client_out.is_empty() {
                 self.tally.bytes_sent += self.client_out.len() as u64;
                 let w = async {

@@ -106,7 +106,7 @@ impl Session {
         // A QoS 2 message already received under this id (sent again before our PUBREC came
         // through): acknowledge it again, route it once.
         if qos == QoS::ExactlyOnce && self.state.qos2_in.contains(&pkid) {
-            self.send_client(Packet::PubRec(PubRec::new(pkid, None)));
+            self.ack_publish(qos, pkid, None);
             return Ok(());
         }
         if topic.starts_with('$') {
@@ -184,31 +184,36 @@ impl Session {
             }
         }
         let msg = Message::new(p, self.src);
-        if let Err(e) = self.edge.route(&msg, self.lane).await {
-            tracing::warn!(client_id = self.client_id, error = %e, "message not accepted");
-            if self.version == Version::V311 && qos != QoS::AtMostOnce {
-                return Err(End::CoreLost);
-            }
-            self.refuse_publish(qos, pkid, Refuse::ServerBusy);
-            return Ok(());
+        // The client's QoS 2 packet id is known (and stored) before the message can reach
+        // anyone: a PUBLISH sent again under it is not routed twice, even across a crash.
+        if qos == QoS::ExactlyOnce {
+            self.state.qos2_in.insert(pkid);
+            self.store_inbound(pkid, true);
         }
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                self.unflushed_acks += 1;
-                self.send_client(Packet::PubAck(PubAck::new(pkid, None)));
+        let waiter = match self.edge.route_durable(&msg, self.lane).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(client_id = self.client_id, error = %e, "message not accepted");
+                if qos == QoS::ExactlyOnce && self.state.qos2_in.remove(&pkid) {
+                    self.store_inbound(pkid, false);
+                }
+                if self.version == Version::V311 && qos != QoS::AtMostOnce {
+                    return Err(End::CoreLost);
+                }
+                self.refuse_publish(qos, pkid, Refuse::ServerBusy);
+                return Ok(());
             }
-            QoS::ExactlyOnce => {
-                self.state.qos2_in.insert(pkid);
-                self.send_client(Packet::PubRec(PubRec::new(pkid, None)));
-            }
-        }
+        };
+        self.ack_publish(qos, pkid, waiter);
         Ok(())
     }
 
     /// PUBREL: the client's QoS 2 exchange ends.
     pub(super) fn client_pubrel(&mut self, pkid: u16) {
         let known = self.state.qos2_in.remove(&pkid);
+        if known {
+            self.store_inbound(pkid, false);
+        }
         let comp = if known || self.version == Version::V311 {
             PubComp::new(pkid, None)
         } else {

@@ -48,8 +48,9 @@ impl SubOpts {
 pub enum Outgoing {
     /// Sent (QoS 1, or QoS 2 before PUBREC): sent again with DUP on resume.
     Sent(Delivery),
-    /// QoS 2 after PUBREC: PUBREL sent, PUBCOMP awaited.
-    Released,
+    /// QoS 2 after PUBREC: PUBREL sent, PUBCOMP awaited (the message's node sequence number,
+    /// its key in the session store).
+    Released(u64),
 }
 
 /// The state of one session.
@@ -138,6 +139,11 @@ impl SessionState {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         while self.inbox.pop().is_some() {}
+        if self.inbox.is_persistent() {
+            edge.sessions.mark(&self.inbox, false);
+            edge.sessions
+                .delete_session(&self.inbox.client_id, self.key);
+        }
     }
 }
 
@@ -152,12 +158,4 @@ pub fn split(path: &str) -> (&str, Option<&str>) {
         Some(Ok((group, filter))) => (filter, Some(group)),
         _ => (path, None),
     }
-}
-
-/// The subscriptions of a session saved across a restart, as the registry keeps them.
-pub fn saved_subs(s: &SessionState) -> Vec<(Filter, Option<usize>)> {
-    s.subs
-        .iter()
-        .map(|(path, o)| (o.to_filter(path), o.id))
-        .collect()
 }

@@ -57,6 +57,7 @@ impl Session {
             }
             codes.push(code);
         }
+        self.store_subscriptions();
         self.send_client(Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: codes,
@@ -147,6 +148,7 @@ impl Session {
                 None => reasons.push(UnsubAckReason::NoSubscriptionExisted),
             }
         }
+        self.store_subscriptions();
         self.send_client(Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             reasons,

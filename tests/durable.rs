@@ -1,0 +1,296 @@
+//! Persistent sessions on disk (issue 14): what a publisher was told is accepted survives a
+//! SIGKILL of the server, for every persistent session it was for.
+//!
+//! Each test kills the real `realtime-web` process with SIGKILL (no shutdown code runs) and
+//! starts it again on the same storage directory, then resumes the sessions with real clients
+//! (rumqttc 3.1.1 and 5, raw sockets where a test must stop half way through a QoS 2
+//! exchange, reqwest for HTTP publishes).
+
+mod common;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rumqttc::mqttbytes::v4;
+
+use common::*;
+use support::*;
+
+fn q4(q: u8) -> rumqttc::QoS {
+    rumqttc::qos(q).expect("qos")
+}
+
+fn q5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    rumqttc::v5::mqttbytes::qos(q).expect("qos")
+}
+
+/// How long receiving a whole backlog may take.
+const BACKLOG: Duration = Duration::from_secs(60);
+
+/// Publishes `n` QoS 1 messages `{prefix}{i}` on `topic` through one 3.1.1 connection and waits
+/// until every one is acknowledged (PUBACK).
+async fn publish_acked(s: &Server, id: &str, topic: &str, prefix: &str, n: usize) {
+    let (mut p, _) = V4::connect(v4_options(s, Tr::Tcp, id)).await;
+    let client = p.client.clone();
+    let (topic, prefix) = (topic.to_string(), prefix.to_string());
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(&topic, q4(1), false, format!("{prefix}{i}"))
+                .await
+                .expect("publish");
+        }
+    });
+    let mut acks = 0;
+    while acks < n {
+        if let rumqttc::Packet::PubAck(_) = p.incoming(T).await {
+            acks += 1;
+        }
+    }
+    sender.await.expect("sender");
+    p.disconnect().await;
+}
+
+fn options4(s: &Server, id: &str) -> rumqttc::MqttOptions {
+    let mut o = v4_options(s, Tr::Tcp, id);
+    o.set_clean_session(false);
+    o
+}
+
+fn options5(s: &Server, id: &str, expiry: u32) -> rumqttc::v5::MqttOptions {
+    let mut o = v5_options(s, Tr::Tcp, id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(expiry));
+    o
+}
+
+/// Which of `{prefix}0 … {prefix}{n-1}` never arrived, reading until all did (bounded).
+async fn missing4(c: &mut V4, prefix: &str, n: usize) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + BACKLOG;
+    while seen.len() < n && tokio::time::Instant::now() < deadline {
+        let p = c.publish_in(BACKLOG).await;
+        if let Some(i) = std::str::from_utf8(&p.payload)
+            .ok()
+            .and_then(|t| t.strip_prefix(prefix))
+            .and_then(|t| t.parse::<usize>().ok())
+        {
+            seen.insert(i);
+        }
+    }
+    (0..n).filter(|i| !seen.contains(i)).collect()
+}
+
+async fn missing5(c: &mut V5, prefix: &str, n: usize) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + BACKLOG;
+    while seen.len() < n && tokio::time::Instant::now() < deadline {
+        let p = c.publish_in(BACKLOG).await;
+        if let Some(i) = std::str::from_utf8(&p.payload)
+            .ok()
+            .and_then(|t| t.strip_prefix(prefix))
+            .and_then(|t| t.parse::<usize>().ok())
+        {
+            seen.insert(i);
+        }
+    }
+    (0..n).filter(|i| !seen.contains(i)).collect()
+}
+
+/// Creates a 3.1.1 (clean session 0) and an MQTT 5 (expiry 1 h) persistent session subscribed
+/// to `filter` at QoS 1, both left offline.
+async fn offline_sessions(s: &Server, id4: &str, id5: &str, filter: &str) {
+    let (mut c4, _) = V4::connect(options4(s, id4)).await;
+    c4.subscribe(filter, q4(1)).await;
+    c4.disconnect().await;
+    let (mut c5, _) = V5::connect(options5(s, id5, 3600)).await;
+    c5.subscribe(filter, q5(1)).await;
+    c5.disconnect().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The issue's run: 2,000 QoS 1 messages acknowledged for two offline persistent sessions, the
+/// server SIGKILLed and restarted on the same storage: both sessions are back
+/// (`session_present`) and get all 2,000 (duplicates allowed, none missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_keeps_every_acknowledged_message_of_offline_sessions() {
+    const N: usize = 2000;
+    let mut s = Server::start();
+    offline_sessions(&s, "dur-311", "dur-5", "dur/#").await;
+    publish_acked(&s, "dur-pub", "dur/x", "m", N).await;
+    s.kill();
+    s.restart();
+
+    let (mut c4, ack) = V4::connect(options4(&s, "dur-311")).await;
+    assert!(ack.session_present, "3.1.1 session lost");
+    assert_eq!(missing4(&mut c4, "m", N).await, Vec::<usize>::new());
+    let (mut c5, ack) = V5::connect(options5(&s, "dur-5", 3600)).await;
+    assert!(ack.session_present, "MQTT 5 session lost");
+    assert_eq!(missing5(&mut c5, "m", N).await, Vec::<usize>::new());
+}
+
+/// The same through the HTTP bridge: `POST /topics/…` (QoS 1) answers 200 only once the
+/// message is on disk for the offline session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_keeps_every_http_publish_answered_200() {
+    const N: usize = 200;
+    let mut s = Server::start();
+    offline_sessions(&s, "dur-http-311", "dur-http-5", "web/#").await;
+    let http = reqwest::Client::new();
+    for i in 0..N {
+        let r = http
+            .post(format!("{}/topics/web/x?qos=1", s.http_base()))
+            .body(format!("h{i}"))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+    s.kill();
+    s.restart();
+    let (mut c4, ack) = V4::connect(options4(&s, "dur-http-311")).await;
+    assert!(ack.session_present);
+    assert_eq!(missing4(&mut c4, "h", N).await, Vec::<usize>::new());
+    let (mut c5, ack) = V5::connect(options5(&s, "dur-http-5", 3600)).await;
+    assert!(ack.session_present);
+    assert_eq!(missing5(&mut c5, "h", N).await, Vec::<usize>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// QoS 2 across a kill.
+
+fn connack_present4(r: &mut Raw) -> bool {
+    match r.recv4(T) {
+        v4::Packet::ConnAck(a) => {
+            assert_eq!(a.code, v4::ConnectReturnCode::Success);
+            a.session_present
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn subscribe4(r: &mut Raw, filter: &str, qos: u8) {
+    r.send4(v4::Packet::Subscribe(v4::Subscribe::new(filter, q4(qos))));
+    match r.recv4(T) {
+        v4::Packet::SubAck(_) => {}
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+fn publish4(topic: &str, qos: u8, pkid: u16, payload: &str, dup: bool) -> v4::Packet {
+    let mut p = v4::Publish::new(topic, q4(qos), payload.as_bytes().to_vec());
+    p.pkid = pkid;
+    p.dup = dup;
+    v4::Packet::Publish(p)
+}
+
+/// Every packet that comes within `quiet` of the previous one.
+fn drain4(r: &mut Raw, quiet: Duration) -> Vec<v4::Packet> {
+    let mut out = Vec::new();
+    while let Ok(RawPacket::V4(p)) = r.recv(quiet) {
+        out.push(p);
+    }
+    out
+}
+
+/// QoS 2 exchanges half done when the server is SIGKILLed are completed exactly once after the
+/// restart, on both sides:
+/// * the subscriber had PUBREC'd message `a` (server sent PUBREL, no PUBCOMP yet): it gets the
+///   PUBREL again under the same packet id, never `a` again;
+/// * the subscriber had received message `b` without answering: it gets `b` again with DUP
+///   under the same packet id (so a client that keeps its QoS 2 state delivers it once);
+/// * the publisher had received PUBREC for `c` and not sent PUBREL: sending `c` again under
+///   the same packet id (as a client unsure of its PUBREC does) is acknowledged and not routed
+///   again; PUBREL completes it;
+/// * message `d`, published (QoS 2, PUBCOMP received) while the subscriber was away, arrives
+///   once.
+#[test]
+fn qos2_half_acknowledged_before_sigkill_is_delivered_exactly_once() {
+    let mut s = Server::start();
+    let mut sub = Raw::open(s.mqtt, false);
+    sub.send4(connect4("dur-q2-sub", false, 60));
+    assert!(!connack_present4(&mut sub));
+    subscribe4(&mut sub, "q2/#", 2);
+
+    let mut publ = Raw::open(s.mqtt, false);
+    publ.send4(connect4("dur-q2-pub", false, 60));
+    connack_present4(&mut publ);
+    // a: the subscriber PUBRECs, the server PUBRELs, no PUBCOMP.
+    publ.send4(publish4("q2/a", 2, 1, "a", false));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 1));
+    publ.send4(v4::Packet::PubRel(v4::PubRel::new(1)));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 1));
+    let a_id = match sub.recv4(T) {
+        v4::Packet::Publish(p) if &p.payload[..] == b"a" => p.pkid,
+        other => panic!("expected a, got {other:?}"),
+    };
+    sub.send4(v4::Packet::PubRec(v4::PubRec::new(a_id)));
+    assert!(matches!(sub.recv4(T), v4::Packet::PubRel(r) if r.pkid == a_id));
+    // b: the subscriber receives it and says nothing.
+    publ.send4(publish4("q2/b", 2, 2, "b", false));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 2));
+    publ.send4(v4::Packet::PubRel(v4::PubRel::new(2)));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 2));
+    let b_id = match sub.recv4(T) {
+        v4::Packet::Publish(p) if &p.payload[..] == b"b" => p.pkid,
+        other => panic!("expected b, got {other:?}"),
+    };
+    // The subscriber goes away; d is published while it is.
+    drop(sub);
+    publ.send4(publish4("q2/d", 2, 4, "d", false));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 4));
+    publ.send4(v4::Packet::PubRel(v4::PubRel::new(4)));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 4));
+    // c: PUBREC received, no PUBREL.
+    publ.send4(publish4("q2/c", 2, 3, "c", false));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 3));
+
+    s.kill();
+    s.restart();
+
+    // The publisher resends c under the same id, then releases it.
+    let mut publ = Raw::open(s.mqtt, false);
+    publ.send4(connect4("dur-q2-pub", false, 60));
+    assert!(connack_present4(&mut publ), "publisher's session lost");
+    publ.send4(publish4("q2/c", 2, 3, "c", true));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 3));
+    publ.send4(v4::Packet::PubRel(v4::PubRel::new(3)));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 3));
+
+    let mut sub = Raw::open(s.mqtt, false);
+    sub.send4(connect4("dur-q2-sub", false, 60));
+    assert!(connack_present4(&mut sub), "subscriber's session lost");
+    let mut payloads = Vec::new();
+    let mut pubrel_a = false;
+    let mut b_again = false;
+    for p in drain4(&mut sub, Duration::from_secs(3)) {
+        match p {
+            v4::Packet::PubRel(r) if r.pkid == a_id => {
+                pubrel_a = true;
+                sub.send4(v4::Packet::PubComp(v4::PubComp::new(r.pkid)));
+            }
+            v4::Packet::Publish(p) => {
+                let body = String::from_utf8_lossy(&p.payload).into_owned();
+                if body == "b" {
+                    assert_eq!(p.pkid, b_id, "b resent under another packet id");
+                    assert!(p.dup, "b resent without DUP");
+                    b_again = true;
+                }
+                sub.send4(v4::Packet::PubRec(v4::PubRec::new(p.pkid)));
+                payloads.push(body);
+            }
+            v4::Packet::PubRel(r) => sub.send4(v4::Packet::PubComp(v4::PubComp::new(r.pkid))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pubrel_a, "PUBREL for a not sent again");
+    assert!(b_again, "b not sent again");
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        vec!["b", "c", "d"],
+        "a must not come again, c and d once"
+    );
+}
