@@ -387,3 +387,159 @@ async fn hundred_sessions_survive_three_kills_and_expiry_counts_the_outage() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A full disk.
+
+/// A small tmpfs mounted for the storage directory; unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` when mounting is not permitted here (not root, no tmpfs).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = std::env::temp_dir().join(format!("rtw-full-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Publishes one QoS 1 message and returns its PUBACK reason.
+async fn puback5(c: &mut V5, topic: &str, payload: Vec<u8>) -> p5::PubAckReason {
+    c.client
+        .publish(topic, q5(1), false, payload)
+        .await
+        .expect("publish");
+    loop {
+        if let p5::Packet::PubAck(a) = c.incoming(T).await {
+            return a.reason;
+        }
+    }
+}
+
+/// With the disk full, publishers into a persistent session are refused — MQTT 5 PUBACK 0x80,
+/// 3.1.1 connection closed, HTTP 503 — never acknowledged and then lost: after space is freed
+/// and the server SIGKILLed and restarted, every message that was acknowledged arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        eprintln!("SKIPPED full_disk_refuses_publishes_and_loses_nothing_acknowledged: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let mut s = Server::builder().dir(&disk.0).start();
+    let (mut sub, _) = V5::connect(options5(&s, "full-sub", 3600)).await;
+    sub.subscribe("full/#", q5(1)).await;
+    sub.disconnect().await;
+    let big = |i: usize| {
+        let mut v = format!("f{i}:").into_bytes();
+        v.resize(8000, b'x');
+        v
+    };
+    let (mut p, _) = V5::connect(v5_options(&s, Tr::Tcp, "full-pub5")).await;
+    let mut acked = Vec::new();
+    for i in 500..520 {
+        assert_eq!(
+            puback5(&mut p, "full/x", big(i)).await,
+            p5::PubAckReason::Success
+        );
+        acked.push(i);
+    }
+    let filler = disk.fill();
+    let mut refused = 0;
+    for i in 0..200 {
+        match puback5(&mut p, "full/x", big(i)).await {
+            p5::PubAckReason::Success => acked.push(i),
+            p5::PubAckReason::UnspecifiedError => refused += 1,
+            other => panic!("unexpected PUBACK reason {other:?}"),
+        }
+    }
+    assert!(refused > 0, "a full disk refused nothing");
+
+    // 3.1.1: no reason code in PUBACK, so the connection is closed instead.
+    let (mut p4, _) = V4::connect(v4_options(&s, Tr::Tcp, "full-pub4")).await;
+    p4.client
+        .publish("full/x", q4(1), false, big(1000))
+        .await
+        .expect("publish");
+    loop {
+        match p4.next(T).await {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
+                panic!("3.1.1 publish acknowledged on a full disk")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    // HTTP: 503 with a JSON error.
+    let r = reqwest::Client::new()
+        .post(format!("{}/topics/full/x?qos=1", s.http_base()))
+        .body(big(2000))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.expect("JSON error");
+    assert_eq!(body["error"]["status"], 503);
+
+    // Space again: the store reopens itself and acknowledges again.
+    std::fs::remove_file(filler).expect("free space");
+    let mut back = None;
+    for i in 3000..3100 {
+        if puback5(&mut p, "full/x", big(i)).await == p5::PubAckReason::Success {
+            acked.push(i);
+            back = Some(i);
+            break;
+        }
+    }
+    assert!(
+        back.is_some(),
+        "the store did not recover once space was freed"
+    );
+    drop(p);
+
+    s.kill();
+    s.restart();
+    let (mut sub, ack) = V5::connect(options5(&s, "full-sub", 3600)).await;
+    assert!(ack.session_present);
+    let mut want: BTreeSet<usize> = acked.into_iter().collect();
+    while !want.is_empty() {
+        let m = sub.publish_in(BACKLOG).await;
+        let text = String::from_utf8_lossy(&m.payload[..16]).into_owned();
+        if let Some(i) = text
+            .strip_prefix('f')
+            .and_then(|t| t.split(':').next())
+            .and_then(|t| t.parse().ok())
+        {
+            want.remove(&i);
+        }
+    }
+    drop(sub);
+    drop(s);
+}

@@ -401,7 +401,7 @@ impl V4 {
         (c, ack)
     }
 
-    async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::Event, String>> {
+    pub async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::Event, String>> {
         tokio::time::timeout(timeout, self.rx.recv())
             .await
             .ok()
