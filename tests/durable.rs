@@ -543,3 +543,80 @@ async fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
     drop(sub);
     drop(s);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Wills across a kill.
+
+fn will5(s: &Server, id: &str, topic: &str, delay: u32) -> rumqttc::v5::MqttOptions {
+    let mut o = options5(s, id, 3600);
+    o.set_last_will(p5::LastWill::new(
+        topic,
+        format!("{id} is gone"),
+        q5(1),
+        false,
+        Some(p5::LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }),
+    ));
+    o
+}
+
+/// Wills of persistent sessions are kept with them: a delayed will whose delay passed while the
+/// server was down is published after the restart; so are the wills of clients that were still
+/// connected when it was killed (their connection ended then), once their delay has passed
+/// from the restart; each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_due_during_the_outage_are_published_after_a_kill() {
+    let mut s = Server::start();
+    let (mut w, _) = V4::connect(options4(&s, "will-watch")).await;
+    w.subscribe("dwill/#", q4(1)).await;
+    w.disconnect().await;
+    // a: gone before the kill, will due 2 s later (during the outage).
+    let (a, _) = V5::connect(will5(&s, "will-a", "dwill/a", 2)).await;
+    drop(a);
+    // b: MQTT 5, connected at the kill, will delay 1 s.
+    let (_b, _) = V5::connect(will5(&s, "will-b", "dwill/b", 1)).await;
+    // c: 3.1.1, connected at the kill, will without delay.
+    let mut o = options4(&s, "will-c");
+    o.set_last_will(rumqttc::LastWill::new(
+        "dwill/c",
+        "will-c is gone",
+        q4(1),
+        false,
+    ));
+    let (_c, _) = V4::connect(o).await;
+    // Let the server see a's socket close before it dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.kill();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.restart();
+
+    let (mut w, ack) = V4::connect(options4(&s, "will-watch")).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let p = w.publish_in(T).await;
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    // Nothing more: each will once (a marker published now comes next).
+    publish_acked(&s, "will-pub", "dwill/marker", "marker", 1).await;
+    loop {
+        let p = w.publish_in(T).await;
+        let text = String::from_utf8_lossy(&p.payload).into_owned();
+        if text == "marker0" {
+            break;
+        }
+        got.push(text);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["will-a is gone", "will-b is gone", "will-c is gone"]
+    );
+}

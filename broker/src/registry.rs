@@ -131,6 +131,12 @@ impl Registry {
         m.remove(client_id)
     }
 
+    /// Arms the delayed will of a session restored at start.
+    pub fn set_will(&self, client_id: &str, will: JoinHandle<()>) {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(client_id.to_string()).or_default().will = Some(will);
+    }
+
     /// Arms the expiry timer of a session restored at start.
     pub fn set_purge(&self, client_id: &str, purge: JoinHandle<()>) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());

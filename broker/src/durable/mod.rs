@@ -52,6 +52,11 @@ const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// One change, in the order they are made.
 pub(crate) enum Op {
+    /// The will of session `key` was published (or is no longer due).
+    ClearWill {
+        client_id: String,
+        key: u64,
+    },
     PutSession {
         client_id: String,
         record: Vec<u8>,
@@ -240,18 +245,28 @@ impl SessionStore {
 
     // ---- sessions ----------------------------------------------------------------------------
 
-    /// Writes the record of session `state` (`online`: its client is connected).
+    /// Writes the record of session `state` (`online`: its client is connected) with the
+    /// will still due, if any.
     pub fn put_session(
         &self,
         client_id: &str,
         state: &SessionState,
         expiry_secs: u32,
         online: bool,
+        will: Option<record::WillRecord>,
     ) -> u64 {
-        let record = record::SessionRecord::of(state, expiry_secs, online).encode();
+        let record = record::SessionRecord::of(state, expiry_secs, online, will).encode();
         self.push(Op::PutSession {
             client_id: client_id.to_string(),
             record,
+        })
+    }
+
+    /// The will of session `key` is no longer due.
+    pub fn clear_will(&self, client_id: &str, key: u64) -> u64 {
+        self.push(Op::ClearWill {
+            client_id: client_id.to_string(),
+            key,
         })
     }
 

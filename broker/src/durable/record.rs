@@ -36,6 +36,49 @@ pub struct SessionRecord {
     /// The client was connected when this was written.
     #[serde(default)]
     pub online: bool,
+    /// The will still to be published, if any.
+    #[serde(default)]
+    pub will: Option<WillRecord>,
+}
+
+/// A will message kept with its session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WillRecord {
+    /// The will as a message frame ([`crate::message::Message::frame`]).
+    pub frame: Vec<u8>,
+    /// The will delay interval, in seconds (already capped by the session expiry).
+    pub delay_secs: u32,
+    /// When it is due, in ms since the Unix epoch: set once the connection ended; `None`
+    /// while it is connected (then due `delay_secs` after the restart).
+    pub due_ms: Option<u64>,
+}
+
+impl WillRecord {
+    /// The will `publish` of client `src`, delayed `delay_secs`, due at `due` if its
+    /// connection has ended.
+    pub fn new(
+        publish: &crate::codec::Publish,
+        src: u64,
+        delay_secs: u32,
+        due: Option<SystemTime>,
+    ) -> Option<WillRecord> {
+        let frame = crate::message::Message::new(publish.clone(), src)
+            .frame(0)
+            .ok()?;
+        Some(WillRecord {
+            frame: frame.to_vec(),
+            delay_secs,
+            due_ms: due.map(ms),
+        })
+    }
+
+    /// When it is due, seen from `now`.
+    pub fn due(&self, now: SystemTime) -> SystemTime {
+        match self.due_ms {
+            Some(ms) => UNIX_EPOCH + Duration::from_millis(ms),
+            None => now + Duration::from_secs(self.delay_secs as u64),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,7 +100,12 @@ fn ms(t: SystemTime) -> u64 {
 
 impl SessionRecord {
     /// The record of `state`; `online` while its client is connected.
-    pub fn of(state: &SessionState, expiry_secs: u32, online: bool) -> SessionRecord {
+    pub fn of(
+        state: &SessionState,
+        expiry_secs: u32,
+        online: bool,
+        will: Option<WillRecord>,
+    ) -> SessionRecord {
         SessionRecord {
             key: Some(state.key),
             owner: state.owner.clone(),
@@ -84,6 +132,7 @@ impl SessionRecord {
             },
             expiry_secs: (expiry_secs != u32::MAX).then_some(expiry_secs),
             online,
+            will,
         }
     }
 

@@ -6,7 +6,10 @@
 //! messages of sessions that no longer exist. [`recover`] then puts each session into the
 //! registry's offline map (its subscriptions into the index, its queued messages into its
 //! inbox, its QoS 2 exchanges and packet ids into its in-flight map) with its expiry timer, so a
-//! client that reconnects gets `session_present = 1` and everything it is owed.
+//! client that reconnects gets `session_present = 1` and everything it is owed. A will still due
+//! is published when its delay is over, at once if it passed during the outage (a client that
+//! was connected when the node stopped lost its connection then: its will counts from the
+//! restart).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -208,10 +211,40 @@ pub fn recover(edge: &Arc<Edge>, loaded: super::recover::Loaded) {
             let purge = edge.purge_timer(&s.client_id, left);
             edge.registry.set_purge(&s.client_id, purge);
         }
+        let will = s.record.will.clone().and_then(|w| {
+            let due = w.due(SystemTime::now());
+            let m = Message::from_frame(bytes::Bytes::from(w.frame)).ok()?;
+            Some((due, m.publish))
+        });
         if s.record.online {
-            // Its client was connected when the node stopped: from now on it is away.
+            // Its client was connected when the node stopped: from now on it is away, and its
+            // will is due after its delay.
             let expiry = s.record.expiry_secs.unwrap_or(u32::MAX);
-            store.put_session(&s.client_id, &state, expiry, false);
+            let due = s.record.will.clone().map(|mut w| {
+                w.due_ms = Some(
+                    w.due(SystemTime::now())
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                );
+                w
+            });
+            store.put_session(&s.client_id, &state, expiry, false, due);
+        }
+        if let Some((due, publish)) = will {
+            let left = due
+                .duration_since(SystemTime::now())
+                .unwrap_or(std::time::Duration::ZERO);
+            let (edge2, id, key) = (edge.clone(), s.client_id.clone(), s.key);
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(left).await;
+                crate::session::publish_will(&edge2, publish, src).await;
+                edge2.sessions.clear_will(&id, key);
+                edge2
+                    .registry
+                    .timer_fired(&id, crate::registry::Timer::Will);
+            });
+            edge.registry.set_will(&s.client_id, timer);
         }
         edge.registry.store_offline(&s.client_id, state);
         sessions += 1;

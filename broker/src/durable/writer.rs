@@ -101,6 +101,16 @@ fn commit(db: &Database, batch: &[(u64, Op)]) -> Result<(), redb::Error> {
                 Op::PutSession { client_id, record } => {
                     sessions.insert(client_id.as_str(), record.as_slice())?;
                 }
+                Op::ClearWill { client_id, key } => {
+                    let record = sessions
+                        .get(client_id.as_str())?
+                        .and_then(|v| SessionRecord::decode(v.value()).ok())
+                        .filter(|r| r.key == Some(*key) && r.will.is_some());
+                    if let Some(mut r) = record {
+                        r.will = None;
+                        sessions.insert(client_id.as_str(), r.encode().as_slice())?;
+                    }
+                }
                 Op::DeleteSession { client_id, key } => {
                     let current = sessions
                         .get(client_id.as_str())?

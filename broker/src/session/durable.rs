@@ -16,6 +16,7 @@
 use super::state::Outgoing;
 use super::{End, Session};
 use crate::codec::*;
+use crate::durable::record::WillRecord;
 use crate::durable::{StoreError, Waiter};
 use crate::inbox::Delivery;
 
@@ -43,7 +44,8 @@ impl Session {
         let store = self.edge.sessions.clone();
         if self.persistent {
             store.mark(&self.state.inbox, true);
-            let op = store.put_session(&self.client_id, &self.state, self.expiry(), true);
+            let will = self.will_record();
+            let op = store.put_session(&self.client_id, &self.state, self.expiry(), true, will);
             self.hold(Some(op));
         } else if self.persistent_now() {
             // Resumed, but ending with this connection (MQTT 5 expiry 0).
@@ -51,6 +53,18 @@ impl Session {
             let op = store.delete_session(&self.client_id, self.state.key);
             self.hold(Some(op));
         }
+    }
+
+    /// The connection's will as stored while it is connected: due its delay after a crash.
+    fn will_record(&self) -> Option<WillRecord> {
+        let w = self.will.as_ref()?;
+        let delay = w
+            .properties
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0)
+            .min(self.expiry());
+        WillRecord::new(&super::end::will_publish(w.clone()), self.src, delay, None)
     }
 
     /// The session's expiry interval as stored (`u32::MAX`: never).
@@ -64,10 +78,14 @@ impl Session {
     /// After SUBSCRIBE / UNSUBSCRIBE: the record again.
     pub(super) fn store_subscriptions(&mut self) {
         if self.persistent_now() {
-            let op =
-                self.edge
-                    .sessions
-                    .put_session(&self.client_id, &self.state, self.expiry(), true);
+            let will = self.will_record();
+            let op = self.edge.sessions.put_session(
+                &self.client_id,
+                &self.state,
+                self.expiry(),
+                true,
+                will,
+            );
             self.hold(Some(op));
         }
     }

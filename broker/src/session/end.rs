@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::{disconnect_code, End, Session};
 use crate::codec::*;
+use crate::durable::record::WillRecord;
 use crate::message::Message;
 use crate::registry::Timer;
 use crate::transport::Io;
@@ -83,6 +84,7 @@ impl Session {
         let src = self.src;
         let internal = self.internal;
         let mut state = self.state;
+        let state_key = state.key;
         if expiry == 0 {
             state.inbox.set_online(false);
             state.discard(&edge, internal);
@@ -91,16 +93,19 @@ impl Session {
             state.expires_at = (expiry != u32::MAX)
                 .then(|| SystemTime::now() + Duration::from_secs(expiry as u64));
             edge.sessions.mark(&state.inbox, true);
-            edge.sessions.put_session(&client_id, &state, expiry, false);
+            // A delayed will waits with the session, on disk too.
+            let due = will.as_ref().and_then(|w| {
+                let d = will_delay(w, expiry);
+                let at = SystemTime::now() + Duration::from_secs(d as u64);
+                (d > 0).then(|| WillRecord::new(&will_publish(w.clone()), src, d, Some(at)))?
+            });
+            edge.sessions
+                .put_session(&client_id, &state, expiry, false, due);
             edge.registry.store_offline(&client_id, state);
         }
+        let key = state_key;
         let will_timer = will.and_then(|w| {
-            let delay = w
-                .properties
-                .as_ref()
-                .and_then(|p| p.delay_interval)
-                .unwrap_or(0)
-                .min(expiry);
+            let delay = will_delay(&w, expiry);
             let publish = will_publish(w);
             let edge = edge.clone();
             if delay == 0 {
@@ -111,6 +116,7 @@ impl Session {
                 Some(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(delay as u64)).await;
                     publish_will(&edge, publish, src).await;
+                    edge.sessions.clear_will(&id, key);
                     edge.registry.timer_fired(&id, Timer::Will);
                 }))
             }
@@ -121,7 +127,16 @@ impl Session {
     }
 }
 
-fn will_publish(w: LastWill) -> Publish {
+/// The will delay interval, capped by the session expiry (MQTT 5 §3.1.3.2.2).
+fn will_delay(w: &LastWill, expiry: u32) -> u32 {
+    w.properties
+        .as_ref()
+        .and_then(|p| p.delay_interval)
+        .unwrap_or(0)
+        .min(expiry)
+}
+
+pub(super) fn will_publish(w: LastWill) -> Publish {
     let props = w.properties.map(|p| PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,
@@ -143,7 +158,7 @@ fn will_publish(w: LastWill) -> Publish {
     }
 }
 
-async fn publish_will(edge: &Arc<Edge>, p: Publish, src: u64) {
+pub(crate) async fn publish_will(edge: &Arc<Edge>, p: Publish, src: u64) {
     if p.retain {
         if let Err(e) = edge.retained.set(&p).await {
             tracing::warn!(error = %e, "retained will not stored");

@@ -18,6 +18,8 @@ mod publish;
 pub(crate) mod state;
 mod subscribe;
 
+pub(crate) use end::publish_will;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
