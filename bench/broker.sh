@@ -9,6 +9,10 @@
 # Scenarios (see bench/README.md):
 #   a  1 -> 1  QoS 0   delivered msgs/s at the subscriber
 #   b  1 -> 1  QoS 1   delivered msgs/s
+#   bp 1 -> 1  QoS 1   delivered msgs/s, the subscriber a persistent session
+#      (Clean Session 0): realtime-web writes each message to its session store
+#      (fsync'd) before the PUBACK; Mosquitto runs with `persistence true`
+#      (its default autosave: in memory, written every 30 min and at exit)
 #   c  1 -> 50 QoS 0   delivered msgs/s (sum over the 50 subscribers)
 #   d  1 -> 50 QoS 1   delivered msgs/s
 #   e  idle connections (CONNECT only): broker VmRSS growth / N, descriptors / N
@@ -42,7 +46,7 @@ IDLE_CONCURRENCY="${IDLE_CONCURRENCY:-64}"  # e: connection set-ups in flight
 STORM_CONN_TIMEOUT="${STORM_CONN_TIMEOUT:-60}"  # f: per-client limit, seconds
 RUNS="${RUNS:-3}"            # runs per scenario and broker; the median is reported
 STEP_TIMEOUT="${STEP_TIMEOUT:-120}"  # seconds, per load-generator run
-SCENARIOS="${SCENARIOS:-a,b,c,d,e,es,ep,f}"
+SCENARIOS="${SCENARIOS:-a,b,bp,c,d,e,es,ep,f}"
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
@@ -71,10 +75,12 @@ RUN_LINE=""
 run_one() {
   local broker="$1" sc="$2" args=()
   RUN_LINE=""
+  MOSQ_PERSISTENCE=0; [[ "$sc" == bp ]] && MOSQ_PERSISTENCE=1
   if ! start_broker "$broker"; then log "$broker failed to start"; return; fi
   case "$sc" in
     a) args=(throughput --qos 0 --subscribers 1 --messages "$MSGS_A" --payload "$PAYLOAD") ;;
     b) args=(throughput --qos 1 --subscribers 1 --messages "$MSGS_B" --payload "$PAYLOAD") ;;
+    bp) args=(throughput --qos 1 --subscribers 1 --messages "$MSGS_B" --payload "$PAYLOAD" --persistent) ;;
     c) args=(throughput --qos 0 --subscribers "$FANOUT" --messages "$MSGS_C" --payload "$PAYLOAD") ;;
     d) args=(throughput --qos 1 --subscribers "$FANOUT" --messages "$MSGS_D" --payload "$PAYLOAD") ;;
     e) args=(idle-conns --conns "$CONNS" --concurrency "$IDLE_CONCURRENCY" --broker-pid "$BROKER_PID") ;;
@@ -147,22 +153,22 @@ BROKERS=(mosquitto)
 [[ $PEER_ONLY -eq 0 ]] && BROKERS=(realtime-web mosquitto)
 
 # Table rows: row id -> scenario, RESULT key, label, unit.
-ROWS=(a b c d e efd e2 es esfd es2 ep epfd ep2 f f2 f3)
-declare -A ROW_SC=([a]=a [b]=b [c]=c [d]=d [e]=e [efd]=e [e2]=e [es]=es [esfd]=es [es2]=es
+ROWS=(a b bp c d e efd e2 es esfd es2 ep epfd ep2 f f2 f3)
+declare -A ROW_SC=([a]=a [b]=b [bp]=bp [c]=c [d]=d [e]=e [efd]=e [e2]=e [es]=es [esfd]=es [es2]=es
   [ep]=ep [epfd]=ep [ep2]=ep [f]=f [f2]=f [f3]=f)
-declare -A ROW_KEY=([a]=msgs_per_s [b]=msgs_per_s [c]=msgs_per_s [d]=msgs_per_s
+declare -A ROW_KEY=([a]=msgs_per_s [b]=msgs_per_s [bp]=msgs_per_s [c]=msgs_per_s [d]=msgs_per_s
   [e]=bytes_per_conn [efd]=fds_per_conn [e2]=conns_per_s
   [es]=bytes_per_conn [esfd]=fds_per_conn [es2]=conns_per_s
   [ep]=bytes_per_conn [epfd]=fds_per_conn [ep2]=conns_per_s
   [f]=conns_per_s_90 [f2]=p99_ms [f3]=failed)
 declare -A NAME=(
-  [a]="a  1->1  QoS0" [b]="b  1->1  QoS1" [c]="c  1->${FANOUT} QoS0" [d]="d  1->${FANOUT} QoS1"
+  [a]="a  1->1  QoS0" [b]="b  1->1  QoS1" [bp]="bp 1->1  QoS1 persistent" [c]="c  1->${FANOUT} QoS0" [d]="d  1->${FANOUT} QoS1"
   [e]="e  idle conns (${CONNS})" [efd]="e  idle conns" [e2]="e  connect, ${IDLE_CONCURRENCY} in flight"
   [es]="es idle subscribed (${CONNS})" [esfd]="es idle subscribed" [es2]="es connect+subscribe"
   [ep]="ep idle persistent (${CONNS})" [epfd]="ep idle persistent" [ep2]="ep connect+subscribe"
   [f]="f  conn storm (${CONNS})" [f2]="f  storm p99 latency" [f3]="f  storm failed clients"
 )
-declare -A UNIT=([a]="msgs/s" [b]="msgs/s" [c]="msgs/s" [d]="msgs/s"
+declare -A UNIT=([a]="msgs/s" [b]="msgs/s" [bp]="msgs/s, durable store" [c]="msgs/s" [d]="msgs/s"
   [e]="bytes/conn (lower is better)" [efd]="descriptors/conn" [e2]="conns/s"
   [es]="bytes/conn (lower is better)" [esfd]="descriptors/conn" [es2]="conns/s"
   [ep]="bytes/conn (lower is better)" [epfd]="descriptors/conn" [ep2]="conns/s"
@@ -174,7 +180,7 @@ ORDER=()             # "sc,broker,run" in the order run
 
 IFS=',' read -r -a SC_LIST <<<"$SCENARIOS"
 for sc in "${SC_LIST[@]}"; do
-  [[ "$sc" =~ ^([a-f]|es|ep)$ ]] || die "unknown scenario '$sc' (a..f, es, ep)"
+  [[ "$sc" =~ ^([a-f]|es|ep|bp)$ ]] || die "unknown scenario '$sc' (a..f, bp, es, ep)"
 done
 for sc in "${SC_LIST[@]}"; do
   for r in $(seq 1 "$RUNS"); do

@@ -126,6 +126,11 @@ start_broker() { # name -> sets BROKER_PID, BROKER_PORT, BROKER_HTTP_PORT
       next_port "$MOSQ_PORT"; BROKER_PORT="$NEXT_PORT"
       printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nsys_interval 1\n' \
         "$BROKER_PORT" > "$dir/mosquitto.conf"
+      # MOSQ_PERSISTENCE=1: Mosquitto's own persistence (sessions and queues saved to
+      # mosquitto.db at autosave and at exit).
+      if [[ "${MOSQ_PERSISTENCE:-0}" == 1 ]]; then
+        printf 'persistence true\npersistence_location %s/\n' "$dir" >> "$dir/mosquitto.conf"
+      fi
       mosquitto -c "$dir/mosquitto.conf" > "$dir/broker.log" 2>&1 &
       BROKER_PID=$!
       ;;

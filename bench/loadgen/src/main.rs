@@ -91,6 +91,10 @@ enum Mode {
         /// Stop waiting for deliveries after this many seconds without progress.
         #[arg(long, default_value_t = 5)]
         idle_timeout: u64,
+        /// Subscribers hold persistent sessions (Clean Session 0), so the broker keeps what
+        /// it queues for them (a broker with a durable store writes it to disk).
+        #[arg(long)]
+        persistent: bool,
     },
     /// Open N idle connections and measure the broker's RSS growth.
     IdleConns {
@@ -217,6 +221,7 @@ async fn run(cli: &Cli) -> Result<()> {
             payload,
             inflight,
             idle_timeout,
+            persistent,
         } => {
             throughput(
                 cli,
@@ -226,6 +231,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 *payload,
                 *inflight,
                 Duration::from_secs(*idle_timeout),
+                *persistent,
             )
             .await
         }
@@ -303,6 +309,7 @@ pub(crate) fn to_qos(q: u8) -> Result<QoS> {
 // throughput
 // ---------------------------------------------------------------------------
 
+#[allow(clippy::too_many_arguments)]
 async fn throughput(
     cli: &Cli,
     qos_n: u8,
@@ -311,6 +318,7 @@ async fn throughput(
     payload_len: usize,
     inflight: u16,
     idle_timeout: Duration,
+    persistent: bool,
 ) -> Result<()> {
     if subscribers == 0 || messages == 0 {
         bail!("need at least one subscriber and one message");
@@ -334,7 +342,7 @@ async fn throughput(
     for i in 0..subscribers {
         let mut opts = MqttOptions::new(format!("lg-s-{id}-{i}"), cli.host.clone(), cli.port);
         opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_clean_session(true);
+        opts.set_clean_session(!persistent);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(opts, 64);
         client.subscribe(topic.clone(), qos).await?;
@@ -484,7 +492,7 @@ async fn throughput(
     println!(
         "RESULT mode=throughput label={} status={} qos={} subscribers={} messages={} payload={} \
          published={} expected={} delivered={} lost={} min_per_sub={} pubacks={} elapsed_s={:.3} \
-         msgs_per_s={:.0} publish_rate={:.0}",
+         msgs_per_s={:.0} publish_rate={:.0} persistent={}",
         cli.label,
         status,
         qos_n,
@@ -500,6 +508,7 @@ async fn throughput(
         secs,
         delivered as f64 / secs,
         sent as f64 / pub_secs,
+        persistent,
     );
 
     // Best-effort clean disconnect, bounded.
