@@ -2,7 +2,8 @@
 //! transaction per batch, then the watermark advanced.
 //!
 //! A batch is whatever is waiting when the previous commit ends (up to [`BATCH`] ops), so the
-//! busier the node, the more each fsync covers. After a failed commit redb refuses every later
+//! busier the node, the more each fsync covers; and a message its session's client acknowledged
+//! within the same batch is never written (see [`plan`]). After a failed commit redb refuses every later
 //! write on the same handle, so the database is closed and opened again for the next batch:
 //! once the fault clears (disk space freed), writes succeed again without a restart.
 
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use std::collections::{HashMap, HashSet};
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::record::{self, SessionRecord};
@@ -46,16 +49,20 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    fn drain(&mut self, batch: &mut Vec<(u64, Op)>) {
+        while batch.len() < BATCH {
+            match self.rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+    }
+
     pub fn run(mut self) {
         let mut batch = Vec::with_capacity(256);
         while let Some(first) = self.rx.blocking_recv() {
             batch.push(first);
-            while batch.len() < BATCH {
-                match self.rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
+            self.drain(&mut batch);
             if self.db.is_none() {
                 match Database::create(&self.path) {
                     Ok(d) => {
@@ -88,10 +95,72 @@ impl Writer {
     }
 }
 
+/// What a batch needs written: deliveries queued and done with in the same batch (the client
+/// acknowledged them before they reached the disk) are not written at all; a batch that only
+/// removes deliveries is committed without waiting for the disk (a removal lost to a crash
+/// means a duplicate, which QoS 1 allows and QoS 2 answers with PUBREL again); anything else is
+/// fsync'd.
+struct Plan {
+    skip: HashSet<(u64, u64)>,
+    /// Something other than a delivery's removal is written.
+    durable: bool,
+    /// Anything is written.
+    any: bool,
+}
+
+fn plan(batch: &[(u64, Op)]) -> Plan {
+    // (key, seq) -> (times queued in this batch, removed after being queued)
+    let mut seen: HashMap<(u64, u64), (u32, bool)> = HashMap::new();
+    for (_, op) in batch {
+        match op {
+            Op::Enqueue { key, seq, .. } => seen.entry((*key, *seq)).or_default().0 += 1,
+            Op::Remove { key, seq } => {
+                if let Some(e) = seen.get_mut(&(*key, *seq)) {
+                    e.1 = e.0 > 0;
+                }
+            }
+            _ => {}
+        }
+    }
+    let skip: HashSet<(u64, u64)> = seen
+        .into_iter()
+        .filter(|(_, (n, removed))| *n == 1 && *removed)
+        .map(|(k, _)| k)
+        .collect();
+    let mut p = Plan {
+        skip,
+        durable: false,
+        any: false,
+    };
+    for (_, op) in batch {
+        let (key, seq, lazy) = match op {
+            Op::Enqueue { key, seq, .. } | Op::State { key, seq, .. } => (*key, *seq, false),
+            Op::Remove { key, seq } => (*key, *seq, true),
+            _ => {
+                p.any = true;
+                p.durable = true;
+                continue;
+            }
+        };
+        if !p.skip.contains(&(key, seq)) {
+            p.any = true;
+            p.durable |= !lazy;
+        }
+    }
+    p
+}
+
 /// Writes one batch in one transaction.
 #[allow(clippy::result_large_err)]
 fn commit(db: &Database, batch: &[(u64, Op)]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+    let plan = plan(batch);
+    if !plan.any {
+        return Ok(());
+    }
+    let mut txn = db.begin_write()?;
+    if !plan.durable {
+        txn.set_durability(Durability::None);
+    }
     {
         let mut sessions = txn.open_table(SESSIONS)?;
         let mut queue = txn.open_table(QUEUE)?;
@@ -122,6 +191,10 @@ fn commit(db: &Database, batch: &[(u64, Op)]) -> Result<(), redb::Error> {
                     queue.retain_in((*key, 0)..=(*key, u64::MAX), |_, _| false)?;
                     inbound.retain_in((*key, 0)..=(*key, u16::MAX), |_, _| false)?;
                 }
+                Op::Enqueue { key, seq, .. }
+                | Op::State { key, seq, .. }
+                | Op::Remove { key, seq }
+                    if plan.skip.contains(&(*key, *seq)) => {}
                 Op::Enqueue { key, seq, record } => {
                     queue.insert((*key, *seq), record.as_slice())?;
                 }
@@ -148,4 +221,49 @@ fn commit(db: &Database, batch: &[(u64, Op)]) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enqueue(seq: u64) -> Op {
+        Op::Enqueue {
+            key: 7,
+            seq,
+            record: vec![1],
+        }
+    }
+
+    #[test]
+    fn a_delivery_acknowledged_in_its_batch_is_not_written() {
+        let batch = vec![(1, enqueue(1)), (2, Op::Remove { key: 7, seq: 1 })];
+        let p = plan(&batch);
+        assert!(!p.any && p.skip.contains(&(7, 1)));
+        // Another delivery still queued: written, fsync'd.
+        let batch = vec![
+            (1, enqueue(1)),
+            (2, enqueue(2)),
+            (3, Op::Remove { key: 7, seq: 1 }),
+        ];
+        let p = plan(&batch);
+        assert!(p.any && p.durable);
+        // Only removals of deliveries written earlier: written, not waited for.
+        let p = plan(&[(1, Op::Remove { key: 7, seq: 9 })]);
+        assert!(p.any && !p.durable);
+        // A removal before its enqueue (cannot happen) cancels nothing.
+        let batch = vec![(1, Op::Remove { key: 7, seq: 3 }), (2, enqueue(3))];
+        let p = plan(&batch);
+        assert!(p.durable && p.skip.is_empty());
+        // The client's QoS 2 ids are always fsync'd.
+        let p = plan(&[(
+            1,
+            Op::Inbound {
+                key: 7,
+                pkid: 1,
+                add: false,
+            },
+        )]);
+        assert!(p.durable);
+    }
 }
