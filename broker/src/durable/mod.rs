@@ -148,7 +148,7 @@ impl SessionStore {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
         let path = dir.join("sessions.redb");
-        let db = redb::Database::create(&path)
+        let db = writer::open(&path)
             .with_context(|| format!("cannot open session store {}", path.display()))?;
         writer::create_tables(&db)
             .with_context(|| format!("cannot write to {}", path.display()))?;

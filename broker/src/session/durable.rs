@@ -150,6 +150,11 @@ impl Session {
         }
     }
 
+    /// Is there anything [`Session::settle`] must wait for?
+    pub(super) fn must_settle(&self) -> bool {
+        !self.held.is_empty() || self.barrier > self.edge.sessions.progress().done
+    }
+
     /// Waits (bounded) for what the client's next write promises: the barrier, then each held
     /// acknowledgement, sent or refused in order.
     pub(super) async fn settle(&mut self) -> Result<(), End> {

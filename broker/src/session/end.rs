@@ -35,11 +35,10 @@ impl Session {
             End::Client { .. } | End::Gone => None,
         };
         // What is written below may promise state that must be on disk first.
-        if self.barrier > 0 {
+        if self.barrier > self.edge.sessions.progress().done {
             let store = self.edge.sessions.clone();
-            let _ = store
-                .wait_done(self.barrier, store.progress().failures)
-                .await;
+            let wait = store.wait_done(self.barrier, store.progress().failures);
+            let _ = Box::pin(wait).await;
         }
         let linger =
             reason.is_some() && self.version == Version::V5 && !matches!(end, End::Kicked(0x8B));

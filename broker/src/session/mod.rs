@@ -262,8 +262,11 @@ impl Session {
                 }
             }
             self.drain_inbox();
-            if let Err(end) = self.settle().await {
-                return end;
+            // Boxed: a waiting session holds the wait's state, an idle one does not.
+            if self.must_settle() {
+                if let Err(end) = Box::pin(self.settle()).await {
+                    return end;
+                }
             }
             if !self.client_out.is_empty() {
                 self.tally.bytes_sent += self.client_out.len() as u64;
