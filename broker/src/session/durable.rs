@@ -64,7 +64,12 @@ impl Session {
             .and_then(|p| p.delay_interval)
             .unwrap_or(0)
             .min(self.expiry());
-        WillRecord::new(&super::end::will_publish(w.clone()), self.src, delay, None)
+        WillRecord::new(
+            &super::end::will_publish((**w).clone()),
+            self.src,
+            delay,
+            None,
+        )
     }
 
     /// The session's expiry interval as stored (`u32::MAX`: never).
