@@ -289,23 +289,31 @@ async fn accept_loop(
             }
             continue;
         };
-        tokio::spawn(async move {
-            let _slot = slot;
-            let peer = Peer {
-                addr,
-                tls: tls.is_some(),
-            };
-            match tls {
-                None => serve_http(stream, peer, app).await,
-                Some(acceptor) => {
+        let peer = Peer {
+            addr,
+            tls: tls.is_some(),
+        };
+        // One task per connection holding only what its transport needs: a plain connection's
+        // task is hyper's connection itself, a TLS one's holds the handshake, then (boxed) the
+        // connection. (One future for both kept every phase side by side: 8 KiB per stream.)
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    serve_http(stream, peer, app).await
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_http(s, peer, app).await,
+                        Ok(Ok(s)) => Box::pin(serve_http(s, peer, app)).await,
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
 }
 
