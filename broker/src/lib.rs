@@ -58,6 +58,11 @@ pub fn reserved_filter(filter: &str) -> bool {
     filter == "rtw/replies" || filter.starts_with(REPLY_PREFIX)
 }
 
+/// Is `name` a user property the broker keeps for itself (a client may not set it)?
+pub fn reserved_user_property(name: &str) -> bool {
+    name == session::STAMP_KEY
+}
+
 /// State shared by every session.
 pub struct Edge {
     /// TLS certificates in use (reloaded on SIGHUP or when their files change).
@@ -88,6 +93,21 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// The retained store: what `GET /topics/…` and the dashboard's topic tree read.
+    pub fn retained(&self) -> &retained::RetainedStore {
+        &self.retained
+    }
+
+    /// The node's counters (the `$SYS` tree, `/metrics`, `/api/stats`).
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
+    }
+
+    /// The live clients, for operators.
+    pub fn directory(&self) -> &directory::Directory {
+        &self.directory
+    }
+
     /// Records a client subscription appearing (`true`) or going away.
     pub(crate) fn interest(&self, filter: &str, add: bool) {
         let mut m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
