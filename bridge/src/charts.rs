@@ -104,7 +104,7 @@ pub fn start(st: AppState) {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = st.edge.shutdown.cancelled() => return,
+                _ = st.edge.shutdown_token().cancelled() => return,
             }
             let now = read(&st);
             st.history.push(sample(&st, &prev, &now));

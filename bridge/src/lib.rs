@@ -198,7 +198,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let timeout = edge.config.limits.connect_timeout();
         let Some(slot) = per_ip.enter(addr.ip()) else {
-            edge.stats
+            edge.stats()
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if tls.is_none() {
