@@ -20,7 +20,6 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,25 +60,9 @@ fn browser_prerequisites_missing() -> Vec<String> {
     missing
 }
 
-/// The echo example (built once).
-fn echo_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| example_bin("echo"))
-}
-
-/// A child process killed (by its id) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the echo example (MQTT 5, `rpc/#`) and waits until it serves.
-fn start_echo(s: &Server) -> Proc {
-    let mut child = Command::new(echo_bin())
+fn start_echo(s: &Server) -> Kid {
+    let mut child = Command::new(example_bin("echo"))
         .args(["--port", &s.mqtt.to_string()])
         .args(["--id", &format!("echo-{}", rand::random::<u32>())])
         .stdin(Stdio::null())
@@ -96,7 +79,7 @@ fn start_echo(s: &Server) -> Proc {
             }
         }
     });
-    let p = Proc(child);
+    let p = Kid(child);
     rx.recv_timeout(Duration::from_secs(15))
         .expect("the echo example did not report `serving rpc/#`");
     // Its SUBSCRIBE went out just before that line; give the SUBACK a moment.

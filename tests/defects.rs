@@ -24,7 +24,6 @@ use broker::transport::tokio_tungstenite;
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::mqttbytes::QoS as Q4;
-use rumqttc::tokio_rustls::{rustls, TlsConnector};
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -431,27 +430,9 @@ async fn tcp(port: u16) -> Box<dyn Io> {
     Box::new(s)
 }
 
-fn tls_connector() -> TlsConnector {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca_file()).expect("read certs/ca.pem") {
-        roots.add(c.expect("CA PEM")).expect("add CA");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
-}
-
 /// TLS handshake on a connected socket (no timeout: callers bound it).
 async fn tls_over(sock: TcpStream) -> std::io::Result<Box<dyn Io>> {
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let s = tls_connector().connect(name, sock).await?;
-    Ok(Box::new(s))
+    Ok(Box::new(common::tls::connect(sock).await?))
 }
 
 async fn tls(port: u16) -> Box<dyn Io> {

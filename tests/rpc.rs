@@ -10,8 +10,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,48 +40,20 @@ fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-/// The echo example (built once).
-fn echo_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| example_bin("echo"))
-}
-
-/// A child process killed (by its id) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the echo example against `s` (`--v311` for the 3.1.1 topic convention).
-fn echo(s: &Server, v311: bool) -> Proc {
-    let bin = echo_bin();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", &s.mqtt.to_string()])
-        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if v311 {
-        cmd.arg("--v311");
-    }
-    Proc(cmd.spawn().expect("start echo"))
+fn echo(s: &Server, v311: bool) -> Kid {
+    common::echo(s, if v311 { &["--v311"] } else { &[] })
 }
 
 /// `mosquitto_sub` on `filter`: a responder that is subscribed but never answers.
-fn silent_sub(s: &Server, filter: &str) -> Proc {
-    Proc(
-        Command::new("mosquitto_sub")
-            .args(["-p", &s.mqtt.to_string(), "-t", filter, "-q", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub"),
-    )
+fn silent_sub(s: &Server, filter: &str) -> Kid {
+    Kid(Command::new("mosquitto_sub")
+        .args(["-p", &s.mqtt.to_string(), "-t", filter, "-q", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub"))
 }
 
 /// Waits until a fire-and-forget call to `url` stops being 503 (a responder is subscribed).
@@ -1052,16 +1023,14 @@ async fn reply_status_and_headers_are_sanitised() {
 async fn shared_subscription_responders_answer_each_call_once() {
     let s = Server::start();
     let spawn_echo = |id: &str| {
-        Proc(
-            Command::new(echo_bin())
-                .args(["--port", &s.mqtt.to_string(), "--id", id])
-                .args(["--filter", "$share/workers/rpc/shared/#"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("echo"),
-        )
+        Kid(Command::new(example_bin("echo"))
+            .args(["--port", &s.mqtt.to_string(), "--id", id])
+            .args(["--filter", "$share/workers/rpc/shared/#"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("echo"))
     };
     let _e1 = spawn_echo("echo-w1");
     let _e2 = spawn_echo("echo-w2");

@@ -10,7 +10,7 @@ mod common;
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,28 +26,6 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(70))
         .build()
         .expect("reqwest client")
-}
-
-/// A child process killed (by its id) on drop.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The echo example against `s` with extra arguments.
-fn echo(s: &Server, args: &[&str]) -> Kid {
-    let mut cmd = Command::new(example_bin("echo"));
-    cmd.args(["--port", &s.mqtt.to_string()])
-        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Kid(cmd.spawn().expect("start echo"))
 }
 
 /// A config file in its own directory, removed on drop.
@@ -146,11 +124,11 @@ async fn the_seed_echo_completes_round_trips_v311_and_v5() {
     // An MQTT 3.1.1 echo copying `/$req/realtimeweb/…` to `/$res/realtimeweb/…`.
     let mut args = vec!["--v311"];
     args.extend(seed);
-    let echo311 = echo(&s, &args);
+    let echo311 = common::echo(&s, &args);
     seed_round_trips(&c, &base, "3.1.1").await;
     drop(echo311);
     // The same copy done by an MQTT 5 client (no Response Topic used).
-    let _echo5 = echo(&s, &seed);
+    let _echo5 = common::echo(&s, &seed);
     seed_round_trips(&c, &base, "MQTT 5").await;
     assert_eq!(rpc_stats(&c, &base).await["late_replies"], 0);
 }
@@ -203,7 +181,7 @@ async fn a_call_made_before_the_responder_starts_succeeds_once_it_does() {
     wait_stat(&c, &base, "waiting", 1).await;
     // The responder starts 2 s later.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _echo = echo(&s, &[]);
+    let _echo = common::echo(&s, &[]);
     let r = tokio::time::timeout(T, call)
         .await
         .expect("answered")

@@ -6,6 +6,13 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
+pub mod clients;
+pub mod mqtt;
+pub mod reliability;
+pub mod sse;
+pub mod tls;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -371,6 +378,29 @@ pub fn collect(mut child: Child, timeout: Duration) -> String {
     }
     let out = child.wait_with_output().expect("wait");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process killed (by its id) on drop.
+pub struct Kid(pub Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The echo example (`examples/echo`, an RPC responder) against `s` with extra arguments; its
+/// output is discarded but for errors.
+pub fn echo(s: &Server, args: &[&str]) -> Kid {
+    let mut cmd = Command::new(example_bin("echo"));
+    cmd.args(["--port", &s.mqtt.to_string()])
+        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Kid(cmd.spawn().expect("start echo"))
 }
 
 /// Builds example `name` once per test process (a no-op when `cargo test --all-targets` already
