@@ -25,39 +25,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
 /// `target/` (this test binary is `target/debug/deps/browser-…`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.ancestors().nth(3).expect("target dir").to_path_buf()
-}
-
-/// What the browser test needs and is not there.
-fn browser_prerequisites_missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !std::path::Path::new(CHROMIUM).exists() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        missing.push("node".into());
-    }
-    for (dir, file) in [
-        ("tests/browser", "node_modules/playwright-core/package.json"),
-        ("examples/browser", "node_modules/mqtt/dist/mqtt.min.js"),
-    ] {
-        if !root().join(dir).join(file).exists() {
-            missing.push(format!("{dir}/{file} (npm ci in {dir})"));
-        }
-    }
-    missing
 }
 
 /// Starts the echo example (MQTT 5, `rpc/#`) and waits until it serves.
@@ -108,20 +79,12 @@ fn server_spki_sha256() -> String {
 
 #[test]
 fn browser_example_and_dashboard() {
-    let missing = browser_prerequisites_missing();
-    if !missing.is_empty() {
-        if std::env::var_os("CI").is_none() {
-            eprintln!(
-                "SKIPPED browser_example_and_dashboard: missing {} (CI is unset, so this passes; \
-                 under CI=true it fails)",
-                missing.join(", ")
-            );
-            return;
-        }
-        panic!(
-            "the browser test cannot run under CI: missing {}",
-            missing.join(", ")
-        );
+    if !prerequisites(
+        "browser_example_and_dashboard",
+        &["node"],
+        &[PLAYWRIGHT, MQTT_JS],
+    ) {
+        return;
     }
     let s = Server::builder()
         .tls()

@@ -81,17 +81,6 @@ fn unauthorized(why: &str, invalid: bool) -> ApiError {
     }
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
 /// The address a request came from (failed password checks are counted against it); the
 /// unspecified address when the router is used without the listener's [`crate::state::Peer`].
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +90,50 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<crate::state::Peer>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip()),
-        ))
+        Ok(peer_ip(parts))
     }
+}
+
+/// What identifies an HTTP caller, as an extractor: its address, the URI (for
+/// `?access_token=`) and the headers (credentials, cookies).
+pub struct Caller {
+    pub ip: ClientIp,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller {
+            ip: peer_ip(parts),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+/// An admin caller, as an extractor: the request is refused (401/403) before the handler runs
+/// unless the caller is an admin (or authentication is off).
+pub struct Admin(pub Identity);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let ip = peer_ip(parts);
+        admin(st, &parts.headers, &parts.uri, ip).await.map(Admin)
+    }
+}
+
+fn peer_ip(parts: &Parts) -> ClientIp {
+    ClientIp(
+        parts
+            .extensions
+            .get::<crate::state::Peer>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip()),
+    )
 }
 
 /// 429 or 503 with `Retry-After`.
@@ -158,7 +184,7 @@ pub async fn caller(
         }
     }
     if secret.is_none() {
-        secret = cookie(headers, &sec.config().cookie_name);
+        secret = crate::cookies::cookie(headers, &sec.config().cookie_name);
     }
     if secret.is_none() && sec.config().allow_query_token {
         secret = uri.and_then(|u| u.query()).and_then(|q| {

@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use broker::transport::Transport;
 use serde_json::{json, Value};
 
+use crate::access::Admin;
 use crate::error::ApiError;
 use crate::history::{Sample, CAPACITY};
 use crate::latency::{percentile, BUCKETS};
@@ -154,12 +154,9 @@ fn column(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Value {
 /// `GET /api/history?since=T`: the samples after T (all of the last hour without it).
 pub async fn history(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Admin,
     q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    crate::access::admin(&st, &headers, &uri, ip).await?;
     let Query(q) = q.map_err(|_| ApiError::bad_request("since must be a Unix time in seconds"))?;
     let s = st.history.since(q.since.unwrap_or(0));
     let col = |f: fn(&Sample) -> f64| column(&s, f);

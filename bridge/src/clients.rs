@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::access::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -35,12 +36,9 @@ pub struct ListQuery {
 /// `GET /api/clients`: one page of the clients, sorted by client id.
 pub async fn list(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Admin,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    crate::access::admin(&st, &headers, &uri, ip).await?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(PER_PAGE);
@@ -70,12 +68,9 @@ fn not_found(id: &str) -> ApiError {
 /// `GET /api/clients/{id}`.
 pub async fn get(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Admin,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    crate::access::admin(&st, &headers, &uri, ip).await?;
     let Path(id) = id.map_err(|_| ApiError::bad_request("bad client id"))?;
     let c = st.edge.directory().get(&id).ok_or_else(|| not_found(&id))?;
     Ok(Json(c.snapshot()).into_response())
@@ -85,12 +80,9 @@ pub async fn get(
 /// it is still closing after 5 s), 404 if no such client is connected.
 pub async fn kick(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    Admin(who): Admin,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let who = crate::access::admin(&st, &headers, &uri, ip).await?;
     let Path(id) = id.map_err(|_| ApiError::bad_request("bad client id"))?;
     let directory = st.edge.directory();
     let c = directory

@@ -12,14 +12,14 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use broker::transport::Transport;
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::{json, Value};
 
-use crate::access::{admin, ClientIp};
+use crate::access::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -107,13 +107,7 @@ fn ready(st: &AppState) -> bool {
     st.edge.core_ready() && st.rpc.ready() && !st.hub.client().is_closed()
 }
 
-pub async fn stats(
-    State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    admin(&st, &headers, &uri, ip).await?;
+pub async fn stats(State(st): State<AppState>, _: Admin) -> Result<Response, ApiError> {
     Ok(Json(stats_json(&st)).into_response())
 }
 
@@ -351,13 +345,7 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-pub async fn metrics(
-    State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    admin(&st, &headers, &uri, ip).await?;
+pub async fn metrics(State(st): State<AppState>, _: Admin) -> Result<Response, ApiError> {
     let text = scrape(&st)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +25,7 @@ use broker::topic;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
 
-use crate::access::ClientIp;
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::hub::{Event, Gap, Subscription};
 use crate::state::AppState;
@@ -119,12 +119,10 @@ fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
 /// credentials expire (the stream ends then).
 async fn authorize(
     st: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    ip: ClientIp,
+    c: &Caller,
     filters: &[String],
 ) -> Result<Option<std::time::SystemTime>, ApiError> {
-    let who = crate::access::caller(st, headers, Some(uri), ip).await?;
+    let who = crate::access::caller(st, &c.headers, Some(&c.uri), c.ip).await?;
     for f in filters {
         crate::access::may_read(st, &who, f)?;
     }
@@ -153,14 +151,12 @@ fn checked_query(st: &AppState, raw: Option<String>) -> Result<StreamQuery, ApiE
 
 pub async fn events(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    c: Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = checked_query(&st, raw)?;
-    let expires = authorize(&st, &headers, &uri, ip, &q.filters).await?;
-    let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
+    let expires = authorize(&st, &c, &q.filters).await?;
+    let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
     let resumed = since.is_some();
     let (sub, replay, head) = st.hub.attach(&q.filters, since).await?;
     let mut first: VecDeque<SseEvent> = VecDeque::new();
@@ -249,9 +245,7 @@ fn live(
 
 pub async fn poll(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    c: Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = checked_query(&st, raw)?;
@@ -265,8 +259,8 @@ pub async fn poll(
             )))
         }
     };
-    authorize(&st, &headers, &uri, ip, &q.filters).await?;
-    let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
+    authorize(&st, &c, &q.filters).await?;
+    let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
     let (mut sub, replay, head) = st.hub.attach(&q.filters, since).await?;
     let mut events: Vec<Arc<Event>> = Vec::new();
     let mut gap = None;

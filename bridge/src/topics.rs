@@ -20,7 +20,7 @@ use broker::codec::{Publish, PublishProperties, QoS};
 use broker::topic;
 use serde_json::json;
 
-use crate::access::ClientIp;
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -135,33 +135,25 @@ pub fn headers_from(props: &PublishProperties, h: &mut HeaderMap) {
     }
 }
 
-/// What a publishing request asks for, checked and authorized before its body is read.
-struct Request<'a> {
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    q: &'a HashMap<String, String>,
-    ip: ClientIp,
-    retain: bool,
-}
-
 /// The body to publish: none (DELETE), or the request's, read once the caller is authorized.
 enum Payload {
     Empty,
     Read { body: Body, require: bool },
 }
 
-async fn publish(st: &AppState, req: Request<'_>, payload: Payload) -> Result<Response, ApiError> {
-    let Request {
-        uri,
-        headers,
-        q,
-        ip,
-        retain,
-    } = req;
+/// Publishes what a request asks for, checked and authorized before its body is read.
+async fn publish(
+    st: &AppState,
+    c: &Caller,
+    q: &HashMap<String, String>,
+    retain: bool,
+    payload: Payload,
+) -> Result<Response, ApiError> {
+    let (uri, headers) = (&c.uri, &c.headers);
     let topic = topic_of(uri, "/topics/")?;
     let qos = qos_param(q, QoS::AtLeastOnce)?;
     let retain = bool_param(q, "retain")? || retain;
-    crate::access::check_publish(st, headers, uri, ip, &topic).await?;
+    crate::access::check_publish(st, headers, uri, c.ip, &topic).await?;
     let body = match payload {
         Payload::Empty => Bytes::new(),
         Payload::Read { body, require } => {
@@ -199,78 +191,43 @@ async fn publish(st: &AppState, req: Request<'_>, payload: Payload) -> Result<Re
 
 pub async fn post(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
+    c: Caller,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req = Request {
-        uri: &uri,
-        headers: &headers,
-        q: &q,
-        ip,
-        retain: false,
-    };
     let body = Payload::Read {
         body,
         require: false,
     };
-    publish(&st, req, body).await
+    publish(&st, &c, &q, false, body).await
 }
 
 pub async fn put(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
+    c: Caller,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req = Request {
-        uri: &uri,
-        headers: &headers,
-        q: &q,
-        ip,
-        retain: true,
+    let body = Payload::Read {
+        body,
+        require: true,
     };
-    publish(
-        &st,
-        req,
-        Payload::Read {
-            body,
-            require: true,
-        },
-    )
-    .await
+    publish(&st, &c, &q, true, body).await
 }
 
 pub async fn delete(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
+    c: Caller,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let req = Request {
-        uri: &uri,
-        headers: &headers,
-        q: &q,
-        ip,
-        retain: true,
-    };
-    publish(&st, req, Payload::Empty).await?;
+    publish(&st, &c, &q, true, Payload::Empty).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn get(
-    State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let topic = topic_of(&uri, "/topics/")?;
-    crate::access::check_subscribe(&st, &headers, &uri, ip, &topic).await?;
+pub async fn get(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    let (uri, headers) = (&c.uri, &c.headers);
+    let topic = topic_of(uri, "/topics/")?;
+    crate::access::check_subscribe(&st, headers, uri, c.ip, &topic).await?;
     let r = st
         .edge
         .retained()

@@ -8,11 +8,11 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::access::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -31,12 +31,9 @@ pub struct TreeQuery {
 /// nothing is stored under it).
 pub async fn topics(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Admin,
     q: Result<Query<TreeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    crate::access::admin(&st, &headers, &uri, ip).await?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let depth = q.depth.unwrap_or(1);
     if !(1..=MAX_DEPTH).contains(&depth) {

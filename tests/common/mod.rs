@@ -380,6 +380,58 @@ pub fn collect(mut child: Child, timeout: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Where the Chromium tests expect the browser.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// May a test that needs Chromium, the programs `tools` and the repository files `files`
+/// (`(path, how to get it)`) run? Without CI it is skipped (false, with a note) when something is
+/// missing; under CI a missing prerequisite fails it.
+pub fn prerequisites(test: &str, tools: &[&str], files: &[(&str, &str)]) -> bool {
+    let mut missing = Vec::new();
+    if !Path::new(CHROMIUM).exists() {
+        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
+    }
+    for tool in tools {
+        let found = Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    for (file, how) in files {
+        if !root().join(file).exists() {
+            missing.push(format!("{file} ({how})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run under CI: missing {}",
+        missing.join(", ")
+    );
+    eprintln!(
+        "SKIPPED {test}: missing {} (CI is unset, so this passes; under CI=true it fails)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// The Node packages the Chromium tests drive.
+pub const PLAYWRIGHT: (&str, &str) = (
+    "tests/browser/node_modules/playwright-core/package.json",
+    "npm ci in tests/browser",
+);
+pub const MQTT_JS: (&str, &str) = (
+    "examples/browser/node_modules/mqtt/dist/mqtt.min.js",
+    "npm ci in examples/browser",
+);
+
 /// A child process killed (by its id) on drop.
 pub struct Kid(pub Child);
 

@@ -135,14 +135,8 @@ pub fn token(headers: &HeaderMap, uri: &Uri) -> Option<(String, Source)> {
             return Some((v.into_owned(), Source::Query));
         }
     }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| (v.trim_matches('"').to_string(), Source::Cookie))
+    crate::cookies::cookie(headers, COOKIE)
+        .map(|v| (v.trim_matches('"').to_string(), Source::Cookie))
 }
 
 /// 401 with a Bearer challenge.
