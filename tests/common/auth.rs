@@ -232,25 +232,7 @@ impl Wire {
                     }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("timeout");
-            }
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 8192];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return Err("closed"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err("timeout")
-                }
-                Err(_) => return Err("closed"),
-            }
+            super::read_some(&mut self.s, deadline, &mut self.buf)?;
         }
     }
 }

@@ -748,25 +748,7 @@ impl Raw {
                     }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("timeout");
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err("closed"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err("timeout")
-                }
-                Err(_) => return Err("closed"),
-            }
+            super::read_some(&mut self.stream, deadline, &mut self.buf)?;
         }
     }
 

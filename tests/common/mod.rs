@@ -335,23 +335,60 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String, String
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    exit_within(&mut child, timeout);
     let out = child.wait_with_output().expect("wait");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Waits for `child` to exit, killing it after `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads what arrives on `s` into `buf`, waiting until `deadline` at most: `Err("timeout")`, or
+/// `Err("closed")` when the peer closed the connection or the read failed.
+pub fn read_some(
+    s: &mut TcpStream,
+    deadline: Instant,
+    buf: &mut impl Extend<u8>,
+) -> Result<(), &'static str> {
+    use std::io::Read;
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err("timeout");
+    }
+    s.set_read_timeout(Some(left)).expect("read timeout");
+    let mut chunk = [0u8; 8192];
+    match s.read(&mut chunk) {
+        Ok(0) => Err("closed"),
+        Ok(n) => {
+            buf.extend(chunk[..n].iter().copied());
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err("timeout")
+        }
+        Err(_) => Err("closed"),
+    }
 }
 
 /// Spawns a long-running command (e.g. mosquitto_sub) whose output is read later.
@@ -365,17 +402,7 @@ pub fn spawn(cmd: &mut Command) -> Child {
 
 /// Waits for a child with a timeout and returns its stdout.
 pub fn collect(mut child: Child, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    exit_within(&mut child, timeout);
     let out = child.wait_with_output().expect("wait");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
