@@ -777,3 +777,47 @@ pub fn raw_publish(topic: &[u8], payload: &[u8], v5: bool) -> Vec<u8> {
     body.extend_from_slice(payload);
     frame(0x30, &body)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reading what a client received.
+
+/// An MQTT 5 client connected as `id`.
+pub fn v5(s: &super::Server, id: &str) -> Client {
+    Client::new(s.mqtt, V::V5, id)
+}
+
+pub fn payload(p: &Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+pub fn topic(p: &Publish) -> String {
+    String::from_utf8_lossy(&p.topic).into_owned()
+}
+
+pub fn sub_ids(p: &Publish) -> Vec<usize> {
+    let mut ids = p
+        .properties
+        .as_ref()
+        .map(|x| x.subscription_identifiers.clone())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+pub fn user_props(p: &Publish) -> Vec<(String, String)> {
+    p.properties
+        .as_ref()
+        .map(|x| x.user_properties.clone())
+        .unwrap_or_default()
+}
+
+/// Receives the next message and checks its topic and payload.
+pub fn recv_msg(c: &mut Client, t: &str, body: &str) -> Publish {
+    let p = c.recv();
+    assert_eq!(
+        (topic(&p).as_str(), payload(&p).as_str()),
+        (t, body),
+        "unexpected message {p:?}"
+    );
+    p
+}
