@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod clients;
 pub mod mqtt;
+pub mod plain;
 pub mod reliability;
 pub mod sse;
 pub mod tls;
