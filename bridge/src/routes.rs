@@ -97,8 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/topics/{*topic}",
             get(crate::topics::get)
-                .post(crate::topics::post)
-                .put(crate::topics::put)
+                .post(crate::topics::write)
+                .put(crate::topics::write)
                 .delete(crate::topics::delete),
         )
         .route("/topics", any(no_topic))

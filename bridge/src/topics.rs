@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use broker::codec::{Publish, PublishProperties, QoS};
@@ -189,30 +189,18 @@ async fn publish(
     Ok(Json(json!({ "topic": topic, "qos": qos as u8, "retain": retain })).into_response())
 }
 
-pub async fn post(
+/// `POST` publishes the body; `PUT` publishes it retained, and refuses an empty one (that is
+/// `DELETE`).
+pub async fn write(
     State(st): State<AppState>,
+    method: Method,
     c: Caller,
     Query(q): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = Payload::Read {
-        body,
-        require: false,
-    };
-    publish(&st, &c, &q, false, body).await
-}
-
-pub async fn put(
-    State(st): State<AppState>,
-    c: Caller,
-    Query(q): Query<HashMap<String, String>>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let body = Payload::Read {
-        body,
-        require: true,
-    };
-    publish(&st, &c, &q, true, body).await
+    let put = method == Method::PUT;
+    let body = Payload::Read { body, require: put };
+    publish(&st, &c, &q, put, body).await
 }
 
 pub async fn delete(
