@@ -265,3 +265,12 @@ pub async fn admin(
     }
     Ok(who)
 }
+
+/// Whose account a caller's streams are on: its token subject (or user), else its address
+/// (IPv6 by /64, one host's share).
+pub fn account(who: &Identity, ip: ClientIp) -> String {
+    match &who.subject {
+        Some(s) => format!("sub:{s}"),
+        None => format!("ip:{}", broker::ip_key(ip.0)),
+    }
+}

@@ -116,17 +116,17 @@ fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
 }
 
 /// Authenticates the caller once and checks every filter; returns when the caller's
-/// credentials expire (the stream ends then).
+/// credentials expire (the stream ends then) and whose account its filters are on.
 async fn authorize(
     st: &AppState,
     c: &Caller,
     filters: &[String],
-) -> Result<Option<std::time::SystemTime>, ApiError> {
+) -> Result<(Option<std::time::SystemTime>, String), ApiError> {
     let who = crate::access::caller(st, &c.headers, Some(&c.uri), c.ip).await?;
     for f in filters {
         crate::access::may_read(st, &who, f)?;
     }
-    Ok(who.expires_at)
+    Ok((who.expires_at, crate::access::account(&who, c.ip)))
 }
 
 fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
@@ -155,10 +155,10 @@ pub async fn events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = checked_query(&st, raw)?;
-    let expires = authorize(&st, &c, &q.filters).await?;
+    let (expires, account) = authorize(&st, &c, &q.filters).await?;
     let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
     let resumed = since.is_some();
-    let (sub, replay, head) = st.hub.attach(&q.filters, since).await?;
+    let (sub, replay, head) = st.hub.attach(&q.filters, since, Some(&account)).await?;
     let mut first: VecDeque<SseEvent> = VecDeque::new();
     match replay {
         Some(Ok(events)) => {
@@ -259,9 +259,9 @@ pub async fn poll(
             )))
         }
     };
-    authorize(&st, &c, &q.filters).await?;
+    let (_, account) = authorize(&st, &c, &q.filters).await?;
     let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
-    let (mut sub, replay, head) = st.hub.attach(&q.filters, since).await?;
+    let (mut sub, replay, head) = st.hub.attach(&q.filters, since, Some(&account)).await?;
     let mut events: Vec<Arc<Event>> = Vec::new();
     let mut gap = None;
     match replay {

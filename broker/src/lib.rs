@@ -65,6 +65,10 @@ pub fn reserved_filter(filter: &str) -> bool {
     filter == "rtw/replies" || filter.starts_with(REPLY_PREFIX)
 }
 
+/// The address a caller's failures and shares count against: IPv4 as is, IPv6 by its /64 (one
+/// host's share).
+pub use password::ip_key;
+
 /// Is `name` a user property the broker keeps for itself (a client may not set it)?
 pub fn reserved_user_property(name: &str) -> bool {
     name == session::STAMP_KEY
@@ -246,13 +250,13 @@ impl Edge {
     }
 
     /// Serves one client connection on any transport until it ends.
-    pub async fn serve(
+    pub fn serve(
         self: &Arc<Self>,
         io: Box<dyn transport::Io>,
         peer: SocketAddr,
         t: transport::Transport,
-    ) {
-        session::serve(self.clone(), io, peer, t).await
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        session::serve(self.clone(), io, peer, t)
     }
 }
 

@@ -141,7 +141,7 @@ pub async fn subscribe(
         .or(last_id);
     let since = last_id.as_deref().map(|id| resolve(&m, id));
     let header_id = m.last_event_id();
-    let (sub, replay, head) = m.hub.attach(&mapping::filters(), since).await?;
+    let (sub, replay, head) = m.hub.attach(&mapping::filters(), since, None).await?;
     let mut first = VecDeque::new();
     match replay {
         Some(Ok(events)) => first.extend(events.iter().filter_map(|e| filter.deliver(&m, e))),
