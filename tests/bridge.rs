@@ -11,6 +11,7 @@ use std::process::{Child, Command};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use common::http::expect_error;
 use common::sse::{id_seq, Sse};
 use common::*;
 use serde_json::Value;
@@ -172,31 +173,6 @@ async fn post(base: &str, path_and_query: &str, body: impl Into<reqwest::Body>) 
         .expect("POST")
         .status()
         .as_u16()
-}
-
-/// Asserts a JSON error response: status, and a message containing each of `words`.
-async fn expect_error(res: reqwest::Response, status: u16, words: &[&str]) {
-    let got = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "status of {text}");
-    assert!(
-        ct.starts_with("application/json"),
-        "content type {ct:?} of {text}"
-    );
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    assert_eq!(v["error"]["status"], status, "{text}");
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
-    for w in words {
-        assert!(
-            msg.contains(w),
-            "error message {msg:?} should mention {w:?}"
-        );
-    }
 }
 
 fn vmrss_kib(pid: u32) -> u64 {

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::http::error_message;
 use common::*;
 use futures_util::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -75,24 +76,6 @@ async fn wait_subscribed(c: &reqwest::Client, url: &str) {
             ),
         }
     }
-}
-
-/// Asserts the JSON error shape and returns the message.
-async fn json_error(r: reqwest::Response, status: u16) -> String {
-    assert_eq!(r.status().as_u16(), status, "status");
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    assert!(ct.starts_with("application/json"), "content type {ct:?}");
-    let v: Value = r.json().await.expect("JSON error body");
-    assert_eq!(v["error"]["status"], status, "{v}");
-    v["error"]["message"]
-        .as_str()
-        .expect("error message")
-        .to_string()
 }
 
 /// The bridge's RPC counters (`/api/stats` → `rpc`).
@@ -400,7 +383,7 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
 
     // A topic that cannot be published to is a 400, before anything is sent.
     let r = c.post(format!("{base}/rpc/demo/%23")).send().await.unwrap();
-    json_error(r, 400).await;
+    error_message(r, 400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +468,7 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 413).await;
+    let msg = error_message(r, 413).await;
     assert!(msg.contains("maximum packet size"), "{msg}");
     let r = c
         .post(format!("{base}/env/after-huge"))
@@ -500,7 +483,7 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
     let r = c.get(format!("{base}/users/7")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = c.post(format!("{base}/users/7")).send().await.unwrap();
-    json_error(r, 405).await;
+    error_message(r, 405).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,7 +507,7 @@ async fn subscribed_but_silent_is_504() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let e = t0.elapsed();
     assert!(
         e >= Duration::from_millis(900) && e < Duration::from_secs(4),
@@ -539,13 +522,13 @@ async fn subscribed_but_silent_is_504() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     assert!(t0.elapsed() < Duration::from_secs(4));
 
     // A route's own timeout_secs (1) applies without a timeout parameter.
     let t0 = Instant::now();
     let r = c.post(format!("{base}/slowroute/z")).send().await.unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let e = t0.elapsed();
     assert!(
         e >= Duration::from_millis(900) && e < Duration::from_secs(4),
@@ -566,7 +549,7 @@ async fn nobody_subscribed_is_503_at_once() {
             .send()
             .await
             .unwrap();
-        let msg = json_error(r, 503).await;
+        let msg = error_message(r, 503).await;
         assert!(msg.contains("rpc/nobody/home"), "{msg}");
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
@@ -579,7 +562,7 @@ async fn nobody_subscribed_is_503_at_once() {
         .send()
         .await
         .unwrap();
-    json_error(r, 503).await;
+    error_message(r, 503).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +650,7 @@ async fn over_max_inflight_is_429() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,7 +666,7 @@ async fn bad_timeouts_are_400() {
             .send()
             .await
             .unwrap();
-        let msg = json_error(r, 400).await;
+        let msg = error_message(r, 400).await;
         assert!(msg.contains("60"), "{q}: {msg}");
     }
     let r = c
@@ -692,7 +675,7 @@ async fn bad_timeouts_are_400() {
         .send()
         .await
         .unwrap();
-    json_error(r, 400).await;
+    error_message(r, 400).await;
     // The maximum itself is accepted (the echo answers at once).
     let r = c
         .post(format!("{base}/rpc/demo/x?timeout=60"))
@@ -714,7 +697,7 @@ async fn bad_timeouts_are_400() {
         .send()
         .await
         .unwrap();
-    json_error(r, 400).await;
+    error_message(r, 400).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,7 +783,7 @@ async fn late_and_duplicate_replies_are_dropped_v5() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let req_a = resp.next().await;
     assert_eq!(&req_a.payload[..], b"A");
 
@@ -873,7 +856,7 @@ async fn late_and_duplicate_replies_are_dropped_topic_convention() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let req_a = resp.next().await;
     assert_eq!(&req_a.payload[..], b"A");
     let topic_a = String::from_utf8(req_a.topic.to_vec()).unwrap();

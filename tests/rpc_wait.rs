@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::http::error_message;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
@@ -82,16 +83,6 @@ async fn wait_stat(c: &reqwest::Client, base: &str, key: &str, n: u64) {
         assert!(Instant::now() < deadline, "rpc.{key} stays at {st}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn json_error(r: reqwest::Response, status: u16) -> String {
-    assert_eq!(r.status().as_u16(), status, "status");
-    let v: Value = r.json().await.expect("JSON error body");
-    assert_eq!(v["error"]["status"], status, "{v}");
-    v["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Round trips through the seed's route: the calls wait for the echo (`wait_secs`), so no probe
@@ -221,7 +212,7 @@ async fn waiting_calls_drain_in_arrival_order_and_past_max_waiting_get_429() {
         .await
         .unwrap();
     assert!(r.headers().contains_key("retry-after"), "Retry-After");
-    let msg = json_error(r, 429).await;
+    let msg = error_message(r, 429).await;
     assert!(msg.contains("max_waiting"), "{msg}");
     assert_eq!(rpc_stats(&c, &base).await["rejected_waiting"], 1);
 
@@ -280,7 +271,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 503).await;
+    let msg = error_message(r, 503).await;
     assert!(msg.contains("within 1 s"), "{msg}");
     // The caller's timeout is shorter than the wait: 504 at the timeout.
     let r = c
@@ -290,7 +281,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 504).await;
+    let msg = error_message(r, 504).await;
     assert!(msg.contains("timeout"), "{msg}");
     // Over rpc.max_wait_secs, or not a number: 400.
     for bad in ["6", "soon", "-1"] {
@@ -300,7 +291,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
             .send()
             .await
             .unwrap();
-        let msg = json_error(r, 400).await;
+        let msg = error_message(r, 400).await;
         assert!(msg.contains("rtw-wait"), "{bad}: {msg}");
     }
     // Without a wait, still 503 at once.
@@ -309,7 +300,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
         .send()
         .await
         .unwrap();
-    json_error(r, 503).await;
+    error_message(r, 503).await;
     let st = rpc_stats(&c, &base).await;
     assert_eq!(st["waiting"], 0, "{st}");
     assert_eq!(st["in_flight"], 0, "{st}");

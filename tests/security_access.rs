@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::auth::*;
 use common::clients::{p5, run_ok, v5_options, Tr, T, V5};
+use common::http::json_error;
 use common::*;
 use serde_json::{json, Value};
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, run_ok, v4_options, v5_options, Tr, T, V4, V5};
+use common::http::json_error;
 use common::*;
 use rumqttc::mqttbytes::v4;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T, V5};
+use common::http::json_error;
 use common::sse::Sse;
 use common::*;
 use rumqttc::mqttbytes::v4;

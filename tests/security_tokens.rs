@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T};
+use common::http::json_error;
 use common::sse::Sse;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};

@@ -15,6 +15,7 @@ use rumqttc::mqttbytes::v4;
 use serde_json::{json, Value};
 
 use super::clients::{p5, run_ok, v4_options, v5_options, Proc, Tr, T, V4, V5};
+use super::http::json_error;
 use super::{run, Builder, Server};
 
 pub const SECRET: &str = "jwt-secret-Zq8v1Lr4Wm7Tn2Kc5Hx9";
@@ -514,23 +515,6 @@ pub fn basic(user: &str, pass: &str) -> String {
         let pad = (4 - s.len() % 4) % 4;
         format!("{s}{}", "=".repeat(pad))
     })
-}
-
-/// Asserts a JSON error of `status` and returns (headers, message).
-pub async fn json_error(r: reqwest::Response, status: u16) -> (reqwest::header::HeaderMap, String) {
-    let got = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap_or_default();
-    assert_eq!(got, status, "HTTP status (body {text})");
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "content type {ct:?}");
-    let v: Value = serde_json::from_str(&text).expect("JSON error body");
-    assert_eq!(v["error"]["status"], status, "{v}");
-    let msg = v["error"]["message"].as_str().expect("message").to_string();
-    (headers, msg)
 }
 
 /// Asserts a 401 with a Bearer challenge; `invalid`: it says `error="invalid_token"`.

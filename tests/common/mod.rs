@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod clients;
+pub mod http;
 pub mod mqtt;
 pub mod plain;
 pub mod reliability;
