@@ -4,7 +4,7 @@
 //!
 //! Real clients throughout: mosquitto_pub/sub (3.1.1 and 5), rumqttc, paho over WebSocket
 //! (`tests/paho/auth.py`), reqwest and raw HTTP, openssl s_client. Where the exact reason code on
-//! the wire matters, a raw socket reads it byte for byte (`common::auth::Wire`).
+//! the wire matters, a raw socket reads it byte for byte (`common::mqtt::Client::frame`).
 
 mod common;
 

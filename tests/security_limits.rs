@@ -4,7 +4,7 @@
 //!
 //! Real clients throughout: mosquitto_pub/sub (3.1.1 and 5), rumqttc, paho over WebSocket
 //! (`tests/paho/auth.py`), reqwest and raw HTTP, openssl s_client. Where the exact reason code on
-//! the wire matters, a raw socket reads it byte for byte (`common::auth::Wire`).
+//! the wire matters, a raw socket reads it byte for byte (`common::mqtt::Client::frame`).
 
 mod common;
 
@@ -178,12 +178,12 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
                 .write(&mut b, 1 << 20)
                 .unwrap();
         }
-        w.send(&b);
-        match w.packet(T) {
+        w.send_raw(&b);
+        match w.frame(T) {
             Ok((first, body)) => {
                 assert!(v5, "3.1.1 got a packet {first:#x}");
                 assert_eq!((first, body[0]), (0xE0, 0x95));
-                assert_eq!(w.packet(T).err(), Some("closed"));
+                assert_eq!(w.frame(T).err(), Some("closed"));
             }
             Err(e) => {
                 assert!(!v5, "5: {e} instead of DISCONNECT");

@@ -5,7 +5,7 @@
 //!
 //! Real clients throughout: mosquitto_pub/sub (3.1.1 and 5), rumqttc, paho over WebSocket
 //! (`tests/paho/auth.py`), reqwest and raw HTTP, openssl s_client. Where the exact reason code on
-//! the wire matters, a raw socket reads it byte for byte (`common::auth::Wire`).
+//! the wire matters, a raw socket reads it byte for byte (`common::mqtt::Client::frame`).
 
 mod common;
 
@@ -72,8 +72,8 @@ async fn publish_authorization_v5_reason_codes_and_v311_drop() {
     let mut p = p5::Publish::new("b/raw", Q5::AtLeastOnce, "no-raw", None);
     p.pkid = 7;
     p5::Packet::Publish(p).write(&mut b, None).unwrap();
-    w.send(&b);
-    let (first, body) = w.packet(T).expect("PUBACK");
+    w.send_raw(&b);
+    let (first, body) = w.frame(T).expect("PUBACK");
     assert_eq!(first, 0x40);
     assert_eq!(&body[..3], &[0, 7, 0x87]);
 
@@ -124,8 +124,8 @@ async fn publish_refusal_disconnects_v311_with_deny_action_disconnect() {
     let mut p = v4::Publish::new("b/raw", Q4::AtLeastOnce, "no");
     p.pkid = 3;
     v4::Packet::Publish(p).write(&mut b, 1 << 20).unwrap();
-    w.send(&b);
-    assert_eq!(w.packet(T).err(), Some("closed"));
+    w.send_raw(&b);
+    assert_eq!(w.frame(T).err(), Some("closed"));
     // mosquitto_pub notices too (QoS 1: it never gets its PUBACK).
     let (code, _) = mosq_pub(&s, "mqttv311", Some("alice"), Some(&alice), "b/2", 1);
     assert_ne!(code, Some(0));

@@ -4,7 +4,7 @@
 //!
 //! Real clients throughout: mosquitto_pub/sub (3.1.1 and 5), rumqttc, paho over WebSocket
 //! (`tests/paho/auth.py`), reqwest and raw HTTP, openssl s_client. Where the exact reason code on
-//! the wire matters, a raw socket reads it byte for byte (`common::auth::Wire`).
+//! the wire matters, a raw socket reads it byte for byte (`common::mqtt::Client::frame`).
 
 mod common;
 
@@ -437,7 +437,7 @@ async fn expired_tokens_end_connections_and_streams() {
         started.elapsed() >= Duration::from_secs(1),
         "kicked too early"
     );
-    let (first, body) = raw.packet(Duration::from_secs(10)).expect("DISCONNECT");
+    let (first, body) = raw.frame(Duration::from_secs(10)).expect("DISCONNECT");
     assert_eq!((first, body[0]), (0xE0, 0xA0));
     c4.closed(Duration::from_secs(10)).await;
     assert_eq!(

@@ -1,5 +1,5 @@
 //! Helpers of the security tests (`tests/security_*.rs`): tokens (HS/RS/ES/EdDSA, forged ones,
-//! the CLI's), a raw MQTT connection that reads CONNACK and PUBACK codes byte for byte, clients
+//! the CLI's), raw CONNECTs on the one raw client (`common::mqtt`) read byte for byte, clients
 //! with credentials (mosquitto_pub/sub, paho over WebSocket, rumqttc), and HTTP helpers (Basic
 //! and Bearer headers, the JSON error and 401 checks, a raw WebSocket handshake, openssl).
 
@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::clients::{p5, run_ok, v4_options, v5_options, Proc, Tr, T, V4, V5};
 use super::http::json_error;
+use super::mqtt::{Client, V};
 use super::{run, Builder, Server};
 
 pub const SECRET: &str = "jwt-secret-Zq8v1Lr4Wm7Tn2Kc5Hx9";
@@ -189,55 +190,6 @@ pub fn jwt_server() -> Builder {
 // ---------------------------------------------------------------------------------------------
 // Raw MQTT on the wire, to read reason codes byte for byte.
 
-/// A client socket reading whole MQTT packets as (first byte, body).
-pub struct Wire {
-    pub s: TcpStream,
-    pub buf: Vec<u8>,
-}
-
-impl Wire {
-    pub fn open(port: u16) -> Wire {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_nodelay(true).unwrap();
-        Wire { s, buf: Vec::new() }
-    }
-
-    pub fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("write");
-    }
-
-    /// The next packet, `Err("closed")` or `Err("timeout")`.
-    pub fn packet(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>), &'static str> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Fixed header: type byte, then the remaining length (variable byte integer).
-            if self.buf.len() >= 2 {
-                let (mut len, mut mul, mut i) = (0usize, 1usize, 1usize);
-                let mut whole = None;
-                while i < self.buf.len() && i <= 4 {
-                    let b = self.buf[i];
-                    len += (b & 0x7f) as usize * mul;
-                    mul *= 128;
-                    i += 1;
-                    if b & 0x80 == 0 {
-                        whole = Some((i, len));
-                        break;
-                    }
-                }
-                if let Some((start, len)) = whole {
-                    if self.buf.len() >= start + len {
-                        let first = self.buf[0];
-                        let body = self.buf[start..start + len].to_vec();
-                        self.buf.drain(..start + len);
-                        return Ok((first, body));
-                    }
-                }
-            }
-            super::read_some(&mut self.s, deadline, &mut self.buf)?;
-        }
-    }
-}
-
 /// What a raw CONNECT carries.
 #[derive(Default, Clone)]
 pub struct Hello<'a> {
@@ -287,10 +239,10 @@ pub fn connect_bytes(h: &Hello) -> BytesMut {
 }
 
 /// Opens a raw connection and returns it with the CONNACK's return code / reason code.
-pub fn raw_connect(port: u16, h: &Hello) -> (Wire, u8) {
-    let mut w = Wire::open(port);
-    w.send(&connect_bytes(h));
-    let (first, body) = w.packet(T).expect("CONNACK");
+pub fn raw_connect(port: u16, h: &Hello) -> (Client, u8) {
+    let mut w = Client::tcp(port, if h.v5 { V::V5 } else { V::V311 });
+    w.send_raw(&connect_bytes(h));
+    let (first, body) = w.frame(T).expect("CONNACK");
     assert_eq!(first, 0x20, "expected CONNACK, got packet {first:#x}");
     (w, body[1])
 }

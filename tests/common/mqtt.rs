@@ -235,6 +235,27 @@ impl Client {
         self.send_raw(&b);
     }
 
+    /// The next whole packet as it came on the wire, `(first byte, body)`, for tests that read
+    /// codes byte for byte; `Err("closed")` or `Err("timeout")`.
+    pub fn frame(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>), &'static str> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((start, len)) = frame_len(&self.buf) {
+                if self.buf.len() >= start + len {
+                    let first = self.buf[0];
+                    let whole = self.buf.split_to(start + len);
+                    return Ok((first, whole[start..].to_vec()));
+                }
+            }
+            if self.closed {
+                return Err("closed");
+            }
+            if !self.fill(deadline) {
+                return Err("timeout");
+            }
+        }
+    }
+
     /// Reads until the broker closes the connection; returns every byte it sent. Panics if it
     /// does not close within `timeout`.
     pub fn read_to_close(&mut self, timeout: Duration) -> Vec<u8> {
@@ -729,6 +750,19 @@ pub fn lift(p: v4::Packet) -> Packet {
         v4::Packet::PingResp => Packet::PingResp(PingResp),
         other => panic!("a 3.1.1 broker may not send {other:?}"),
     }
+}
+
+/// Where a packet's body starts in `b` and how long it is, once its fixed header (type byte,
+/// remaining length) is all there.
+fn frame_len(b: &[u8]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    for (i, byte) in b.iter().enumerate().skip(1).take(4) {
+        len += ((byte & 0x7f) as usize) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return Some((i + 1, len));
+        }
+    }
+    None
 }
 
 /// Hand-built CONNECT bytes: protocol `name`, `level`, clean start, keep-alive 60, client `id`.
