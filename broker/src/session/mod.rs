@@ -169,7 +169,7 @@ async fn open(
     transport: Transport,
 ) -> Option<(connect::Admitted, BytesMut)> {
     let limits = &edge.config.limits;
-    let mut cbuf = BytesMut::with_capacity(256);
+    let mut cbuf = BytesMut::with_capacity(Grow::MIN);
     let first = tokio::time::timeout(
         limits.connect_timeout(),
         connect::read_connect(io, &mut cbuf, limits.max_packet_size),
@@ -287,7 +287,8 @@ impl Session {
                     io.write_all(&self.client_out).await?;
                     io.flush().await
                 };
-                match tokio::time::timeout(write_timeout, w).await {
+                // Boxed: a write's timer lives only while it writes, not in every idle session.
+                match Box::pin(tokio::time::timeout(write_timeout, w)).await {
                     Ok(Ok(())) => lean(&mut self.client_out),
                     _ => return End::Gone,
                 }
@@ -470,7 +471,7 @@ struct Grow {
 }
 
 impl Grow {
-    const MIN: usize = 256;
+    const MIN: usize = 128;
 
     fn new(max: usize) -> Grow {
         Grow {
