@@ -351,19 +351,17 @@ pub fn v5_options(s: &Server, tr: Tr, id: &str) -> rumqttc::v5::MqttOptions {
     o
 }
 
-/// A rumqttc v4 client whose event loop runs in its own task. It does not reconnect: the first
-/// connection error ends the loop. Dropping it aborts the task, which drops the socket without
-/// DISCONNECT (an abnormal close, as far as the broker can tell).
-pub struct V4 {
-    pub client: rumqttc::AsyncClient,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+/// The events of a rumqttc event loop (v4 or v5), polled by a task of its own until the first
+/// connection error, which is the last event; the task is aborted on drop.
+struct Events<E> {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<E, String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl V4 {
-    /// Connects and waits for CONNACK (panics unless accepted).
-    pub async fn connect(opts: rumqttc::MqttOptions) -> (V4, rumqttc::ConnAck) {
-        let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+/// Starts polling event loop `$el` (v4 or v5: the same methods, not one trait).
+macro_rules! events {
+    ($el:expr) => {{
+        let mut el = $el;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
@@ -380,7 +378,54 @@ impl V4 {
                 }
             }
         });
-        let mut c = V4 { client, rx, task };
+        Events { rx, task }
+    }};
+}
+
+impl<E> Events<E> {
+    async fn next(&mut self, timeout: Duration) -> Option<Result<E, String>> {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for the connection to end; returns the error text.
+    async fn closed(&mut self, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e,
+                None => panic!("connection still up after {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl<E> Drop for Events<E> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A rumqttc v4 client whose event loop runs in its own task. It does not reconnect: the first
+/// connection error ends the loop. Dropping it aborts the task, which drops the socket without
+/// DISCONNECT (an abnormal close, as far as the broker can tell).
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    events: Events<rumqttc::Event>,
+}
+
+impl V4 {
+    /// Connects and waits for CONNACK (panics unless accepted).
+    pub async fn connect(opts: rumqttc::MqttOptions) -> (V4, rumqttc::ConnAck) {
+        let (client, el) = rumqttc::AsyncClient::new(opts, 100);
+        let mut c = V4 {
+            client,
+            events: events!(el),
+        };
         let ack = c.connack().await;
         assert_eq!(
             ack.code,
@@ -391,10 +436,7 @@ impl V4 {
     }
 
     async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::Event, String>> {
-        tokio::time::timeout(timeout, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        self.events.next(timeout).await
     }
 
     /// The next packet from the broker; panics on error or timeout.
@@ -445,15 +487,7 @@ impl V4 {
 
     /// Waits for the connection to end; returns the error text.
     pub async fn closed(&mut self, timeout: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return e,
-                None => panic!("connection still up after {timeout:?}"),
-            }
-        }
+        self.events.closed(timeout).await
     }
 
     /// Publishes and waits until the broker acknowledged it (PUBACK / PUBCOMP; QoS 0: sent).
@@ -492,7 +526,7 @@ impl V4 {
     pub async fn disconnect(mut self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(T, async {
-            while let Some(Ok(e)) = self.rx.recv().await {
+            while let Some(Ok(e)) = self.events.rx.recv().await {
                 if matches!(e, rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
                     break;
                 }
@@ -500,21 +534,14 @@ impl V4 {
         })
         .await;
         // Let the event loop write it out and close.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.rx.recv()).await;
-    }
-}
-
-impl Drop for V4 {
-    fn drop(&mut self) {
-        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.events.rx.recv()).await;
     }
 }
 
 /// A rumqttc v5 client; see [`V4`].
 pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
-    task: tokio::task::JoinHandle<()>,
+    events: Events<rumqttc::v5::Event>,
 }
 
 pub use rumqttc::v5::mqttbytes::v5 as p5;
@@ -522,24 +549,11 @@ pub use rumqttc::v5::mqttbytes::v5 as p5;
 impl V5 {
     /// Connects and waits for CONNACK (panics unless accepted).
     pub async fn connect(opts: rumqttc::v5::MqttOptions) -> (V5, p5::ConnAck) {
-        let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(e) => {
-                        if tx.send(Ok(e)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:?}")));
-                        return;
-                    }
-                }
-            }
-        });
-        let mut c = V5 { client, rx, task };
+        let (client, el) = rumqttc::v5::AsyncClient::new(opts, 100);
+        let mut c = V5 {
+            client,
+            events: events!(el),
+        };
         let ack = c.connack().await;
         assert_eq!(
             ack.code,
@@ -550,10 +564,7 @@ impl V5 {
     }
 
     async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::v5::Event, String>> {
-        tokio::time::timeout(timeout, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        self.events.next(timeout).await
     }
 
     pub async fn incoming(&mut self, timeout: Duration) -> p5::Packet {
@@ -601,15 +612,7 @@ impl V5 {
 
     /// Waits for the connection to end; returns the error text.
     pub async fn closed(&mut self, timeout: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return e,
-                None => panic!("connection still up after {timeout:?}"),
-            }
-        }
+        self.events.closed(timeout).await
     }
 
     pub async fn send(
@@ -659,7 +662,7 @@ impl V5 {
     pub async fn disconnect(mut self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(T, async {
-            while let Some(Ok(e)) = self.rx.recv().await {
+            while let Some(Ok(e)) = self.events.rx.recv().await {
                 if matches!(
                     e,
                     rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)
@@ -669,13 +672,7 @@ impl V5 {
             }
         })
         .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.rx.recv()).await;
-    }
-}
-
-impl Drop for V5 {
-    fn drop(&mut self) {
-        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.events.rx.recv()).await;
     }
 }
 
