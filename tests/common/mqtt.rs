@@ -606,35 +606,28 @@ impl Client {
     }
 }
 
-pub fn puback_code(r: PubAckReason) -> u8 {
-    use PubAckReason as R;
-    match r {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
+/// The reason code byte of a PUBACK or PUBREC reason (the two share their codes).
+macro_rules! ack_code {
+    ($name:ident, $reason:ident) => {
+        pub fn $name(r: $reason) -> u8 {
+            use $reason as R;
+            match r {
+                R::Success => 0x00,
+                R::NoMatchingSubscribers => 0x10,
+                R::UnspecifiedError => 0x80,
+                R::ImplementationSpecificError => 0x83,
+                R::NotAuthorized => 0x87,
+                R::TopicNameInvalid => 0x90,
+                R::PacketIdentifierInUse => 0x91,
+                R::QuotaExceeded => 0x97,
+                R::PayloadFormatInvalid => 0x99,
+            }
+        }
+    };
 }
 
-pub fn pubrec_code(r: PubRecReason) -> u8 {
-    use PubRecReason as R;
-    match r {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
-}
+ack_code!(puback_code, PubAckReason);
+ack_code!(pubrec_code, PubRecReason);
 
 pub fn q4(q: QoS) -> m4::QoS {
     match q {
