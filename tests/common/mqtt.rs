@@ -256,6 +256,22 @@ impl Client {
         }
     }
 
+    /// The next packet off the wire, as it comes: nothing is acknowledged or queued.
+    pub fn read(&mut self, timeout: Duration) -> Got {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.decode() {
+                return Got::Packet(Box::new(p));
+            }
+            if self.closed {
+                return Got::Closed;
+            }
+            if !self.fill(deadline) {
+                return Got::Timeout;
+            }
+        }
+    }
+
     /// Reads until the broker closes the connection; returns every byte it sent. Panics if it
     /// does not close within `timeout`.
     pub fn read_to_close(&mut self, timeout: Duration) -> Vec<u8> {

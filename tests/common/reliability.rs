@@ -7,19 +7,17 @@
 //! client there).
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes as m4;
-use rumqttc::mqttbytes::v4;
+use bytes::Bytes;
 pub use rumqttc::v5::mqttbytes::v5::*;
 pub use rumqttc::v5::mqttbytes::QoS;
 
-use super::mqtt::{lift, lower};
 #[allow(unused_imports)] // not every test file that has this module uses both
 pub use super::mqtt::{puback_code, pubrec_code};
+use super::mqtt::{Client, Got as MqttGot, V};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -32,13 +30,10 @@ pub enum Got {
     Timeout,
 }
 
-/// A blocking MQTT connection (3.1.1 when `v5` is false).
+/// A blocking MQTT connection (3.1.1 when `v5` is false) on the raw client
+/// ([`super::mqtt::Client`]), acknowledging nothing by itself: the test decides.
 pub struct Mqtt {
-    pub s: TcpStream,
-    pub v5: bool,
-    buf: BytesMut,
-    pub closed: bool,
-    next_pkid: u16,
+    c: Client,
     /// Packets read while waiting for something else.
     pub backlog: VecDeque<Packet>,
 }
@@ -46,14 +41,8 @@ pub struct Mqtt {
 impl Mqtt {
     /// A TCP connection with nothing sent yet.
     pub fn tcp(port: u16, v5: bool) -> Mqtt {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to broker");
-        s.set_nodelay(true).ok();
         Mqtt {
-            s,
-            v5,
-            buf: BytesMut::new(),
-            closed: false,
-            next_pkid: 0,
+            c: Client::tcp(port, if v5 { V::V5 } else { V::V311 }),
             backlog: VecDeque::new(),
         }
     }
@@ -112,24 +101,17 @@ impl Mqtt {
     }
 
     pub fn pkid(&mut self) -> u16 {
-        self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
-        self.next_pkid
+        self.c.pkid()
     }
 
     pub fn encode(&self, p: &Packet) -> Vec<u8> {
-        let mut b = BytesMut::new();
-        if self.v5 {
-            p.write(&mut b, None).expect("encode v5");
-        } else {
-            lower(p).write(&mut b, usize::MAX).expect("encode v4");
-        }
-        b.to_vec()
+        self.c.encode(p)
     }
 
     /// Writes `p`; false if the socket is gone.
     pub fn try_send(&mut self, p: &Packet) -> bool {
-        let b = self.encode(p);
-        self.s.write_all(&b).is_ok()
+        let b = self.c.encode(p);
+        self.send_raw(&b)
     }
 
     pub fn send(&mut self, p: &Packet) {
@@ -137,67 +119,15 @@ impl Mqtt {
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> bool {
-        self.s.write_all(bytes).is_ok()
-    }
-
-    fn decode(&mut self) -> Option<Packet> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        if self.v5 {
-            // rumqttc refuses a DISCONNECT with no body or only a reason code; MQTT 5 allows both.
-            if self.buf.len() >= 2 && self.buf[0] == 0xE0 && self.buf[1] <= 1 {
-                let n = 2 + self.buf[1] as usize;
-                if self.buf.len() < n {
-                    return None;
-                }
-                let code = if n == 3 { self.buf[2] } else { 0 };
-                let _ = self.buf.split_to(n);
-                let code = DisconnectReasonCode::try_from(code)
-                    .unwrap_or(DisconnectReasonCode::UnspecifiedError);
-                return Some(Packet::Disconnect(Disconnect::new(code)));
-            }
-            match Packet::read(&mut self.buf, None) {
-                Ok(p) => Some(p),
-                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => None,
-                Err(e) => panic!("undecodable v5 packet from broker: {e}"),
-            }
-        } else {
-            match v4::Packet::read(&mut self.buf, usize::MAX) {
-                Ok(p) => Some(lift(p)),
-                Err(m4::Error::InsufficientBytes(_)) => None,
-                Err(e) => panic!("undecodable 3.1.1 packet from broker: {e}"),
-            }
-        }
+        self.c.try_send_raw(bytes).is_ok()
     }
 
     /// The next packet off the wire (the backlog is not consulted).
     pub fn read(&mut self, timeout: Duration) -> Got {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(p) = self.decode() {
-                return Got::Packet(p);
-            }
-            if self.closed {
-                return Got::Closed;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Got::Timeout;
-            }
-            self.s
-                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-                .ok();
-            let mut tmp = [0u8; 64 * 1024];
-            match self.s.read(&mut tmp) {
-                Ok(0) => self.closed = true,
-                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Got::Timeout
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => self.closed = true,
-            }
+        match self.c.read(timeout) {
+            MqttGot::Packet(p) => Got::Packet(*p),
+            MqttGot::Closed => Got::Closed,
+            MqttGot::Timeout => Got::Timeout,
         }
     }
 
@@ -301,7 +231,7 @@ impl Mqtt {
     /// Waits until the broker closes the connection; true if it did within `timeout`.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while !self.closed {
+        while !self.c.is_closed() {
             match self.read(deadline.saturating_duration_since(Instant::now())) {
                 Got::Timeout => return false,
                 Got::Closed => return true,
@@ -312,7 +242,7 @@ impl Mqtt {
     }
 
     pub fn disconnect(mut self) {
-        let _ = self.s.write_all(&[0xE0, 0x00]);
+        let _ = self.send_raw(&[0xE0, 0x00]);
     }
 }
 
