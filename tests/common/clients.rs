@@ -3,8 +3,7 @@
 //! every transport, and a raw MQTT socket for what no library client does on purpose (never
 //! acknowledging, going silent, dropping the socket).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as smpsc;
 use std::sync::Arc;
@@ -684,10 +683,11 @@ pub fn is_internal(k: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Raw sockets.
 
-/// A plain TCP MQTT connection driven packet by packet (blocking, with timeouts).
+/// A plain TCP MQTT connection driven packet by packet (blocking, with timeouts), with the
+/// broker's packets decoded as their own protocol version sent them (3.1.1 ones not lifted), on
+/// the raw client ([`super::mqtt::Client`]).
 pub struct Raw {
-    pub stream: TcpStream,
-    buf: BytesMut,
+    c: super::mqtt::Client,
     pub v5: bool,
 }
 
@@ -700,53 +700,43 @@ pub enum RawPacket {
 
 impl Raw {
     pub fn open(port: u16, v5: bool) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).unwrap();
+        use super::mqtt::V;
         Raw {
-            stream,
-            buf: BytesMut::new(),
+            c: super::mqtt::Client::tcp(port, if v5 { V::V5 } else { V::V311 }),
             v5,
         }
     }
 
     /// Bytes received but not (yet) part of a whole packet.
     pub fn leftover(&self) -> usize {
-        self.buf.len()
+        self.c.buffered()
     }
 
     pub fn send4(&mut self, p: rumqttc::mqttbytes::v4::Packet) {
         let mut b = BytesMut::new();
         p.write(&mut b, 1 << 20).expect("encode");
-        self.stream.write_all(&b).expect("write");
+        self.c.try_send_raw(&b).expect("write");
     }
 
     pub fn send5(&mut self, p: p5::Packet) {
         let mut b = BytesMut::new();
         p.write(&mut b, None).expect("encode");
-        self.stream.write_all(&b).expect("write");
+        self.c.try_send_raw(&b).expect("write");
     }
 
     /// The next packet; `Err("closed")` if the broker closed the connection, `Err("timeout")`.
     pub fn recv(&mut self, timeout: Duration) -> Result<RawPacket, &'static str> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if !self.buf.is_empty() {
-                if self.v5 {
-                    match p5::Packet::read(&mut self.buf, None) {
-                        Ok(p) => return Ok(RawPacket::V5(Box::new(p))),
-                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
-                        Err(e) => panic!("bad packet from broker: {e:?}"),
-                    }
-                } else {
-                    match rumqttc::mqttbytes::v4::Packet::read(&mut self.buf, 1 << 20) {
-                        Ok(p) => return Ok(RawPacket::V4(p)),
-                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                        Err(e) => panic!("bad packet from broker: {e:?}"),
-                    }
-                }
-            }
-            super::read_some(&mut self.stream, deadline, &mut self.buf)?;
-        }
+        let (first, body) = self.c.frame(timeout)?;
+        let mut b = BytesMut::from(&super::mqtt::frame(first, &body)[..]);
+        Ok(if self.v5 {
+            let p = p5::Packet::read(&mut b, None)
+                .unwrap_or_else(|e| panic!("bad packet from broker: {e:?}"));
+            RawPacket::V5(Box::new(p))
+        } else {
+            let p = rumqttc::mqttbytes::v4::Packet::read(&mut b, 1 << 20)
+                .unwrap_or_else(|e| panic!("bad packet from broker: {e:?}"));
+            RawPacket::V4(p)
+        })
     }
 
     pub fn recv4(&mut self, timeout: Duration) -> rumqttc::mqttbytes::v4::Packet {

@@ -361,38 +361,6 @@ fn exit_within(child: &mut Child, timeout: Duration) {
     }
 }
 
-/// Reads what arrives on `s` into `buf`, waiting until `deadline` at most: `Err("timeout")`, or
-/// `Err("closed")` when the peer closed the connection or the read failed.
-pub fn read_some(
-    s: &mut TcpStream,
-    deadline: Instant,
-    buf: &mut impl Extend<u8>,
-) -> Result<(), &'static str> {
-    use std::io::Read;
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err("timeout");
-    }
-    s.set_read_timeout(Some(left)).expect("read timeout");
-    let mut chunk = [0u8; 8192];
-    match s.read(&mut chunk) {
-        Ok(0) => Err("closed"),
-        Ok(n) => {
-            buf.extend(chunk[..n].iter().copied());
-            Ok(())
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err("timeout")
-        }
-        Err(_) => Err("closed"),
-    }
-}
-
 /// Spawns a long-running command (e.g. mosquitto_sub) whose output is read later.
 pub fn spawn(cmd: &mut Command) -> Child {
     cmd.stdin(Stdio::null())

@@ -399,6 +399,11 @@ impl Client {
         self.closed
     }
 
+    /// Bytes received but not (yet) part of a whole packet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     // ---- waiting ----
 
     /// The next non-PUBLISH packet matching `pred`; panics after `timeout` or on close.
