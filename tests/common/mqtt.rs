@@ -258,18 +258,7 @@ impl Client {
 
     /// The next packet off the wire, as it comes: nothing is acknowledged or queued.
     pub fn read(&mut self, timeout: Duration) -> Got {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(p) = self.decode() {
-                return Got::Packet(Box::new(p));
-            }
-            if self.closed {
-                return Got::Closed;
-            }
-            if !self.fill(deadline) {
-                return Got::Timeout;
-            }
-        }
+        self.read_packet(Instant::now() + timeout)
     }
 
     /// Reads until the broker closes the connection; returns every byte it sent. Panics if it
