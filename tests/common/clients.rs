@@ -291,61 +291,44 @@ pub fn run_ok(cmd: &mut Command) -> String {
 // ---------------------------------------------------------------------------------------------
 // rumqttc.
 
-/// rumqttc (v4) options for `id` on transport `tr`.
-pub fn v4_options(s: &Server, tr: Tr, id: &str) -> rumqttc::MqttOptions {
-    use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-    let port = tr.port(s);
-    let mut o = match tr {
-        Tr::Tcp | Tr::Tls => MqttOptions::new(id, "127.0.0.1", port),
-        Tr::Ws => MqttOptions::new(id, format!("ws://127.0.0.1:{port}/mqtt"), port),
-        Tr::Wss => MqttOptions::new(id, format!("wss://127.0.0.1:{port}/mqtt"), port),
-    };
-    match tr {
-        Tr::Tcp => {}
-        Tr::Tls => {
-            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(
-                super::tls::client_config(),
-            )));
-        }
-        Tr::Ws => {
-            o.set_transport(Transport::Ws);
-        }
-        Tr::Wss => {
-            o.set_transport(Transport::Wss(TlsConfiguration::Rustls(
-                super::tls::client_config(),
-            )));
+impl Tr {
+    /// The broker address a rumqttc client is given for this transport (a URL for WebSocket).
+    fn address(self, s: &Server) -> (String, u16) {
+        let port = self.port(s);
+        let host = match self {
+            Tr::Tcp | Tr::Tls => "127.0.0.1".to_string(),
+            Tr::Ws => format!("ws://127.0.0.1:{port}/mqtt"),
+            Tr::Wss => format!("wss://127.0.0.1:{port}/mqtt"),
+        };
+        (host, port)
+    }
+
+    /// rumqttc's transport (TLS trusting the development CA).
+    fn transport(self) -> rumqttc::Transport {
+        use rumqttc::{TlsConfiguration, Transport};
+        match self {
+            Tr::Tcp => Transport::Tcp,
+            Tr::Tls => Transport::Tls(TlsConfiguration::Rustls(super::tls::client_config())),
+            Tr::Ws => Transport::Ws,
+            Tr::Wss => Transport::Wss(TlsConfiguration::Rustls(super::tls::client_config())),
         }
     }
+}
+
+/// rumqttc (v4) options for `id` on transport `tr`.
+pub fn v4_options(s: &Server, tr: Tr, id: &str) -> rumqttc::MqttOptions {
+    let (host, port) = tr.address(s);
+    let mut o = rumqttc::MqttOptions::new(id, host, port);
+    o.set_transport(tr.transport());
     o.set_keep_alive(Duration::from_secs(30));
     o
 }
 
 /// rumqttc v5 options for `id` on transport `tr`.
 pub fn v5_options(s: &Server, tr: Tr, id: &str) -> rumqttc::v5::MqttOptions {
-    use rumqttc::v5::MqttOptions;
-    use rumqttc::{TlsConfiguration, Transport};
-    let port = tr.port(s);
-    let mut o = match tr {
-        Tr::Tcp | Tr::Tls => MqttOptions::new(id, "127.0.0.1", port),
-        Tr::Ws => MqttOptions::new(id, format!("ws://127.0.0.1:{port}/mqtt"), port),
-        Tr::Wss => MqttOptions::new(id, format!("wss://127.0.0.1:{port}/mqtt"), port),
-    };
-    match tr {
-        Tr::Tcp => {}
-        Tr::Tls => {
-            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(
-                super::tls::client_config(),
-            )));
-        }
-        Tr::Ws => {
-            o.set_transport(Transport::Ws);
-        }
-        Tr::Wss => {
-            o.set_transport(Transport::Wss(TlsConfiguration::Rustls(
-                super::tls::client_config(),
-            )));
-        }
-    }
+    let (host, port) = tr.address(s);
+    let mut o = rumqttc::v5::MqttOptions::new(id, host, port);
+    o.set_transport(tr.transport());
     o.set_keep_alive(Duration::from_secs(30));
     o
 }
