@@ -4,7 +4,7 @@
 //! `RTW-Wait`, `rpc.max_waiting`), drained in arrival order once one subscribes.
 //!
 //! Real HTTP calls (reqwest) against the real binary; responders are the `echo` example and
-//! rumqttc clients from `tests/support`.
+//! rumqttc clients from `tests/common/clients.rs`.
 
 mod common;
 mod support;
