@@ -198,6 +198,28 @@ impl Tr {
             Tr::Wss => s.https.expect("server started without .tls()"),
         }
     }
+
+    /// The broker address a rumqttc client is given for this transport (a URL for WebSocket).
+    fn address(self, s: &Server) -> (String, u16) {
+        let port = self.port(s);
+        let host = match self {
+            Tr::Tcp | Tr::Tls => "127.0.0.1".to_string(),
+            Tr::Ws => format!("ws://127.0.0.1:{port}/mqtt"),
+            Tr::Wss => format!("wss://127.0.0.1:{port}/mqtt"),
+        };
+        (host, port)
+    }
+
+    /// rumqttc's transport (TLS trusting the development CA).
+    fn transport(self) -> rumqttc::Transport {
+        use rumqttc::{TlsConfiguration, Transport};
+        match self {
+            Tr::Tcp => Transport::Tcp,
+            Tr::Tls => Transport::Tls(TlsConfiguration::Rustls(super::tls::client_config())),
+            Tr::Ws => Transport::Ws,
+            Tr::Wss => Transport::Wss(TlsConfiguration::Rustls(super::tls::client_config())),
+        }
+    }
 }
 
 /// The paho script: `python3 tests/paho/client.py MODE --port … [transport options]`.
@@ -290,30 +312,6 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // rumqttc.
-
-impl Tr {
-    /// The broker address a rumqttc client is given for this transport (a URL for WebSocket).
-    fn address(self, s: &Server) -> (String, u16) {
-        let port = self.port(s);
-        let host = match self {
-            Tr::Tcp | Tr::Tls => "127.0.0.1".to_string(),
-            Tr::Ws => format!("ws://127.0.0.1:{port}/mqtt"),
-            Tr::Wss => format!("wss://127.0.0.1:{port}/mqtt"),
-        };
-        (host, port)
-    }
-
-    /// rumqttc's transport (TLS trusting the development CA).
-    fn transport(self) -> rumqttc::Transport {
-        use rumqttc::{TlsConfiguration, Transport};
-        match self {
-            Tr::Tcp => Transport::Tcp,
-            Tr::Tls => Transport::Tls(TlsConfiguration::Rustls(super::tls::client_config())),
-            Tr::Ws => Transport::Ws,
-            Tr::Wss => Transport::Wss(TlsConfiguration::Rustls(super::tls::client_config())),
-        }
-    }
-}
 
 /// rumqttc (v4) options for `id` on transport `tr`.
 pub fn v4_options(s: &Server, tr: Tr, id: &str) -> rumqttc::MqttOptions {
