@@ -19,10 +19,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(10);
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("reqwest client")
+    common::http::client(Duration::from_secs(60))
 }
 
 /// Runs blocking work (subprocesses) off the async workers.

@@ -35,10 +35,7 @@ use serde_json::Value;
 const SECRET: &str = "dashboard-test-secret-0123456789abcdef";
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    common::http::client(Duration::from_secs(30))
 }
 
 /// `target/` (this test binary is `target/debug/deps/dashboard-…`).

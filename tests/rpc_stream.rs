@@ -21,10 +21,7 @@ const T: Duration = Duration::from_secs(30);
 const MIB: usize = 1 << 20;
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .expect("reqwest client")
+    common::http::client(Duration::from_secs(300))
 }
 
 /// A temporary directory, removed on drop.

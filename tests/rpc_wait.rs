@@ -23,10 +23,7 @@ use support::{v5_options, Tr, V5};
 const T: Duration = Duration::from_secs(20);
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(70))
-        .build()
-        .expect("reqwest client")
+    common::http::client(Duration::from_secs(70))
 }
 
 /// A config file in its own directory, removed on drop.

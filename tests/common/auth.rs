@@ -448,10 +448,7 @@ pub async fn v5_quiet(c: &mut V5, d: Duration) {
 // HTTP.
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest")
+    super::http::client(Duration::from_secs(30))
 }
 
 pub fn bearer(t: &str) -> String {

@@ -1,7 +1,17 @@
-//! HTTP answers the tests check: the JSON error shape every route refuses with,
+//! HTTP for the tests: a bounded reqwest client, and the answers the tests check: the JSON error shape every route refuses with,
 //! `{"error": {"status": N, "message": "…"}}` (`application/json`).
 
+use std::time::Duration;
+
 use serde_json::Value;
+
+/// A reqwest client whose requests (body included) give up after `timeout`.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("reqwest client")
+}
 
 /// Asserts a JSON error of `status` and returns (headers, message).
 pub async fn json_error(r: reqwest::Response, status: u16) -> (reqwest::header::HeaderMap, String) {
