@@ -415,7 +415,7 @@ impl V4 {
         (c, ack)
     }
 
-    async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::Event, String>> {
+    pub async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::Event, String>> {
         self.events.next(timeout).await
     }
 
@@ -543,7 +543,7 @@ impl V5 {
         (c, ack)
     }
 
-    async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::v5::Event, String>> {
+    pub async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::v5::Event, String>> {
         self.events.next(timeout).await
     }
 
