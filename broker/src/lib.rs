@@ -10,31 +10,38 @@
 //! and queues it in the bounded [`inbox`] of each matching session. The HTTP bridge publishes
 //! and subscribes through the same seam ([`client::LocalClient`]), with no MQTT encoding.
 
-pub mod alias;
+// The public API, what the bridge and an embedding application use: the [`Edge`] (with the
+// retained store's read side, the counters and the client directory behind accessors),
+// [`client::LocalClient`] for in-process publish and subscribe, [`Broker`] to start and stop
+// it, and the types those speak (codec, config, auth, security, topic, transport).
 pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
-pub mod conformance;
-mod core;
 pub mod directory;
-mod fanout;
+#[doc(hidden)]
 pub mod fuzzing;
-mod inbox;
-mod index;
 pub mod limits;
 pub mod listener;
-pub mod message;
-pub mod password;
-pub mod persistence;
-pub mod registry;
 pub mod retained;
 pub mod security;
-pub mod session;
 pub mod stats;
 pub mod topic;
-pub mod topic_index;
 pub mod transport;
+
+// The machinery behind it.
+mod alias;
+mod conformance;
+mod core;
+mod fanout;
+mod inbox;
+mod index;
+mod message;
+mod password;
+mod persistence;
+mod registry;
+mod session;
+mod topic_index;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +65,15 @@ pub fn reserved_filter(filter: &str) -> bool {
     filter == "rtw/replies" || filter.starts_with(REPLY_PREFIX)
 }
 
+/// The address a caller's failures and shares count against: IPv4 as is, IPv6 by its /64 (one
+/// host's share).
+pub use password::ip_key;
+
+/// Is `name` a user property the broker keeps for itself (a client may not set it)?
+pub fn reserved_user_property(name: &str) -> bool {
+    name == session::STAMP_KEY
+}
+
 /// State shared by every session.
 pub struct Edge {
     /// TLS certificates in use (reloaded on SIGHUP or when their files change).
@@ -74,20 +90,40 @@ pub struct Edge {
     index: index::Index,
     /// The next accepted message's sequence number.
     seq: AtomicU64,
-    pub retained: Arc<retained::RetainedStore>,
-    pub registry: registry::Registry,
+    pub(crate) retained: Arc<retained::RetainedStore>,
+    pub(crate) registry: registry::Registry,
     /// Live clients, for operators (the dashboard's clients table).
-    pub directory: Arc<directory::Directory>,
-    pub stats: stats::Stats,
-    pub authenticator: Arc<dyn auth::Authenticator>,
-    pub authorizer: Arc<dyn auth::Authorizer>,
+    pub(crate) directory: Arc<directory::Directory>,
+    pub(crate) stats: stats::Stats,
+    pub(crate) authenticator: Arc<dyn auth::Authenticator>,
+    pub(crate) authorizer: Arc<dyn auth::Authorizer>,
     sys: watch::Receiver<Arc<Vec<(String, String)>>>,
     connections: Arc<Semaphore>,
     next_conn: AtomicU64,
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Edge {
+    /// The retained store: what `GET /topics/…` and the dashboard's topic tree read.
+    pub fn retained(&self) -> &retained::RetainedStore {
+        &self.retained
+    }
+
+    /// The node's counters (the `$SYS` tree, `/metrics`, `/api/stats`).
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
+    }
+
+    /// The live clients, for operators.
+    pub fn directory(&self) -> &directory::Directory {
+        &self.directory
+    }
+
+    /// Cancelled when the broker shuts down: tasks that live as long as the broker wait on it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
     /// Records a client subscription appearing (`true`) or going away.
     pub(crate) fn interest(&self, filter: &str, add: bool) {
         let mut m = self.interest.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{check, Publish as WirePublish};
 
-use crate::codec::{Publish, PublishProperties, QoS};
+use crate::codec::{Publish, QoS};
 
 /// Frame format version.
 const FORMAT: u8 = 1;
@@ -144,14 +144,10 @@ pub fn client_hash(client_id: &str) -> u64 {
     h.finish().max(1)
 }
 
-/// Properties with nothing set.
-pub fn no_properties() -> PublishProperties {
-    PublishProperties::default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::PublishProperties;
 
     #[test]
     fn frame_round_trips() {

@@ -188,11 +188,6 @@ impl Registry {
         map.entry(client_id.to_string()).or_default().purge = Some(purge);
     }
 
-    /// Persistent sessions whose client is away.
-    pub fn offline_count(&self) -> usize {
-        self.offline.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     /// Called by a timer task when it has fired: forgets it, and the id once nothing is left.
     pub fn timer_fired(&self, client_id: &str, timer: Timer) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());

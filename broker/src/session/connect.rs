@@ -133,6 +133,15 @@ pub(super) fn empty_connack_props() -> ConnAckProperties {
     }
 }
 
+/// Refuses a connection over a connection limit (counted; CONNACK quota exceeded).
+async fn over_quota<T>(edge: &Edge, io: &mut Box<dyn Io>, v: Version, why: &str) -> Result<T, ()> {
+    edge.stats
+        .connections_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    refuse(io, v, ConnectReturnCode::QuotaExceeded, why).await;
+    Err(())
+}
+
 pub(super) async fn refuse(io: &mut Box<dyn Io>, v: Version, code: ConnectReturnCode, why: &str) {
     let props = if v == Version::V5 {
         reason_props(why)
@@ -246,19 +255,7 @@ pub(super) async fn admit(
     } else {
         match edge.connections.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => {
-                edge.stats
-                    .connections_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                refuse(
-                    io,
-                    version,
-                    ConnectReturnCode::QuotaExceeded,
-                    "too many connections",
-                )
-                .await;
-                return Err(());
-            }
+            Err(_) => return over_quota(edge, io, version, "too many connections").await,
         }
     };
     let ip_guard = if internal {
@@ -266,17 +263,8 @@ pub(super) async fn admit(
     } else if edge.ip_enter(peer.ip()) {
         Some(IpGuard(edge.clone(), peer.ip()))
     } else {
-        edge.stats
-            .connections_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        refuse(
-            io,
-            version,
-            ConnectReturnCode::QuotaExceeded,
-            "too many connections from this address",
-        )
-        .await;
-        return Err(());
+        let why = "too many connections from this address";
+        return over_quota(edge, io, version, why).await;
     };
 
     let creds = Credentials {
