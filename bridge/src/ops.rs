@@ -117,7 +117,10 @@ pub fn stats_json(st: &AppState) -> Value {
 }
 
 fn ready(st: &AppState) -> bool {
-    st.edge.core_ready() && st.rpc.ready() && !st.hub.client().is_closed()
+    st.edge.core_ready()
+        && st.rpc.ready()
+        && !st.hub.client().is_closed()
+        && st.edge.cluster_ready()
 }
 
 pub async fn stats(
@@ -142,7 +145,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     } else {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the broker core or the bridge's broker session is down",
+            "the broker core, the bridge's broker session or the cluster link (NATS) is down",
         )
     }
 }

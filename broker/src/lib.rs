@@ -13,6 +13,7 @@
 pub mod alias;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod conformance;
@@ -70,6 +71,8 @@ pub struct Edge {
     interest_changed: watch::Sender<u64>,
     pub config: BrokerConfig,
     core: Arc<Core>,
+    /// The link to the other nodes, when the node is in a cluster ([`cluster`]).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// Who subscribes to what: the fan-out's index.
     index: index::Index,
     /// The next accepted message's sequence number.
@@ -119,10 +122,13 @@ impl Edge {
     /// one `lane` keep their order. Waits (bounded) while the fan-out catches up.
     pub async fn route(&self, msg: &Message, lane: usize) -> Result<(), CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
-        let frame = msg.frame(seq).map_err(|e| {
+        let mut frame = msg.frame(seq).map_err(|e| {
             tracing::warn!(error = %e, "message not encodable");
             CoreError::Gone
         })?;
+        if let Some(c) = &self.cluster {
+            frame = c.outbound(msg, frame).await;
+        }
         self.core.publish(lane, frame).await
     }
 
@@ -240,6 +246,10 @@ impl Broker {
         authenticator: Arc<dyn auth::Authenticator>,
         authorizer: Arc<dyn auth::Authorizer>,
     ) -> anyhow::Result<Broker> {
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::connect(c).await?),
+            None => None,
+        };
         let retained = retained::RetainedStore::open(&config.storage.dir)?;
         let (core, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
         let stats = stats::Stats::default();
@@ -266,6 +276,7 @@ impl Broker {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             core,
+            cluster,
             retained,
             registry: registry::Registry::default(),
             directory: Default::default(),
@@ -277,6 +288,9 @@ impl Broker {
             shutdown,
         });
         tokio::spawn(fanout::run(edge.clone(), egress));
+        if let Some(c) = &edge.cluster {
+            c.start(&edge).await?;
+        }
         restore_sessions(&edge).await;
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));

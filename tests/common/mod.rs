@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -291,6 +293,11 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts a stopped server again on the same ports and storage directory.
+    pub fn start_again(&mut self) {
+        self.spawn();
     }
 
     /// Starts again on the same ports and storage directory.

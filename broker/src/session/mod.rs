@@ -361,7 +361,7 @@ impl Session {
                 self.client_done(c.pkid);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.client_subscribe(s),
+            Packet::Subscribe(s) => self.client_subscribe(s).await,
             Packet::Unsubscribe(u) if u.filters.is_empty() => Err(End::Violation(
                 DisconnectReasonCode::ProtocolError,
                 "UNSUBSCRIBE without filters".into(),

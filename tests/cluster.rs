@@ -1,0 +1,153 @@
+//! Several nodes, one broker: a real `nats-server` (JetStream on) and three realtime-web nodes
+//! on loopback, proven with real clients (rumqttc, mosquitto_pub/sub, curl). See
+//! `broker/src/cluster/` and the README's "Cluster" section.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::nats::Nats;
+use common::Server;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use support::{p5, v4_options, v5_options, Tr, T, V4, V5};
+
+/// A node named `name` joined to `nats`.
+fn node(nats: &Nats, name: &str) -> Server {
+    Server::builder()
+        .env("CLUSTER__NATS", nats.url())
+        .env("CLUSTER__NODE", name)
+        .start()
+}
+
+fn three(nats: &Nats) -> [Server; 3] {
+    [node(nats, "n1"), node(nats, "n2"), node(nats, "n3")]
+}
+
+/// The publishes that arrive within `quiet` of each other, until none does.
+async fn drain5(c: &mut V5, quiet: Duration) -> Vec<p5::Publish> {
+    let mut v = Vec::new();
+    while let Ok(p) = tokio::time::timeout(quiet, c.publish_in(T)).await {
+        v.push(p);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_on_one_node_reaches_subscribers_on_every_node() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three(&nats);
+
+    // n2: MQTT 5, overlapping filters (one copy expected per message).
+    let (mut s2, _) = V5::connect(v5_options(&n2, Tr::Tcp, "sub-n2")).await;
+    s2.subscribe("c/#", Q5::ExactlyOnce).await;
+    s2.subscribe("c/+/x", Q5::AtLeastOnce).await;
+    // n3: MQTT 3.1.1.
+    let (mut s3, _) = V4::connect(v4_options(&n3, Tr::Tcp, "sub-n3")).await;
+    s3.subscribe("c/#", rumqttc::QoS::ExactlyOnce).await;
+    // n1, the publisher's own node: one copy too (nothing comes back from NATS twice).
+    let (mut s1, _) = V4::connect(v4_options(&n1, Tr::Tcp, "sub-n1")).await;
+    s1.subscribe("c/#", rumqttc::QoS::ExactlyOnce).await;
+
+    let (mut p, _) = V5::connect(v5_options(&n1, Tr::Tcp, "pub-n1")).await;
+    let props = p5::PublishProperties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        response_topic: Some("c/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr")),
+        ..Default::default()
+    };
+    for (i, q) in [Q5::AtMostOnce, Q5::AtLeastOnce, Q5::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        p.send(
+            "c/a/x",
+            q,
+            false,
+            format!("m{i}").as_bytes(),
+            Some(props.clone()),
+        )
+        .await;
+    }
+    // Order per publisher and topic: 50 more at QoS 1.
+    for i in 0..50 {
+        p.send(
+            "c/seq",
+            Q5::AtLeastOnce,
+            false,
+            format!("{i}").as_bytes(),
+            None,
+        )
+        .await;
+    }
+
+    let got = drain5(&mut s2, Duration::from_secs(2)).await;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let mut want: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+    want.extend((0..50).map(|i| format!("{i}")));
+    assert_eq!(payloads, want, "n2 gets each message once, in order");
+    for (m, q) in got[..3].iter().zip([0u8, 1, 2]) {
+        assert_eq!(m.qos as u8, q);
+        let pr = m.properties.as_ref().expect("properties kept");
+        assert_eq!(pr.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(pr.user_properties, vec![("k".to_string(), "v".to_string())]);
+        assert_eq!(pr.response_topic.as_deref(), Some("c/reply"));
+        assert_eq!(pr.correlation_data.as_deref(), Some(&b"corr"[..]));
+    }
+    for s in [&mut s3, &mut s1] {
+        let mut v = Vec::new();
+        for _ in 0..53 {
+            let m = s.publish_in(T).await;
+            v.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+        assert_eq!(v, want);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), s.publish_in(T))
+                .await
+                .is_err(),
+            "no duplicate"
+        );
+    }
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn every_legal_topic_crosses_between_mosquitto_clients() {
+    let nats = Nats::start();
+    let n1 = node(&nats, "n1");
+    let n2 = node(&nats, "n2");
+    let topics = [
+        "dots.in.level/x",
+        "with space/ünïcødé/日本",
+        "a//empty/",
+        "/leading",
+        "star*/gt>",
+        "_~7E/x",
+    ];
+    for v in ["mqttv311", "mqttv5"] {
+        let mut sub = support::Proc::spawn(support::mosquitto_sub(&n2, false, v).args([
+            "-t",
+            "#",
+            "-q",
+            "1",
+            "-i",
+            &format!("ms-{v}"),
+        ]));
+        support::mosquitto_ready(&mut sub);
+        for t in topics {
+            support::run_ok(
+                support::mosquitto_pub(&n1, false, v).args(["-t", t, "-m", t, "-q", "1"]),
+            );
+        }
+        for t in topics {
+            let line = sub.wait_line(T, |l| l.starts_with("MSG|"));
+            let msgs = support::mosquitto_msgs(&[line]);
+            assert_eq!(msgs[0].0, t, "{v}");
+            assert_eq!(msgs[0].3, t);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! A real `nats-server` for cluster tests: its own port and JetStream store, killed on drop.
+//! The binary comes from the Debian package `nats-server` (installed by `.ci/run`); without it
+//! the tests fail and say so.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, listened_by};
+
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub store: PathBuf,
+}
+
+impl Nats {
+    /// Starts `nats-server -js` on a free loopback port with a fresh store directory.
+    pub fn start() -> Nats {
+        let store = std::env::temp_dir().join(format!(
+            "rtw-nats-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&store).expect("nats store dir");
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run nats-server ({e}): the cluster tests need it \
+                     (Debian/Ubuntu: apt-get install nats-server; .ci/run installs it)"
+                )
+            });
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !listened_by(pid, self.port) {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and store.
+    pub fn start_again(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
