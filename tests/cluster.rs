@@ -151,3 +151,77 @@ fn every_legal_topic_crosses_between_mosquitto_clients() {
         }
     }
 }
+
+/// `curl -N` on `GET /events?…` (a real SSE client), its header lines and events as lines.
+fn sse(s: &Server, query: &str) -> support::Proc {
+    let mut p = support::Proc::spawn(std::process::Command::new("curl").args([
+        "-sN",
+        "-D",
+        "-",
+        &format!("{}/events?{query}", s.http_base()),
+    ]));
+    let status = p.wait_line(T, |l| l.starts_with("HTTP/"));
+    assert!(status.contains(" 200"), "{status}");
+    p
+}
+
+fn curl(args: &[&str]) -> String {
+    support::run_ok(std::process::Command::new("curl").arg("-s").args(args))
+}
+
+#[test]
+fn http_post_on_one_node_reaches_sse_on_another() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three(&nats);
+    let mut a = sse(&n2, "topic=news/%23&retained=false");
+    let mut b = sse(&n3, "topic=news/%2B&retained=false");
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--data-binary",
+        "from n1",
+        &format!("{}/topics/news/today", n1.http_base()),
+    ]);
+    assert_eq!(code, "200");
+    for p in [&mut a, &mut b] {
+        let data = p.wait_line(T, |l| l.starts_with("data:"));
+        assert!(data.contains("from n1"), "{data}");
+    }
+}
+
+#[test]
+fn rpc_caller_and_responder_on_different_nodes() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three(&nats);
+    // The echo example (MQTT 5 responder on `rpc/#`) on n2; the HTTP caller on n1.
+    let mut echo = support::Proc::spawn(
+        std::process::Command::new(common::example_bin("echo")).args([
+            "--port",
+            &n2.mqtt.to_string(),
+            "--id",
+            "echo-n2",
+        ]),
+    );
+    let url = format!("{}/rpc/demo/echo", n1.http_base());
+    // n1 learns of n2's responder through the cluster (503 "no responder" until then).
+    let deadline = std::time::Instant::now() + T;
+    let body = loop {
+        let out = curl(&["-w", "\n%{http_code}", "--data-binary", "ping across", &url]);
+        let (body, code) = out.rsplit_once('\n').expect("status line");
+        if code == "200" {
+            break body.to_string();
+        }
+        assert_eq!(code, "503", "{out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no responder seen: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(body, "ping across");
+    echo.kill();
+}

@@ -186,10 +186,15 @@ impl Edge {
         }
     }
 
-    /// Is any connected client subscribed to a filter matching `topic`?
+    /// Is any connected client (on any node of the cluster) subscribed to a filter matching
+    /// `topic`?
     pub fn has_subscriber(&self, topic: &str) -> bool {
         let m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
         m.keys().any(|f| topic::matches(f, topic))
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.remote_subscriber(topic))
     }
 
     fn conn_id(&self) -> u64 {

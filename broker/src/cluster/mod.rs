@@ -23,6 +23,7 @@
 pub mod config;
 mod dedupe;
 mod link;
+pub mod nodes;
 pub mod retained;
 pub mod stats;
 pub mod subject;
@@ -65,6 +66,7 @@ pub struct Cluster {
     cmds: mpsc::UnboundedSender<Cmd>,
     cmd_rx: Mutex<Option<mpsc::UnboundedReceiver<Cmd>>>,
     retained: Mutex<Option<async_nats::jetstream::kv::Store>>,
+    nodes: nodes::Nodes,
     pub stats: Arc<ClusterStats>,
 }
 
@@ -130,6 +132,7 @@ impl Cluster {
             cmds,
             cmd_rx: Mutex::new(Some(cmd_rx)),
             retained: Mutex::new(None),
+            nodes: Default::default(),
             stats,
         }))
     }
@@ -140,6 +143,9 @@ impl Cluster {
         let kv = retained::open(&self.js).await?;
         retained::sync(&self.js, kv.clone(), edge, self.stats.clone()).await?;
         *self.retained.lock().unwrap_or_else(|e| e.into_inner()) = Some(kv);
+        let kv = nodes::open(&self.js).await?;
+        tokio::spawn(nodes::announce(self.clone(), edge.clone(), kv.clone()));
+        tokio::spawn(nodes::follow(self.clone(), edge.clone(), kv));
         let rx = self
             .cmd_rx
             .lock()
