@@ -225,3 +225,109 @@ fn rpc_caller_and_responder_on_different_nodes() {
     assert_eq!(body, "ping across");
     echo.kill();
 }
+
+/// `GET /topics/{topic}` on `s`: (status, body).
+fn get_topic(s: &Server, topic: &str) -> (String, String) {
+    let out = curl(&[
+        "-w",
+        "\n%{http_code}",
+        &format!("{}/topics/{topic}", s.http_base()),
+    ]);
+    let (body, code) = out.rsplit_once('\n').expect("status line");
+    (code.to_string(), body.to_string())
+}
+
+/// Waits (bounded) until `GET /topics/{topic}` on `s` answers `code`; returns the body.
+fn wait_topic(s: &Server, topic: &str, code: &str) -> String {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (c, body) = get_topic(s, topic);
+        if c == code {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET /topics/{topic} on :{} is still {c} {body}",
+            s.http
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn retained_messages_are_one_state_kept_across_restarts() {
+    let mut nats = Nats::start();
+    let [mut n1, mut n2, mut n3] = three(&nats);
+    // Set on n1 (MQTT 3.1.1), read over HTTP on n2, delivered on subscribe on n3.
+    support::run_ok(support::mosquitto_pub(&n1, false, "mqttv311").args([
+        "-t",
+        "state/lamp",
+        "-m",
+        "on",
+        "-r",
+        "-q",
+        "1",
+    ]));
+    assert_eq!(wait_topic(&n2, "state/lamp", "200"), "on");
+    wait_topic(&n3, "state/lamp", "200");
+    let mut sub = support::Proc::spawn(
+        support::mosquitto_sub(&n3, false, "mqttv5").args(["-t", "state/#", "-q", "1"]),
+    );
+    let line = sub.wait_line(T, |l| l.starts_with("MSG|"));
+    assert_eq!(line, "MSG|state/lamp|1|1|on");
+    drop(sub);
+    // Cleared on n2 (HTTP DELETE): gone on n1 and n3.
+    curl(&[
+        "-X",
+        "DELETE",
+        &format!("{}/topics/state/lamp", n2.http_base()),
+    ]);
+    wait_topic(&n1, "state/lamp", "404");
+    wait_topic(&n3, "state/lamp", "404");
+
+    // Changes made while a node is down reach it when it starts.
+    curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "old",
+        &format!("{}/topics/state/door", n1.http_base()),
+    ]);
+    wait_topic(&n3, "state/door", "200");
+    n3.stop();
+    curl(&[
+        "-X",
+        "DELETE",
+        &format!("{}/topics/state/door", n1.http_base()),
+    ]);
+    curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "new",
+        &format!("{}/topics/state/window", n2.http_base()),
+    ]);
+    n3.start_again();
+    assert_eq!(get_topic(&n3, "state/door").0, "404");
+    assert_eq!(get_topic(&n3, "state/window"), ("200".into(), "new".into()));
+
+    // Every node and NATS itself stopped and started again: the state is still there, and a
+    // node with an empty store of its own gets it from the bucket.
+    wait_topic(&n1, "state/window", "200");
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.stop();
+    }
+    nats.start_again();
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.start_again();
+    }
+    for n in [&n1, &n2, &n3] {
+        assert_eq!(get_topic(n, "state/window"), ("200".into(), "new".into()));
+        assert_eq!(get_topic(n, "state/lamp").0, "404");
+    }
+    let fresh = node(&nats, "n4");
+    assert_eq!(
+        get_topic(&fresh, "state/window"),
+        ("200".into(), "new".into())
+    );
+}
