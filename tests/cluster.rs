@@ -331,3 +331,117 @@ fn retained_messages_are_one_state_kept_across_restarts() {
         ("200".into(), "new".into())
     );
 }
+
+fn persistent(s: &Server, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = v5_options(s, Tr::Tcp, id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(300));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_is_unique_across_nodes_and_its_session_follows_it() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three(&nats);
+    let (mut p, _) = V5::connect(v5_options(&n3, Tr::Tcp, "pub-n3")).await;
+
+    // Connected on n1 with a subscription; the same id on n2 takes over (0x8E on n1).
+    let (mut first, ack) = V5::connect(persistent(&n1, "roamer")).await;
+    assert!(!ack.session_present);
+    first.subscribe("roam/#", Q5::AtLeastOnce).await;
+    let (mut second, ack) = V5::connect(persistent(&n2, "roamer")).await;
+    let err = first.closed(T).await;
+    assert!(
+        err.contains("SessionTakenOver"),
+        "first connection ended with {err}"
+    );
+    assert!(ack.session_present, "the session came over from n1");
+    // Its subscription came along: a message published on n3 reaches it on n2, once.
+    p.send("roam/a", Q5::AtLeastOnce, false, b"to n2", None)
+        .await;
+    assert_eq!(&second.publish_in(T).await.payload[..], b"to n2");
+
+    // Away from n2, messages queue there; back on n1, they are handed over.
+    second.disconnect().await;
+    for i in 0..3 {
+        p.send(
+            "roam/q",
+            Q5::AtLeastOnce,
+            false,
+            format!("q{i}").as_bytes(),
+            None,
+        )
+        .await;
+    }
+    let (mut third, ack) = V5::connect(persistent(&n1, "roamer")).await;
+    assert!(ack.session_present);
+    for i in 0..3 {
+        assert_eq!(
+            String::from_utf8_lossy(&third.publish_in(T).await.payload),
+            format!("q{i}")
+        );
+    }
+    p.send("roam/z", Q5::AtLeastOnce, false, b"still", None)
+        .await;
+    assert_eq!(&third.publish_in(T).await.payload[..], b"still");
+    // MQTT 3.1.1 too: the second connection ends the first, across nodes.
+    let (mut a, _) = V4::connect(v4_options(&n1, Tr::Tcp, "same-311")).await;
+    let (mut b, _) = V4::connect(v4_options(&n2, Tr::Tcp, "same-311")).await;
+    a.closed(T).await;
+    b.subscribe("x311", rumqttc::QoS::AtLeastOnce).await;
+    p.send("x311", Q5::AtLeastOnce, false, b"v311", None).await;
+    assert_eq!(&b.publish_in(T).await.payload[..], b"v311");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_group_over_two_nodes_gets_each_message_exactly_once() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three(&nats);
+    let (mut a, _) = V5::connect(v5_options(&n1, Tr::Tcp, "member-n1")).await;
+    a.subscribe("$share/g/jobs/#", Q5::AtLeastOnce).await;
+    let (mut b, _) = V5::connect(v5_options(&n2, Tr::Tcp, "member-n2")).await;
+    b.subscribe("$share/g/jobs/#", Q5::AtLeastOnce).await;
+    // A plain subscriber on n1 gets every message (the group is a copy of its own).
+    let (mut all, _) = V4::connect(v4_options(&n1, Tr::Tcp, "plain-n1")).await;
+    all.subscribe("jobs/#", rumqttc::QoS::AtLeastOnce).await;
+    // Publishers on n3 (no member) and on n1 (a member's node).
+    let (mut p3, _) = V5::connect(v5_options(&n3, Tr::Tcp, "pub-n3")).await;
+    let (mut p1, _) = V5::connect(v5_options(&n1, Tr::Tcp, "pub-n1")).await;
+    const N: usize = 1000;
+    for i in 0..N {
+        let p = if i % 2 == 0 { &mut p3 } else { &mut p1 };
+        p.send(
+            "jobs/x",
+            Q5::AtLeastOnce,
+            false,
+            format!("{i}").as_bytes(),
+            None,
+        )
+        .await;
+    }
+    let mut seen = vec![0u32; N];
+    let (mut got_a, mut got_b) = (0, 0);
+    for (c, got) in [(&mut a, &mut got_a), (&mut b, &mut got_b)] {
+        for m in drain5(c, Duration::from_secs(2)).await {
+            let i: usize = String::from_utf8_lossy(&m.payload).parse().expect("index");
+            seen[i] += 1;
+            *got += 1;
+        }
+    }
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "each message exactly once: {:?}",
+        seen.iter()
+            .enumerate()
+            .filter(|(_, &n)| n != 1)
+            .take(10)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        got_a > 0 && got_b > 0,
+        "both members served: {got_a} / {got_b}"
+    );
+    for _ in 0..N {
+        all.publish_in(T).await;
+    }
+}

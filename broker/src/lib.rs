@@ -197,7 +197,7 @@ impl Edge {
                 .is_some_and(|c| c.remote_subscriber(topic))
     }
 
-    fn conn_id(&self) -> u64 {
+    pub(crate) fn conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -222,6 +222,7 @@ impl Edge {
         if let Some(s) = self.registry.take_offline(client_id) {
             s.discard(self, false);
         }
+        self.cluster_release(client_id);
     }
 
     /// Serves one client connection on any transport until it ends.

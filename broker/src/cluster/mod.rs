@@ -20,6 +20,7 @@
 //!   own clients alone (messages stay local, counted in `not_sent`), `/readyz` answers 503, and
 //!   each loss and return is logged and counted.
 
+pub mod clients;
 pub mod config;
 mod dedupe;
 mod link;
@@ -67,6 +68,7 @@ pub struct Cluster {
     cmd_rx: Mutex<Option<mpsc::UnboundedReceiver<Cmd>>>,
     retained: Mutex<Option<async_nats::jetstream::kv::Store>>,
     nodes: nodes::Nodes,
+    held: clients::Held,
     pub stats: Arc<ClusterStats>,
 }
 
@@ -133,6 +135,7 @@ impl Cluster {
             cmd_rx: Mutex::new(Some(cmd_rx)),
             retained: Mutex::new(None),
             nodes: Default::default(),
+            held: Default::default(),
             stats,
         }))
     }

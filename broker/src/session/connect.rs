@@ -358,6 +358,12 @@ pub(super) async fn admit(
         .claim(&client_id, conn_id, control_tx.clone())
         .await;
 
+    // In a cluster, the node that held the id (if another) closes it and hands its session over.
+    let handover = if internal {
+        None
+    } else {
+        edge.cluster_claim(&client_id).await
+    };
     // The session the client left, if it resumes it and may.
     let owner = identity.subject.clone();
     let old = edge.registry.take_offline(&client_id);
@@ -373,7 +379,12 @@ pub(super) async fn admit(
             s.discard(edge, internal);
             (SessionState::new(edge, &client_id, owner), false)
         }
-        None => (SessionState::new(edge, &client_id, owner), false),
+        None => match handover {
+            Some(h) if !connect.clean_start && h.owner == owner => {
+                (h.into_state(edge, &client_id), true)
+            }
+            _ => (SessionState::new(edge, &client_id, owner), false),
+        },
     };
 
     let ack_props = v5.then(|| ConnAckProperties {

@@ -166,6 +166,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     let (will_timer, purge_timer, linger) = session.finish(end, &mut io).await;
     edge.registry
         .release(&client_id, conn_id, will_timer, purge_timer);
+    edge.cluster_release(&client_id);
     drop(claim);
     drop(ip_guard);
     drop(permit);
