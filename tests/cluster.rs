@@ -445,3 +445,121 @@ async fn a_share_group_over_two_nodes_gets_each_message_exactly_once() {
         all.publish_in(T).await;
     }
 }
+
+/// `GET /readyz` status code on `s`.
+fn readyz(s: &Server) -> String {
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/readyz", s.http_base()),
+    ])
+}
+
+fn wait_ready(s: &Server, code: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while readyz(s) != code {
+        assert!(std::time::Instant::now() < deadline, "/readyz never {code}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_costs_only_its_own_connections() {
+    let nats = Nats::start();
+    let [mut n1, n2, n3] = three(&nats);
+    let (mut s2, _) = V5::connect(v5_options(&n2, Tr::Tcp, "s2")).await;
+    s2.subscribe("k/#", Q5::AtLeastOnce).await;
+    let (mut victim, _) = V5::connect(persistent(&n1, "victim")).await;
+    victim.subscribe("k/#", Q5::AtLeastOnce).await;
+    let (mut p, _) = V5::connect(v5_options(&n3, Tr::Tcp, "p3")).await;
+    p.send("k/1", Q5::AtLeastOnce, true, b"before", None).await;
+    assert_eq!(&s2.publish_in(T).await.payload[..], b"before");
+    assert_eq!(&victim.publish_in(T).await.payload[..], b"before");
+
+    n1.kill();
+    victim.closed(T).await;
+    // The others keep serving each other.
+    p.send("k/2", Q5::AtLeastOnce, false, b"after", None).await;
+    assert_eq!(&s2.publish_in(T).await.payload[..], b"after");
+    // Its client id is free: the client reconnects elsewhere (its session died with n1).
+    let (mut back, ack) = V5::connect(persistent(&n3, "victim")).await;
+    assert!(!ack.session_present);
+    back.subscribe("k/#", Q5::AtLeastOnce).await;
+    // The retained message set through the cluster is still there.
+    let r = back.publish_in(T).await;
+    assert_eq!(&r.payload[..], b"before");
+    assert!(r.retain);
+    assert_eq!(readyz(&n2), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_under_load_is_survived() {
+    let mut nats = Nats::start();
+    let n1 = node(&nats, "n1");
+    let n2 = node(&nats, "n2");
+    let (mut far, _) = V5::connect(v5_options(&n2, Tr::Tcp, "far")).await;
+    far.subscribe("load/#", Q5::AtLeastOnce).await;
+    let (mut near, _) = V4::connect(v4_options(&n1, Tr::Tcp, "near")).await;
+    near.subscribe("load/#", rumqttc::QoS::AtLeastOnce).await;
+    // Load: a QoS 1 publisher on n1 that never stops while NATS goes away and comes back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let (mut p, _) = V5::connect(v5_options(&n1, Tr::Tcp, "loader")).await;
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                p.send(
+                    "load/x",
+                    Q5::AtLeastOnce,
+                    false,
+                    format!("{i}").as_bytes(),
+                    None,
+                )
+                .await;
+                i += 1;
+            }
+            i
+        })
+    };
+    far.publish_in(T).await;
+
+    nats.kill();
+    wait_ready(&n1, "503");
+    wait_ready(&n2, "503");
+    // During the outage a node serves its own clients alone.
+    let (mut p1, _) = V4::connect(v4_options(&n1, Tr::Tcp, "p1-outage")).await;
+    p1.send("load/outage", rumqttc::QoS::AtLeastOnce, false, b"local")
+        .await;
+    loop {
+        if &near.publish_in(T).await.payload[..] == b"local" {
+            break;
+        }
+    }
+
+    nats.start_again();
+    wait_ready(&n1, "200");
+    wait_ready(&n2, "200");
+    // Subscriptions were renewed: n1's messages reach n2 again.
+    let (mut p2, _) = V5::connect(v5_options(&n1, Tr::Tcp, "p1-back")).await;
+    p2.send("load/back", Q5::AtLeastOnce, false, b"again", None)
+        .await;
+    loop {
+        if &far.publish_in(T).await.payload[..] == b"again" {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = tokio::time::timeout(T, load)
+        .await
+        .expect("publisher stopped")
+        .expect("publisher ok");
+    assert!(sent > 0);
+    let stats = curl(&[&format!("{}/api/stats", n1.http_base())]);
+    let v: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert!(v["cluster"]["disconnects"].as_u64() >= Some(1), "{v}");
+    assert!(v["cluster"]["not_sent"].as_u64() >= Some(1), "{v}");
+    assert_eq!(v["cluster"]["nats_up"], true);
+}

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod clients;
+pub mod cluster_view;
 pub mod fuzzing;
 pub mod history;
 pub mod hub;

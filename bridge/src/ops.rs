@@ -113,6 +113,7 @@ pub fn stats_json(st: &AppState) -> Value {
             "stream_errors": rpc.stream_errors.load(Relaxed),
         },
         "ready": ready(st),
+        "cluster": crate::cluster_view::json(st),
     })
 }
 
@@ -365,6 +366,7 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         "1 when the broker core and bridge sessions are up",
         ready(st) as i64,
     )?;
+    crate::cluster_view::metrics(&r, st)?;
     let mut buf = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())

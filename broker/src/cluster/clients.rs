@@ -179,14 +179,21 @@ impl Cluster {
         if subject.len() > subject::MAX_SUBJECT {
             return None;
         }
-        let asked = tokio::time::timeout(
-            CLAIM_WAIT,
-            self.client.request(
-                subject.clone(),
-                Bytes::copy_from_slice(&self.boot.to_be_bytes()),
-            ),
-        )
-        .await;
+        // NATS down: nobody can be asked; the id is held from here once the link is back.
+        let asked = if !self.is_up() {
+            Ok(Err(async_nats::RequestError::new(
+                async_nats::RequestErrorKind::NoResponders,
+            )))
+        } else {
+            tokio::time::timeout(
+                CLAIM_WAIT,
+                self.client.request(
+                    subject.clone(),
+                    Bytes::copy_from_slice(&self.boot.to_be_bytes()),
+                ),
+            )
+            .await
+        };
         let handover = match asked {
             Ok(Ok(m)) => match serde_json::from_slice::<Handover>(&m.payload) {
                 Ok(h) => {

@@ -44,6 +44,9 @@ pub use stats::ClusterStats;
 use crate::codec::QoS;
 use crate::message::{Message, Scope};
 
+/// Longest a publisher waits for the NATS client to take or write its message.
+const HAND_OVER: Duration = Duration::from_secs(2);
+
 /// A filter and its share group, as subscribed on NATS.
 type Key = (String, Option<String>);
 
@@ -201,6 +204,10 @@ impl Cluster {
 
     /// Waits (bounded) until the subscriptions asked for so far are known to the NATS server.
     pub async fn sync(&self) {
+        if !self.is_up() {
+            // Renewed with every other subscription when the link is back.
+            return;
+        }
         let (tx, rx) = oneshot::channel();
         if self.cmds.send(Cmd::Sync(tx)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
@@ -221,17 +228,28 @@ impl Cluster {
         let mut payload = BytesMut::with_capacity(8 + frame.len());
         payload.put_u64(self.boot);
         payload.put_slice(&frame);
-        if let Err(e) = self.client.publish(subject, payload.freeze()).await {
-            tracing::warn!(error = %e, "message not handed to NATS: kept on this node");
-            ClusterStats::inc(&self.stats.not_sent);
-            return frame;
+        // Bounded: a link that just went down holds writes until it is back.
+        match tokio::time::timeout(HAND_OVER, self.client.publish(subject, payload.freeze())).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "message not handed to NATS: kept on this node");
+                ClusterStats::inc(&self.stats.not_sent);
+                return frame;
+            }
+            Err(_) => {
+                ClusterStats::inc(&self.stats.not_sent);
+                return frame;
+            }
         }
         if msg.publish.retain {
             self.put_retained(msg).await;
         }
         if msg.qos() != QoS::AtMostOnce {
-            if let Err(e) = self.client.flush().await {
-                tracing::warn!(error = %e, "NATS flush failed");
+            match tokio::time::timeout(HAND_OVER, self.client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush failed"),
+                Err(_) => ClusterStats::inc(&self.stats.flush_timeouts),
             }
         }
         ClusterStats::inc(&self.stats.published);

@@ -14,6 +14,9 @@ pub struct ClusterStats {
     pub duplicates: AtomicU64,
     /// Messages kept on this node only: NATS was down, or the topic's subject is too long.
     pub not_sent: AtomicU64,
+    /// QoS 1/2 messages acknowledged although NATS's client had not written them within 2 s
+    /// (the link was going down; they are sent if it comes back).
+    pub flush_timeouts: AtomicU64,
     /// Payloads from NATS that were not a message frame.
     pub bad: AtomicU64,
     /// Times the NATS connection was lost / made (the first one included).
