@@ -563,3 +563,42 @@ async fn nats_restarted_under_load_is_survived() {
     assert!(v["cluster"]["not_sent"].as_u64() >= Some(1), "{v}");
     assert_eq!(v["cluster"]["nats_up"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_and_sys_span_the_cluster() {
+    let nats = Nats::start();
+    let n1 = Server::builder()
+        .env("CLUSTER__NATS", nats.url())
+        .env("CLUSTER__NODE", "n1")
+        .env("SYS__INTERVAL_SECS", 1)
+        .start();
+    let n2 = node(&nats, "n2");
+    let (mut s2, _) = V5::connect(v5_options(&n2, Tr::Tcp, "watcher")).await;
+    s2.subscribe("wills/#", Q5::AtLeastOnce).await;
+    // A 3.1.1 client on n1 with a will, dropped without DISCONNECT: the will reaches n2.
+    let mut o = v4_options(&n1, Tr::Tcp, "mortal");
+    o.set_last_will(rumqttc::LastWill::new(
+        "wills/mortal",
+        "gone",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    ));
+    let (c, _) = V4::connect(o).await;
+    drop(c);
+    let w = s2.publish_in(T).await;
+    assert_eq!(
+        (&w.topic[..], &w.payload[..]),
+        (&b"wills/mortal"[..], &b"gone"[..])
+    );
+    // `$SYS` on n1 names the node and sees n2 in the cluster summary.
+    let mut sys = support::Proc::spawn(
+        support::mosquitto_sub(&n1, false, "mqttv311").args(["-t", "$SYS/broker/cluster/#"]),
+    );
+    let line = sys.wait_line(T, |l| {
+        l.starts_with("MSG|$SYS/broker/cluster/nodes|") && l.ends_with("n1,n2")
+    });
+    assert!(line.ends_with("|n1,n2"), "{line}");
+    sys.wait_line(T, |l| {
+        l.starts_with("MSG|$SYS/broker/cluster/node|") && l.ends_with("|n1")
+    });
+}

@@ -298,6 +298,9 @@ impl Broker {
             c.start(&edge).await?;
         }
         restore_sessions(&edge).await;
+        if let Some(c) = &edge.cluster {
+            c.hold_restored(&edge).await;
+        }
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));
         let mut listeners = Vec::new();
@@ -410,6 +413,10 @@ async fn run_sys(edge: Arc<Edge>, tx: watch::Sender<Arc<Vec<(String, String)>>>)
             _ = tick.tick() => {}
             _ = edge.shutdown.cancelled() => return,
         }
-        let _ = tx.send(edge.stats.sys_tree(edge.retained.len()));
+        let mut tree = edge.stats.sys_tree(edge.retained.len());
+        if let Some(c) = &edge.cluster {
+            Arc::make_mut(&mut tree).extend(c.sys_entries(&edge));
+        }
+        let _ = tx.send(tree);
     }
 }

@@ -212,7 +212,16 @@ impl Cluster {
                 None
             }
         };
-        match self.client.subscribe(subject).await {
+        self.hold(edge, client_id).await;
+        // The server knows this node holds the id before the client hears CONNACK, so a
+        // connect elsewhere after that asks here.
+        self.sync().await;
+        handover
+    }
+
+    /// Listens on `client_id`'s subject: this node holds the id (see [`Cluster::claim`]).
+    pub(crate) async fn hold(self: &Arc<Self>, edge: &Arc<Edge>, client_id: &str) {
+        match self.client.subscribe(subject::client(client_id)).await {
             Ok(sub) => {
                 let task = tokio::spawn(respond(
                     self.clone(),
@@ -233,7 +242,14 @@ impl Cluster {
                 tracing::warn!(client_id, error = %e, "cannot hold the client id cluster-wide")
             }
         }
-        handover
+    }
+
+    /// Holds the ids of the persistent sessions restored at start (they wait here for their
+    /// clients, wherever those reconnect).
+    pub(crate) async fn hold_restored(self: &Arc<Self>, edge: &Arc<Edge>) {
+        for s in edge.registry.saved_sessions() {
+            self.hold(edge, &s.client_id).await;
+        }
     }
 
     /// This node no longer holds `client_id`.

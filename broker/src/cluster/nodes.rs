@@ -166,3 +166,33 @@ impl Cluster {
 
 /// Type of the nodes map kept by [`Cluster`].
 pub type Nodes = std::sync::RwLock<HashMap<String, (NodeInfo, std::time::Instant)>>;
+
+impl Cluster {
+    /// `$SYS/broker/cluster/…`: this node, its NATS link and the cluster summary (nodes,
+    /// clients and subscriptions over every node seen in the last [`TTL`]).
+    pub fn sys_entries(&self, edge: &Edge) -> Vec<(String, String)> {
+        let peers = self.peers();
+        let clients = edge.stats.clients_connected() + peers.iter().map(|n| n.clients).sum::<i64>();
+        let subs = edge
+            .stats
+            .subscriptions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + peers.iter().map(|n| n.subscriptions).sum::<i64>();
+        let mut names: Vec<String> = peers.iter().map(|n| n.node.clone()).collect();
+        names.push(self.node.clone());
+        names.sort();
+        let s = &self.stats;
+        let g = super::ClusterStats::get;
+        let v = |k: &str, x: String| (format!("$SYS/broker/cluster/{k}"), x);
+        vec![
+            v("node", self.node.clone()),
+            v("nats", if self.is_up() { "up" } else { "down" }.into()),
+            v("nodes", names.join(",")),
+            v("clients/connected", clients.to_string()),
+            v("subscriptions", subs.to_string()),
+            v("messages/published", g(&s.published).to_string()),
+            v("messages/received", g(&s.received).to_string()),
+            v("messages/not_sent", g(&s.not_sent).to_string()),
+        ]
+    }
+}
