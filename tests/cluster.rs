@@ -602,3 +602,100 @@ async fn wills_and_sys_span_the_cluster() {
         l.starts_with("MSG|$SYS/broker/cluster/node|") && l.ends_with("|n1")
     });
 }
+
+/// Waits (bounded) until the server's message subscriptions are `want`.
+fn wait_subs(nats: &Nats, want: &[&str]) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let got = nats.message_subscriptions();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "NATS subscriptions {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_subscribed_filters_cross_the_wire() {
+    let nats = Nats::start();
+    let n1 = node(&nats, "n1");
+    // The bridge's RPC reply subscription is the only one at first.
+    let replies: Vec<String> = nats.message_subscriptions();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].starts_with("rtw.m._rtw._replies._"),
+        "{replies:?}"
+    );
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = replies.clone();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.sort();
+        v
+    };
+    let (mut a, _) = V5::connect(v5_options(&n1, Tr::Tcp, "a")).await;
+    a.subscribe("room 1/+/t.c", Q5::AtMostOnce).await;
+    a.subscribe("$share/g/jobs/#", Q5::AtMostOnce).await;
+    let (mut b, _) = V5::connect(v5_options(&n1, Tr::Tcp, "b")).await;
+    b.subscribe("room 1/+/t.c", Q5::AtMostOnce).await;
+    let want = with(&[
+        "rtw.m._jobs [rtw-g~~jobs~2F~23]",
+        "rtw.m._jobs.> [rtw-g~~jobs~2F~23]",
+        "rtw.m._room~201.*._t~2Ec",
+    ]);
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    wait_subs(&nats, &want);
+    // The last subscriber of a filter leaving unsubscribes it on NATS.
+    a.disconnect().await;
+    let want = with(&["rtw.m._room~201.*._t~2Ec"]);
+    wait_subs(&nats, &want.iter().map(String::as_str).collect::<Vec<_>>());
+    b.disconnect().await;
+    let want = with(&[]);
+    wait_subs(&nats, &want.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_unreachable_nats_is_a_clear_startup_error_and_toml_config_works() {
+    let dir = std::env::temp_dir().join(format!("rtw-cl-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dead = common::free_port();
+    let (code, _, err) = common::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_realtime-web"))
+            .env("RTW_CLUSTER__NATS", format!("nats://127.0.0.1:{dead}"))
+            .env(
+                "RTW_MQTT__LISTEN",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env(
+                "RTW_HTTP__LISTEN",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env("RTW_STORAGE__DIR", &dir),
+        T,
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(&format!("cannot reach NATS at nats://127.0.0.1:{dead}")),
+        "{err}"
+    );
+    // `[cluster]` in a TOML file, `nats` as a list.
+    let nats = Nats::start();
+    let cfg = dir.join("cluster.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cluster]\nnats = [\"{}\"]\nnode = \"from-toml\"\n",
+            nats.url()
+        ),
+    )
+    .expect("config");
+    let s = Server::builder().config_file(&cfg).start();
+    let v: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("{}/api/stats", s.http_base())])).expect("JSON");
+    assert_eq!(v["cluster"]["node"], "from-toml");
+    assert_eq!(v["cluster"]["nats_up"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,8 @@ use super::{free_port, listened_by};
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
+    /// Its HTTP monitoring port (`/subsz`, `/connz`…).
+    pub monitor: u16,
     pub store: PathBuf,
 }
 
@@ -26,6 +28,7 @@ impl Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
+            monitor: free_port(),
             store,
         };
         n.spawn();
@@ -39,6 +42,8 @@ impl Nats {
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-m",
+                &self.monitor.to_string(),
                 "-js",
                 "-sd",
             ])
@@ -60,6 +65,33 @@ impl Nats {
             assert!(Instant::now() < deadline, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The message subjects (`rtw.m.…`) subscribed on the server, sorted, with queue groups.
+    pub fn message_subscriptions(&self) -> Vec<String> {
+        let url = format!("http://127.0.0.1:{}/subsz?subs=1&limit=10000", self.monitor);
+        let out = Command::new("curl")
+            .args(["-s", &url])
+            .output()
+            .expect("curl");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("subsz JSON");
+        let mut subs: Vec<String> = v["subscriptions_list"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| {
+                let subject = s["subject"].as_str()?;
+                subject
+                    .starts_with("rtw.m.")
+                    .then(|| match s["qgroup"].as_str() {
+                        Some(q) if !q.is_empty() => format!("{subject} [{q}]"),
+                        _ => subject.to_string(),
+                    })
+            })
+            .collect();
+        subs.sort();
+        subs
     }
 
     pub fn url(&self) -> String {
