@@ -562,6 +562,15 @@ async fn nats_restarted_under_load_is_survived() {
     assert!(v["cluster"]["disconnects"].as_u64() >= Some(1), "{v}");
     assert!(v["cluster"]["not_sent"].as_u64() >= Some(1), "{v}");
     assert_eq!(v["cluster"]["nats_up"], true);
+    // Retained state still flows between the nodes after the outage.
+    curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "after outage",
+        &format!("{}/topics/load/state", n2.http_base()),
+    ]);
+    assert_eq!(wait_topic(&n1, "load/state", "200"), "after outage");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

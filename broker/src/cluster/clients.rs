@@ -138,6 +138,15 @@ impl Handover {
                 },
                 id: s.id,
             };
+            // In the index (and so subscribed on NATS) before the CONNACK; the session's
+            // resume checks them against the client's rights.
+            st.index_insert(
+                edge,
+                &s.path,
+                &opts,
+                crate::message::client_hash(client_id),
+                false,
+            );
             if st.subs.insert(s.path, opts).is_none() {
                 edge.stats
                     .subscriptions

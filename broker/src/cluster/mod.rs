@@ -288,6 +288,7 @@ fn on_event(node: &str, stats: &ClusterStats, ev: async_nats::Event) {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 > 0
             {
+                stats.back.notify_waiters();
                 tracing::warn!(node, "NATS is back: subscriptions renewed");
             }
         }

@@ -44,7 +44,7 @@ pub async fn open(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
         subjects: vec![format!("$KV.{BUCKET}.>")],
         max_messages_per_subject: 1,
         max_age: TTL,
-        storage: jetstream::stream::StorageType::Memory,
+        storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
@@ -121,8 +121,16 @@ pub async fn follow(c: Arc<Cluster>, edge: Arc<Edge>, kv: kv::Store) {
                 continue;
             }
         };
-        while let Some(e) = watch.next().await {
-            let Ok(e) = e else { break };
+        if edge.shutdown.is_cancelled() {
+            return;
+        }
+        loop {
+            let e = tokio::select! {
+                e = watch.next() => e,
+                // The server's side of the watch may be gone with the old connection.
+                _ = c.stats.back.notified() => break,
+            };
+            let Some(Ok(e)) = e else { break };
             let mut nodes = c.nodes.write().unwrap_or_else(|e| e.into_inner());
             match e.operation {
                 kv::Operation::Put => match serde_json::from_slice::<NodeInfo>(&e.value) {
@@ -139,6 +147,7 @@ pub async fn follow(c: Arc<Cluster>, edge: Arc<Edge>, kv: kv::Store) {
             edge.interest_changed
                 .send_modify(|n| *n = n.wrapping_add(1));
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

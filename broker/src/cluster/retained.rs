@@ -87,10 +87,12 @@ pub async fn sync(
         .await
         .context("cannot watch the retained bucket")?;
     let mut live = HashSet::new();
+    let mut last = 0u64;
     if stored > 0 {
         let initial = async {
             while let Some(e) = watch.next().await {
                 let e = e.context("retained bucket")?;
+                last = last.max(e.revision);
                 if let Some(t) = apply(edge, &e).await {
                     live.insert(t);
                 }
@@ -119,18 +121,42 @@ pub async fn sync(
     );
     let edge = edge.clone();
     tokio::spawn(async move {
-        while let Some(e) = watch.next().await {
-            match e {
-                Ok(e) => {
-                    apply(&edge, &e).await;
-                    ClusterStats::inc(&stats.retained_applied);
+        let mut last = last;
+        loop {
+            loop {
+                let e = tokio::select! {
+                    e = watch.next() => e,
+                    // The server's side of the watch may be gone with the old connection.
+                    _ = stats.back.notified() => break,
+                };
+                let Some(e) = e else { break };
+                match e {
+                    Ok(e) => {
+                        last = last.max(e.revision);
+                        apply(&edge, &e).await;
+                        ClusterStats::inc(&stats.retained_applied);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "retained bucket watch");
+                        break;
+                    }
                 }
-                Err(err) => tracing::warn!(error = %err, "retained bucket watch"),
+            }
+            // Ended (NATS lost): watch again from the next revision, so nothing is missed.
+            loop {
+                if edge.shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match kv.watch_all_from_revision(last + 1).await {
+                    Ok(w) => {
+                        watch = w;
+                        break;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "retained bucket watch again"),
+                }
             }
         }
-        tracing::error!(
-            "the retained bucket watch ended: retained changes from other nodes are no longer seen"
-        );
     });
     Ok(())
 }

@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Default, Debug)]
 pub struct ClusterStats {
+    /// Signalled each time the link to NATS comes back (watchers start again from where they
+    /// were).
+    pub back: tokio::sync::Notify,
     /// Messages handed to NATS.
     pub published: AtomicU64,
     /// Messages from NATS routed into this node.

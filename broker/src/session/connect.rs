@@ -386,6 +386,10 @@ pub(super) async fn admit(
             _ => (SessionState::new(edge, &client_id, owner), false),
         },
     };
+    if session_present {
+        // In a cluster: the session's subscriptions are active everywhere before the CONNACK.
+        edge.cluster_sync().await;
+    }
 
     let ack_props = v5.then(|| ConnAckProperties {
         session_expiry_interval: (expiry != asked_expiry).then_some(expiry),
