@@ -430,6 +430,82 @@ fn http_connections_per_address_are_limited() {
 }
 
 // =============================================================================================
+// 6. HTTP stream filters are on each caller's account.
+
+/// Opens `GET {path}` with `bearer`; returns the connection (still open for a stream) and the
+/// response head.
+fn open_stream(port: u16, path: &str, bearer: &str) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head =
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {bearer}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    let r = read_response(&mut c, WAIT);
+    (c, r)
+}
+
+fn sse_filters(port: u16, admin: &str) -> i64 {
+    let r = http_exchange(
+        port,
+        &format!("GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {admin}\r\nconnection: close"),
+        b"",
+        WAIT,
+    );
+    assert_eq!(status_of(&r), 200, "{r}");
+    r.lines()
+        .find_map(|l| l.strip_prefix("rtw_sse_filters ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("rtw_sse_filters not in /metrics: {r}"))
+}
+
+#[test]
+fn stream_filters_are_limited_per_caller_and_released_promptly() {
+    let s = jwt_server()
+        .env("BRIDGE__MAX_FILTERS_PER_CALLER", 4)
+        .start();
+    let user = |sub: &str| token(&json!({"sub": sub, "exp": now() + 3600}));
+    let admin = token(&json!({"sub": "ops", "exp": now() + 3600, "rtw": {"admin": true}}));
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    // Alice follows four filters: her share.
+    let (_held, r) = open_stream(
+        s.http,
+        "/events?topic=a/1&topic=a/2&topic=a/3&topic=a/4",
+        &alice,
+    );
+    assert_eq!(status_of(&r), 200, "{r}");
+    // A fifth is refused, with what to change; one she already follows is not new.
+    let (_, r) = open_stream(s.http, "/events?topic=a/5", &alice);
+    assert_eq!(status_of(&r), 429, "{r}");
+    assert!(r.contains("max_filters_per_caller"), "{r}");
+    let (_, r) = open_stream(s.http, "/poll?topic=a/5&timeout=0", &alice);
+    assert_eq!(status_of(&r), 429, "{r}");
+    let (_again, r) = open_stream(s.http, "/events?topic=a/1", &alice);
+    assert_eq!(status_of(&r), 200, "{r}");
+    // Others are not held up by her.
+    let (_bobs, r) = open_stream(
+        s.http,
+        "/events?topic=b/1&topic=b/2&topic=b/3&topic=b/4",
+        &bob,
+    );
+    assert_eq!(status_of(&r), 200, "{r}");
+    // Filters a caller leaves linger for replay on its own account: past its share, the oldest
+    // go at once instead of staying for `history_secs`.
+    for round in 0..6 {
+        let q: Vec<String> = (0..4).map(|i| format!("topic=c/{round}/{i}")).collect();
+        let (_, r) = open_stream(s.http, &format!("/poll?{}&timeout=0", q.join("&")), &carol);
+        assert_eq!(status_of(&r), 204, "{r}");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Alice's 4 and Bob's 4 open, Carol's last 4 lingering.
+        let n = sse_filters(s.http, &admin);
+        if n == 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} filters followed, want 12");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// =============================================================================================
 // 7. Query tokens never reach RPC responders.
 
 #[test]

@@ -232,6 +232,15 @@ pub fn may_read(st: &AppState, who: &Identity, filter: &str) -> Result<(), Respo
 }
 
 /// Maps a broker failure onto an HTTP status.
+/// Whose account a caller's streams are on: its token subject (or user), else its address
+/// (IPv6 by /64, one host's share).
+pub fn account(who: &Identity, ip: ClientIp) -> String {
+    match &who.subject {
+        Some(s) => format!("sub:{s}"),
+        None => format!("ip:{}", broker::password::ip_key(ip.0)),
+    }
+}
+
 pub fn broker_error(e: ClientError) -> Response {
     match &e {
         ClientError::Refused(why) if why.contains("NotAuthorized") => {

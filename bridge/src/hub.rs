@@ -9,6 +9,11 @@
 //! event), the hub never waits for it. A filter stays subscribed for the history age after its
 //! last stream leaves, so a client that reconnects with `Last-Event-ID` within that time gets
 //! exactly what it missed; when the history cannot prove that, the caller is told to resync.
+//!
+//! Filters are accounted to callers (token subject, else address): one caller may follow at most
+//! `bridge.max_filters_per_caller` distinct filters over its open streams, and at most as many of
+//! the filters it left linger for replay — past that its oldest lingering filter is released at
+//! once — so no caller can fill the bridge with filters that others pay for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,10 +46,25 @@ struct FilterState {
     since: u64,
     streams: HashSet<u64>,
     idle_since: Option<Instant>,
+    /// The caller whose leaving made this filter idle: it lingers on that caller's account.
+    left_by: Option<String>,
+    /// Unsubscribe at the next sweep, without waiting for the linger time.
+    release: bool,
+}
+
+/// What one caller holds in the hub.
+#[derive(Default)]
+struct CallerUse {
+    /// Filters its open streams follow, with how many of its streams follow each.
+    active: HashMap<String, usize>,
+    /// Filters it left that still linger, oldest first.
+    lingering: VecDeque<String>,
 }
 
 struct StreamEntry {
     filters: Vec<String>,
+    /// Whose account the stream's filters are on (`None`: the bridge's own, unlimited).
+    caller: Option<String>,
     /// Messages the node accepted before this sequence number are not for this stream: it was
     /// opened after they were published (and reads retained state from the store instead).
     /// 0 for a stream that resumes from `Last-Event-ID`, which is owed everything after it.
@@ -59,6 +79,24 @@ struct State {
     filters: HashMap<String, FilterState>,
     streams: HashMap<u64, StreamEntry>,
     next_stream: u64,
+    callers: HashMap<String, CallerUse>,
+}
+
+impl State {
+    /// Takes `f` off the lingering account of whoever left it.
+    fn unlinger(&mut self, f: &str) {
+        let Some(fs) = self.filters.get_mut(f) else {
+            return;
+        };
+        fs.release = false;
+        let Some(c) = fs.left_by.take() else { return };
+        if let Some(u) = self.callers.get_mut(&c) {
+            u.lingering.retain(|g| g != f);
+            if u.active.is_empty() && u.lingering.is_empty() {
+                self.callers.remove(&c);
+            }
+        }
+    }
 }
 
 /// Shared hub.
@@ -70,6 +108,8 @@ pub struct Hub {
     state: Mutex<State>,
     /// Serializes broker SUBSCRIBE/UNSUBSCRIBE so a sweep never undoes a new attach.
     ops: tokio::sync::Mutex<()>,
+    /// Wakes the sweep when a filter is released before its linger time.
+    sweep_now: tokio::sync::Notify,
 }
 
 /// Why a replay from `Last-Event-ID` is not exact.
@@ -88,16 +128,61 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut st = self.hub.lock();
-        if let Some(e) = st.streams.remove(&self.id) {
-            for f in e.filters {
-                if let Some(fs) = st.filters.get_mut(&f) {
-                    fs.streams.remove(&self.id);
-                    if fs.streams.is_empty() {
-                        fs.idle_since = Some(Instant::now());
-                    }
+        let max = self.hub.settings.max_filters_per_caller;
+        let mut guard = self.hub.lock();
+        let st = &mut *guard;
+        let Some(e) = st.streams.remove(&self.id) else {
+            return;
+        };
+        let mut released = false;
+        let mut account = e
+            .caller
+            .as_ref()
+            .map(|c| st.callers.entry(c.clone()).or_default());
+        for f in e.filters {
+            let Some(fs) = st.filters.get_mut(&f) else {
+                continue;
+            };
+            fs.streams.remove(&self.id);
+            let idle = fs.streams.is_empty();
+            if idle {
+                fs.idle_since = Some(Instant::now());
+                fs.left_by = e.caller.clone();
+            }
+            let Some(u) = account.as_mut() else { continue };
+            if let Some(n) = u.active.get_mut(&f) {
+                *n -= 1;
+                if *n == 0 {
+                    u.active.remove(&f);
                 }
             }
+            if idle {
+                u.lingering.push_back(f);
+            }
+            // Past the caller's share, its oldest lingering filter goes now.
+            while u.lingering.len() > max {
+                let Some(old) = u.lingering.pop_front() else {
+                    break;
+                };
+                if let Some(fs) = st.filters.get_mut(&old) {
+                    fs.left_by = None;
+                    fs.release = true;
+                    released = true;
+                }
+            }
+        }
+        if let Some(c) = &e.caller {
+            if st
+                .callers
+                .get(c)
+                .is_some_and(|u| u.active.is_empty() && u.lingering.is_empty())
+            {
+                st.callers.remove(c);
+            }
+        }
+        drop(guard);
+        if released {
+            self.hub.sweep_now.notify_one();
         }
     }
 }
@@ -120,8 +205,10 @@ impl Hub {
                 filters: HashMap::new(),
                 streams: HashMap::new(),
                 next_stream: 1,
+                callers: HashMap::new(),
             }),
             ops: tokio::sync::Mutex::new(()),
+            sweep_now: tokio::sync::Notify::new(),
         });
         tokio::spawn(run(hub.clone(), rx));
         tokio::spawn(sweep(Arc::downgrade(&hub)));
@@ -164,17 +251,34 @@ impl Hub {
             .map_err(|_| Gap("Last-Event-ID is not an id this server gave"))
     }
 
-    /// Registers a stream on `filters` (subscribing the bridge where needed). With `since`,
-    /// also returns the messages after it from the history, or a [`Gap`] when the history
-    /// cannot prove it has all of them.
+    /// Filters the bridge follows (for streams, or lingering for replay).
+    pub fn filters(&self) -> usize {
+        self.lock().filters.len()
+    }
+
+    /// Registers a stream on `filters` (subscribing the bridge where needed) on `caller`'s
+    /// account (`None`: the bridge's own). With `since`, also returns the messages after it
+    /// from the history, or a [`Gap`] when the history cannot prove it has all of them.
     pub async fn attach(
         self: &Arc<Self>,
         filters: &[String],
         since: Option<Result<u64, Gap>>,
+        caller: Option<&str>,
     ) -> Result<(Subscription, Option<Result<Vec<Arc<Event>>, Gap>>, u64), ClientError> {
         let ops = self.ops.lock().await;
         let missing: Vec<String> = {
             let st = self.lock();
+            if let Some(u) = caller.and_then(|c| st.callers.get(c)) {
+                let max = self.settings.max_filters_per_caller;
+                let new = filters.iter().filter(|f| !u.active.contains_key(*f));
+                let follows = u.active.len();
+                if follows + new.count() > max {
+                    return Err(ClientError::Refused(format!(
+                        "QuotaExceeded: this caller's open streams already follow {follows} \
+                         topic filters; at most {max} ([bridge] max_filters_per_caller)"
+                    )));
+                }
+            }
             filters
                 .iter()
                 .filter(|f| !st.filters.contains_key(*f))
@@ -192,6 +296,8 @@ impl Hub {
                 since,
                 streams: HashSet::new(),
                 idle_since: Some(Instant::now()),
+                left_by: None,
+                release: false,
             });
         }
         let (tx, rx) = mpsc::channel(self.settings.stream_buffer.max(1));
@@ -207,15 +313,21 @@ impl Hub {
         let id = st.next_stream;
         st.next_stream += 1;
         for f in filters {
+            st.unlinger(f);
             if let Some(fs) = st.filters.get_mut(f) {
                 fs.streams.insert(id);
                 fs.idle_since = None;
+            }
+            if let Some(c) = caller {
+                let u = st.callers.entry(c.to_string()).or_default();
+                *u.active.entry(f.clone()).or_default() += 1;
             }
         }
         st.streams.insert(
             id,
             StreamEntry {
                 filters: filters.to_vec(),
+                caller: caller.map(str::to_string),
                 after,
                 tx,
                 lagged: lagged.clone(),
@@ -362,7 +474,13 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Received>) {
 async fn sweep(hub: std::sync::Weak<Hub>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        tick.tick().await;
+        let Some(woken) = hub.upgrade() else { return };
+        let now = async { woken.sweep_now.notified().await };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = now => {}
+        }
+        drop(woken);
         let Some(hub) = hub.upgrade() else { return };
         let linger = Duration::from_secs(hub.settings.history_secs);
         let _ops = hub.ops.lock().await;
@@ -372,10 +490,14 @@ async fn sweep(hub: std::sync::Weak<Hub>) {
             let idle: Vec<String> = st
                 .filters
                 .iter()
-                .filter(|(_, fs)| fs.idle_since.is_some_and(|t| t.elapsed() > linger))
+                .filter(|(_, fs)| {
+                    fs.streams.is_empty()
+                        && (fs.release || fs.idle_since.is_some_and(|t| t.elapsed() > linger))
+                })
                 .map(|(f, _)| f.clone())
                 .collect();
             for f in &idle {
+                st.unlinger(f);
                 st.filters.remove(f);
             }
             idle

@@ -55,6 +55,11 @@ pub struct BridgeSettings {
     /// Most `topic=` filters one stream or long poll may name (400 past it).
     #[serde(default = "default_max_filters")]
     pub max_filters: usize,
+    /// Most distinct filters one caller (token subject, else address) may follow at once over
+    /// its open streams and long polls (429 past it); also how many of the filters it left may
+    /// linger for `Last-Event-ID` replay (the oldest is released first).
+    #[serde(default = "default_filters_per_caller")]
+    pub max_filters_per_caller: usize,
     /// Origins allowed to call the HTTP API from a browser (CORS); `*` for any. None by default.
     #[serde(default)]
     pub cors_origins: Vec<String>,
@@ -86,6 +91,10 @@ fn default_max_filters() -> usize {
     32
 }
 
+fn default_filters_per_caller() -> usize {
+    256
+}
+
 fn default_examples_dir() -> std::path::PathBuf {
     "examples/browser".into()
 }
@@ -100,6 +109,7 @@ impl Default for BridgeSettings {
             stream_buffer: 256,
             poll_max_secs: 60,
             max_filters: default_max_filters(),
+            max_filters_per_caller: default_filters_per_caller(),
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
             examples_dir: default_examples_dir(),

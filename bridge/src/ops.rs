@@ -272,6 +272,12 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
     )?;
     gauge(
         &r,
+        "rtw_sse_filters",
+        "Topic filters the HTTP bridge follows for streams (open or lingering for replay)",
+        st.hub.filters() as i64,
+    )?;
+    gauge(
+        &r,
         "rtw_rpc_in_flight",
         "RPC requests waiting for a reply",
         st.rpc.in_flight() as i64,

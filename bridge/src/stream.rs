@@ -121,19 +121,19 @@ fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
 }
 
 /// Authenticates the caller once and checks every filter; returns when the caller's
-/// credentials expire (the stream ends then).
+/// credentials expire (the stream ends then) and whose account its filters are on.
 async fn authorize(
     st: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
     ip: ClientIp,
     filters: &[String],
-) -> Result<Option<std::time::SystemTime>, Response> {
+) -> Result<(Option<std::time::SystemTime>, String), Response> {
     let who = crate::access::caller(st, headers, Some(uri), ip).await?;
     for f in filters {
         crate::access::may_read(st, &who, f)?;
     }
-    Ok(who.expires_at)
+    Ok((who.expires_at, crate::access::account(&who, ip)))
 }
 
 fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
@@ -170,13 +170,13 @@ pub async fn events(
         Ok(q) => q,
         Err(r) => return r,
     };
-    let expires = match authorize(&st, &headers, &uri, ip, &q.filters).await {
+    let (expires, account) = match authorize(&st, &headers, &uri, ip, &q.filters).await {
         Ok(e) => e,
         Err(r) => return r,
     };
     let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
     let resumed = since.is_some();
-    let (sub, replay, head) = match st.hub.attach(&q.filters, since).await {
+    let (sub, replay, head) = match st.hub.attach(&q.filters, since, Some(&account)).await {
         Ok(x) => x,
         Err(e) => return crate::access::broker_error(e),
     };
@@ -296,11 +296,12 @@ pub async fn poll(
             )
         }
     };
-    if let Err(r) = authorize(&st, &headers, &uri, ip, &q.filters).await {
-        return r;
-    }
+    let account = match authorize(&st, &headers, &uri, ip, &q.filters).await {
+        Ok((_, account)) => account,
+        Err(r) => return r,
+    };
     let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
-    let (mut sub, replay, head) = match st.hub.attach(&q.filters, since).await {
+    let (mut sub, replay, head) = match st.hub.attach(&q.filters, since, Some(&account)).await {
         Ok(x) => x,
         Err(e) => return crate::access::broker_error(e),
     };

@@ -216,7 +216,8 @@ pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
         } else {
             Transport::Ws
         };
-        edge.serve(Box::new(WsIo::new(ws)), peer.addr, t).await;
+        // Boxed: the upgrade's state is not kept beside the session for the connection's life.
+        Box::pin(edge.serve(Box::new(WsIo::new(ws)), peer.addr, t)).await;
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

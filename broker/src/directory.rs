@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
-
-use crate::registry::Control;
+use crate::registry::Line;
 use crate::transport::Transport;
 
 /// One live client connection.
@@ -37,11 +35,10 @@ pub struct ClientInfo {
     /// The authenticated subject (token `sub`, password-file user), if any.
     pub subject: Option<String>,
     pub connected_at: SystemTime,
-    control: mpsc::Sender<Control>,
-    /// Client id, user name, subject and peer address in lower case, for searches.
-    search_key: String,
+    line: Arc<Line>,
     /// Filter (as the client wrote it, `$share/…` included) → granted QoS, in filter order.
-    subscriptions: Mutex<BTreeMap<String, u8>>,
+    /// (A sorted vector: a client holds few filters, and a map's node would cost more.)
+    subscriptions: Mutex<Vec<(Box<str>, u8)>>,
     inflight: AtomicU64,
     queued: AtomicU64,
     /// Drops the session counted itself, and those at its queue's bounds (counted there).
@@ -82,21 +79,9 @@ impl ClientInfo {
         peer: SocketAddr,
         username: Option<String>,
         subject: Option<String>,
-        control: mpsc::Sender<Control>,
+        line: Arc<Line>,
     ) -> ClientInfo {
-        let search_key = [
-            Some(client_id),
-            username.as_deref(),
-            subject.as_deref(),
-            Some(&peer.to_string()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join("\n")
-        .to_lowercase();
         ClientInfo {
-            search_key,
             client_id: client_id.to_string(),
             version,
             transport,
@@ -104,8 +89,8 @@ impl ClientInfo {
             username,
             subject,
             connected_at: SystemTime::now(),
-            control,
-            subscriptions: Mutex::new(BTreeMap::new()),
+            line,
+            subscriptions: Mutex::new(Vec::new()),
             inflight: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             drops: AtomicU64::new(0),
@@ -115,7 +100,11 @@ impl ClientInfo {
 
     /// Does `needle` (lower case) occur in the client id, user name, subject or peer address?
     fn matches(&self, needle: &str) -> bool {
-        self.search_key.contains(needle)
+        let has = |s: &str| s.to_lowercase().contains(needle);
+        has(&self.client_id)
+            || self.username.as_deref().is_some_and(has)
+            || self.subject.as_deref().is_some_and(has)
+            || has(&self.peer.to_string())
     }
 
     pub fn snapshot(&self) -> ClientSnapshot {
@@ -125,7 +114,7 @@ impl ClientInfo {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(f, q)| SubscriptionSnapshot {
-                filter: f.clone(),
+                filter: f.to_string(),
                 qos: *q,
             })
             .collect();
@@ -170,7 +159,16 @@ impl Handle {
     pub fn subscribed(&self, filter: &str, qos: u8) {
         if let Some(i) = self.info() {
             let mut subs = i.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
-            subs.insert(filter.to_string(), qos);
+            match subs.binary_search_by(|(f, _)| (**f).cmp(filter)) {
+                Ok(at) => subs[at].1 = qos,
+                Err(at) => {
+                    let n = subs.len();
+                    if n == subs.capacity() {
+                        subs.reserve_exact(n.max(1));
+                    }
+                    subs.insert(at, (filter.into(), qos));
+                }
+            }
         }
     }
 
@@ -178,7 +176,9 @@ impl Handle {
     pub fn unsubscribed(&self, filter: &str) {
         if let Some(i) = self.info() {
             let mut subs = i.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
-            subs.remove(filter);
+            if let Ok(at) = subs.binary_search_by(|(f, _)| (**f).cmp(filter)) {
+                subs.remove(at);
+            }
         }
     }
 
@@ -274,7 +274,7 @@ impl Directory {
     /// the client found, or `None`.
     pub fn kick(&self, client_id: &str, reason: u8) -> Option<Arc<ClientInfo>> {
         let c = self.get(client_id)?;
-        let _ = c.control.try_send(Control::Kick(reason));
+        c.line.kick(reason);
         Some(c)
     }
 
@@ -291,7 +291,6 @@ mod tests {
     use super::*;
 
     fn info(id: &str, t: Transport) -> ClientInfo {
-        let (tx, _rx) = mpsc::channel(1);
         ClientInfo::new(
             id,
             "5",
@@ -299,7 +298,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             Some(format!("user-{id}")),
             None,
-            tx,
+            crate::registry::Line::new(),
         )
     }
 

@@ -46,7 +46,8 @@ struct Group {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Boxed: most nodes are leaves under a wide parent, whose map then holds pointers.
+    children: HashMap<Box<str>, Box<Node>>,
     plus: Option<Box<Node>>,
     /// Filters ending in `#` below this node's level (`a/#` lives at `a`).
     multi: Vec<Sub>,
@@ -197,6 +198,11 @@ fn upsert(v: &mut Vec<Sub>, sub: Sub) -> bool {
             false
         }
         None => {
+            // Most filters have one subscriber: grow exactly, not by four at first.
+            let n = v.len();
+            if n == v.capacity() {
+                v.reserve_exact(n.max(1));
+            }
             v.push(sub);
             true
         }

@@ -226,13 +226,13 @@ impl Edge {
     }
 
     /// Serves one client connection on any transport until it ends.
-    pub async fn serve(
+    pub fn serve(
         self: &Arc<Self>,
         io: Box<dyn transport::Io>,
         peer: SocketAddr,
         t: transport::Transport,
-    ) {
-        session::serve(self.clone(), io, peer, t).await
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        session::serve(self.clone(), io, peer, t)
     }
 }
 

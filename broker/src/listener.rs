@@ -173,18 +173,22 @@ pub async fn accept_loop(edge: Arc<Edge>, listener: TcpListener, tls: Option<Tls
         let _ = stream.set_nodelay(true);
         let edge = edge.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => edge.serve(Box::new(stream), peer, Transport::Tcp).await,
-                Some(acceptor) => {
+        // One task per connection, holding only what its transport needs.
+        match tls {
+            None => {
+                let serve = edge.serve(Box::new(stream), peer, Transport::Tcp);
+                tokio::spawn(serve);
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
                     let timeout = edge.config.limits.connect_timeout();
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => edge.serve(Box::new(s), peer, Transport::Tls).await,
+                        Ok(Ok(s)) => Box::pin(edge.serve(Box::new(s), peer, Transport::Tls)).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
 }

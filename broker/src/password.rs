@@ -113,7 +113,7 @@ pub struct Passwords {
 }
 
 /// The address a failure counts against: IPv4 as is, IPv6 by its /64 (one host's share).
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

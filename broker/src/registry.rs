@@ -7,20 +7,61 @@
 //! under that id cancels them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::persistence::SavedSession;
 use crate::session::state::SessionState;
 
-/// Messages a session's control channel carries.
-#[derive(Debug, Clone, Copy)]
-pub enum Control {
-    /// Close with this MQTT 5 reason code (0x8E takeover, 0x8B shutdown, 0x87 token expired…).
-    Kick(u8),
+/// The broker's line to one running session: a request to close, one way, and "it has ended",
+/// the other. (A few atomics and two wake-ups: every connection has one.)
+#[derive(Default)]
+pub struct Line {
+    /// The MQTT 5 reason code to close with (0x8E takeover, 0x8B shutdown, 0x98 by an
+    /// operator…); 0 while nobody asked. The first request wins.
+    kick: AtomicU8,
+    kicked: Notify,
+    ended: AtomicBool,
+    on_end: Notify,
+}
+
+impl Line {
+    pub fn new() -> Arc<Line> {
+        Arc::new(Line::default())
+    }
+
+    /// Asks the session to close with `reason`.
+    pub fn kick(&self, reason: u8) {
+        if self
+            .kick
+            .compare_exchange(0, reason.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.kicked.notify_one();
+        }
+    }
+
+    /// Resolves once the session is asked to close, with the reason.
+    pub async fn kicked(&self) -> u8 {
+        loop {
+            let code = self.kick.load(Ordering::Acquire);
+            if code != 0 {
+                return code;
+            }
+            self.kicked.notified().await;
+        }
+    }
+
+    /// Resolves once the session has ended (its [`Claim`] dropped).
+    async fn ended(&self) {
+        while !self.ended.load(Ordering::Acquire) {
+            self.on_end.notified().await;
+        }
+    }
 }
 
 /// The timers kept per client id.
@@ -32,8 +73,7 @@ pub enum Timer {
 
 struct Live {
     conn_id: u64,
-    control: mpsc::Sender<Control>,
-    alive: watch::Receiver<()>,
+    line: Arc<Line>,
 }
 
 #[derive(Default)]
@@ -54,19 +94,20 @@ pub struct Registry {
 
 /// Held by a session while it runs; dropping it tells a waiting successor that it is gone.
 pub struct Claim {
-    _alive: watch::Sender<()>,
+    line: Arc<Line>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.line.ended.store(true, Ordering::Release);
+        self.line.on_end.notify_one();
+    }
 }
 
 impl Registry {
     /// Claims `client_id` for connection `conn_id`: cancels pending timers, closes any live
     /// session under the id and waits (bounded) until it has finished.
-    pub async fn claim(
-        &self,
-        client_id: &str,
-        conn_id: u64,
-        control: mpsc::Sender<Control>,
-    ) -> Claim {
-        let (alive_tx, alive_rx) = watch::channel(());
+    pub async fn claim(&self, client_id: &str, conn_id: u64, line: Arc<Line>) -> Claim {
         let previous = {
             let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             let e = map.entry(client_id.to_string()).or_default();
@@ -78,18 +119,14 @@ impl Registry {
             }
             e.live.replace(Live {
                 conn_id,
-                control,
-                alive: alive_rx,
+                line: line.clone(),
             })
         };
-        if let Some(mut old) = previous {
-            let _ = old.control.try_send(Control::Kick(0x8E));
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while old.alive.changed().await.is_ok() {}
-            })
-            .await;
+        if let Some(old) = previous {
+            old.line.kick(0x8E);
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.line.ended()).await;
         }
-        Claim { _alive: alive_tx }
+        Claim { line }
     }
 
     /// Forgets connection `conn_id` (if it still holds its id) and arms the given timers.
@@ -190,7 +227,7 @@ impl Registry {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for e in map.values() {
             if let Some(l) = &e.live {
-                let _ = l.control.try_send(Control::Kick(reason));
+                l.line.kick(reason);
             }
         }
     }

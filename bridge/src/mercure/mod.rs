@@ -79,7 +79,7 @@ impl Mercure {
             return Ok(None);
         };
         let (mut sub, _, _) = hub
-            .attach(&mapping::filters(), None)
+            .attach(&mapping::filters(), None, None)
             .await
             .map_err(|e| anyhow::anyhow!("the Mercure hub cannot follow its topics: {e}"))?;
         let keeper = tokio::spawn(async move {

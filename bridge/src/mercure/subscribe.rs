@@ -157,7 +157,7 @@ pub async fn subscribe(
         .or(last_id);
     let since = last_id.as_deref().map(|id| resolve(&m, id));
     let header_id = last_event_id(&m);
-    let (sub, replay, head) = match m.hub.attach(&mapping::filters(), since).await {
+    let (sub, replay, head) = match m.hub.attach(&mapping::filters(), since, None).await {
         Ok(x) => x,
         Err(e) => return crate::access::broker_error(e),
     };

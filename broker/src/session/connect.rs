@@ -12,14 +12,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::state::SessionState;
 use super::{Session, SessionSetup};
 use crate::auth::{Credentials, Identity};
 use crate::codec::{self, *};
 use crate::message::client_hash;
-use crate::registry::{Claim, Control};
+use crate::registry::{Claim, Line};
 use crate::topic;
 use crate::transport::{Io, Transport};
 use crate::Edge;
@@ -33,7 +32,7 @@ pub(super) async fn read_connect(
     loop {
         match codec::peek_hello(buf, max) {
             Ok(None) => {
-                buf.reserve(1024);
+                buf.reserve(256);
                 match io.read_buf(buf).await {
                     Ok(0) | Err(_) => return Err(None),
                     Ok(_) => continue,
@@ -157,9 +156,9 @@ impl Drop for IpGuard {
 
 /// What admission hands to the running session besides the session itself.
 pub(super) struct Admitted {
-    pub session: Session,
+    pub session: Box<Session>,
     pub claim: Claim,
-    pub control: mpsc::Receiver<Control>,
+    pub line: Arc<Line>,
     pub ip_guard: Option<IpGuard>,
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
     pub conn_id: u64,
@@ -352,11 +351,8 @@ pub(super) async fn admit(
         .unwrap_or(u32::MAX);
 
     let conn_id = edge.conn_id();
-    let (control_tx, control) = mpsc::channel(4);
-    let claim = edge
-        .registry
-        .claim(&client_id, conn_id, control_tx.clone())
-        .await;
+    let line = Line::new();
+    let claim = edge.registry.claim(&client_id, conn_id, line.clone()).await;
 
     // In a cluster, the node that held the id (if another) closes it and hands its session over.
     let handover = if internal {
@@ -416,14 +412,14 @@ pub(super) async fn admit(
         peer,
         login.map(|l| l.username),
         identity.subject.clone(),
-        control_tx,
+        line.clone(),
     ));
     let out_aliases = crate::alias::OutAliases::for_client(
         version,
         props.as_ref().and_then(|p| p.topic_alias_max),
         limits.topic_alias_max,
     );
-    let session = Session::new(SessionSetup {
+    let session = Box::new(Session::new(SessionSetup {
         client,
         edge: edge.clone(),
         internal,
@@ -442,11 +438,11 @@ pub(super) async fn admit(
         session_present,
         ack_props,
         out_aliases,
-    });
+    }));
     Ok(Admitted {
         session,
         claim,
-        control,
+        line,
         ip_guard,
         permit,
         conn_id,

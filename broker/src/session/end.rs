@@ -72,7 +72,7 @@ impl Session {
         };
         let edge = self.edge.clone();
         let client_id = self.client_id.clone();
-        let will = self.will.take();
+        let will = self.will.take().map(|w| *w);
         let src = self.src;
         let internal = self.internal;
         let mut state = self.state;

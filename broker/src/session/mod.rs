@@ -24,12 +24,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::alias::OutAliases;
 use crate::auth::Identity;
 use crate::codec::{self, *};
-use crate::registry::Control;
+use crate::registry::Line;
 use crate::stats::Tally;
 use crate::transport::{Io, Transport};
 use crate::Edge;
@@ -99,13 +98,15 @@ struct Session {
     client_max_packet: u32,
     /// Most QoS 1/2 messages in flight towards the client.
     window: u16,
-    will: Option<LastWill>,
+    /// Boxed, as the CONNACK's properties: most clients have none, and every session is in
+    /// memory for as long as its client stays connected.
+    will: Option<Box<LastWill>>,
     expiry: u32,
     /// The session outlives the connection.
     persistent: bool,
     state: SessionState,
     session_present: bool,
-    ack_props: Option<ConnAckProperties>,
+    ack_props: Option<Box<ConnAckProperties>>,
     /// Topic aliases the client set (client → broker).
     aliases: HashMap<u16, Bytes>,
     /// Topic aliases towards the client (broker → client).
@@ -120,36 +121,17 @@ struct Session {
 }
 
 /// Serves one client connection until it ends.
+///
+/// Each phase runs in its own boxed future, so the connection's task holds only the phase it
+/// is in: an idle client costs its session and the read loop, not the admission's state too.
 pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, transport: Transport) {
-    let limits = edge.config.limits.clone();
-    let mut cbuf = BytesMut::with_capacity(1024);
-    let first = tokio::time::timeout(
-        limits.connect_timeout(),
-        connect::read_connect(&mut io, &mut cbuf, limits.max_packet_size),
-    )
-    .await;
-    let hello = match first {
-        Err(_) => {
-            tracing::debug!(%peer, "no CONNECT in time");
-            return;
-        }
-        Ok(Err(reply)) => {
-            if let Some(out) = reply {
-                let _ = io.write_all(&out).await;
-                let _ = io.flush().await;
-            }
-            crate::transport::close_gently(&mut io).await;
-            return;
-        }
-        Ok(Ok(x)) => x,
-    };
-    let Ok(admitted) = connect::admit(&edge, &mut io, hello, peer, transport).await else {
+    let Some((admitted, cbuf)) = Box::pin(open(&edge, &mut io, peer, transport)).await else {
         return;
     };
     let connect::Admitted {
         mut session,
         claim,
-        control,
+        line,
         ip_guard,
         permit,
         conn_id,
@@ -158,12 +140,12 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     edge.stats.connect(transport);
     tracing::debug!(%peer, client_id = session.client_id, version = session.version.label(), transport = transport.label(), "connected");
 
-    let end = session.run(&mut io, cbuf, control).await;
+    let end = Box::pin(session.run(&mut io, cbuf, &line)).await;
     edge.stats.disconnect(transport);
     edge.stats.add(&mut session.tally);
     tracing::debug!(client_id = session.client_id, reason = ?end, "disconnected");
     let client_id = session.client_id.clone();
-    let (will_timer, purge_timer, linger) = session.finish(end, &mut io).await;
+    let (will_timer, purge_timer, linger) = Box::pin(session.finish(end, &mut io)).await;
     edge.registry
         .release(&client_id, conn_id, will_timer, purge_timer);
     edge.cluster_release(&client_id);
@@ -171,8 +153,48 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     drop(ip_guard);
     drop(permit);
     if linger {
-        crate::conformance::linger(&mut io, crate::conformance::LINGER).await;
+        Box::pin(crate::conformance::linger(
+            &mut io,
+            crate::conformance::LINGER,
+        ))
+        .await;
     }
+}
+
+/// Reads CONNECT (bounded in time) and admits the client: the session, and what the client
+/// sent behind its CONNECT. `None` when the connection ends here (answered if it should be).
+async fn open(
+    edge: &Arc<Edge>,
+    io: &mut Box<dyn Io>,
+    peer: SocketAddr,
+    transport: Transport,
+) -> Option<(connect::Admitted, BytesMut)> {
+    let limits = &edge.config.limits;
+    let mut cbuf = BytesMut::with_capacity(Grow::MIN);
+    let first = tokio::time::timeout(
+        limits.connect_timeout(),
+        connect::read_connect(io, &mut cbuf, limits.max_packet_size),
+    )
+    .await;
+    let hello = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return None;
+        }
+        Ok(Err(reply)) => {
+            if let Some(out) = reply {
+                let _ = io.write_all(&out).await;
+                let _ = io.flush().await;
+            }
+            crate::transport::close_gently(io).await;
+            return None;
+        }
+        Ok(Ok(x)) => x,
+    };
+    let admitted = connect::admit(edge, io, hello, peer, transport)
+        .await
+        .ok()?;
+    Some((admitted, cbuf))
 }
 
 impl Session {
@@ -190,12 +212,12 @@ impl Session {
             keep_alive: s.keep_alive,
             client_max_packet: s.client_max_packet,
             window: s.window,
-            will: s.will,
+            will: s.will.map(Box::new),
             expiry: s.expiry,
             persistent: s.persistent,
             state: s.state,
             session_present: s.session_present,
-            ack_props: s.ack_props,
+            ack_props: s.ack_props.map(Box::new),
             aliases: HashMap::new(),
             out_aliases: s.out_aliases,
             rate_tokens: rate,
@@ -215,7 +237,7 @@ impl Session {
         let ack = ConnAck {
             session_present: self.session_present,
             code: ConnectReturnCode::Success,
-            properties: self.ack_props.take(),
+            properties: self.ack_props.take().map(|p| *p),
         };
         self.send_client(Packet::ConnAck(ack));
         if self.session_present {
@@ -223,12 +245,7 @@ impl Session {
         }
     }
 
-    async fn run(
-        &mut self,
-        io: &mut Box<dyn Io>,
-        mut cbuf: BytesMut,
-        mut control: mpsc::Receiver<Control>,
-    ) -> End {
+    async fn run(&mut self, io: &mut Box<dyn Io>, mut cbuf: BytesMut, line: &Line) -> End {
         let max_in = self.edge.config.limits.max_packet_size;
         let write_timeout = self.edge.config.limits.write_timeout();
         let mut sys = self.edge.sys.clone();
@@ -242,13 +259,25 @@ impl Session {
                 .unwrap_or(Duration::ZERO);
             tokio::time::Instant::now() + left
         });
+        // One timer serves the keep-alive and the credentials' expiry. It is not moved by each
+        // read: when it fires, it checks the keep-alive against the last read and sleeps on.
+        let wake = |last_rx: tokio::time::Instant| {
+            [idle.map(|d| last_rx + d), expires]
+                .into_iter()
+                .flatten()
+                .min()
+        };
+        let armed = wake(last_rx).is_some();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(
+            wake(last_rx).unwrap_or_else(tokio::time::Instant::now)
+        ));
         let inbox = self.state.inbox.clone();
         // Packets the client sent right behind its CONNECT arrived with it.
         let mut pipelined = !cbuf.is_empty();
         let mut grow = Grow::new(64 * 1024);
         loop {
             if std::mem::take(&mut pipelined) {
-                if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                if let Err(end) = Box::pin(self.on_client_bytes(&mut cbuf, max_in)).await {
                     return end;
                 }
             }
@@ -259,7 +288,8 @@ impl Session {
                     io.write_all(&self.client_out).await?;
                     io.flush().await
                 };
-                match tokio::time::timeout(write_timeout, w).await {
+                // Boxed: a write's timer lives only while it writes, not in every idle session.
+                match Box::pin(tokio::time::timeout(write_timeout, w)).await {
                     Ok(Ok(())) => lean(&mut self.client_out),
                     _ => return End::Gone,
                 }
@@ -278,30 +308,26 @@ impl Session {
             let has_sys = self.state.subs.keys().any(|p| state::is_sys(p));
             let can_take = self.can_take();
             let more = can_take && !inbox.is_empty();
-            let deadline = idle.map(|d| last_rx + d);
             grow.prepare(&mut cbuf);
             tokio::select! {
-                c = control.recv() => match c {
-                    Some(Control::Kick(code)) => {
-                        // What the replaced client sent before the new connection came (its last
-                        // acknowledgements, its DISCONNECT) still counts.
-                        use futures_util::FutureExt;
-                        if let Some(Ok(1..)) = io.read_buf(&mut cbuf).now_or_never() {
-                            if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
-                                return end;
-                            }
+                code = line.kicked() => {
+                    // What the replaced client sent before the new connection came (its last
+                    // acknowledgements, its DISCONNECT) still counts.
+                    use futures_util::FutureExt;
+                    if let Some(Ok(1..)) = io.read_buf(&mut cbuf).now_or_never() {
+                        if let Err(end) = Box::pin(self.on_client_bytes(&mut cbuf, max_in)).await {
+                            return end;
                         }
-                        return End::Kicked(code)
                     }
-                    None => return End::Kicked(0x8B),
-                },
+                    return End::Kicked(code);
+                }
                 r = io.read_buf(&mut cbuf) => match r {
                     Ok(0) | Err(_) => return End::Gone,
                     Ok(n) => {
                         grow.read(n);
                         last_rx = tokio::time::Instant::now();
                         self.tally.bytes_received += n as u64;
-                        if let Err(end) = self.on_client_bytes(&mut cbuf, max_in).await {
+                        if let Err(end) = Box::pin(self.on_client_bytes(&mut cbuf, max_in)).await {
                             return end;
                         }
                     }
@@ -314,8 +340,18 @@ impl Session {
                         self.deliver_sys(&tree, None, false);
                     }
                 }
-                _ = sleep_until(deadline) => return End::KeepAlive,
-                _ = sleep_until(expires) => return End::Kicked(0xA0),
+                _ = &mut timer, if armed => {
+                    let now = tokio::time::Instant::now();
+                    if expires.is_some_and(|t| now >= t) {
+                        return End::Kicked(0xA0);
+                    }
+                    if idle.is_some_and(|d| now >= last_rx + d) {
+                        return End::KeepAlive;
+                    }
+                    if let Some(w) = wake(last_rx) {
+                        timer.as_mut().reset(w);
+                    }
+                }
             }
         }
     }
@@ -436,7 +472,7 @@ struct Grow {
 }
 
 impl Grow {
-    const MIN: usize = 512;
+    const MIN: usize = 128;
 
     fn new(max: usize) -> Grow {
         Grow {
@@ -473,13 +509,6 @@ fn lean(buf: &mut BytesMut) {
         *buf = BytesMut::new();
     } else {
         buf.clear();
-    }
-}
-
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
