@@ -151,7 +151,7 @@ impl Index {
         for l in levels {
             let next = match l {
                 "+" => node.plus.as_deref(),
-                l => node.children.get(l),
+                l => node.children.get(l).map(|b| &**b),
             };
             match next {
                 Some(n) => node = n,

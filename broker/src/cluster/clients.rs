@@ -287,8 +287,10 @@ async fn respond(
             continue;
         }
         let conn = edge.conn_id();
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let claim = edge.registry.claim(&client_id, conn, tx).await;
+        let claim = edge
+            .registry
+            .claim(&client_id, conn, crate::registry::Line::new())
+            .await;
         let state = edge.registry.take_offline(&client_id);
         let owner = state.as_ref().and_then(|s| s.owner.clone());
         let handover = match state {
