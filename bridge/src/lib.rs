@@ -11,6 +11,7 @@ pub mod access;
 pub mod body;
 pub mod charts;
 pub mod clients;
+pub mod cluster_view;
 pub mod cookies;
 pub mod error;
 pub mod fuzzing;

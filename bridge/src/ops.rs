@@ -100,11 +100,15 @@ pub fn stats_json(st: &AppState) -> Value {
             "stream_errors": rpc.stream_errors.load(Relaxed),
         },
         "ready": ready(st),
+        "cluster": crate::cluster_view::json(st),
     })
 }
 
 fn ready(st: &AppState) -> bool {
-    st.edge.core_ready() && st.rpc.ready() && !st.hub.client().is_closed()
+    st.edge.core_ready()
+        && st.rpc.ready()
+        && !st.hub.client().is_closed()
+        && st.edge.cluster_ready()
 }
 
 pub async fn stats(State(st): State<AppState>, _: Admin) -> Result<Response, ApiError> {
@@ -119,7 +123,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
     if !ready(&st) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the broker core or the bridge's broker session is down",
+            "the broker core, the bridge's broker session or the cluster link (NATS) is down",
         ));
     }
     Ok(Json(json!({ "status": "ready" })).into_response())
@@ -346,6 +350,7 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         "1 when the broker core and bridge sessions are up",
         ready(st) as i64,
     )?;
+    crate::cluster_view::metrics(&r, st)?;
     let mut buf = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())

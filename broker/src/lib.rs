@@ -16,6 +16,7 @@
 // it, and the types those speak (codec, config, auth, security, topic, transport).
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod directory;
@@ -86,6 +87,8 @@ pub struct Edge {
     interest_changed: watch::Sender<u64>,
     pub config: BrokerConfig,
     core: Arc<Core>,
+    /// The link to the other nodes, when the node is in a cluster ([`cluster`]).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// Who subscribes to what: the fan-out's index.
     index: index::Index,
     /// The next accepted message's sequence number.
@@ -155,10 +158,13 @@ impl Edge {
     /// one `lane` keep their order. Waits (bounded) while the fan-out catches up.
     pub async fn route(&self, msg: &Message, lane: usize) -> Result<(), CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
-        let frame = msg.frame(seq).map_err(|e| {
+        let mut frame = msg.frame(seq).map_err(|e| {
             tracing::warn!(error = %e, "message not encodable");
             CoreError::Gone
         })?;
+        if let Some(c) = &self.cluster {
+            frame = c.outbound(msg, frame).await;
+        }
         self.core.publish(lane, frame).await
     }
 
@@ -216,13 +222,18 @@ impl Edge {
         }
     }
 
-    /// Is any connected client subscribed to a filter matching `topic`?
+    /// Is any connected client (on any node of the cluster) subscribed to a filter matching
+    /// `topic`?
     pub fn has_subscriber(&self, topic: &str) -> bool {
         let m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
         m.keys().any(|f| topic::matches(f, topic))
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.remote_subscriber(topic))
     }
 
-    fn conn_id(&self) -> u64 {
+    pub(crate) fn conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -247,6 +258,7 @@ impl Edge {
         if let Some(s) = self.registry.take_offline(client_id) {
             s.discard(self, false);
         }
+        self.cluster_release(client_id);
     }
 
     /// Serves one client connection on any transport until it ends.
@@ -276,6 +288,10 @@ impl Broker {
         authenticator: Arc<dyn auth::Authenticator>,
         authorizer: Arc<dyn auth::Authorizer>,
     ) -> anyhow::Result<Broker> {
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::connect(c).await?),
+            None => None,
+        };
         let retained = retained::RetainedStore::open(&config.storage.dir)?;
         let (core, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
         let stats = stats::Stats::default();
@@ -302,6 +318,7 @@ impl Broker {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             core,
+            cluster,
             retained,
             registry: registry::Registry::default(),
             directory: Default::default(),
@@ -313,7 +330,13 @@ impl Broker {
             shutdown,
         });
         tokio::spawn(fanout::run(edge.clone(), egress));
+        if let Some(c) = &edge.cluster {
+            c.start(&edge).await?;
+        }
         restore_sessions(&edge).await;
+        if let Some(c) = &edge.cluster {
+            c.hold_restored(&edge).await;
+        }
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));
         let mut listeners = Vec::new();
@@ -426,6 +449,10 @@ async fn run_sys(edge: Arc<Edge>, tx: watch::Sender<Arc<Vec<(String, String)>>>)
             _ = tick.tick() => {}
             _ = edge.shutdown.cancelled() => return,
         }
-        let _ = tx.send(edge.stats.sys_tree(edge.retained.len()));
+        let mut tree = edge.stats.sys_tree(edge.retained.len());
+        if let Some(c) = &edge.cluster {
+            Arc::make_mut(&mut tree).extend(c.sys_entries(&edge));
+        }
+        let _ = tx.send(tree);
     }
 }

@@ -163,6 +163,21 @@ impl Registry {
         m.insert(client_id.to_string(), state);
     }
 
+    /// Is `client_id` connected, or its session kept, here?
+    pub fn holds(&self, client_id: &str) -> bool {
+        let live = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client_id)
+            .is_some_and(|e| e.live.is_some());
+        live || self
+            .offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(client_id)
+    }
+
     /// Takes the session `client_id` left, if any.
     pub fn take_offline(&self, client_id: &str) -> Option<SessionState> {
         let mut m = self.offline.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod clients;
 pub mod http;
 pub mod mqtt;
+pub mod nats;
 pub mod plain;
 pub mod reliability;
 pub mod sse;
@@ -300,6 +301,11 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts a stopped server again on the same ports and storage directory.
+    pub fn start_again(&mut self) {
+        self.spawn();
     }
 
     /// Starts again on the same ports and storage directory.

@@ -342,6 +342,12 @@ pub(super) async fn admit(
     let line = Line::new();
     let claim = edge.registry.claim(&client_id, conn_id, line.clone()).await;
 
+    // In a cluster, the node that held the id (if another) closes it and hands its session over.
+    let handover = if internal {
+        None
+    } else {
+        edge.cluster_claim(&client_id).await
+    };
     // The session the client left, if it resumes it and may.
     let owner = identity.subject.clone();
     let old = edge.registry.take_offline(&client_id);
@@ -357,8 +363,17 @@ pub(super) async fn admit(
             s.discard(edge, internal);
             (SessionState::new(edge, &client_id, owner), false)
         }
-        None => (SessionState::new(edge, &client_id, owner), false),
+        None => match handover {
+            Some(h) if !connect.clean_start && h.owner == owner => {
+                (h.into_state(edge, &client_id), true)
+            }
+            _ => (SessionState::new(edge, &client_id, owner), false),
+        },
     };
+    if session_present {
+        // In a cluster: the session's subscriptions are active everywhere before the CONNACK.
+        edge.cluster_sync().await;
+    }
 
     let ack_props = v5.then(|| ConnAckProperties {
         session_expiry_interval: (expiry != asked_expiry).then_some(expiry),
