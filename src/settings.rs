@@ -41,6 +41,9 @@ pub struct Settings {
     pub mercure: bridge::mercure::MercureSettings,
     #[serde(default)]
     pub auth: broker::security::AuthConfig,
+    /// `[cluster]`: absent, the node runs alone.
+    #[serde(default)]
+    pub cluster: Option<broker::cluster::ClusterConfig>,
     pub log: Log,
 }
 
@@ -126,6 +129,7 @@ impl Settings {
             sys: self.sys.clone(),
             allow_anonymous: self.local_only() || self.auth.allow_anonymous.unwrap_or(false),
             deny_action: self.auth.deny_action,
+            cluster: self.cluster.clone(),
         }
     }
 }

@@ -7,163 +7,24 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::pin::Pin;
 use std::process::{Child, Command};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::http::expect_error;
+use common::sse::{id_seq, Sse};
 use common::*;
-use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("reqwest client")
+    common::http::client(Duration::from_secs(60))
 }
 
 /// Runs blocking work (subprocesses) off the async workers.
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
-// ---------------------------------------------------------------------------------------------
-// SSE client
-
-#[derive(Debug, Clone, Default)]
-struct Ev {
-    /// `event:` field; empty for the default ("message").
-    event: String,
-    id: Option<String>,
-    data: String,
-}
-
-impl Ev {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
-    }
-    fn is_gap(&self) -> bool {
-        self.event == "gap"
-    }
-    fn payload(&self) -> String {
-        self.json()["payload"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-    /// The number after the epoch in the event id.
-    fn seq(&self) -> u64 {
-        id_seq(self.id.as_deref().expect("event without id"))
-    }
-}
-
-fn id_seq(id: &str) -> u64 {
-    id.rsplit_once('-')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("odd event id {id:?}"))
-}
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-struct Sse {
-    stream: ByteStream,
-    buf: Vec<u8>,
-    /// Comment lines seen (heartbeats).
-    comments: Vec<String>,
-}
-
-impl Sse {
-    async fn open(base: &str, query: &str, last_id: Option<&str>) -> Sse {
-        let mut req = http().get(format!("{base}/events?{query}"));
-        if let Some(id) = last_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let res = req.send().await.expect("GET /events");
-        assert_eq!(res.status(), 200, "GET /events?{query}");
-        let ct = res.headers()["content-type"].to_str().unwrap().to_string();
-        assert!(ct.starts_with("text/event-stream"), "content type {ct}");
-        Sse {
-            stream: Box::pin(res.bytes_stream()),
-            buf: Vec::new(),
-            comments: Vec::new(),
-        }
-    }
-
-    /// The next event (not a comment), or None when `timeout` passes or the stream ends.
-    async fn next(&mut self, timeout: Duration) -> Option<Ev> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            while let Some(end) = find_blank_line(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..end.1).collect();
-                let text = String::from_utf8(block[..end.0].to_vec()).expect("UTF-8 SSE");
-                let mut ev = Ev::default();
-                let mut data: Vec<String> = Vec::new();
-                let mut any = false;
-                for line in text.split('\n') {
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    if let Some(c) = line.strip_prefix(':') {
-                        self.comments.push(c.trim().to_string());
-                        continue;
-                    }
-                    let (k, v) = line.split_once(':').unwrap_or((line, ""));
-                    let v = v.strip_prefix(' ').unwrap_or(v);
-                    any = true;
-                    match k {
-                        "event" => ev.event = v.to_string(),
-                        "id" => ev.id = Some(v.to_string()),
-                        "data" => data.push(v.to_string()),
-                        _ => {}
-                    }
-                }
-                if any {
-                    ev.data = data.join("\n");
-                    return Some(ev);
-                }
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.stream.next()).await;
-            match chunk {
-                Ok(Some(Ok(b))) => self.buf.extend_from_slice(&b),
-                Ok(Some(Err(e))) => panic!("SSE stream failed: {e}"),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    async fn expect(&mut self, what: &str) -> Ev {
-        match self.next(T).await {
-            Some(e) => e,
-            None => panic!("no SSE event ({what}) within {T:?}"),
-        }
-    }
-
-    /// Asserts nothing but comments arrives within `d`.
-    async fn expect_quiet(&mut self, d: Duration) {
-        if let Some(e) = self.next(d).await {
-            panic!("unexpected SSE event: {e:?}");
-        }
-    }
-}
-
-/// (end of the block, end of the separator) of the first blank line.
-fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\n' {
-            if b.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
-            }
-            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,31 +170,6 @@ async fn post(base: &str, path_and_query: &str, body: impl Into<reqwest::Body>) 
         .expect("POST")
         .status()
         .as_u16()
-}
-
-/// Asserts a JSON error response: status, and a message containing each of `words`.
-async fn expect_error(res: reqwest::Response, status: u16, words: &[&str]) {
-    let got = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "status of {text}");
-    assert!(
-        ct.starts_with("application/json"),
-        "content type {ct:?} of {text}"
-    );
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    assert_eq!(v["error"]["status"], status, "{text}");
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
-    for w in words {
-        assert!(
-            msg.contains(w),
-            "error message {msg:?} should mention {w:?}"
-        );
-    }
 }
 
 fn vmrss_kib(pid: u32) -> u64 {

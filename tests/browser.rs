@@ -20,13 +20,10 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// `target/` (this test binary is `target/debug/deps/browser-…`).
 fn target_dir() -> PathBuf {
@@ -34,52 +31,9 @@ fn target_dir() -> PathBuf {
     exe.ancestors().nth(3).expect("target dir").to_path_buf()
 }
 
-/// What the browser test needs and is not there.
-fn browser_prerequisites_missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !std::path::Path::new(CHROMIUM).exists() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        missing.push("node".into());
-    }
-    for (dir, file) in [
-        ("tests/browser", "node_modules/playwright-core/package.json"),
-        ("examples/browser", "node_modules/mqtt/dist/mqtt.min.js"),
-    ] {
-        if !root().join(dir).join(file).exists() {
-            missing.push(format!("{dir}/{file} (npm ci in {dir})"));
-        }
-    }
-    missing
-}
-
-/// The echo example (built once).
-fn echo_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| example_bin("echo"))
-}
-
-/// A child process killed (by its id) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the echo example (MQTT 5, `rpc/#`) and waits until it serves.
-fn start_echo(s: &Server) -> Proc {
-    let mut child = Command::new(echo_bin())
+fn start_echo(s: &Server) -> Kid {
+    let mut child = Command::new(example_bin("echo"))
         .args(["--port", &s.mqtt.to_string()])
         .args(["--id", &format!("echo-{}", rand::random::<u32>())])
         .stdin(Stdio::null())
@@ -96,7 +50,7 @@ fn start_echo(s: &Server) -> Proc {
             }
         }
     });
-    let p = Proc(child);
+    let p = Kid(child);
     rx.recv_timeout(Duration::from_secs(15))
         .expect("the echo example did not report `serving rpc/#`");
     // Its SUBSCRIBE went out just before that line; give the SUBACK a moment.
@@ -125,20 +79,12 @@ fn server_spki_sha256() -> String {
 
 #[test]
 fn browser_example_and_dashboard() {
-    let missing = browser_prerequisites_missing();
-    if !missing.is_empty() {
-        if std::env::var_os("CI").is_none() {
-            eprintln!(
-                "SKIPPED browser_example_and_dashboard: missing {} (CI is unset, so this passes; \
-                 under CI=true it fails)",
-                missing.join(", ")
-            );
-            return;
-        }
-        panic!(
-            "the browser test cannot run under CI: missing {}",
-            missing.join(", ")
-        );
+    if !prerequisites(
+        "browser_example_and_dashboard",
+        &["node"],
+        &[PLAYWRIGHT, MQTT_JS],
+    ) {
+        return;
     }
     let s = Server::builder()
         .tls()

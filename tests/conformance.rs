@@ -1,6 +1,6 @@
 //! MQTT 3.1.1 / 5 conformance: the places where outside test suites found the broker lenient or
 //! missing an optional feature (issue 16), each checked against the spec's normative statement
-//! with the raw client ([`rawmqtt`]), which sends exactly the bytes a test wants and shows every
+//! with the raw client ([`common::mqtt`]), which sends exactly the bytes a test wants and shows every
 //! reason code and property the broker answers with.
 
 mod common;

@@ -24,7 +24,7 @@ mod rawmqtt;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,14 +32,10 @@ use rawmqtt::{Client, Connect, ConnectReturnCode, DisconnectReasonCode, Login, P
 use reqwest::StatusCode;
 use serde_json::Value;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "dashboard-test-secret-0123456789abcdef";
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    common::http::client(Duration::from_secs(30))
 }
 
 /// `target/` (this test binary is `target/debug/deps/dashboard-…`).
@@ -77,47 +73,14 @@ async fn until(c: &reqwest::Client, url: &str, what: &str, done: impl Fn(&Value)
 // ---------------------------------------------------------------------------------------------
 // The page, in Chromium.
 
-fn browser_prerequisites_missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !std::path::Path::new(CHROMIUM).exists() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    for tool in ["node", "curl", "mosquitto_sub", "mosquitto_pub"] {
-        let ok = Command::new(tool)
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !ok {
-            missing.push(tool.into());
-        }
-    }
-    if !root()
-        .join("tests/browser/node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push("tests/browser/node_modules (npm ci in tests/browser)".into());
-    }
-    missing
-}
-
 #[test]
 fn dashboard_in_chromium() {
-    let missing = browser_prerequisites_missing();
-    if !missing.is_empty() {
-        if std::env::var_os("CI").is_none() {
-            eprintln!(
-                "SKIPPED dashboard_in_chromium: missing {} (CI is unset, so this passes; under \
-                 CI=true it fails)",
-                missing.join(", ")
-            );
-            return;
-        }
-        panic!(
-            "the dashboard test cannot run under CI: missing {}",
-            missing.join(", ")
-        );
+    if !prerequisites(
+        "dashboard_in_chromium",
+        &["node", "curl", "mosquitto_sub", "mosquitto_pub"],
+        &[PLAYWRIGHT],
+    ) {
+        return;
     }
     let s = Server::start();
     let id = format!("dash-sub-{}", rand::random::<u16>());

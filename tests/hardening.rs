@@ -4,7 +4,7 @@
 //! tokens forwarded to RPC responders (7), `iss`/`aud` not required (9), retained wills under the
 //! reply namespace (10) and CONNECT leniencies (12).
 //!
-//! Clients: the suite's raw MQTT client (`tests/rawmqtt`, exact reason codes and bytes),
+//! Clients: the suite's raw MQTT client (`tests/common/mqtt.rs`, exact reason codes and bytes),
 //! mosquitto_pub, and plain HTTP/1.1 over `TcpStream` (to hold a body back, which HTTP client
 //! libraries do not let a test do). Outcomes are waited for as events with bounded timeouts;
 //! the memory and latency side of these findings is measured by `bench/abuse.sh`.

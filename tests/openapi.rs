@@ -28,10 +28,7 @@ fn server() -> Server {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    common::http::client(Duration::from_secs(30))
 }
 
 /// A concrete URL for a documented path, with its required query parameters.

@@ -10,11 +10,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::http::error_message;
 use common::*;
 use futures_util::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -41,48 +41,20 @@ fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-/// The echo example (built once).
-fn echo_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| example_bin("echo"))
-}
-
-/// A child process killed (by its id) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the echo example against `s` (`--v311` for the 3.1.1 topic convention).
-fn echo(s: &Server, v311: bool) -> Proc {
-    let bin = echo_bin();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", &s.mqtt.to_string()])
-        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if v311 {
-        cmd.arg("--v311");
-    }
-    Proc(cmd.spawn().expect("start echo"))
+fn echo(s: &Server, v311: bool) -> Kid {
+    common::echo(s, if v311 { &["--v311"] } else { &[] })
 }
 
 /// `mosquitto_sub` on `filter`: a responder that is subscribed but never answers.
-fn silent_sub(s: &Server, filter: &str) -> Proc {
-    Proc(
-        Command::new("mosquitto_sub")
-            .args(["-p", &s.mqtt.to_string(), "-t", filter, "-q", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub"),
-    )
+fn silent_sub(s: &Server, filter: &str) -> Kid {
+    Kid(Command::new("mosquitto_sub")
+        .args(["-p", &s.mqtt.to_string(), "-t", filter, "-q", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub"))
 }
 
 /// Waits until a fire-and-forget call to `url` stops being 503 (a responder is subscribed).
@@ -104,24 +76,6 @@ async fn wait_subscribed(c: &reqwest::Client, url: &str) {
             ),
         }
     }
-}
-
-/// Asserts the JSON error shape and returns the message.
-async fn json_error(r: reqwest::Response, status: u16) -> String {
-    assert_eq!(r.status().as_u16(), status, "status");
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    assert!(ct.starts_with("application/json"), "content type {ct:?}");
-    let v: Value = r.json().await.expect("JSON error body");
-    assert_eq!(v["error"]["status"], status, "{v}");
-    v["error"]["message"]
-        .as_str()
-        .expect("error message")
-        .to_string()
 }
 
 /// The bridge's RPC counters (`/api/stats` → `rpc`).
@@ -429,7 +383,7 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
 
     // A topic that cannot be published to is a 400, before anything is sent.
     let r = c.post(format!("{base}/rpc/demo/%23")).send().await.unwrap();
-    json_error(r, 400).await;
+    error_message(r, 400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,7 +468,7 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 413).await;
+    let msg = error_message(r, 413).await;
     assert!(msg.contains("maximum packet size"), "{msg}");
     let r = c
         .post(format!("{base}/env/after-huge"))
@@ -529,7 +483,7 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
     let r = c.get(format!("{base}/users/7")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = c.post(format!("{base}/users/7")).send().await.unwrap();
-    json_error(r, 405).await;
+    error_message(r, 405).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,7 +507,7 @@ async fn subscribed_but_silent_is_504() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let e = t0.elapsed();
     assert!(
         e >= Duration::from_millis(900) && e < Duration::from_secs(4),
@@ -568,13 +522,13 @@ async fn subscribed_but_silent_is_504() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     assert!(t0.elapsed() < Duration::from_secs(4));
 
     // A route's own timeout_secs (1) applies without a timeout parameter.
     let t0 = Instant::now();
     let r = c.post(format!("{base}/slowroute/z")).send().await.unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let e = t0.elapsed();
     assert!(
         e >= Duration::from_millis(900) && e < Duration::from_secs(4),
@@ -595,7 +549,7 @@ async fn nobody_subscribed_is_503_at_once() {
             .send()
             .await
             .unwrap();
-        let msg = json_error(r, 503).await;
+        let msg = error_message(r, 503).await;
         assert!(msg.contains("rpc/nobody/home"), "{msg}");
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
@@ -608,7 +562,7 @@ async fn nobody_subscribed_is_503_at_once() {
         .send()
         .await
         .unwrap();
-    json_error(r, 503).await;
+    error_message(r, 503).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,7 +650,7 @@ async fn over_max_inflight_is_429() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,7 +666,7 @@ async fn bad_timeouts_are_400() {
             .send()
             .await
             .unwrap();
-        let msg = json_error(r, 400).await;
+        let msg = error_message(r, 400).await;
         assert!(msg.contains("60"), "{q}: {msg}");
     }
     let r = c
@@ -721,7 +675,7 @@ async fn bad_timeouts_are_400() {
         .send()
         .await
         .unwrap();
-    json_error(r, 400).await;
+    error_message(r, 400).await;
     // The maximum itself is accepted (the echo answers at once).
     let r = c
         .post(format!("{base}/rpc/demo/x?timeout=60"))
@@ -743,7 +697,7 @@ async fn bad_timeouts_are_400() {
         .send()
         .await
         .unwrap();
-    json_error(r, 400).await;
+    error_message(r, 400).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -829,7 +783,7 @@ async fn late_and_duplicate_replies_are_dropped_v5() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let req_a = resp.next().await;
     assert_eq!(&req_a.payload[..], b"A");
 
@@ -902,7 +856,7 @@ async fn late_and_duplicate_replies_are_dropped_topic_convention() {
         .send()
         .await
         .unwrap();
-    json_error(r, 504).await;
+    error_message(r, 504).await;
     let req_a = resp.next().await;
     assert_eq!(&req_a.payload[..], b"A");
     let topic_a = String::from_utf8(req_a.topic.to_vec()).unwrap();
@@ -1052,16 +1006,14 @@ async fn reply_status_and_headers_are_sanitised() {
 async fn shared_subscription_responders_answer_each_call_once() {
     let s = Server::start();
     let spawn_echo = |id: &str| {
-        Proc(
-            Command::new(echo_bin())
-                .args(["--port", &s.mqtt.to_string(), "--id", id])
-                .args(["--filter", "$share/workers/rpc/shared/#"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("echo"),
-        )
+        Kid(Command::new(example_bin("echo"))
+            .args(["--port", &s.mqtt.to_string(), "--id", id])
+            .args(["--filter", "$share/workers/rpc/shared/#"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("echo"))
     };
     let _e1 = spawn_echo("echo-w1");
     let _e2 = spawn_echo("echo-w2");

@@ -4,15 +4,16 @@
 //! `RTW-Wait`, `rpc.max_waiting`), drained in arrival order once one subscribes.
 //!
 //! Real HTTP calls (reqwest) against the real binary; responders are the `echo` example and
-//! rumqttc clients from `tests/support`.
+//! rumqttc clients from `tests/common/clients.rs`.
 
 mod common;
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::http::error_message;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
@@ -22,32 +23,7 @@ use support::{v5_options, Tr, V5};
 const T: Duration = Duration::from_secs(20);
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(70))
-        .build()
-        .expect("reqwest client")
-}
-
-/// A child process killed (by its id) on drop.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The echo example against `s` with extra arguments.
-fn echo(s: &Server, args: &[&str]) -> Kid {
-    let mut cmd = Command::new(example_bin("echo"));
-    cmd.args(["--port", &s.mqtt.to_string()])
-        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Kid(cmd.spawn().expect("start echo"))
+    common::http::client(Duration::from_secs(70))
 }
 
 /// A config file in its own directory, removed on drop.
@@ -106,16 +82,6 @@ async fn wait_stat(c: &reqwest::Client, base: &str, key: &str, n: u64) {
     }
 }
 
-async fn json_error(r: reqwest::Response, status: u16) -> String {
-    assert_eq!(r.status().as_u16(), status, "status");
-    let v: Value = r.json().await.expect("JSON error body");
-    assert_eq!(v["error"]["status"], status, "{v}");
-    v["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Round trips through the seed's route: the calls wait for the echo (`wait_secs`), so no probe
 /// loop is needed.
 async fn seed_round_trips(c: &reqwest::Client, base: &str, who: &str) {
@@ -146,11 +112,11 @@ async fn the_seed_echo_completes_round_trips_v311_and_v5() {
     // An MQTT 3.1.1 echo copying `/$req/realtimeweb/…` to `/$res/realtimeweb/…`.
     let mut args = vec!["--v311"];
     args.extend(seed);
-    let echo311 = echo(&s, &args);
+    let echo311 = common::echo(&s, &args);
     seed_round_trips(&c, &base, "3.1.1").await;
     drop(echo311);
     // The same copy done by an MQTT 5 client (no Response Topic used).
-    let _echo5 = echo(&s, &seed);
+    let _echo5 = common::echo(&s, &seed);
     seed_round_trips(&c, &base, "MQTT 5").await;
     assert_eq!(rpc_stats(&c, &base).await["late_replies"], 0);
 }
@@ -203,7 +169,7 @@ async fn a_call_made_before_the_responder_starts_succeeds_once_it_does() {
     wait_stat(&c, &base, "waiting", 1).await;
     // The responder starts 2 s later.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _echo = echo(&s, &[]);
+    let _echo = common::echo(&s, &[]);
     let r = tokio::time::timeout(T, call)
         .await
         .expect("answered")
@@ -243,7 +209,7 @@ async fn waiting_calls_drain_in_arrival_order_and_past_max_waiting_get_429() {
         .await
         .unwrap();
     assert!(r.headers().contains_key("retry-after"), "Retry-After");
-    let msg = json_error(r, 429).await;
+    let msg = error_message(r, 429).await;
     assert!(msg.contains("max_waiting"), "{msg}");
     assert_eq!(rpc_stats(&c, &base).await["rejected_waiting"], 1);
 
@@ -302,7 +268,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 503).await;
+    let msg = error_message(r, 503).await;
     assert!(msg.contains("within 1 s"), "{msg}");
     // The caller's timeout is shorter than the wait: 504 at the timeout.
     let r = c
@@ -312,7 +278,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
         .send()
         .await
         .unwrap();
-    let msg = json_error(r, 504).await;
+    let msg = error_message(r, 504).await;
     assert!(msg.contains("timeout"), "{msg}");
     // Over rpc.max_wait_secs, or not a number: 400.
     for bad in ["6", "soon", "-1"] {
@@ -322,7 +288,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
             .send()
             .await
             .unwrap();
-        let msg = json_error(r, 400).await;
+        let msg = error_message(r, 400).await;
         assert!(msg.contains("rtw-wait"), "{bad}: {msg}");
     }
     // Without a wait, still 503 at once.
@@ -331,7 +297,7 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
         .send()
         .await
         .unwrap();
-    json_error(r, 503).await;
+    error_message(r, 503).await;
     let st = rpc_stats(&c, &base).await;
     assert_eq!(st["waiting"], 0, "{st}");
     assert_eq!(st["in_flight"], 0, "{st}");

@@ -16,49 +16,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Is everything the Chromium tests need installed? Under CI it must be.
-fn prerequisites(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        missing.push("node".into());
-    }
-    for (dir, file) in [
-        ("tests/browser", "node_modules/playwright-core/package.json"),
-        ("examples/browser", "node_modules/mqtt/dist/mqtt.min.js"),
-    ] {
-        if !root().join(dir).join(file).exists() {
-            missing.push(format!("{dir}/{file} (npm ci in {dir})"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} cannot run under CI: missing {}",
-        missing.join(", ")
-    );
-    eprintln!("SKIPPED {test}: missing {}", missing.join(", "));
-    false
-}
 
 /// Runs webapps.mjs in `mode` against `s`; returns its JSON summary, asserting it succeeded.
 pub fn webapps(s: &Server, mode: &str, extra: &[(&str, String)]) -> Value {
@@ -102,7 +64,11 @@ fn wait_for_log_line(file: &Path, needles: &[&str]) -> String {
 
 #[test]
 fn ws_origins_loopback_only() {
-    if !prerequisites("ws_origins_loopback_only") {
+    if !prerequisites(
+        "ws_origins_loopback_only",
+        &["node"],
+        &[PLAYWRIGHT, MQTT_JS],
+    ) {
         return;
     }
     let log = std::env::temp_dir().join(format!("rtw-webapps-{}.log", rand::random::<u64>()));
@@ -150,7 +116,11 @@ const SECRET: &str = "webapps-secret-9f3KcQ2vXw7mLp4R";
 
 #[test]
 fn ws_origins_with_jwt_auth() {
-    if !prerequisites("ws_origins_with_jwt_auth") {
+    if !prerequisites(
+        "ws_origins_with_jwt_auth",
+        &["node"],
+        &[PLAYWRIGHT, MQTT_JS],
+    ) {
         return;
     }
     let s = Server::builder().env("AUTH__JWT_SECRET", SECRET).start();
@@ -194,7 +164,7 @@ fn mercure_server() -> Server {
 
 #[test]
 fn mercure_in_chromium() {
-    if !prerequisites("mercure_in_chromium") {
+    if !prerequisites("mercure_in_chromium", &["node"], &[PLAYWRIGHT, MQTT_JS]) {
         return;
     }
     let s = mercure_server();

@@ -13,13 +13,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use broker::auth::{Authenticator, Authorizer, Credentials, Identity, Refusal};
-use broker::client::ClientError;
 use broker::transport::Transport;
 
-use crate::routes::{error, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Does `Host` name this machine's loopback interface (`localhost`, `*.localhost`, 127.0.0.0/8,
 /// `::1`)? A missing `Host` (HTTP/1.0 tools) passes: browsers always send one.
@@ -55,18 +55,18 @@ pub async fn loopback_only(
     next: axum::middleware::Next,
 ) -> Response {
     if st.security.local_only() && !loopback_host(req.headers()) {
-        return error(
-            StatusCode::FORBIDDEN,
+        return ApiError::forbidden(
             "no authentication is configured, so only loopback host names (localhost, \
              127.0.0.1, [::1]) are served; configure [auth] or set auth.allow_anonymous = true \
              to serve other names",
-        );
+        )
+        .into_response();
     }
     next.run(req).await
 }
 
-fn unauthorized(why: &str, invalid: bool) -> Response {
-    let mut r = error(StatusCode::UNAUTHORIZED, why);
+fn unauthorized(why: &str, invalid: bool) -> ApiError {
+    let e = ApiError::new(StatusCode::UNAUTHORIZED, why);
     let challenge = if invalid {
         format!(
             "Bearer realm=\"realtime-web\", error=\"invalid_token\", error_description=\"{}\"",
@@ -75,25 +75,14 @@ fn unauthorized(why: &str, invalid: bool) -> Response {
     } else {
         "Bearer realm=\"realtime-web\"".to_string()
     };
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    match HeaderValue::from_str(&challenge) {
+        Ok(v) => e.with_header(header::WWW_AUTHENTICATE, v),
+        Err(_) => e,
     }
-    r
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
 }
 
 /// The address a request came from (failed password checks are counted against it); the
-/// unspecified address when the router is used without the listener's [`crate::Peer`].
+/// unspecified address when the router is used without the listener's [`crate::state::Peer`].
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -101,21 +90,55 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<crate::Peer>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip()),
-        ))
+        Ok(peer_ip(parts))
     }
 }
 
+/// What identifies an HTTP caller, as an extractor: its address, the URI (for
+/// `?access_token=`) and the headers (credentials, cookies).
+pub struct Caller {
+    pub ip: ClientIp,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller {
+            ip: peer_ip(parts),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+/// An admin caller, as an extractor: the request is refused (401/403) before the handler runs
+/// unless the caller is an admin (or authentication is off).
+pub struct Admin(pub Identity);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let ip = peer_ip(parts);
+        admin(st, &parts.headers, &parts.uri, ip).await.map(Admin)
+    }
+}
+
+fn peer_ip(parts: &Parts) -> ClientIp {
+    ClientIp(
+        parts
+            .extensions
+            .get::<crate::state::Peer>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip()),
+    )
+}
+
 /// 429 or 503 with `Retry-After`.
-fn retry_later(status: StatusCode, why: &str, secs: u64) -> Response {
-    let mut r = error(status, why);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    r
+fn retry_later(status: StatusCode, why: &str, secs: u64) -> ApiError {
+    ApiError::new(status, why).with_header(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
 }
 
 /// The caller's identity, or the 401 response (429 when its address or user is throttled
@@ -126,7 +149,7 @@ pub async fn caller(
     headers: &HeaderMap,
     uri: Option<&Uri>,
     ip: ClientIp,
-) -> Result<Identity, Response> {
+) -> Result<Identity, ApiError> {
     let sec = &st.security;
     let auth = headers
         .get(header::AUTHORIZATION)
@@ -161,7 +184,7 @@ pub async fn caller(
         }
     }
     if secret.is_none() {
-        secret = cookie(headers, &sec.config().cookie_name);
+        secret = crate::cookies::cookie(headers, &sec.config().cookie_name);
     }
     if secret.is_none() && sec.config().allow_query_token {
         secret = uri.and_then(|u| u.query()).and_then(|q| {
@@ -194,13 +217,12 @@ pub async fn check_publish(
     uri: &Uri,
     ip: ClientIp,
     topic: &str,
-) -> Result<Identity, Response> {
+) -> Result<Identity, ApiError> {
     let who = caller(st, headers, Some(uri), ip).await?;
     if !st.security.can_publish(&who, "", topic) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            format!("not allowed to publish to {topic:?}"),
-        ));
+        return Err(ApiError::forbidden(format!(
+            "not allowed to publish to {topic:?}"
+        )));
     }
     Ok(who)
 }
@@ -211,58 +233,44 @@ pub async fn check_subscribe(
     uri: &Uri,
     ip: ClientIp,
     filter: &str,
-) -> Result<Identity, Response> {
+) -> Result<Identity, ApiError> {
     let who = caller(st, headers, Some(uri), ip).await?;
     may_read(st, &who, filter)?;
     Ok(who)
 }
 
 /// May `who` read `filter`? (403 if not.)
-pub fn may_read(st: &AppState, who: &Identity, filter: &str) -> Result<(), Response> {
+pub fn may_read(st: &AppState, who: &Identity, filter: &str) -> Result<(), ApiError> {
     // The reply namespace is the bridge's own, as over MQTT (SUBACK 0x87).
     if !st.security.can_subscribe(who, "", filter)
         || broker::reserved_filter(broker::topic::match_filter(filter))
     {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            format!("not allowed to read {filter:?}"),
-        ));
+        return Err(ApiError::forbidden(format!(
+            "not allowed to read {filter:?}"
+        )));
     }
     Ok(())
 }
 
-/// Maps a broker failure onto an HTTP status.
+/// The admin check for operator views: the caller, or 401/403.
+pub async fn admin(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    ip: ClientIp,
+) -> Result<Identity, ApiError> {
+    let who = caller(st, headers, Some(uri), ip).await?;
+    if !who.admin {
+        return Err(ApiError::forbidden("an admin token is needed"));
+    }
+    Ok(who)
+}
+
 /// Whose account a caller's streams are on: its token subject (or user), else its address
 /// (IPv6 by /64, one host's share).
 pub fn account(who: &Identity, ip: ClientIp) -> String {
     match &who.subject {
         Some(s) => format!("sub:{s}"),
-        None => format!("ip:{}", broker::password::ip_key(ip.0)),
-    }
-}
-
-pub fn broker_error(e: ClientError) -> Response {
-    match &e {
-        ClientError::Refused(why) if why.contains("NotAuthorized") => {
-            error(StatusCode::FORBIDDEN, format!("the broker refused: {why}"))
-        }
-        ClientError::Refused(why) if why.starts_with("PacketTooLarge") => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the broker refused: {why}"),
-        ),
-        ClientError::Refused(why) if why.contains("QuotaExceeded") => error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("the broker refused: {why}"),
-        ),
-        ClientError::Refused(why) if why.starts_with("StoreUnavailable") => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the broker refused: {why}"),
-        ),
-        ClientError::Refused(why) => error(
-            StatusCode::BAD_GATEWAY,
-            format!("the broker refused: {why}"),
-        ),
-        ClientError::Closed => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        ClientError::Timeout => error(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        None => format!("ip:{}", broker::ip_key(ip.0)),
     }
 }

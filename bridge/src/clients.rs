@@ -7,13 +7,16 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::routes::{error, AppState};
+use crate::access::Admin;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Clients per page unless `per_page` says otherwise, and the most it may say.
 const PER_PAGE: usize = 50;
@@ -33,30 +36,21 @@ pub struct ListQuery {
 /// `GET /api/clients`: one page of the clients, sorted by client id.
 pub async fn list(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
-        return r;
-    }
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
+    _: Admin,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(PER_PAGE);
     if page == 0 || per_page == 0 || per_page > MAX_PER_PAGE {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("page starts at 1; per_page is 1 to {MAX_PER_PAGE}"),
-        );
+        return Err(ApiError::bad_request(format!(
+            "page starts at 1; per_page is 1 to {MAX_PER_PAGE}"
+        )));
     }
     let offset = (page - 1).saturating_mul(per_page);
-    let p = st.edge.directory.page(&q.search, offset, per_page);
+    let p = st.edge.directory().page(&q.search, offset, per_page);
     let clients: Vec<_> = p.clients.iter().map(|c| c.snapshot()).collect();
-    Json(json!({
+    Ok(Json(json!({
         "total": p.total,
         "page": page,
         "per_page": per_page,
@@ -64,66 +58,47 @@ pub async fn list(
         "search": q.search,
         "clients": clients,
     }))
-    .into_response()
+    .into_response())
 }
 
-fn not_found(id: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        format!("no client {id:?} is connected"),
-    )
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("no client {id:?} is connected"))
 }
 
 /// `GET /api/clients/{id}`.
 pub async fn get(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
-        return r;
-    }
-    let Ok(Path(id)) = id else {
-        return error(StatusCode::BAD_REQUEST, "bad client id");
-    };
-    match st.edge.directory.get(&id) {
-        Some(c) => Json(c.snapshot()).into_response(),
-        None => not_found(&id),
-    }
+    _: Admin,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|_| ApiError::bad_request("bad client id"))?;
+    let c = st.edge.directory().get(&id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(c.snapshot()).into_response())
 }
 
 /// `DELETE /api/clients/{id}`: disconnects the client; 204 once its session has ended (202 if
 /// it is still closing after 5 s), 404 if no such client is connected.
 pub async fn kick(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Response {
-    let who = match crate::ops::admin(&st, &headers, &uri, ip).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let Ok(Path(id)) = id else {
-        return error(StatusCode::BAD_REQUEST, "bad client id");
-    };
-    let Some(c) = st.edge.directory.kick(&id, ADMINISTRATIVE_ACTION) else {
-        return not_found(&id);
-    };
+    Admin(who): Admin,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|_| ApiError::bad_request("bad client id"))?;
+    let directory = st.edge.directory();
+    let c = directory
+        .kick(&id, ADMINISTRATIVE_ACTION)
+        .ok_or_else(|| not_found(&id))?;
     tracing::info!(client_id = id, by = ?who.subject, "client disconnected by an operator");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while st.edge.directory.is_listed(&c) {
+    while directory.is_listed(&c) {
         if tokio::time::Instant::now() >= deadline {
-            return (
+            return Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({ "client_id": id, "closing": true })),
             )
-                .into_response();
+                .into_response());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker::client::{ClientError, LocalClient, Received};
-use broker::codec::{Publish, QoS, SubscribeReasonCode};
+use broker::codec::{QoS, SubscribeReasonCode};
 use broker::topic;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::BridgeSettings;
+use crate::settings::BridgeSettings;
 
 /// One message as the bridge saw it.
 #[derive(Debug)]
@@ -372,17 +372,27 @@ impl Hub {
         st.history.get(i).cloned()
     }
 
-    /// Publishes through the broker and waits for it to accept the message.
-    pub async fn publish(&self, p: Publish) -> Result<(), ClientError> {
-        self.client.publish(p).await
-    }
-
     fn trim(&self, st: &mut State) {
         let max_age = Duration::from_secs(self.settings.history_secs);
         while st.history.len() > self.settings.history_size
             || st.history.front().is_some_and(|e| e.at.elapsed() > max_age)
         {
             st.history.pop_front();
+        }
+    }
+}
+
+/// Resolves when credentials that expire at `at` do (never for `None`): a stream ends then.
+pub fn expiry(at: Option<std::time::SystemTime>) -> impl std::future::Future<Output = ()> {
+    let until = at.map(|t| {
+        tokio::time::Instant::now()
+            + t.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+    });
+    async move {
+        match until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
         }
     }
 }

@@ -3,15 +3,17 @@
 //!
 //! Data flow: [`Bridge::start`] binds the listeners; each accepted socket gets its own task
 //! (TLS handshake under the connect timeout, then hyper's HTTP/1.1 + HTTP/2 server). Requests
-//! go to an axum router ([`routes`]). A WebSocket upgrade on `/mqtt` is handed to the broker's
+//! go to an axum router ([`routes`] wires the handlers; they share [`AppState`] and refuse with
+//! [`ApiError`]). A WebSocket upgrade on `/mqtt` is handed to the broker's
 //! edge as one more client byte stream, so browsers get exactly what TCP clients get.
 
-// Handlers and their helpers return `Result<_, Response>`: the error is the finished HTTP answer
-// (axum's idiom), built once per refused request, not on a hot path.
-#![allow(clippy::result_large_err)]
-
 pub mod access;
+pub mod body;
+pub mod charts;
 pub mod clients;
+pub mod cluster_view;
+pub mod cookies;
+pub mod error;
 pub mod fuzzing;
 pub mod history;
 pub mod hub;
@@ -20,6 +22,8 @@ pub mod mercure;
 pub mod ops;
 pub mod routes;
 pub mod rpc;
+pub mod settings;
+pub mod state;
 pub mod stream;
 pub mod topics;
 pub mod tree;
@@ -35,88 +39,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-/// `[bridge]`: the HTTP bridge's own settings.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BridgeSettings {
-    /// Largest HTTP request body, in bytes (413 past it).
-    pub max_body: usize,
-    /// Messages kept for `Last-Event-ID` replay and long polling.
-    pub history_size: usize,
-    /// Seconds a message stays in the history (and a filter stays followed after its last stream).
-    pub history_secs: u64,
-    /// Seconds between SSE heartbeat comments.
-    pub heartbeat_secs: u64,
-    /// Messages buffered per stream before it is told it fell behind.
-    pub stream_buffer: usize,
-    /// Longest `timeout` a long poll may ask for, in seconds.
-    pub poll_max_secs: u64,
-    /// Most `topic=` filters one stream or long poll may name (400 past it).
-    #[serde(default = "default_max_filters")]
-    pub max_filters: usize,
-    /// Most distinct filters one caller (token subject, else address) may follow at once over
-    /// its open streams and long polls (429 past it); also how many of the filters it left may
-    /// linger for `Last-Event-ID` replay (the oldest is released first).
-    #[serde(default = "default_filters_per_caller")]
-    pub max_filters_per_caller: usize,
-    /// Origins allowed to call the HTTP API from a browser (CORS); `*` for any. None by default.
-    #[serde(default)]
-    pub cors_origins: Vec<String>,
-    /// Origins allowed to open `/mqtt` WebSockets from a browser, besides the server's own
-    /// origin; `*` for any.
-    #[serde(default)]
-    pub ws_origins: Vec<String>,
-    /// Directory served at `/examples/browser/` (the browser example page).
-    #[serde(default = "default_examples_dir")]
-    pub examples_dir: std::path::PathBuf,
-    /// Seconds a request body may take to arrive once the request is authorized (408 past it).
-    #[serde(default = "default_body_timeout")]
-    pub body_timeout_secs: u64,
-    /// HTTP connections open at once from one address (past it: 429, connection closed; over
-    /// TLS closed before the handshake).
-    #[serde(default = "default_http_per_ip")]
-    pub max_connections_per_ip: usize,
-}
-
-fn default_body_timeout() -> u64 {
-    30
-}
-
-fn default_http_per_ip() -> usize {
-    1024
-}
-
-fn default_max_filters() -> usize {
-    32
-}
-
-fn default_filters_per_caller() -> usize {
-    256
-}
-
-fn default_examples_dir() -> std::path::PathBuf {
-    "examples/browser".into()
-}
-
-impl Default for BridgeSettings {
-    fn default() -> Self {
-        BridgeSettings {
-            max_body: 1024 * 1024,
-            history_size: 10_000,
-            history_secs: 300,
-            heartbeat_secs: 15,
-            stream_buffer: 256,
-            poll_max_secs: 60,
-            max_filters: default_max_filters(),
-            max_filters_per_caller: default_filters_per_caller(),
-            cors_origins: Vec::new(),
-            ws_origins: Vec::new(),
-            examples_dir: default_examples_dir(),
-            body_timeout_secs: default_body_timeout(),
-            max_connections_per_ip: default_http_per_ip(),
-        }
-    }
-}
+pub use error::ApiError;
+pub use settings::BridgeSettings;
+pub use state::{AppState, Peer};
 
 /// `[http]`, `[https]`, `[bridge]` and `[rpc]`, and the security the bridge shares with the edge.
 #[derive(Clone)]
@@ -127,13 +52,6 @@ pub struct BridgeConfig {
     pub rpc: rpc::RpcSettings,
     pub mercure: mercure::MercureSettings,
     pub security: Arc<broker::security::Security>,
-}
-
-/// What a request handler knows about the connection it came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub tls: bool,
 }
 
 /// A running HTTP side.
@@ -150,8 +68,9 @@ impl Bridge {
             .map_err(|e| anyhow::anyhow!("the bridge cannot open its broker session: {e}"))?;
         let rpc = rpc::Rpc::start(&edge, cfg.rpc.clone(), &hub.epoch).await?;
         let mercure = mercure::Mercure::start(cfg.mercure.clone(), &hub).await?;
-        let state = routes::AppState {
+        let state = AppState {
             edge: edge.clone(),
+            client: hub.client().clone(),
             hub,
             rpc,
             mercure,
@@ -159,7 +78,7 @@ impl Bridge {
             settings: cfg.bridge.clone(),
             history: Default::default(),
         };
-        history::start(state.clone());
+        charts::start(state.clone());
         let app = routes::router(state);
         let per_ip = Arc::new(PerIp::new(cfg.bridge.max_connections_per_ip));
         let mut tasks = Vec::new();
@@ -281,7 +200,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let timeout = edge.config.limits.connect_timeout();
         let Some(slot) = per_ip.enter(addr.ip()) else {
-            edge.stats
+            edge.stats()
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if tls.is_none() {
@@ -289,23 +208,31 @@ async fn accept_loop(
             }
             continue;
         };
-        tokio::spawn(async move {
-            let _slot = slot;
-            let peer = Peer {
-                addr,
-                tls: tls.is_some(),
-            };
-            match tls {
-                None => serve_http(stream, peer, app).await,
-                Some(acceptor) => {
+        let peer = Peer {
+            addr,
+            tls: tls.is_some(),
+        };
+        // One task per connection holding only what its transport needs: a plain connection's
+        // task is hyper's connection itself, a TLS one's holds the handshake, then (boxed) the
+        // connection. (One future for both kept every phase side by side: 8 KiB per stream.)
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    serve_http(stream, peer, app).await
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_http(s, peer, app).await,
+                        Ok(Ok(s)) => Box::pin(serve_http(s, peer, app)).await,
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
 }
 

@@ -5,41 +5,28 @@
 //! Every figure comes from the same counters as the `$SYS` tree ([`broker::stats::Stats`]), so
 //! the three views agree. Metrics and stats need an admin identity when authentication is on.
 //!
-//! The dashboard's other data come from [`crate::history`] (charts), [`crate::clients`] and
+//! The dashboard's other data come from [`crate::charts`], [`crate::clients`] and
 //! [`crate::tree`]; its charting library, uPlot (MIT, `bridge/assets/uplot/LICENSE`), is
 //! served from the binary under `/assets/`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use broker::transport::Transport;
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::{json, Value};
 
-use crate::access::ClientIp;
-use crate::routes::{error, AppState};
+use crate::access::Admin;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../assets/uplot/LICENSE");
-
-/// The admin check for operator views: the caller, or 401/403.
-pub(crate) async fn admin(
-    st: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    ip: ClientIp,
-) -> Result<broker::auth::Identity, Response> {
-    let who = crate::access::caller(st, headers, Some(uri), ip).await?;
-    if !who.admin {
-        return Err(error(StatusCode::FORBIDDEN, "an admin token is needed"));
-    }
-    Ok(who)
-}
 
 /// A static asset, cached for an hour (the binary's version names no file, so not longer).
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -67,7 +54,7 @@ pub async fn uplot_license() -> Response {
 
 /// All figures, as JSON.
 pub fn stats_json(st: &AppState) -> Value {
-    let s = &st.edge.stats;
+    let s = st.edge.stats();
     let rpc = &st.rpc.stats;
     json!({
         "uptime_secs": s.uptime_secs(),
@@ -93,8 +80,8 @@ pub fn stats_json(st: &AppState) -> Value {
             "received": s.bytes_received.load(Relaxed),
             "sent": s.bytes_sent.load(Relaxed),
         },
-        "retained": st.edge.retained.len(),
-        "retained_version": st.edge.retained.version(),
+        "retained": st.edge.retained().len(),
+        "retained_version": st.edge.retained().version(),
         "http_requests": st.history.http_requests.load(Relaxed),
         "streams": st.hub.streams(),
         "rpc": {
@@ -113,38 +100,33 @@ pub fn stats_json(st: &AppState) -> Value {
             "stream_errors": rpc.stream_errors.load(Relaxed),
         },
         "ready": ready(st),
+        "cluster": crate::cluster_view::json(st),
     })
 }
 
 fn ready(st: &AppState) -> bool {
-    st.edge.core_ready() && st.rpc.ready() && !st.hub.client().is_closed()
+    st.edge.core_ready()
+        && st.rpc.ready()
+        && !st.hub.client().is_closed()
+        && st.edge.cluster_ready()
 }
 
-pub async fn stats(
-    State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admin(&st, &headers, &uri, ip).await {
-        return r;
-    }
-    Json(stats_json(&st)).into_response()
+pub async fn stats(State(st): State<AppState>, _: Admin) -> Result<Response, ApiError> {
+    Ok(Json(stats_json(&st)).into_response())
 }
 
 pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-pub async fn readyz(State(st): State<AppState>) -> Response {
-    if ready(&st) {
-        Json(json!({ "status": "ready" })).into_response()
-    } else {
-        error(
+pub async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
+    if !ready(&st) {
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the broker core or the bridge's broker session is down",
-        )
+            "the broker core, the bridge's broker session or the cluster link (NATS) is down",
+        ));
     }
+    Ok(Json(json!({ "status": "ready" })).into_response())
 }
 
 pub async fn dashboard() -> Html<&'static str> {
@@ -165,7 +147,7 @@ fn gauge(r: &Registry, name: &str, help: &str, v: i64) -> prometheus::Result<()>
 
 /// Builds the scrape: a fresh registry filled from the live counters.
 fn scrape(st: &AppState) -> prometheus::Result<String> {
-    let s = &st.edge.stats;
+    let s = st.edge.stats();
     let rpc = &st.rpc.stats;
     let r = Registry::new();
     let conns = IntGaugeVec::new(
@@ -258,7 +240,7 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         &r,
         "rtw_retained_messages",
         "Retained messages stored",
-        st.edge.retained.len() as i64,
+        st.edge.retained().len() as i64,
     )?;
     gauge(
         &r,
@@ -368,22 +350,14 @@ fn scrape(st: &AppState) -> prometheus::Result<String> {
         "1 when the broker core and bridge sessions are up",
         ready(st) as i64,
     )?;
+    crate::cluster_view::metrics(&r, st)?;
     let mut buf = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-pub async fn metrics(
-    State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admin(&st, &headers, &uri, ip).await {
-        return r;
-    }
-    match scrape(&st) {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")),
-    }
+pub async fn metrics(State(st): State<AppState>, _: Admin) -> Result<Response, ApiError> {
+    let text = scrape(&st)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -1,4 +1,5 @@
-//! The HTTP routes, the shared application state, and the JSON error shape every route uses.
+//! The HTTP routes: which handler serves which path. Only wiring: the handlers' shared state is
+//! [`crate::state::AppState`], their refusals [`crate::error::ApiError`].
 //!
 //! | route | what |
 //! |---|---|
@@ -15,92 +16,19 @@
 //! | `GET /examples/browser/…` | the browser example page (`[bridge] examples_dir`) |
 //! | `GET/POST /.well-known/mercure[/subscriptions…]` | the Mercure hub ([`crate::mercure`]), with its own CORS |
 
-use std::sync::Arc;
-
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Json, Router};
-use broker::Edge;
-use serde_json::json;
+use axum::Router;
 
-use crate::hub::Hub;
-use crate::rpc::Rpc;
-use crate::BridgeSettings;
+use crate::error::ApiError;
+use crate::rpc::route::{axum_path, RpcRoute};
+use crate::state::AppState;
 
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub edge: Arc<Edge>,
-    pub hub: Arc<Hub>,
-    pub rpc: Arc<Rpc>,
-    /// The Mercure hub, when `[mercure] publisher_jwt_key` is set.
-    pub mercure: Option<Arc<crate::mercure::Mercure>>,
-    pub security: Arc<broker::security::Security>,
-    pub settings: BridgeSettings,
-    /// The dashboard's chart samples and the bridge's request counter.
-    pub history: Arc<crate::history::History>,
-}
+/// The OpenAPI document of these routes (kept in the repository, checked by a test).
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// Reads a request body, once the request is authorized: at most `[bridge] max_body` bytes
-/// (413 as soon as the limit is passed, or the declared length is over it) within
-/// `[bridge] body_timeout_secs` (408, and the connection is closed).
-pub async fn read_body(
-    st: &AppState,
-    body: axum::body::Body,
-) -> Result<axum::body::Bytes, Response> {
-    let max = st.settings.max_body;
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over the maximum of {max} bytes"),
-        )
-    };
-    // A declared length over the limit fails on the first chunk read (not before: reading one
-    // chunk lets hyper take in what the client already sent, so it reads the 413 rather than
-    // a reset connection).
-    let limit = std::time::Duration::from_secs(st.settings.body_timeout_secs.max(1));
-    match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            Err(if over {
-                too_large()
-            } else {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the body: {e}"),
-                )
-            })
-        }
-        Err(_) => {
-            let mut r = error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within {} s", limit.as_secs()),
-            );
-            r.headers_mut().insert(
-                header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            Err(r)
-        }
-    }
-}
-
-/// Path captures, or a JSON 400.
-pub fn captures_or_error(
-    p: Result<
-        axum::extract::Path<std::collections::HashMap<String, String>>,
-        axum::extract::rejection::PathRejection,
-    >,
-) -> Result<std::collections::HashMap<String, String>, Response> {
-    p.map(|p| p.0)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
-}
-
-fn rpc_handler(route: Option<crate::rpc::RpcRoute>) -> axum::routing::MethodRouter<AppState> {
+/// An RPC route (`None`: the generic `/rpc/{*path}`).
+fn rpc_handler(route: Option<RpcRoute>) -> axum::routing::MethodRouter<AppState> {
     any(
         move |axum::extract::State(st): axum::extract::State<AppState>,
               caps: Result<
@@ -114,37 +42,18 @@ fn rpc_handler(route: Option<crate::rpc::RpcRoute>) -> axum::routing::MethodRout
               body: axum::body::Body| {
             let route = route.clone();
             async move {
-                let caps = match captures_or_error(caps) {
-                    Ok(c) => c,
-                    Err(r) => return r,
-                };
-                let req = crate::rpc::Call {
+                let req = crate::rpc::call::Call {
                     route,
-                    captures: caps,
+                    captures: crate::body::captures(caps)?,
                     method,
                     uri,
                     headers,
                     ip,
                 };
-                crate::rpc::call(st, req, body).await
+                crate::rpc::call::call(st, req, body).await
             }
         },
     )
-}
-
-impl axum::extract::FromRef<AppState> for Arc<Edge> {
-    fn from_ref(s: &AppState) -> Self {
-        s.edge.clone()
-    }
-}
-
-/// The OpenAPI document of these routes (kept in the repository, checked by a test).
-pub const OPENAPI: &str = include_str!("../openapi.json");
-
-/// A JSON error body: `{"error": {"status": 404, "message": "…"}}`.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = json!({ "error": { "status": status.as_u16(), "message": message.into() } });
-    (status, Json(body)).into_response()
 }
 
 /// CORS for the configured origins (none by default: browsers on other origins are refused).
@@ -165,17 +74,21 @@ fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
     }
 }
 
-async fn method_not_allowed() -> Response {
-    error(
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
 }
 
+async fn no_topic() -> ApiError {
+    ApiError::bad_request("the topic is missing: /topics/{topic}")
+}
+
 pub fn router(state: AppState) -> Router {
     let mut app = Router::new();
     for r in &state.rpc.settings.routes {
-        app = app.route(&crate::rpc::axum_path(r), rpc_handler(Some(r.clone())));
+        app = app.route(&axum_path(r), rpc_handler(Some(r.clone())));
     }
     let max_body = state.settings.max_body;
     let cors = cors_layer(&state.settings.cors_origins);
@@ -184,28 +97,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/topics/{*topic}",
             get(crate::topics::get)
-                .post(crate::topics::post)
-                .put(crate::topics::put)
+                .post(crate::topics::write)
+                .put(crate::topics::write)
                 .delete(crate::topics::delete),
         )
-        .route(
-            "/topics",
-            any(|| async {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "the topic is missing: /topics/{topic}",
-                )
-            }),
-        )
-        .route(
-            "/topics/",
-            any(|| async {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "the topic is missing: /topics/{topic}",
-                )
-            }),
-        )
+        .route("/topics", any(no_topic))
+        .route("/topics/", any(no_topic))
         .route("/rpc/{*path}", rpc_handler(None))
         .route("/events", get(crate::stream::events))
         .route("/poll", get(crate::stream::poll))
@@ -217,7 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(crate::ops::readyz))
         .route("/metrics", get(crate::ops::metrics))
         .route("/api/stats", get(crate::ops::stats))
-        .route("/api/history", get(crate::history::history))
+        .route("/api/history", get(crate::charts::history))
         .route("/api/clients", get(crate::clients::list))
         .route(
             "/api/clients/{id}",
@@ -232,11 +129,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(cors)
-        .merge(crate::mercure::routes(&state))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .merge(crate::mercure::routes::routes(&state))
+        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::history::count_request,
+            crate::charts::count_request,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

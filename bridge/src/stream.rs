@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,9 +25,10 @@ use broker::topic;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
 
-use crate::access::ClientIp;
+use crate::access::Caller;
+use crate::error::ApiError;
 use crate::hub::{Event, Gap, Subscription};
-use crate::routes::{error, AppState};
+use crate::state::AppState;
 
 /// Parsed query of `/events` and `/poll`.
 pub(crate) struct StreamQuery {
@@ -37,7 +38,7 @@ pub(crate) struct StreamQuery {
     timeout: Option<String>,
 }
 
-pub(crate) fn parse_query(raw: Option<String>) -> Result<StreamQuery, Response> {
+pub(crate) fn parse_query(raw: Option<String>) -> Result<StreamQuery, ApiError> {
     let mut q = StreamQuery {
         filters: Vec::new(),
         last_id: None,
@@ -54,23 +55,17 @@ pub(crate) fn parse_query(raw: Option<String>) -> Result<StreamQuery, Response> 
         }
     }
     if q.filters.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "give at least one MQTT filter: ?topic=a/+/b",
         ));
     }
     for f in &q.filters {
-        topic::validate_filter(f).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid filter {f:?}: {e}"),
-            )
-        })?;
+        topic::validate_filter(f)
+            .map_err(|e| ApiError::bad_request(format!("invalid filter {f:?}: {e}")))?;
         if f.starts_with('$') {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("filter {f:?}: $ topics and shared subscriptions are not streamed"),
-            ));
+            return Err(ApiError::bad_request(format!(
+                "filter {f:?}: $ topics and shared subscriptions are not streamed"
+            )));
         }
     }
     q.filters.sort();
@@ -124,16 +119,14 @@ fn gap_json(st: &AppState, why: &str, head: u64) -> Value {
 /// credentials expire (the stream ends then) and whose account its filters are on.
 async fn authorize(
     st: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    ip: ClientIp,
+    c: &Caller,
     filters: &[String],
-) -> Result<(Option<std::time::SystemTime>, String), Response> {
-    let who = crate::access::caller(st, headers, Some(uri), ip).await?;
+) -> Result<(Option<std::time::SystemTime>, String), ApiError> {
+    let who = crate::access::caller(st, &c.headers, Some(&c.uri), c.ip).await?;
     for f in filters {
         crate::access::may_read(st, &who, f)?;
     }
-    Ok((who.expires_at, crate::access::account(&who, ip)))
+    Ok((who.expires_at, crate::access::account(&who, c.ip)))
 }
 
 fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
@@ -145,41 +138,27 @@ fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Option<String> {
 }
 
 /// The query, parsed and within `[bridge] max_filters`.
-fn checked_query(st: &AppState, raw: Option<String>) -> Result<StreamQuery, Response> {
+fn checked_query(st: &AppState, raw: Option<String>) -> Result<StreamQuery, ApiError> {
     let q = parse_query(raw)?;
     if q.filters.len() > st.settings.max_filters {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "at most {} topic filters per request",
-                st.settings.max_filters
-            ),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "at most {} topic filters per request",
+            st.settings.max_filters
+        )));
     }
     Ok(q)
 }
 
 pub async fn events(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    c: Caller,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let q = match checked_query(&st, raw) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let (expires, account) = match authorize(&st, &headers, &uri, ip, &q.filters).await {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
+) -> Result<Response, ApiError> {
+    let q = checked_query(&st, raw)?;
+    let (expires, account) = authorize(&st, &c, &q.filters).await?;
+    let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
     let resumed = since.is_some();
-    let (sub, replay, head) = match st.hub.attach(&q.filters, since, Some(&account)).await {
-        Ok(x) => x,
-        Err(e) => return crate::access::broker_error(e),
-    };
+    let (sub, replay, head) = st.hub.attach(&q.filters, since, Some(&account)).await?;
     let mut first: VecDeque<SseEvent> = VecDeque::new();
     match replay {
         Some(Ok(events)) => {
@@ -202,7 +181,7 @@ pub async fn events(
         // Overlapping filters match the same retained message: send it once.
         let mut sent = std::collections::HashSet::new();
         for f in &q.filters {
-            for r in st.edge.retained.matching(f) {
+            for r in st.edge.retained().matching(f) {
                 if !sent.insert(r.publish.topic.clone()) {
                     continue;
                 }
@@ -222,21 +201,11 @@ pub async fn events(
     }
     let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
     // The stream ends when the caller's credentials expire.
-    let until = expires.map(|t| {
-        tokio::time::Instant::now()
-            + t.duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-    });
-    let ends = async move {
-        match until {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
-    };
+    let ends = crate::hub::expiry(expires);
     use futures_util::StreamExt;
-    Sse::new(live(st, sub, first).take_until(ends))
+    Ok(Sse::new(live(st, sub, first).take_until(ends))
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
-        .into_response()
+        .into_response())
 }
 
 fn sse_event(st: &AppState, e: &Event) -> SseEvent {
@@ -276,35 +245,23 @@ fn live(
 
 pub async fn poll(
     State(st): State<AppState>,
-    ip: ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
+    c: Caller,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let q = match checked_query(&st, raw) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let q = checked_query(&st, raw)?;
     let max = st.settings.poll_max_secs.max(1);
     let timeout = match q.timeout.as_deref().map(str::parse::<u64>) {
         None => 30.min(max),
         Some(Ok(t)) if t <= max => t,
         Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("timeout must be a number of seconds from 0 to {max}"),
-            )
+            return Err(ApiError::bad_request(format!(
+                "timeout must be a number of seconds from 0 to {max}"
+            )))
         }
     };
-    let account = match authorize(&st, &headers, &uri, ip, &q.filters).await {
-        Ok((_, account)) => account,
-        Err(r) => return r,
-    };
-    let since = last_event_id(&headers, &q).map(|s| st.hub.parse_id(&s));
-    let (mut sub, replay, head) = match st.hub.attach(&q.filters, since, Some(&account)).await {
-        Ok(x) => x,
-        Err(e) => return crate::access::broker_error(e),
-    };
+    let (_, account) = authorize(&st, &c, &q.filters).await?;
+    let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
+    let (mut sub, replay, head) = st.hub.attach(&q.filters, since, Some(&account)).await?;
     let mut events: Vec<Arc<Event>> = Vec::new();
     let mut gap = None;
     match replay {
@@ -322,7 +279,7 @@ pub async fn poll(
         events.push(e);
     }
     if events.is_empty() && gap.is_none() {
-        return StatusCode::NO_CONTENT.into_response();
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let last = events.last().map_or(head, |e| e.id);
     let mut body = json!({
@@ -332,5 +289,5 @@ pub async fn poll(
     if let Some(why) = gap {
         body["gap"] = Value::String(why.to_string());
     }
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }

@@ -6,13 +6,15 @@
 //! store's `version`, which changes with every write, so a page polling it redraws only on
 //! change. Deleting a value is the ordinary `DELETE /topics/{topic}`.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::routes::{error, AppState};
+use crate::access::Admin;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Levels one request may ask for, and entries one answer holds at most.
 const MAX_DEPTH: usize = 8;
@@ -29,49 +31,36 @@ pub struct TreeQuery {
 /// nothing is stored under it).
 pub async fn topics(
     State(st): State<AppState>,
-    ip: crate::access::ClientIp,
-    uri: Uri,
-    headers: HeaderMap,
-    q: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(r) = crate::ops::admin(&st, &headers, &uri, ip).await {
-        return r;
-    }
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
+    _: Admin,
+    q: Result<Query<TreeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let depth = q.depth.unwrap_or(1);
     if !(1..=MAX_DEPTH).contains(&depth) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("depth is 1 to {MAX_DEPTH}"),
-        );
+        return Err(ApiError::bad_request(format!("depth is 1 to {MAX_DEPTH}")));
     }
-    if let Some(p) = &q.prefix {
-        if p.contains(['+', '#']) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "prefix is a topic (or its first levels), not a filter",
-            );
-        }
+    if q.prefix.as_deref().is_some_and(|p| p.contains(['+', '#'])) {
+        return Err(ApiError::bad_request(
+            "prefix is a topic (or its first levels), not a filter",
+        ));
     }
-    let version = st.edge.retained.version();
+    let retained = st.edge.retained();
+    let version = retained.version();
     // Nothing under the prefix (never was, or just deleted): no levels, not an error, so a
     // page polling an open level sees it empty out.
-    let l = st.edge.retained.browse(q.prefix.as_deref(), depth, BUDGET);
+    let l = retained.browse(q.prefix.as_deref(), depth, BUDGET);
     let (count, value, entries, more) = match l {
         Some(l) => (l.count, json!(l.value), json!(l.entries), l.more),
         None => (0, json!(null), json!([]), 0),
     };
-    Json(json!({
+    Ok(Json(json!({
         "version": version,
-        "total": st.edge.retained.len(),
+        "total": retained.len(),
         "prefix": q.prefix,
         "count": count,
         "value": value,
         "entries": entries,
         "more": more,
     }))
-    .into_response()
+    .into_response())
 }

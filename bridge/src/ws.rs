@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use broker::transport::tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use broker::transport::tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use broker::transport::tokio_tungstenite::WebSocketStream;
@@ -21,8 +21,8 @@ use broker::transport::{Transport, WsIo};
 use broker::Edge;
 use hyper_util::rt::TokioIo;
 
-use crate::routes::{error, AppState};
-use crate::Peer;
+use crate::error::ApiError;
+use crate::state::{AppState, Peer};
 
 /// Subprotocols accepted, in order of preference (`mqttv3.1` for old Paho clients).
 const PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -142,7 +142,7 @@ fn log_refusal(why: &str, peer: Option<std::net::SocketAddr>) {
     tracing::warn!(%peer, suppressed, "{why}");
 }
 
-pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
+pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
     let edge: Arc<Edge> = st.edge.clone();
     if let Some(why) = origin_refusal(
         req.headers(),
@@ -150,7 +150,7 @@ pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
         st.security.local_only(),
     ) {
         log_refusal(&why, req.extensions().get::<Peer>().map(|p| p.addr));
-        return error(StatusCode::FORBIDDEN, why);
+        return Err(ApiError::forbidden(why));
     }
     let h = req.headers();
     let is_upgrade = h
@@ -158,22 +158,20 @@ pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "expected a WebSocket upgrade (Sec-WebSocket-Key missing)",
-        );
+        ));
     };
     if !is_upgrade {
-        return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+        return Err(ApiError::bad_request("expected a WebSocket upgrade"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION)
         .and_then(|v| v.to_str().ok())
         != Some("13")
     {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "unsupported WebSocket version (want 13)",
-        );
+        ));
     }
     let offered: Vec<String> = h
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -187,15 +185,11 @@ pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
         .find(|p| offered.iter().any(|o| o == *p))
         .copied();
     if !offered.is_empty() && chosen.is_none() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "WebSocket subprotocol must be mqtt",
-        );
+        return Err(ApiError::bad_request("WebSocket subprotocol must be mqtt"));
     }
     let peer = req.extensions().get::<Peer>().copied();
-    let Some(peer) = peer else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "no peer information");
-    };
+    let peer = peer
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no peer information"))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = edge.config.limits.max_packet_size as usize + 1024;
     tokio::spawn(async move {
@@ -230,7 +224,7 @@ pub async fn upgrade(State(st): State<AppState>, mut req: Request) -> Response {
     if let Some(p) = chosen {
         hs.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    res.into_response()
+    Ok(res)
 }
 
 #[cfg(test)]

@@ -178,9 +178,12 @@ impl LocalClient {
         let mut f = Filter::new(filter, qos);
         f.retain_forward_rule = RetainForwardRule::Never;
         let opts = SubOpts::from_filter(&f, None);
-        let mut st = self.lock();
-        st.index_insert(&self.inner.edge, filter, &opts, self.inner.src, true);
-        st.subs.insert(filter.to_string(), opts);
+        {
+            let mut st = self.lock();
+            st.index_insert(&self.inner.edge, filter, &opts, self.inner.src, true);
+            st.subs.insert(filter.to_string(), opts);
+        }
+        self.inner.edge.cluster_sync().await;
         Ok(SubscribeReasonCode::Success(qos))
     }
 

@@ -177,6 +177,8 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     /// What a 3.1.1 client gets for a refused PUBLISH.
     pub deny_action: crate::security::DenyAction,
+    /// `[cluster]`: the NATS link to other nodes (`None`: a node on its own).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl BrokerConfig {
@@ -193,6 +195,7 @@ impl BrokerConfig {
             sys: Sys::default(),
             allow_anonymous: true,
             deny_action: Default::default(),
+            cluster: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use crate::codec::{qmax, qmin, QoS};
 use crate::core::Egress;
 use crate::inbox::{Delivery, Inbox};
-use crate::message::Message;
+use crate::message::{Message, Scope};
 use crate::Edge;
 
 struct Hit {
@@ -57,7 +57,11 @@ fn deliver(edge: &Edge, msg: Arc<Message>, frame: &[u8], hits: &mut Vec<Hit>) ->
     let topic = msg.topic();
     let reply = topic.starts_with(crate::REPLY_PREFIX);
     hits.clear();
-    edge.index.for_each_match(topic, msg.qos(), |s, shared| {
+    let mut hit = |s: &crate::index::Sub, shared: bool| {
+        // A share group's copy of a message from the cluster comes on its own (Scope::Group).
+        if shared && msg.scope == Scope::Plain {
+            return;
+        }
         // Replies to the bridge's requests are for the bridge alone, whatever the filter.
         if (reply && !s.internal) || (s.no_local && s.src == msg.src) || msg.seq < s.since {
             return;
@@ -70,7 +74,16 @@ fn deliver(edge: &Edge, msg: Arc<Message>, frame: &[u8], hits: &mut Vec<Hit>) ->
             rap: s.rap,
             id: s.id,
         });
-    });
+    };
+    match &msg.scope {
+        Scope::Group(path) => {
+            let (filter, group) = crate::session::state::split(path);
+            if let Some(g) = group.filter(|_| crate::topic::matches(filter, topic)) {
+                edge.index.for_group(filter, g, msg.qos(), hit);
+            }
+        }
+        _ => edge.index.for_each_match(topic, msg.qos(), &mut hit),
+    }
     if hits.len() > 1 {
         hits.sort_unstable_by_key(|h| (h.session, h.shared));
     }

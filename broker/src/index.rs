@@ -142,6 +142,32 @@ impl Index {
         self.filters.load(Ordering::Relaxed)
     }
 
+    /// Calls `f` with the member of share group `group` on exactly `filter` chosen for one
+    /// message (the cluster picked this node for the group's copy; see [`crate::cluster`]).
+    pub fn for_group(&self, filter: &str, group: &str, qos: QoS, mut f: impl FnMut(&Sub, bool)) {
+        let root = self.root.read().unwrap_or_else(|e| e.into_inner());
+        let (levels, multi) = split(filter);
+        let mut node = &*root;
+        for l in levels {
+            let next = match l {
+                "+" => node.plus.as_deref(),
+                l => node.children.get(l).map(|b| &**b),
+            };
+            match next {
+                Some(n) => node = n,
+                None => return,
+            }
+        }
+        let groups = if multi {
+            &node.multi_groups
+        } else {
+            &node.exact_groups
+        };
+        if let Some(g) = groups.iter().find(|g| &*g.name == group) {
+            pick(g, qos, &mut f);
+        }
+    }
+
     /// Calls `f` with every subscription matching `topic` and whether it is a share group's
     /// (then the member chosen for this message). `qos` is the message's QoS, used to prefer a
     /// group member with room.

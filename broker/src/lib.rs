@@ -10,31 +10,39 @@
 //! and queues it in the bounded [`inbox`] of each matching session. The HTTP bridge publishes
 //! and subscribes through the same seam ([`client::LocalClient`]), with no MQTT encoding.
 
-pub mod alias;
+// The public API, what the bridge and an embedding application use: the [`Edge`] (with the
+// retained store's read side, the counters and the client directory behind accessors),
+// [`client::LocalClient`] for in-process publish and subscribe, [`Broker`] to start and stop
+// it, and the types those speak (codec, config, auth, security, topic, transport).
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
-pub mod conformance;
-mod core;
 pub mod directory;
-pub mod durable;
-mod fanout;
+#[doc(hidden)]
 pub mod fuzzing;
-mod inbox;
-mod index;
 pub mod limits;
 pub mod listener;
-pub mod message;
-pub mod password;
-pub mod registry;
 pub mod retained;
 pub mod security;
-pub mod session;
 pub mod stats;
 pub mod topic;
-pub mod topic_index;
 pub mod transport;
+
+// The machinery behind it.
+mod alias;
+mod conformance;
+mod core;
+mod durable;
+mod fanout;
+mod inbox;
+mod index;
+mod message;
+mod password;
+mod registry;
+mod session;
+mod topic_index;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +66,15 @@ pub fn reserved_filter(filter: &str) -> bool {
     filter == "rtw/replies" || filter.starts_with(REPLY_PREFIX)
 }
 
+/// The address a caller's failures and shares count against: IPv4 as is, IPv6 by its /64 (one
+/// host's share).
+pub use password::ip_key;
+
+/// Is `name` a user property the broker keeps for itself (a client may not set it)?
+pub fn reserved_user_property(name: &str) -> bool {
+    name == session::STAMP_KEY
+}
+
 /// State shared by every session.
 pub struct Edge {
     /// TLS certificates in use (reloaded on SIGHUP or when their files change).
@@ -70,26 +87,48 @@ pub struct Edge {
     interest_changed: watch::Sender<u64>,
     pub config: BrokerConfig,
     core: Arc<Core>,
+    /// The link to the other nodes, when the node is in a cluster ([`cluster`]).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// Who subscribes to what: the fan-out's index.
     index: index::Index,
     /// The next accepted message's sequence number.
     seq: AtomicU64,
-    pub retained: Arc<retained::RetainedStore>,
+    pub(crate) retained: Arc<retained::RetainedStore>,
     /// Persistent sessions and their queues on disk.
-    pub sessions: Arc<durable::SessionStore>,
-    pub registry: registry::Registry,
+    pub(crate) sessions: Arc<durable::SessionStore>,
+    pub(crate) registry: registry::Registry,
     /// Live clients, for operators (the dashboard's clients table).
-    pub directory: Arc<directory::Directory>,
-    pub stats: stats::Stats,
-    pub authenticator: Arc<dyn auth::Authenticator>,
-    pub authorizer: Arc<dyn auth::Authorizer>,
+    pub(crate) directory: Arc<directory::Directory>,
+    pub(crate) stats: stats::Stats,
+    pub(crate) authenticator: Arc<dyn auth::Authenticator>,
+    pub(crate) authorizer: Arc<dyn auth::Authorizer>,
     sys: watch::Receiver<Arc<Vec<(String, String)>>>,
     connections: Arc<Semaphore>,
     next_conn: AtomicU64,
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Edge {
+    /// The retained store: what `GET /topics/…` and the dashboard's topic tree read.
+    pub fn retained(&self) -> &retained::RetainedStore {
+        &self.retained
+    }
+
+    /// The node's counters (the `$SYS` tree, `/metrics`, `/api/stats`).
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
+    }
+
+    /// The live clients, for operators.
+    pub fn directory(&self) -> &directory::Directory {
+        &self.directory
+    }
+
+    /// Cancelled when the broker shuts down: tasks that live as long as the broker wait on it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
     /// Records a client subscription appearing (`true`) or going away.
     pub(crate) fn interest(&self, filter: &str, add: bool) {
         let mut m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,16 +164,19 @@ impl Edge {
 
     /// [`Edge::route`], and for a QoS 1/2 message that persistent sessions may want, what its
     /// publisher waits on before acknowledging it ([`durable::Waiter::wait`]).
-    pub async fn route_durable(
+    pub(crate) async fn route_durable(
         &self,
         msg: &Message,
         lane: usize,
     ) -> Result<Option<durable::Waiter>, CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
-        let frame = msg.frame(seq).map_err(|e| {
+        let mut frame = msg.frame(seq).map_err(|e| {
             tracing::warn!(error = %e, "message not encodable");
             CoreError::Gone
         })?;
+        if let Some(c) = &self.cluster {
+            frame = c.outbound(msg, frame).await;
+        }
         let waiter = self.sessions.expect(seq, msg.qos());
         match self.core.publish(lane, frame).await {
             Ok(()) => Ok(waiter),
@@ -201,13 +243,18 @@ impl Edge {
         }
     }
 
-    /// Is any connected client subscribed to a filter matching `topic`?
+    /// Is any connected client (on any node of the cluster) subscribed to a filter matching
+    /// `topic`?
     pub fn has_subscriber(&self, topic: &str) -> bool {
         let m = self.interest.lock().unwrap_or_else(|e| e.into_inner());
         m.keys().any(|f| topic::matches(f, topic))
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.remote_subscriber(topic))
     }
 
-    fn conn_id(&self) -> u64 {
+    pub(crate) fn conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -232,6 +279,7 @@ impl Edge {
         if let Some(s) = self.registry.take_offline(client_id) {
             s.discard(self, false);
         }
+        self.cluster_release(client_id);
     }
 
     /// Serves one client connection on any transport until it ends.
@@ -261,6 +309,10 @@ impl Broker {
         authenticator: Arc<dyn auth::Authenticator>,
         authorizer: Arc<dyn auth::Authorizer>,
     ) -> anyhow::Result<Broker> {
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::connect(c).await?),
+            None => None,
+        };
         let retained = retained::RetainedStore::open(&config.storage.dir)?;
         let (sessions, loaded) = durable::SessionStore::open(&config.storage.dir)?;
         let (core, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
@@ -288,6 +340,7 @@ impl Broker {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             core,
+            cluster,
             retained,
             sessions,
             registry: registry::Registry::default(),
@@ -300,7 +353,13 @@ impl Broker {
             shutdown,
         });
         tokio::spawn(fanout::run(edge.clone(), egress));
+        if let Some(c) = &edge.cluster {
+            c.start(&edge).await?;
+        }
         durable::recover(&edge, loaded);
+        if let Some(c) = &edge.cluster {
+            c.hold_restored(&edge).await;
+        }
         tokio::spawn(run_sys(edge.clone(), sys_tx));
         tokio::spawn(watch_certs(edge.clone()));
         let mut listeners = Vec::new();
@@ -341,7 +400,7 @@ impl Broker {
         self.edge.retained.flush().await;
         self.edge.sessions.flush().await;
         tracing::info!(
-            sessions = self.edge.registry.offline_count(),
+            sessions = self.edge.registry.offline_ids().len(),
             "persistent sessions stored"
         );
     }
@@ -370,6 +429,10 @@ async fn run_sys(edge: Arc<Edge>, tx: watch::Sender<Arc<Vec<(String, String)>>>)
             _ = tick.tick() => {}
             _ = edge.shutdown.cancelled() => return,
         }
-        let _ = tx.send(edge.stats.sys_tree(edge.retained.len()));
+        let mut tree = edge.stats.sys_tree(edge.retained.len());
+        if let Some(c) = &edge.cluster {
+            Arc::make_mut(&mut tree).extend(c.sys_entries(&edge));
+        }
+        let _ = tx.send(tree);
     }
 }

@@ -16,13 +16,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{check, Publish as WirePublish};
 
-use crate::codec::{Publish, PublishProperties, QoS};
+use crate::codec::{Publish, QoS};
 
 /// Frame format version.
 const FORMAT: u8 = 1;
 /// Header: format (1), publisher hash (8), arrival time in ms since the epoch (8), the node's
-/// sequence number (8).
-const HEADER: usize = 25;
+/// sequence number (8), scope (1; for [`Scope::Group`] followed by the subscription path's length
+/// (2) and the path).
+const HEADER: usize = 26;
+pub(crate) const SCOPE_AT: usize = 25;
+/// The scope byte of [`Scope::Plain`].
+pub(crate) const SCOPE_PLAIN: u8 = 1;
+
+/// Which of the node's subscriptions a message is for. Only a cluster node
+/// ([`crate::cluster`]) uses anything but `All`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every matching subscription: a message accepted on this node (and, when the node is in a
+    /// cluster, not yet handed to it).
+    #[default]
+    All,
+    /// Every matching subscription except share groups (their copy travels through the
+    /// cluster's queue groups): a message from another node, or one of this node's already
+    /// handed to the cluster. Never handed to the cluster (again).
+    Plain,
+    /// One member of this share group only (`$share/{group}/{filter}`): the cluster picked this
+    /// node for the group's copy.
+    Group(std::sync::Arc<str>),
+}
 
 /// A message on its way through the node.
 #[derive(Debug, Clone)]
@@ -37,6 +58,8 @@ pub struct Message {
     /// Its place in the node's order of accepted messages (a subscription made after a message
     /// was accepted does not get it; see [`crate::index::Sub::since`]).
     pub seq: u64,
+    /// Which subscriptions it is for.
+    pub scope: Scope,
 }
 
 /// Why a frame could not be read.
@@ -58,6 +81,7 @@ impl Message {
             src,
             received: SystemTime::now(),
             seq: 0,
+            scope: Scope::All,
         }
     }
 
@@ -107,6 +131,16 @@ impl Message {
             .as_millis() as u64;
         out.put_u64(ms);
         out.put_u64(seq);
+        match &self.scope {
+            Scope::All => out.put_u8(0),
+            Scope::Plain => out.put_u8(SCOPE_PLAIN),
+            Scope::Group(path) => {
+                let len = u16::try_from(path.len()).map_err(|_| FrameError("path".into()))?;
+                out.put_u8(2);
+                out.put_u16(len);
+                out.put_slice(path.as_bytes());
+            }
+        }
         p.write(&mut out).map_err(|e| FrameError(e.to_string()))?;
         Ok(out.freeze())
     }
@@ -119,7 +153,23 @@ impl Message {
         let src = u64::from_be_bytes(frame[1..9].try_into().unwrap_or_default());
         let ms = u64::from_be_bytes(frame[9..17].try_into().unwrap_or_default());
         let seq = u64::from_be_bytes(frame[17..25].try_into().unwrap_or_default());
-        let body = frame.slice(HEADER..);
+        let (scope, start) = match frame[SCOPE_AT] {
+            0 => (Scope::All, HEADER),
+            1 => (Scope::Plain, HEADER),
+            2 => {
+                let len = frame
+                    .get(HEADER..HEADER + 2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                    .ok_or_else(|| FrameError("short scope".into()))?;
+                let path = frame
+                    .get(HEADER + 2..HEADER + 2 + len)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .ok_or_else(|| FrameError("bad scope".into()))?;
+                (Scope::Group(path.into()), HEADER + 2 + len)
+            }
+            _ => return Err(FrameError("unknown scope".into())),
+        };
+        let body = frame.slice(start..);
         let fixed = check(body.iter(), None).map_err(|e| FrameError(e.to_string()))?;
         let mut publish = WirePublish::read(fixed, body).map_err(|e| FrameError(e.to_string()))?;
         if std::str::from_utf8(&publish.topic).is_err() {
@@ -131,6 +181,7 @@ impl Message {
             src,
             received: UNIX_EPOCH + Duration::from_millis(ms),
             seq,
+            scope,
         })
     }
 }
@@ -144,14 +195,10 @@ pub fn client_hash(client_id: &str) -> u64 {
     h.finish().max(1)
 }
 
-/// Properties with nothing set.
-pub fn no_properties() -> PublishProperties {
-    PublishProperties::default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::PublishProperties;
 
     #[test]
     fn frame_round_trips() {
@@ -173,6 +220,12 @@ mod tests {
         assert_eq!(back.src, 42);
         assert_eq!(back.publish.properties, m.publish.properties);
         assert_eq!(back.expiry_left(back.received), Some(30));
+        assert_eq!(back.scope, Scope::All);
+        let mut g = m.clone();
+        g.scope = Scope::Group("$share/g/a/#".into());
+        let back = Message::from_frame(g.frame(3).unwrap()).unwrap();
+        assert_eq!(back.scope, g.scope);
+        assert_eq!(back.publish.payload, Bytes::from_static(b"hello"));
     }
 
     #[test]
@@ -180,7 +233,7 @@ mod tests {
         assert!(Message::from_frame(Bytes::from_static(b"")).is_err());
         assert!(Message::from_frame(Bytes::from_static(&[1; 20])).is_err());
         let mut f = vec![FORMAT];
-        f.extend_from_slice(&[0; 24]);
+        f.extend_from_slice(&[0; 25]);
         f.extend_from_slice(&[0x30, 0x05, 0x00, 0x02, 0xff, 0xfe, 0x00]);
         assert!(Message::from_frame(Bytes::from(f)).is_err());
     }

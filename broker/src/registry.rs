@@ -162,10 +162,31 @@ impl Registry {
         m.insert(client_id.to_string(), state);
     }
 
+    /// Is `client_id` connected, or its session kept, here?
+    pub fn holds(&self, client_id: &str) -> bool {
+        let live = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client_id)
+            .is_some_and(|e| e.live.is_some());
+        live || self
+            .offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(client_id)
+    }
+
     /// Takes the session `client_id` left, if any.
     pub fn take_offline(&self, client_id: &str) -> Option<SessionState> {
         let mut m = self.offline.lock().unwrap_or_else(|e| e.into_inner());
         m.remove(client_id)
+    }
+
+    /// Client ids of the persistent sessions whose client is away.
+    pub fn offline_ids(&self) -> Vec<String> {
+        let m = self.offline.lock().unwrap_or_else(|e| e.into_inner());
+        m.keys().cloned().collect()
     }
 
     /// Arms the delayed will of a session restored at start.
@@ -178,11 +199,6 @@ impl Registry {
     pub fn set_purge(&self, client_id: &str, purge: JoinHandle<()>) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(client_id.to_string()).or_default().purge = Some(purge);
-    }
-
-    /// Persistent sessions whose client is away.
-    pub fn offline_count(&self) -> usize {
-        self.offline.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Called by a timer task when it has fired: forgets it, and the id once nothing is left.

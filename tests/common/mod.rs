@@ -6,6 +6,16 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
+pub mod clients;
+pub mod http;
+pub mod mqtt;
+pub mod nats;
+pub mod plain;
+pub mod reliability;
+pub mod sse;
+pub mod tls;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -293,6 +303,11 @@ impl Server {
         }
     }
 
+    /// Starts a stopped server again on the same ports and storage directory.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Starts again on the same ports and storage directory.
     pub fn restart(&mut self) {
         self.stop();
@@ -328,23 +343,28 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String, String
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    exit_within(&mut child, timeout);
     let out = child.wait_with_output().expect("wait");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Waits for `child` to exit, killing it after `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Spawns a long-running command (e.g. mosquitto_sub) whose output is read later.
@@ -358,19 +378,84 @@ pub fn spawn(cmd: &mut Command) -> Child {
 
 /// Waits for a child with a timeout and returns its stdout.
 pub fn collect(mut child: Child, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    exit_within(&mut child, timeout);
     let out = child.wait_with_output().expect("wait");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where the Chromium tests expect the browser.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// May a test that needs Chromium, the programs `tools` and the repository files `files`
+/// (`(path, how to get it)`) run? Without CI it is skipped (false, with a note) when something is
+/// missing; under CI a missing prerequisite fails it.
+pub fn prerequisites(test: &str, tools: &[&str], files: &[(&str, &str)]) -> bool {
+    let mut missing = Vec::new();
+    if !Path::new(CHROMIUM).exists() {
+        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
+    }
+    for tool in tools {
+        let found = Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    for (file, how) in files {
+        if !root().join(file).exists() {
+            missing.push(format!("{file} ({how})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run under CI: missing {}",
+        missing.join(", ")
+    );
+    eprintln!(
+        "SKIPPED {test}: missing {} (CI is unset, so this passes; under CI=true it fails)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// The Node packages the Chromium tests drive.
+pub const PLAYWRIGHT: (&str, &str) = (
+    "tests/browser/node_modules/playwright-core/package.json",
+    "npm ci in tests/browser",
+);
+pub const MQTT_JS: (&str, &str) = (
+    "examples/browser/node_modules/mqtt/dist/mqtt.min.js",
+    "npm ci in examples/browser",
+);
+
+/// A child process killed (by its id) on drop.
+pub struct Kid(pub Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The echo example (`examples/echo`, an RPC responder) against `s` with extra arguments; its
+/// output is discarded but for errors.
+pub fn echo(s: &Server, args: &[&str]) -> Kid {
+    let mut cmd = Command::new(example_bin("echo"));
+    cmd.args(["--port", &s.mqtt.to_string()])
+        .args(["--id", &format!("echo-{}", rand::random::<u32>())])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Kid(cmd.spawn().expect("start echo"))
 }
 
 /// Builds example `name` once per test process (a no-op when `cargo test --all-targets` already

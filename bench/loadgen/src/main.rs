@@ -59,6 +59,10 @@ pub(crate) struct Cli {
     /// Broker MQTT port.
     #[arg(long, global = true, default_value_t = 1883)]
     port: u16,
+    /// MQTT port the publisher connects to, when not `--port` (another node of a cluster:
+    /// bench/cluster.sh).
+    #[arg(long, global = true)]
+    pub_port: Option<u16>,
     /// Hard deadline for the whole run, in seconds.
     #[arg(long, global = true, default_value_t = 180)]
     max_secs: u64,
@@ -396,7 +400,11 @@ async fn throughput(
     }
 
     // Publisher.
-    let mut opts = MqttOptions::new(format!("lg-p-{id}"), cli.host.clone(), cli.port);
+    let mut opts = MqttOptions::new(
+        format!("lg-p-{id}"),
+        cli.host.clone(),
+        cli.pub_port.unwrap_or(cli.port),
+    );
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
     opts.set_inflight(inflight.max(1));

@@ -12,12 +12,11 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::response::Response;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::MercureSettings;
-use crate::routes::error;
+use crate::error::ApiError;
 
 /// The cookie browsers present their token in.
 pub const COOKIE: &str = "mercureAuthorization";
@@ -136,31 +135,25 @@ pub fn token(headers: &HeaderMap, uri: &Uri) -> Option<(String, Source)> {
             return Some((v.into_owned(), Source::Query));
         }
     }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| (v.trim_matches('"').to_string(), Source::Cookie))
+    crate::cookies::cookie(headers, COOKIE)
+        .map(|v| (v.trim_matches('"').to_string(), Source::Cookie))
 }
 
 /// 401 with a Bearer challenge.
-pub fn unauthorized(why: &str) -> Response {
-    let mut r = error(StatusCode::UNAUTHORIZED, why);
+pub fn unauthorized(why: &str) -> ApiError {
+    let e = ApiError::new(StatusCode::UNAUTHORIZED, why);
     let v = format!(
         "Bearer realm=\"mercure\", error=\"invalid_token\", error_description=\"{}\"",
         why.replace(['"', '\r', '\n'], "'")
     );
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    match HeaderValue::from_str(&v) {
+        Ok(v) => e.with_header(header::WWW_AUTHENTICATE, v),
+        Err(_) => e,
     }
-    r
 }
 
 /// Verifies `token` with the publisher's (`publisher`) or the subscriber's key.
-pub fn verify(keys: &Keys, token: &str, publisher: bool) -> Result<Grants, Response> {
+pub fn verify(keys: &Keys, token: &str, publisher: bool) -> Result<Grants, ApiError> {
     let mut v = Validation::new(keys.alg);
     v.required_spec_claims.clear();
     v.validate_aud = false;

@@ -17,18 +17,15 @@
 pub mod auth;
 pub mod mapping;
 pub mod publish;
+pub mod registry;
+pub mod routes;
 pub mod selector;
 pub mod subscribe;
 pub mod subscriptions;
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::routing::get;
-use axum::Router;
-
 use crate::hub::Hub;
-use crate::routes::AppState;
 
 /// The hub's path (the Mercure well-known URI).
 pub const PATH: &str = "/.well-known/mercure";
@@ -63,7 +60,7 @@ pub struct Mercure {
     pub settings: MercureSettings,
     pub keys: auth::Keys,
     pub hub: Arc<Hub>,
-    pub registry: subscriptions::Registry,
+    pub registry: registry::Registry,
     /// Holds the hub's filters on `mercure/#` and `mercure-private/#` for as long as the hub
     /// runs, so the history can always prove what a reconnecting subscriber missed.
     _keeper: tokio::task::JoinHandle<()>,
@@ -91,9 +88,22 @@ impl Mercure {
             settings,
             keys,
             hub: hub.clone(),
-            registry: subscriptions::Registry::default(),
+            registry: registry::Registry::default(),
             _keeper: keeper,
         })))
+    }
+}
+
+impl Mercure {
+    /// The id of the newest event, for the `Last-Event-ID` response header.
+    pub fn last_event_id(&self) -> String {
+        match self.hub.head() {
+            0 => "earliest".into(),
+            n => self
+                .hub
+                .event(n)
+                .map_or_else(|| self.hub.event_id(n), |e| mapping::wire_id(&self.hub, &e)),
+        }
     }
 }
 
@@ -101,65 +111,4 @@ impl Drop for Mercure {
     fn drop(&mut self) {
         self._keeper.abort();
     }
-}
-
-/// CORS for the hub: the configured origins, with credentials (the `mercureAuthorization`
-/// cookie rides on `EventSource(url, {withCredentials: true})`).
-fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    let origin = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::mirror_request()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(origin)
-        .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CACHE_CONTROL,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("last-event-id"),
-        ])
-        .expose_headers([HeaderName::from_static("last-event-id")])
-}
-
-async fn method_not_allowed() -> axum::response::Response {
-    crate::routes::error(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this route",
-    )
-}
-
-/// The hub's routes (empty when the hub is off).
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let Some(m) = &state.mercure else {
-        return Router::new();
-    };
-    let mut r = Router::new().route(
-        PATH,
-        get(subscribe::subscribe)
-            .post(publish::publish)
-            .fallback(method_not_allowed),
-    );
-    if m.settings.subscriptions {
-        r = r
-            .route(
-                "/.well-known/mercure/subscriptions",
-                get(subscriptions::list).fallback(method_not_allowed),
-            )
-            .route(
-                "/.well-known/mercure/subscriptions/{selector}",
-                get(subscriptions::list_topic).fallback(method_not_allowed),
-            )
-            .route(
-                "/.well-known/mercure/subscriptions/{selector}/{subscriber}",
-                get(subscriptions::one).fallback(method_not_allowed),
-            );
-    }
-    r.layer(axum::extract::DefaultBodyLimit::max(
-        state.settings.max_body,
-    ))
-    .layer(cors(&m.settings.cors_origins))
 }

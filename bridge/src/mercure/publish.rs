@@ -14,17 +14,19 @@ use axum::response::{IntoResponse, Response};
 use super::auth::{self, Source};
 use super::mapping::{field_safe, Update};
 use super::selector;
-use crate::routes::{error, read_body, AppState};
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Longest topic IRI accepted (the MQTT topic it maps onto must fit 65,535 bytes).
 const MAX_TOPIC: usize = 60_000;
 
-fn bad(msg: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, msg)
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(msg)
 }
 
 /// Parses the form into an update (400 on a malformed field).
-pub fn parse_form(body: &[u8]) -> Result<Update, Response> {
+pub fn parse_form(body: &[u8]) -> Result<Update, ApiError> {
     let mut u = Update::default();
     let mut id = None;
     for (k, v) in form_urlencoded::parse(body) {
@@ -89,28 +91,22 @@ pub async fn publish(
     uri: Uri,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Response {
-    let Some(m) = st.mercure.clone() else {
-        return error(StatusCode::NOT_FOUND, "the Mercure hub is off");
-    };
-    let Some((token, source)) = auth::token(&headers, &uri) else {
-        return auth::unauthorized("publishing needs a token with a mercure.publish claim");
-    };
+) -> Result<Response, ApiError> {
+    let m = st
+        .mercure
+        .clone()
+        .ok_or_else(|| ApiError::not_found("the Mercure hub is off"))?;
+    let (token, source) = auth::token(&headers, &uri).ok_or_else(|| {
+        auth::unauthorized("publishing needs a token with a mercure.publish claim")
+    })?;
     if source == Source::Cookie && !cookie_origin_allowed(&m, &headers) {
-        return error(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "a cookie token may publish only from the hub's origin or mercure.cors_origins",
-        );
+        ));
     }
-    let grants = match auth::verify(&m.keys, &token, true) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+    let grants = auth::verify(&m.keys, &token, true)?;
     // Only an authorized publisher's body is read.
-    let body = match read_body(&st, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = read_body(&st, body).await?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -121,39 +117,32 @@ pub async fn publish(
             .to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
     {
-        return error(
+        return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a Mercure update is application/x-www-form-urlencoded",
-        );
+        ));
     }
-    let update = match parse_form(&body) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
+    let update = parse_form(&body)?;
     let allowed = selector::cached(grants.claim.publish.as_deref().unwrap_or_default());
     if allowed.is_empty() {
-        return error(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "the token has no mercure.publish claim (or an empty one)",
-        );
+        ));
     }
     if let Some(t) = update
         .topics
         .iter()
         .find(|t| !allowed.iter().any(|s| s.matches(t)))
     {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("the token's mercure.publish does not cover the topic {t:?}"),
-        );
+        return Err(ApiError::forbidden(format!(
+            "the token's mercure.publish does not cover the topic {t:?}"
+        )));
     }
-    if let Err(e) = m.hub.publish(update.to_publish()).await {
-        return crate::access::broker_error(e);
-    }
-    (
+    st.client.publish(update.to_publish()).await?;
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         update.id,
     )
-        .into_response()
+        .into_response())
 }

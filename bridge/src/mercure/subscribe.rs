@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
@@ -29,8 +29,9 @@ use serde_json::json;
 use super::mapping::{self, received, wire_id};
 use super::selector::{self, any_match, Selector};
 use super::{auth, subscriptions, Mercure};
+use crate::error::ApiError;
 use crate::hub::{Event, Gap, Subscription};
-use crate::routes::{error, AppState};
+use crate::state::AppState;
 
 /// What one subscriber may see.
 pub struct Filter {
@@ -89,26 +90,16 @@ fn resolve(m: &Mercure, id: &str) -> Result<u64, Gap> {
         ))
 }
 
-/// The id of the newest event, for the `Last-Event-ID` response header.
-pub fn last_event_id(m: &Mercure) -> String {
-    match m.hub.head() {
-        0 => "earliest".into(),
-        n => m
-            .hub
-            .event(n)
-            .map_or_else(|| m.hub.event_id(n), |e| wire_id(&m.hub, &e)),
-    }
-}
-
 pub async fn subscribe(
     State(st): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let Some(m) = st.mercure.clone() else {
-        return error(StatusCode::NOT_FOUND, "the Mercure hub is off");
-    };
+) -> Result<Response, ApiError> {
+    let m = st
+        .mercure
+        .clone()
+        .ok_or_else(|| ApiError::not_found("the Mercure hub is off"))?;
     let mut topics = Vec::new();
     let mut last_id = None;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
@@ -119,31 +110,24 @@ pub async fn subscribe(
         }
     }
     if topics.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "give at least one topic selector: ?topic=https://example.com/books/{id}",
-        );
+        ));
     }
     if topics.len() > st.settings.max_filters {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "at most {} topic selectors per subscription ([bridge] max_filters)",
-                st.settings.max_filters
-            ),
-        );
+        return Err(ApiError::bad_request(format!(
+            "at most {} topic selectors per subscription ([bridge] max_filters)",
+            st.settings.max_filters
+        )));
     }
     let grants = match auth::token(&headers, &uri) {
-        Some((t, _)) => match auth::verify(&m.keys, &t, false) {
-            Ok(g) => g,
-            Err(r) => return r,
-        },
+        Some((t, _)) => auth::verify(&m.keys, &t, false)?,
         None if m.settings.anonymous => auth::Grants::default(),
         None => {
-            return auth::unauthorized(
+            return Err(auth::unauthorized(
                 "this hub serves no anonymous subscribers: present a token (Authorization, \
                  the authorization query parameter or the mercureAuthorization cookie)",
-            )
+            ))
         }
     };
     let filter = Filter {
@@ -156,11 +140,8 @@ pub async fn subscribe(
         .map(str::to_string)
         .or(last_id);
     let since = last_id.as_deref().map(|id| resolve(&m, id));
-    let header_id = last_event_id(&m);
-    let (sub, replay, head) = match m.hub.attach(&mapping::filters(), since, None).await {
-        Ok(x) => x,
-        Err(e) => return crate::access::broker_error(e),
-    };
+    let header_id = m.last_event_id();
+    let (sub, replay, head) = m.hub.attach(&mapping::filters(), since, None).await?;
     let mut first = VecDeque::new();
     match replay {
         Some(Ok(events)) => first.extend(events.iter().filter_map(|e| filter.deliver(&m, e))),
@@ -171,17 +152,7 @@ pub async fn subscribe(
     }
     let presence = subscriptions::Presence::join(&m, topics, grants.claim.payload.clone()).await;
     let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
-    let until = grants.expires.map(|t| {
-        tokio::time::Instant::now()
-            + t.duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-    });
-    let ends = async move {
-        match until {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
-    };
+    let ends = crate::hub::expiry(grants.expires);
     use futures_util::StreamExt;
     let mut res = Sse::new(live(m, filter, sub, first, presence).take_until(ends))
         .keep_alive(KeepAlive::new().interval(heartbeat))
@@ -189,7 +160,7 @@ pub async fn subscribe(
     if let Ok(v) = HeaderValue::from_str(&header_id) {
         res.headers_mut().insert("last-event-id", v);
     }
-    res
+    Ok(res)
 }
 
 type LiveState = (

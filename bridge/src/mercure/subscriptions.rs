@@ -16,18 +16,19 @@
 //!    "subscriber": "urn:uuid:…", "topic": "…", "active": true, "payload": {…}}]}
 //! ```
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use super::mapping::Update;
+use super::registry::Entry;
 use super::{auth, selector, Mercure};
-use crate::routes::{error, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Everything but RFC 3986's unreserved characters.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -44,17 +45,6 @@ pub fn subscription_id(topic: &str, subscriber: &str) -> String {
         utf8_percent_encode(topic, COMPONENT),
         utf8_percent_encode(subscriber, COMPONENT)
     )
-}
-
-struct Entry {
-    topics: Vec<String>,
-    payload: Option<Value>,
-}
-
-/// The open subscribers.
-#[derive(Default)]
-pub struct Registry {
-    subscribers: Mutex<BTreeMap<String, Entry>>,
 }
 
 fn subscription_json(
@@ -95,7 +85,7 @@ async fn announce(
             event_type: None,
             retry: None,
         };
-        if let Err(e) = m.hub.publish(u.to_publish()).await {
+        if let Err(e) = m.hub.client().publish(u.to_publish()).await {
             tracing::debug!(error = %e, "a Mercure subscription event was not published");
         }
     }
@@ -149,7 +139,7 @@ impl Drop for Presence {
 }
 
 /// The caller's token must allow the requested path (as a topic).
-fn authorize(m: &Mercure, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
+fn authorize(m: &Mercure, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
     let Some((t, _)) = auth::token(headers, uri) else {
         return Err(auth::unauthorized(
             "the subscriptions API needs a subscriber token",
@@ -159,10 +149,9 @@ fn authorize(m: &Mercure, headers: &HeaderMap, uri: &Uri) -> Result<(), Response
     let allowed = selector::cached(g.claim.subscribe.as_deref().unwrap_or_default());
     let path = uri.path().to_string();
     if !selector::any_match(&allowed, std::slice::from_ref(&path)) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            format!("the token's mercure.subscribe does not cover {path}"),
-        ));
+        return Err(ApiError::forbidden(format!(
+            "the token's mercure.subscribe does not cover {path}"
+        )));
     }
     Ok(())
 }
@@ -175,13 +164,27 @@ fn ld(v: Value) -> Response {
         .into_response()
 }
 
-fn listing(st: &AppState, uri: &Uri, headers: &HeaderMap, topic: Option<&str>) -> Response {
-    let Some(m) = st.mercure.as_ref() else {
-        return error(StatusCode::NOT_FOUND, "the Mercure hub is off");
-    };
-    if let Err(r) = authorize(m, headers, uri) {
-        return r;
-    }
+/// The hub, and the caller allowed to read the subscriptions API at this path.
+fn authorized<'a>(
+    st: &'a AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<&'a Mercure, ApiError> {
+    let m = st
+        .mercure
+        .as_deref()
+        .ok_or_else(|| ApiError::not_found("the Mercure hub is off"))?;
+    authorize(m, headers, uri)?;
+    Ok(m)
+}
+
+fn listing(
+    st: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    topic: Option<&str>,
+) -> Result<Response, ApiError> {
+    let m = authorized(st, uri, headers)?;
     let subs: Vec<Value> = m
         .registry
         .subscribers
@@ -196,16 +199,20 @@ fn listing(st: &AppState, uri: &Uri, headers: &HeaderMap, topic: Option<&str>) -
                 .collect::<Vec<_>>()
         })
         .collect();
-    ld(json!({
+    Ok(ld(json!({
         "@context": "https://mercure.rocks/",
         "id": uri.path(),
         "type": "Subscriptions",
-        "lastEventID": super::subscribe::last_event_id(m),
+        "lastEventID": m.last_event_id(),
         "subscriptions": subs,
-    }))
+    })))
 }
 
-pub async fn list(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn list(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     listing(&st, &uri, &headers, None)
 }
 
@@ -214,7 +221,7 @@ pub async fn list_topic(
     uri: Uri,
     headers: HeaderMap,
     Path(topic): Path<String>,
-) -> Response {
+) -> Result<Response, ApiError> {
     listing(&st, &uri, &headers, Some(&topic))
 }
 
@@ -223,13 +230,8 @@ pub async fn one(
     uri: Uri,
     headers: HeaderMap,
     Path((topic, subscriber)): Path<(String, String)>,
-) -> Response {
-    let Some(m) = st.mercure.as_ref() else {
-        return error(StatusCode::NOT_FOUND, "the Mercure hub is off");
-    };
-    if let Err(r) = authorize(m, &headers, &uri) {
-        return r;
-    }
+) -> Result<Response, ApiError> {
+    let m = authorized(&st, &uri, &headers)?;
     let found = m
         .registry
         .subscribers
@@ -238,12 +240,8 @@ pub async fn one(
         .get(&subscriber)
         .filter(|e| e.topics.contains(&topic))
         .map(|e| subscription_json(&topic, &subscriber, true, &e.payload));
-    match found {
-        Some(mut v) => {
-            v["@context"] = json!("https://mercure.rocks/");
-            v["lastEventID"] = json!(super::subscribe::last_event_id(m));
-            ld(v)
-        }
-        None => error(StatusCode::NOT_FOUND, "no such active subscription"),
-    }
+    let mut v = found.ok_or_else(|| ApiError::not_found("no such active subscription"))?;
+    v["@context"] = json!("https://mercure.rocks/");
+    v["lastEventID"] = json!(m.last_event_id());
+    Ok(ld(v))
 }

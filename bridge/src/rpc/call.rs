@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 use super::reply::{private_header, respond, Head};
 use super::route::{fill, Convention, RpcRoute};
 use super::streaming::{self, BodyChunks, CallGuard, Upload};
-use crate::routes::{error, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A whole number of seconds from the query (`name=`) or a header, at most `max`.
 fn secs_param(
@@ -32,7 +33,7 @@ fn secs_param(
     query: Option<&str>,
     header: &str,
     max: u64,
-) -> Result<Option<u64>, Response> {
+) -> Result<Option<u64>, ApiError> {
     let q = query.and_then(|name| {
         uri.query().and_then(|q| {
             form_urlencoded::parse(q.as_bytes())
@@ -47,7 +48,7 @@ fn secs_param(
         None => Ok(None),
         Some(v) => match v.trim().parse::<u64>() {
             Ok(t) if t <= max => Ok(Some(t)),
-            _ => Err(error(
+            _ => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("{header} must be a whole number of seconds from 0 to {max}"),
             )),
@@ -55,11 +56,9 @@ fn secs_param(
     }
 }
 
-fn too_many(message: &str) -> Response {
-    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+fn too_many(message: &str) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 /// One RPC request, as the router saw it (its body is read once the caller is authorized).
@@ -94,10 +93,8 @@ fn forwarded_query(st: &AppState, uri: &Uri) -> Option<String> {
 }
 
 /// Serves one RPC call.
-pub async fn call(st: AppState, req: Call, body: Body) -> Response {
-    serve(st, req, drained_after_answer(body))
-        .await
-        .unwrap_or_else(|r| r)
+pub async fn call(st: AppState, req: Call, body: Body) -> Result<Response, ApiError> {
+    serve(st, req, drained_after_answer(body)).await
 }
 
 /// How long, and how much, a request body is still read (and dropped) after the call ended
@@ -133,7 +130,7 @@ fn drained_after_answer(body: Body) -> Body {
     }))
 }
 
-async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response> {
+async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError> {
     let Call {
         route,
         captures,
@@ -153,7 +150,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
         set.max_timeout_secs,
     )
     .map_err(|_| {
-        error(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "timeout must be a whole number of seconds from 0 to {}",
@@ -183,7 +180,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
                 .iter()
                 .any(|m| m.eq_ignore_ascii_case(method.as_str()))
         {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not served on this route"),
             ));
@@ -201,7 +198,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(n) if streamable && n > set.max_stream_bytes => {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the body is over rpc.max_stream_bytes ({} bytes)",
@@ -215,7 +212,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
     let template = route.as_ref().map_or("rpc/{path...}", |r| r.topic.as_str());
     let topic = fill(template, &captures)?;
     if let Err(e) = topic::validate_topic(&topic) {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid request topic {topic:?}: {e}"),
         ));
@@ -235,7 +232,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
     if !st.edge.has_subscriber(&publish_topic) || rpc.waiting.queued_for(&topic) {
         if wait == 0 {
             rpc.stats.no_responder.fetch_add(1, Ordering::Relaxed);
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no service is subscribed to {topic:?}"),
             ));
@@ -260,7 +257,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
             }
             Ok(None) | Err(_) if !fire_and_forget && deadline < wait_end => {
                 rpc.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(error(
+                return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
                         "no responder subscribed to {topic:?} within the timeout ({timeout} s)"
@@ -269,7 +266,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
             }
             _ => {
                 rpc.stats.no_responder.fetch_add(1, Ordering::Relaxed);
-                return Err(error(
+                return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("no service subscribed to {topic:?} within {wait} s"),
                 ));
@@ -399,15 +396,12 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
             Some(props),
         );
         if let Some(why) = broker::limits::publish_over_limits(&p, &st.edge.config.limits) {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("the request's headers make {why}"),
             ));
         }
-        rpc.client
-            .publish(p)
-            .await
-            .map_err(crate::access::broker_error)?;
+        rpc.client.publish(p).await?;
         if let Some(p) = released.take() {
             let _ = p.send(());
         }
@@ -438,7 +432,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
     };
     let Some(reply) = first_reply else {
         rpc.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!("no reply on {topic:?} within {timeout} s"),
         ));
@@ -454,7 +448,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
             let body = streaming::reply_body(guard, reply, replies, publish_topic, idle);
             Ok(head.response(body))
         }
-        Some((n, false)) if n > 0 => Err(error(
+        Some((n, false)) if n > 0 => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("the reply started with chunk {n} instead of 0"),
         )),
@@ -462,8 +456,8 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, Response
     }
 }
 
-fn too_large(max_body: usize) -> Response {
-    error(
+fn too_large(max_body: usize) -> ApiError {
+    ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the body is over the maximum of {max_body} bytes"),
     )

@@ -21,7 +21,7 @@
 //!   with its first level replaced by `reply_level`) plus `/{correlation id}`. With
 //!   `envelope = true` the payloads are JSON envelopes carrying method, path, headers and status.
 
-mod call;
+pub mod call;
 mod reply;
 pub mod route;
 mod streaming;
@@ -36,7 +36,6 @@ use broker::codec::{PublishProperties, QoS};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-pub use call::{call, Call};
 pub use route::{axum_path, Convention, RpcRoute};
 
 /// `[rpc]`.

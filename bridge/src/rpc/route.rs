@@ -11,10 +11,9 @@
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
-use axum::response::Response;
 use serde::Deserialize;
 
-use crate::routes::error;
+use crate::error::ApiError;
 
 /// How a route's responders answer.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -263,20 +262,20 @@ pub fn axum_path(r: &RpcRoute) -> String {
 }
 
 /// Fills a topic template from captures.
-pub fn fill(template: &str, captures: &HashMap<String, String>) -> Result<String, Response> {
+pub fn fill(template: &str, captures: &HashMap<String, String>) -> Result<String, ApiError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
         let Some(j) = rest[i..].find('}') else {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "bad topic template",
             ));
         };
         let name = rest[i + 1..i + j].trim_end_matches("...");
         let v = captures.get(name).ok_or_else(|| {
-            error(
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("template names unknown capture {name}"),
             )

@@ -27,14 +27,13 @@ use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::StatusCode;
-use axum::response::Response;
 use broker::codec::{Publish, PublishProperties, QoS};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::{Reply, Rpc};
-use crate::routes::error;
+use crate::error::ApiError;
 
 pub const CHUNK: &str = "rtw-chunk";
 pub const LAST: &str = "rtw-last";
@@ -90,7 +89,7 @@ impl BodyChunks {
 
     /// The next piece (`size` bytes, or what is left); reads one frame past it, so
     /// [`BodyChunks::finished`] is known.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, Response> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
         while self.buf.len() <= self.size && !self.done {
             match self.stream.next().await {
                 Some(Ok(b)) => {
@@ -98,7 +97,7 @@ impl BodyChunks {
                     self.buf.extend_from_slice(&b);
                 }
                 Some(Err(e)) => {
-                    return Err(error(
+                    return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         format!("the request body could not be read: {e}"),
                     ))
@@ -159,31 +158,27 @@ impl Drop for Upload<'_> {
 
 impl Upload<'_> {
     /// Publishes chunk `n`.
-    pub async fn publish(&self, n: u64, last: bool, data: Bytes) -> Result<(), Response> {
+    pub async fn publish(&self, n: u64, last: bool, data: Bytes) -> Result<(), ApiError> {
         let p = Publish::new(
             self.topic,
             QoS::AtLeastOnce,
             data,
             Some(with_chunk(self.props, n, last)),
         );
-        self.rpc
-            .client
-            .publish(p)
-            .await
-            .map_err(crate::access::broker_error)?;
+        self.rpc.client.publish(p).await?;
         self.sent.store(n + 1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Sends the rest of the body after chunk 0 (already sent), `stream_window` chunks ahead of
     /// the responder's acknowledgements. Returns a reply that came before the upload ended.
-    pub async fn rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, Response> {
+    pub async fn rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, ApiError> {
         let r = self.send_rest(body).await;
         self.settled = true;
         r
     }
 
-    async fn send_rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, Response> {
+    async fn send_rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, ApiError> {
         let window = self.rpc.settings.stream_window as u64;
         let max = self.rpc.settings.max_stream_bytes;
         let mut changes = self.rpc.edge.subscriptions_changed();
@@ -196,7 +191,7 @@ impl Upload<'_> {
                 Err(_) => break Err(stalled(self.idle)),
             };
             if body.total() > max {
-                break Err(error(
+                break Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the body is over rpc.max_stream_bytes ({max} bytes)"),
                 ));
@@ -215,7 +210,7 @@ impl Upload<'_> {
                         return Err(self.abort(n, gone()).await);
                     },
                     _ = tokio::time::sleep(self.idle) => {
-                        return Err(self.abort(n, error(
+                        return Err(self.abort(n, ApiError::new(
                             StatusCode::GATEWAY_TIMEOUT,
                             format!(
                                 "the responder acknowledged no chunk within {} s (rtw-ack)",
@@ -241,7 +236,7 @@ impl Upload<'_> {
     }
 
     /// Tells the responder the stream is abandoned; returns `why`.
-    pub async fn abort(&self, n: u64, why: Response) -> Response {
+    pub async fn abort(&self, n: u64, why: ApiError) -> ApiError {
         let mut props = with_chunk(self.props, n, true);
         props
             .user_properties
@@ -254,22 +249,22 @@ impl Upload<'_> {
 }
 
 /// The caller stopped sending its body.
-pub fn stalled(idle: Duration) -> Response {
-    error(
+pub fn stalled(idle: Duration) -> ApiError {
+    ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         format!("the request body stalled for {} s", idle.as_secs()),
     )
 }
 
-pub fn gone() -> Response {
-    error(
+pub fn gone() -> ApiError {
+    ApiError::new(
         StatusCode::BAD_GATEWAY,
         "the responder went away in the middle of the stream",
     )
 }
 
-pub fn overrun() -> Response {
-    error(
+pub fn overrun() -> ApiError {
+    ApiError::new(
         StatusCode::BAD_GATEWAY,
         "the responder's reply ran past the stream window",
     )

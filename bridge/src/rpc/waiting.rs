@@ -116,7 +116,7 @@ pub async fn dispatch(queue: Arc<WaitQueue>, edge: Arc<broker::Edge>) {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             _ = queue.added.notified() => {}
-            _ = edge.shutdown.cancelled() => return,
+            _ = edge.shutdown_token().cancelled() => return,
         }
         loop {
             let next = {

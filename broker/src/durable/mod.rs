@@ -394,8 +394,3 @@ impl Waiter {
         store.wait_done(op, self.failures).await
     }
 }
-
-/// When a session disconnected now with expiry interval `expiry_secs` expires.
-pub fn expires_at(expiry_secs: u32) -> Option<SystemTime> {
-    (expiry_secs != u32::MAX).then(|| SystemTime::now() + Duration::from_secs(expiry_secs as u64))
-}

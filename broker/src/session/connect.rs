@@ -133,6 +133,15 @@ pub(super) fn empty_connack_props() -> ConnAckProperties {
     }
 }
 
+/// Refuses a connection over a connection limit (counted; CONNACK quota exceeded).
+async fn over_quota<T>(edge: &Edge, io: &mut Box<dyn Io>, v: Version, why: &str) -> Result<T, ()> {
+    edge.stats
+        .connections_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    refuse(io, v, ConnectReturnCode::QuotaExceeded, why).await;
+    Err(())
+}
+
 pub(super) async fn refuse(io: &mut Box<dyn Io>, v: Version, code: ConnectReturnCode, why: &str) {
     let props = if v == Version::V5 {
         reason_props(why)
@@ -246,19 +255,7 @@ pub(super) async fn admit(
     } else {
         match edge.connections.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => {
-                edge.stats
-                    .connections_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                refuse(
-                    io,
-                    version,
-                    ConnectReturnCode::QuotaExceeded,
-                    "too many connections",
-                )
-                .await;
-                return Err(());
-            }
+            Err(_) => return over_quota(edge, io, version, "too many connections").await,
         }
     };
     let ip_guard = if internal {
@@ -266,17 +263,8 @@ pub(super) async fn admit(
     } else if edge.ip_enter(peer.ip()) {
         Some(IpGuard(edge.clone(), peer.ip()))
     } else {
-        edge.stats
-            .connections_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        refuse(
-            io,
-            version,
-            ConnectReturnCode::QuotaExceeded,
-            "too many connections from this address",
-        )
-        .await;
-        return Err(());
+        let why = "too many connections from this address";
+        return over_quota(edge, io, version, why).await;
     };
 
     let creds = Credentials {
@@ -354,6 +342,12 @@ pub(super) async fn admit(
     let line = Line::new();
     let claim = edge.registry.claim(&client_id, conn_id, line.clone()).await;
 
+    // In a cluster, the node that held the id (if another) closes it and hands its session over.
+    let handover = if internal {
+        None
+    } else {
+        edge.cluster_claim(&client_id).await
+    };
     // The session the client left, if it resumes it and may.
     let owner = identity.subject.clone();
     let old = edge.registry.take_offline(&client_id);
@@ -369,8 +363,17 @@ pub(super) async fn admit(
             s.discard(edge, internal);
             (SessionState::new(edge, &client_id, owner), false)
         }
-        None => (SessionState::new(edge, &client_id, owner), false),
+        None => match handover {
+            Some(h) if !connect.clean_start && h.owner == owner => {
+                (h.into_state(edge, &client_id), true)
+            }
+            _ => (SessionState::new(edge, &client_id, owner), false),
+        },
     };
+    if session_present {
+        // In a cluster: the session's subscriptions are active everywhere before the CONNACK.
+        edge.cluster_sync().await;
+    }
 
     let ack_props = v5.then(|| ConnAckProperties {
         session_expiry_interval: (expiry != asked_expiry).then_some(expiry),

@@ -155,6 +155,7 @@ pub async fn serve(edge: Arc<Edge>, mut io: Box<dyn Io>, peer: SocketAddr, trans
     let (will_timer, purge_timer, linger) = Box::pin(session.finish(end, &mut io)).await;
     edge.registry
         .release(&client_id, conn_id, will_timer, purge_timer);
+    edge.cluster_release(&client_id);
     drop(claim);
     drop(ip_guard);
     drop(permit);
@@ -413,7 +414,7 @@ impl Session {
                 self.client_done(c.pkid);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.client_subscribe(s),
+            Packet::Subscribe(s) => self.client_subscribe(s).await,
             Packet::Unsubscribe(u) if u.filters.is_empty() => Err(End::Violation(
                 DisconnectReasonCode::ProtocolError,
                 "UNSUBSCRIBE without filters".into(),

@@ -113,9 +113,11 @@ impl SessionState {
             filter,
             group,
             self.index_sub(opts, src, internal, edge.next_seq()),
-        ) && !internal
-        {
-            edge.interest(filter, true);
+        ) {
+            if !internal {
+                edge.interest(filter, true);
+            }
+            edge.cluster_interest(filter, group, true);
         }
     }
 
@@ -125,8 +127,11 @@ impl SessionState {
             return;
         }
         let (filter, group) = split(path);
-        if edge.index.remove(filter, group, self.key) && !internal {
-            edge.interest(filter, false);
+        if edge.index.remove(filter, group, self.key) {
+            if !internal {
+                edge.interest(filter, false);
+            }
+            edge.cluster_interest(filter, group, false);
         }
     }
 

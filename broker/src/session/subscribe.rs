@@ -16,7 +16,7 @@ use crate::message::Message;
 use crate::topic;
 
 impl Session {
-    pub(super) fn client_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+    pub(super) async fn client_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
         let filters = s.filters.iter().map(|f| f.path.as_str());
         if let Some((code, why)) =
             crate::conformance::filters_error(filters).filter(|_| !self.internal)
@@ -58,6 +58,8 @@ impl Session {
             codes.push(code);
         }
         self.store_subscriptions();
+        // In a cluster, the subscriptions are active on every node before the SUBACK.
+        self.edge.cluster_sync().await;
         self.send_client(Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: codes,
