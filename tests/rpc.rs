@@ -500,40 +500,30 @@ async fn subscribed_but_silent_is_504() {
     wait_subscribed(&c, &format!("{base}/rpc/slow/probe")).await;
     wait_subscribed(&c, &format!("{base}/slowroute/probe")).await;
 
-    let t0 = Instant::now();
+    // Which timeout applied is in the answer ("no reply on … within N s"), not in a stopwatch.
     let r = c
         .post(format!("{base}/rpc/slow/x?timeout=1"))
         .body("anyone?")
         .send()
         .await
         .unwrap();
-    error_message(r, 504).await;
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(900) && e < Duration::from_secs(4),
-        "{e:?}"
-    );
+    let msg = error_message(r, 504).await;
+    assert!(msg.contains("within 1 s"), "{msg}");
 
     // Header form.
-    let t0 = Instant::now();
     let r = c
         .get(format!("{base}/rpc/slow/y"))
         .header("RTW-Timeout", "1")
         .send()
         .await
         .unwrap();
-    error_message(r, 504).await;
-    assert!(t0.elapsed() < Duration::from_secs(4));
+    let msg = error_message(r, 504).await;
+    assert!(msg.contains("within 1 s"), "{msg}");
 
     // A route's own timeout_secs (1) applies without a timeout parameter.
-    let t0 = Instant::now();
     let r = c.post(format!("{base}/slowroute/z")).send().await.unwrap();
-    error_message(r, 504).await;
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(900) && e < Duration::from_secs(4),
-        "{e:?}"
-    );
+    let msg = error_message(r, 504).await;
+    assert!(msg.contains("within 1 s"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,7 +532,7 @@ async fn nobody_subscribed_is_503_at_once() {
     let c = http();
     let base = s.http_base();
     for m in [reqwest::Method::GET, reqwest::Method::POST] {
-        let t0 = Instant::now();
+        // 503 (not the 504 of a call that waited out its timeout) says it did not wait.
         let r = c
             .request(m, format!("{base}/rpc/nobody/home"))
             .body("x")
@@ -551,7 +541,6 @@ async fn nobody_subscribed_is_503_at_once() {
             .unwrap();
         let msg = error_message(r, 503).await;
         assert!(msg.contains("rpc/nobody/home"), "{msg}");
-        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
     // A subscriber elsewhere does not count; one on a matching filter does.
     let _other = silent_sub(&s, "rpc/elsewhere/#");
