@@ -69,7 +69,7 @@ struct StreamEntry {
     /// opened after they were published (and reads retained state from the store instead).
     /// 0 for a stream that resumes from `Last-Event-ID`, which is owed everything after it.
     after: u64,
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: crate::feed::Sender<Arc<Event>>,
     lagged: Arc<AtomicU64>,
 }
 
@@ -120,7 +120,7 @@ pub struct Gap(pub &'static str);
 pub struct Subscription {
     hub: Arc<Hub>,
     id: u64,
-    pub rx: mpsc::Receiver<Arc<Event>>,
+    pub rx: crate::feed::Receiver<Arc<Event>>,
     /// Messages dropped because the stream was full, not yet reported. While it is not zero
     /// the hub drops this stream's messages; report it (swap to 0) only once `rx` is empty.
     pub lagged: Arc<AtomicU64>,
@@ -300,7 +300,7 @@ impl Hub {
                 release: false,
             });
         }
-        let (tx, rx) = mpsc::channel(self.settings.stream_buffer.max(1));
+        let (tx, rx) = crate::feed::feed(self.settings.stream_buffer);
         let lagged = Arc::new(AtomicU64::new(0));
         let mut st = self.lock();
         // Read under the hub's lock: a message the hub numbers after this was accepted after

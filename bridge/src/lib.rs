@@ -14,6 +14,7 @@ pub mod clients;
 pub mod cluster_view;
 pub mod cookies;
 pub mod error;
+pub mod feed;
 pub mod fuzzing;
 pub mod history;
 pub mod hub;
@@ -219,14 +220,19 @@ async fn accept_loop(
             None => {
                 tokio::spawn(async move {
                     let _slot = slot;
-                    serve_http(stream, peer, app).await
+                    if let Some(h2) = h2_prior_knowledge(&stream, HEADER_READ_TIMEOUT).await {
+                        serve_http(stream, peer, app, h2).await
+                    }
                 });
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
                     let _slot = slot;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => Box::pin(serve_http(s, peer, app)).await,
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            Box::pin(serve_http(s, peer, app, h2)).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                     }
@@ -236,7 +242,42 @@ async fn accept_loop(
     }
 }
 
-async fn serve_http<S>(stream: S, peer: Peer, app: axum::Router)
+/// How long a connection may take to send its request head (and, on a plain connection, its
+/// first bytes, which tell HTTP/1 from HTTP/2).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a plain connection speaks HTTP/2 with prior knowledge: its first bytes are the
+/// preface `PRI * HTTP/2.0…` (no HTTP/1 method starts with `PRI`). The bytes are peeked, not
+/// read, so an HTTP/1 connection goes straight to hyper's HTTP/1 server. (hyper-util's
+/// automatic server reads them and replays them through a rewind buffer: every connection's
+/// read buffer then grew to 16 KiB and its state to 8 KiB more, most of an SSE stream's cost.)
+/// `None`: nothing came in time, or the peer left.
+async fn h2_prior_knowledge(
+    stream: &tokio::net::TcpStream,
+    wait: std::time::Duration,
+) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI";
+    let look = async {
+        let mut buf = [0u8; 3];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != PREFACE[..n] {
+                return Some(false);
+            }
+            if n == PREFACE.len() {
+                return Some(true);
+            }
+            // A prefix of the preface so far: peek returns at once while those bytes wait.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(wait, look).await.ok().flatten()
+}
+
+async fn serve_http<S>(stream: S, peer: Peer, app: axum::Router, h2: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -244,15 +285,28 @@ where
         req.extensions_mut().insert(peer);
         app.clone().oneshot(req)
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10));
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+    let io = TokioIo::new(stream);
+    let result = if h2 {
+        // Boxed: the HTTP/1 connections (nearly all) do not carry HTTP/2's state in their task.
+        Box::pin(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc),
+        )
         .await
-    {
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // One write buffer that responses are copied into, rather than a queue of their
+            // chunks kept per connection: an open SSE stream then holds no queue of its own
+            // (the bridge's responses and events are small).
+            .writev(false)
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
         tracing::debug!(peer = %peer.addr, error = %e, "HTTP connection ended with an error");
     }
 }

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::access::Caller;
 use crate::error::ApiError;
-use crate::hub::{Event, Gap, Subscription};
+use crate::hub::{Event, Gap, Hub, Subscription};
 use crate::state::AppState;
 
 /// Parsed query of `/events` and `/poll`.
@@ -101,9 +101,9 @@ pub fn event_json(
     v
 }
 
-fn live_json(st: &AppState, e: &Event) -> Value {
+fn live_json(hub: &Hub, e: &Event) -> Value {
     event_json(
-        Some(st.hub.event_id(e.id)),
+        Some(hub.event_id(e.id)),
         &e.topic,
         &e.payload,
         e.content_type.as_deref(),
@@ -163,7 +163,7 @@ pub async fn events(
     match replay {
         Some(Ok(events)) => {
             for e in events {
-                first.push_back(sse_event(&st, &e));
+                first.push_back(sse_event(&st.hub, &e));
             }
         }
         Some(Err(Gap(why))) => {
@@ -199,27 +199,35 @@ pub async fn events(
             }
         }
     }
+    if first.is_empty() {
+        // hyper sends the response head with the body's first bytes: without this comment a
+        // client would not see the stream open (EventSource `open`) until the first message or
+        // heartbeat.
+        first.push_back(SseEvent::default().comment("open"));
+    }
     let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
     // The stream ends when the caller's credentials expire.
     let ends = crate::hub::expiry(expires);
     use futures_util::StreamExt;
-    Ok(Sse::new(live(st, sub, first).take_until(ends))
+    Ok(Sse::new(live(st.hub.clone(), sub, first).take_until(ends))
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response())
 }
 
-fn sse_event(st: &AppState, e: &Event) -> SseEvent {
+fn sse_event(hub: &Hub, e: &Event) -> SseEvent {
     SseEvent::default()
-        .id(st.hub.event_id(e.id))
-        .data(e.json.get_or_init(|| live_json(st, e).to_string()))
+        .id(hub.event_id(e.id))
+        .data(e.json.get_or_init(|| live_json(hub, e).to_string()))
 }
 
+/// The stream's events: `first` (replay or retained state), then live ones. It holds the hub
+/// alone, not the whole [`AppState`]: every open stream keeps this state.
 fn live(
-    st: AppState,
+    hub: Arc<Hub>,
     sub: Subscription,
     first: VecDeque<SseEvent>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold((st, sub, first), |(st, mut sub, mut first)| async move {
+    stream::unfold((hub, sub, first), |(st, mut sub, mut first)| async move {
         if let Some(e) = first.pop_front() {
             return Some((Ok(e), (st, sub, first)));
         }
@@ -283,7 +291,7 @@ pub async fn poll(
     }
     let last = events.last().map_or(head, |e| e.id);
     let mut body = json!({
-        "events": events.iter().map(|e| live_json(&st, e)).collect::<Vec<_>>(),
+        "events": events.iter().map(|e| live_json(&st.hub, e)).collect::<Vec<_>>(),
         "last_id": st.hub.event_id(last),
     });
     if let Some(why) = gap {

@@ -116,7 +116,7 @@ fn deliver(edge: &Edge, msg: Arc<Message>, frame: &[u8], hits: &mut Vec<Hit>) ->
         if d.qos != QoS::AtMostOnce && inbox.is_persistent() && inbox.fits(&d) {
             // On disk before any session can send it (and so before its PUBACK can remove it).
             let key = hits[i].session;
-            op = edge.sessions.enqueue(key, &d, frame);
+            op = edge.sessions.enqueue(key, &d, frame, inbox.is_online());
             if !inbox.push(d, &edge.stats) {
                 edge.sessions.remove(key, msg.seq);
             }

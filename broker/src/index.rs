@@ -49,22 +49,52 @@ struct Node {
     /// Boxed: most nodes are leaves under a wide parent, whose map then holds pointers.
     children: HashMap<Box<str>, Box<Node>>,
     plus: Option<Box<Node>>,
+    /// Filters ending exactly here.
+    exact: Vec<Sub>,
+    /// `#` filters and share groups, boxed apart: most nodes are a client's own topic, with
+    /// one exact subscription and none of these (every idle client pays for its node).
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+struct Rare {
     /// Filters ending in `#` below this node's level (`a/#` lives at `a`).
     multi: Vec<Sub>,
     multi_groups: Vec<Group>,
-    /// Filters ending exactly here.
-    exact: Vec<Sub>,
     exact_groups: Vec<Group>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.multi.is_empty() && self.multi_groups.is_empty() && self.exact_groups.is_empty()
+    }
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
-            && self.multi.is_empty()
             && self.exact.is_empty()
-            && self.multi_groups.is_empty()
-            && self.exact_groups.is_empty()
+            && self.rare.as_ref().is_none_or(|r| r.is_empty())
+    }
+
+    fn multi(&self) -> &[Sub] {
+        self.rare.as_ref().map_or(&[], |r| &r.multi)
+    }
+
+    fn groups(&self, multi: bool) -> &[Group] {
+        match &self.rare {
+            Some(r) if multi => &r.multi_groups,
+            Some(r) => &r.exact_groups,
+            None => &[],
+        }
+    }
+
+    /// Drops the rare part once it holds nothing.
+    fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
+        }
     }
 }
 
@@ -77,11 +107,14 @@ pub struct Index {
 
 /// Where a filter's subscriptions live in its last node.
 fn slot<'a>(node: &'a mut Node, multi: bool, group: Option<&str>) -> SlotMut<'a> {
-    match (multi, group) {
-        (true, None) => SlotMut::Plain(&mut node.multi),
-        (false, None) => SlotMut::Plain(&mut node.exact),
-        (true, Some(g)) => SlotMut::Group(&mut node.multi_groups, g.into()),
-        (false, Some(g)) => SlotMut::Group(&mut node.exact_groups, g.into()),
+    if !multi && group.is_none() {
+        return SlotMut::Plain(&mut node.exact);
+    }
+    let rare = node.rare.get_or_insert_with(Default::default);
+    match group {
+        None => SlotMut::Plain(&mut rare.multi),
+        Some(g) if multi => SlotMut::Group(&mut rare.multi_groups, g.into()),
+        Some(g) => SlotMut::Group(&mut rare.exact_groups, g.into()),
     }
 }
 
@@ -158,12 +191,7 @@ impl Index {
                 None => return,
             }
         }
-        let groups = if multi {
-            &node.multi_groups
-        } else {
-            &node.exact_groups
-        };
-        if let Some(g) = groups.iter().find(|g| &*g.name == group) {
+        if let Some(g) = node.groups(multi).iter().find(|g| &*g.name == group) {
             pick(g, qos, &mut f);
         }
     }
@@ -224,6 +252,7 @@ fn remove_at(node: &mut Node, levels: &[&str], multi: bool, group: Option<&str>,
                 None => false,
             },
         };
+        node.tidy();
         return removed;
     };
     let removed;
@@ -273,12 +302,12 @@ fn walk(
 ) {
     let wild_ok = !(dollar && depth == 0);
     if wild_ok {
-        node.multi.iter().for_each(|s| f(s, false));
-        node.multi_groups.iter().for_each(|g| pick(g, qos, f));
+        node.multi().iter().for_each(|s| f(s, false));
+        node.groups(true).iter().for_each(|g| pick(g, qos, f));
     }
     let Some((first, rest)) = levels.split_first() else {
         node.exact.iter().for_each(|s| f(s, false));
-        node.exact_groups.iter().for_each(|g| pick(g, qos, f));
+        node.groups(false).iter().for_each(|g| pick(g, qos, f));
         return;
     };
     if let Some(child) = node.children.get(*first) {

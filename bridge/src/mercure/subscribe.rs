@@ -150,6 +150,10 @@ pub async fn subscribe(
         ),
         None => {}
     }
+    if first.is_empty() {
+        // The response head leaves with the body's first bytes: open the stream at once.
+        first.push_back(SseEvent::default().comment("open"));
+    }
     let presence = subscriptions::Presence::join(&m, topics, grants.claim.payload.clone()).await;
     let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
     let ends = crate::hub::expiry(grants.expires);

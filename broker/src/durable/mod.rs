@@ -70,6 +70,9 @@ pub(crate) enum Op {
         key: u64,
         seq: u64,
         record: Vec<u8>,
+        /// Its session is connected and takes it at QoS 1: the client's PUBACK may well come
+        /// before the writer's next commit (see [`writer`]'s linger).
+        quick: bool,
     },
     State {
         key: u64,
@@ -281,13 +284,14 @@ impl SessionStore {
     // ---- deliveries --------------------------------------------------------------------------
 
     /// Queues delivery `d` of message `frame` for session `key` (called by the fan-out before
-    /// the delivery enters the session's inbox).
-    pub fn enqueue(&self, key: u64, d: &Delivery, frame: &[u8]) -> u64 {
+    /// the delivery enters the session's inbox; `online`: the session's client is connected).
+    pub fn enqueue(&self, key: u64, d: &Delivery, frame: &[u8], online: bool) -> u64 {
         self.written.fetch_add(1, Ordering::Relaxed);
         self.push(Op::Enqueue {
             key,
             seq: d.msg.seq,
             record: record::encode_delivery(d.qos, d.retain, &d.ids, frame),
+            quick: online && d.qos == QoS::AtLeastOnce,
         })
     }
 

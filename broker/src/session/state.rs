@@ -53,6 +53,71 @@ pub enum Outgoing {
     Released(u64),
 }
 
+/// A session's subscriptions by filter as the client wrote it (`$share/…` included), sorted.
+///
+/// A sorted vector rather than a map: most clients hold one or a few filters, and an idle
+/// client's map alone (four buckets at least) cost more than the rest of its subscription.
+#[derive(Debug, Clone, Default)]
+pub struct Subs(Vec<(String, SubOpts)>);
+
+impl Subs {
+    fn find(&self, path: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(p, _)| p.as_str().cmp(path))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&SubOpts> {
+        self.find(path).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, path: &str) -> bool {
+        self.find(path).is_ok()
+    }
+
+    /// Adds or replaces; returns the options it replaced.
+    pub fn insert(&mut self, path: String, opts: SubOpts) -> Option<SubOpts> {
+        match self.find(&path) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, opts)),
+            Err(i) => {
+                // Exact for the first few (the common case), doubling beyond.
+                if self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (path, opts));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<SubOpts> {
+        let i = self.find(path).ok()?;
+        let (_, opts) = self.0.remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(opts)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(p, _)| p)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &SubOpts)> {
+        self.0.iter().map(|(p, o)| (p, o))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
 /// The state of one session.
 pub struct SessionState {
     /// Key of this session in the index (new for every new session).
@@ -60,7 +125,7 @@ pub struct SessionState {
     /// The identity that created it (its subject; `None` for anonymous clients).
     pub owner: Option<String>,
     /// Subscriptions by filter as the client wrote it (`$share/…` included).
-    pub subs: HashMap<String, SubOpts>,
+    pub subs: Subs,
     pub inbox: Arc<Inbox>,
     /// Messages in flight towards the client, by packet id, with their sending order.
     pub out: HashMap<u16, (u64, Outgoing)>,
@@ -78,7 +143,7 @@ impl SessionState {
         SessionState {
             key: rand::random::<u64>() | 1,
             owner,
-            subs: HashMap::new(),
+            subs: Subs::default(),
             inbox: Inbox::new(client_id, l.max_queued, l.max_queued_bytes),
             out: HashMap::new(),
             out_seq: 0,
