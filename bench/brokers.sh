@@ -16,7 +16,7 @@
 # every second with `sys_interval 1` in the generated config).
 
 # shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
+declare -F parse_args >/dev/null || source "$ROOT/bench/lib.sh"
 
 TOOLS="$ROOT/bench/.tools"
 LOADGEN="$TOOLS/target/release/rtw-loadgen"

@@ -11,6 +11,16 @@
 log() { printf '[%s %s] %s\n' "${LOG_TAG:-bench}" "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# defaults NAME=VALUE...: sets each NAME to VALUE unless the environment gives it a non-empty
+# value (a script's knobs).
+defaults() {
+  local kv name
+  for kv in "$@"; do
+    name="${kv%%=*}"
+    [[ -n "${!name:-}" ]] || printf -v "$name" '%s' "${kv#*=}"
+  done
+}
+
 # --help: the script's header comment (lines USAGE_LINES of it, without the "# ").
 usage() { sed -n "${USAGE_LINES:-2,8}p" "$0" | sed 's/^# \{0,1\}//'; }
 

@@ -22,12 +22,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PEER_ONLY=0
-COUNT="${COUNT:-100000}"
-PAYLOAD="${PAYLOAD:-100}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-120}"
-QOS_LIST="${QOS_LIST:-0 1}"
-MQTTWRK_VERSION="${MQTTWRK_VERSION:-0.2.0}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+defaults COUNT=100000 PAYLOAD=100 STEP_TIMEOUT=120 "QOS_LIST=0 1" MQTTWRK_VERSION=0.2.0
 
 USAGE_LINES=2,7
 # shellcheck source=bench/brokers.sh

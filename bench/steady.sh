@@ -21,14 +21,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PEER_ONLY=0
-SUBSCRIBERS="${SUBSCRIBERS:-1000}"
-RATE="${RATE:-2000}"
-PAYLOAD="${PAYLOAD:-200}"
-DURATION="${DURATION:-240}"
-SAMPLE_SECS="${SAMPLE_SECS:-10}"
-PLATEAU_PCT="${PLATEAU_PCT:-5}"
-QOS="${QOS:-0}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+defaults SUBSCRIBERS=1000 RATE=2000 PAYLOAD=200 DURATION=240 SAMPLE_SECS=10 PLATEAU_PCT=5 QOS=0
 
 USAGE_LINES=2,8
 flag() {
