@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
@@ -343,43 +343,31 @@ async fn throughput(
     let closing = Arc::new(AtomicBool::new(false));
     let mut sub_clients = Vec::with_capacity(subscribers);
 
+    let loops = Loops {
+        stop: stop_rx.clone(),
+        closing: closing.clone(),
+        errors: errors.clone(),
+    };
+
     for i in 0..subscribers {
         let mut opts = MqttOptions::new(format!("lg-s-{id}-{i}"), cli.host.clone(), cli.port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(!persistent);
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut el) = AsyncClient::new(opts, 64);
+        let (client, el) = AsyncClient::new(opts, 64);
         client.subscribe(topic.clone(), qos).await?;
         sub_clients.push(client);
-        let received = received.clone();
-        let last_rx_ns = last_rx_ns.clone();
+        let (received, last_rx_ns) = (received.clone(), last_rx_ns.clone());
         let subacked = subacked.clone();
-        let errors = errors.clone();
-        let closing = closing.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Packet::Publish(_))) => {
-                            received[i].fetch_add(1, Ordering::Relaxed);
-                            last_rx_ns.fetch_max(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        }
-                        Ok(Event::Incoming(Packet::SubAck(_))) => {
-                            subacked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !closing.load(Ordering::SeqCst) {
-                                eprintln!("subscriber {i}: {e}");
-                                errors.fetch_add(1, Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                    }
-                }
+        loops.drive(el, format!("subscriber {i}"), move |p| match p {
+            Packet::Publish(_) => {
+                received[i].fetch_add(1, Ordering::Relaxed);
+                last_rx_ns.fetch_max(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
+            Packet::SubAck(_) => {
+                subacked.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
         });
     }
 
@@ -409,38 +397,17 @@ async fn throughput(
     opts.set_clean_session(true);
     opts.set_inflight(inflight.max(1));
     opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (publisher, mut pel) = AsyncClient::new(opts, 1024);
-    let (connack_tx, mut connack_rx) = watch::channel(false);
     let puback = Arc::new(AtomicU64::new(0));
-    {
+    let publisher = {
         let puback = puback.clone();
-        let errors = errors.clone();
-        let closing = closing.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    ev = pel.poll() => match ev {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => { let _ = connack_tx.send(true); }
-                        Ok(Event::Incoming(Packet::PubAck(_))) => { puback.fetch_add(1, Ordering::Relaxed); }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !closing.load(Ordering::SeqCst) {
-                                eprintln!("publisher: {e}");
-                                errors.fetch_add(1, Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                    }
+        loops
+            .publisher(opts, 1024, "publisher", move |p| {
+                if let Packet::PubAck(_) = p {
+                    puback.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-        });
-    }
-    tokio::time::timeout(Duration::from_secs(30), connack_rx.wait_for(|v| *v))
-        .await
-        .context("publisher CONNACK timeout")?
-        .context("publisher event loop ended")?;
+            })
+            .await?
+    };
 
     let payload = Bytes::from(vec![b'x'; payload_len]);
     let start = base.elapsed();
@@ -534,6 +501,72 @@ async fn throughput(
         bail!("client error during the run");
     }
     Ok(())
+}
+
+/// What the event-loop task of a rumqttc client shares with its run: `stop` ends it; a
+/// connection failure ends it too, and is printed and counted in `errors` unless `closing` is
+/// set (then it is expected).
+pub(crate) struct Loops {
+    pub stop: watch::Receiver<bool>,
+    pub closing: Arc<AtomicBool>,
+    pub errors: Arc<AtomicUsize>,
+}
+
+impl Loops {
+    /// Polls `el` in a task of its own; every incoming packet goes to `on_packet`. `who` names
+    /// the client in error lines.
+    pub fn drive(
+        &self,
+        mut el: EventLoop,
+        who: String,
+        mut on_packet: impl FnMut(Packet) + Send + 'static,
+    ) {
+        let mut stop = self.stop.clone();
+        let (closing, errors) = (self.closing.clone(), self.errors.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    ev = el.poll() => match ev {
+                        Ok(Event::Incoming(p)) => on_packet(p),
+                        Ok(_) => {}
+                        Err(e) => {
+                            if !closing.load(Ordering::SeqCst) {
+                                eprintln!("{who}: {e}");
+                                errors.fetch_add(1, Ordering::SeqCst);
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// A publishing client with `opts` (request queue `cap`), once its CONNACK is in (30 s at
+    /// most); its other incoming packets go to `on_packet`.
+    pub async fn publisher(
+        &self,
+        opts: MqttOptions,
+        cap: usize,
+        who: &str,
+        mut on_packet: impl FnMut(Packet) + Send + 'static,
+    ) -> Result<AsyncClient> {
+        let (client, el) = AsyncClient::new(opts, cap);
+        let (connack_tx, mut connack_rx) = watch::channel(false);
+        self.drive(el, who.to_string(), move |p| {
+            if let Packet::ConnAck(_) = p {
+                let _ = connack_tx.send(true);
+            } else {
+                on_packet(p);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), connack_rx.wait_for(|v| *v))
+            .await
+            .context("publisher CONNACK timeout")?
+            .context("publisher event loop ended")?;
+        Ok(client)
+    }
 }
 
 pub(crate) async fn resolve(cli: &Cli) -> Result<SocketAddr> {

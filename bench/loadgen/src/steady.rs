@@ -8,17 +8,17 @@
 //! and the growth over the last half of the run (the sample at the middle vs
 //! the last one): `plateau=yes` when it is below `plateau_pct`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use rumqttc::MqttOptions;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Semaphore};
 
-use crate::{procfs, raw, run_id, to_qos, Cli};
+use crate::{procfs, raw, run_id, to_qos, Cli, Loops};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SteadyOpts {
@@ -37,7 +37,7 @@ pub struct SteadyOpts {
 async fn subscriber(
     mut s: tokio::net::TcpStream,
     count: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
+    errors: Arc<AtomicUsize>,
     closing: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -118,7 +118,7 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     let counts: Vec<Arc<AtomicU64>> = (0..o.subscribers)
         .map(|_| Arc::new(AtomicU64::new(0)))
         .collect();
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
     let closing = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     for (s, c) in streams.into_iter().zip(&counts) {
@@ -137,33 +137,12 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_clean_session(true);
     mo.set_inflight(100);
-    let (publisher, mut el) = AsyncClient::new(mo, 1024);
-    let (connack_tx, mut connack_rx) = watch::channel(false);
-    {
-        let (errors, closing, mut stop) = (errors.clone(), closing.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => { let _ = connack_tx.send(true); }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !closing.load(Ordering::SeqCst) {
-                                eprintln!("steady publisher: {e}");
-                                errors.fetch_add(1, Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    tokio::time::timeout(Duration::from_secs(30), connack_rx.wait_for(|v| *v))
-        .await
-        .context("publisher CONNACK timeout")?
-        .context("publisher event loop ended")?;
+    let loops = Loops {
+        stop: stop_rx.clone(),
+        closing: closing.clone(),
+        errors: errors.clone(),
+    };
+    let publisher = loops.publisher(mo, 1024, "steady publisher", |_| {}).await?;
 
     // RSS sampler: one sample at the start, then every `sample`.
     let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));

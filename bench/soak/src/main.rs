@@ -11,7 +11,7 @@
 //! Every 10 s a line reports throughput, errors and the server's RSS (from /proc/PID/status).
 //! Bounded: `--secs` of load, then at most `--drain-secs`, then exit.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -233,6 +233,31 @@ fn lost(flows: &[Flow]) -> u64 {
         .sum()
 }
 
+/// An event of either rumqttc client (MQTT 5 or 3.1.1), as far as the soak cares.
+/// `ev!(&result)` makes one from what `EventLoop::poll` returned, with `Event` and `P` (the
+/// packet type) of the client's rumqttc module in scope: the two modules' types differ, the
+/// shape of their events does not.
+macro_rules! ev {
+    ($ev:expr) => {
+        match $ev {
+            Ok(Event::Incoming(P::SubAck(_))) => Ev::SubAck,
+            Ok(Event::Incoming(P::Publish(p))) => Ev::Publish(&p.payload),
+            Ok(Event::Incoming(P::PubAck(_) | P::PubComp(_))) => Ev::Acked,
+            Ok(_) => Ev::Other,
+            Err(e) => Ev::Failed(e.to_string()),
+        }
+    };
+}
+
+enum Ev<'a> {
+    SubAck,
+    Publish(&'a [u8]),
+    /// PUBACK or PUBCOMP: the oldest message in flight is acknowledged.
+    Acked,
+    Other,
+    Failed(String),
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn mqtt_client(
     a: Args,
@@ -251,9 +276,24 @@ async fn mqtt_client(
     let sub_topic = format!("soak/m/{from}");
     let qos2 = kind == Kind::V5 && i % 4 == 0;
     let sub_qos2 = kind == Kind::V5 && from % 4 == 0;
-    let interval = Duration::from_millis(a.interval_ms);
     // Sequence numbers in flight, in publish order: acknowledgements come in that order.
-    let inflight = Arc::new(Mutex::new(std::collections::VecDeque::<u64>::new()));
+    let inflight = Arc::new(Mutex::new(VecDeque::<u64>::new()));
+    let ticker = Ticker {
+        interval: Duration::from_millis(a.interval_ms),
+        st: st.clone(),
+        inflight: inflight.clone(),
+        publishing,
+        stop: stop.clone(),
+    };
+    let mut peer = Peer {
+        st: &st,
+        own: &flows[i],
+        from: &flows[from],
+        inflight: &inflight,
+        ready: &ready,
+        subscribed: false,
+        label: String::new(),
+    };
     if kind == Kind::V5 {
         use rumqttc::v5::mqttbytes::v5::Packet as P;
         use rumqttc::v5::mqttbytes::QoS;
@@ -264,46 +304,14 @@ async fn mqtt_client(
         let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
         let _ = c.subscribe(sub_topic.clone(), q).await;
         let pq = if qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
-        let pubber = {
-            let (c, st, inflight, t) = (c.clone(), st.clone(), inflight.clone(), pub_topic);
-            let (publishing, stop) = (publishing.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seq = 0u64;
-                while !stop.load(Relaxed) {
-                    tokio::time::sleep(interval).await;
-                    if !publishing.load(Relaxed) {
-                        continue;
-                    }
-                    seq += 1;
-                    inflight.lock().unwrap().push_back(seq);
-                    if c.publish(t.clone(), pq, false, seq.to_string()).await.is_ok() {
-                        st.published.fetch_add(1, Relaxed);
-                    }
-                }
-            })
-        };
-        let mut subscribed = false;
+        let pubber = ticker.spawn(move |seq| {
+            let (c, t) = (c.clone(), pub_topic.clone());
+            async move { c.publish(t, pq, false, seq.to_string()).await.is_ok() }
+        });
+        peer.label = format!("{id} (MQTT 5)");
         while !stop.load(Relaxed) {
-            match el.poll().await {
-                Ok(Event::Incoming(P::SubAck(_))) if !subscribed => {
-                    subscribed = true;
-                    ready.fetch_add(1, Relaxed);
-                }
-                Ok(Event::Incoming(P::Publish(p))) => {
-                    got(&st, &flows[from], &p.payload);
-                }
-                Ok(Event::Incoming(P::PubAck(_))) | Ok(Event::Incoming(P::PubComp(_))) => {
-                    acked(&st, &flows[i], &inflight);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if st.errors.fetch_add(1, Relaxed) < 20 {
-                        eprintln!("{id} (MQTT 5): {e}");
-                    }
-                    st.reconnects.fetch_add(1, Relaxed);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+            let ev = el.poll().await;
+            peer.on(ev!(&ev)).await;
         }
         pubber.abort();
     } else {
@@ -319,50 +327,85 @@ async fn mqtt_client(
         let (c, mut el) = AsyncClient::new(o, 64);
         let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
         let _ = c.subscribe(sub_topic.clone(), q).await;
-        let pubber = {
-            let (c, st, inflight, t) = (c.clone(), st.clone(), inflight.clone(), pub_topic);
-            let (publishing, stop) = (publishing.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seq = 0u64;
-                while !stop.load(Relaxed) {
-                    tokio::time::sleep(interval).await;
-                    if !publishing.load(Relaxed) {
-                        continue;
-                    }
-                    seq += 1;
-                    inflight.lock().unwrap().push_back(seq);
-                    if c
-                        .publish(t.clone(), QoS::AtLeastOnce, false, seq.to_string())
-                        .await
-                        .is_ok()
-                    {
-                        st.published.fetch_add(1, Relaxed);
-                    }
-                }
-            })
-        };
-        let mut subscribed = false;
+        let pubber = ticker.spawn(move |seq| {
+            let (c, t) = (c.clone(), pub_topic.clone());
+            async move { c.publish(t, QoS::AtLeastOnce, false, seq.to_string()).await.is_ok() }
+        });
+        let transport = if kind == Kind::Ws { "WebSocket" } else { "TCP" };
+        peer.label = format!("{id} (MQTT 3.1.1, {transport})");
         while !stop.load(Relaxed) {
-            match el.poll().await {
-                Ok(Event::Incoming(P::SubAck(_))) if !subscribed => {
-                    subscribed = true;
-                    ready.fetch_add(1, Relaxed);
-                }
-                Ok(Event::Incoming(P::Publish(p))) => got(&st, &flows[from], &p.payload),
-                Ok(Event::Incoming(P::PubAck(_))) | Ok(Event::Incoming(P::PubComp(_))) => {
-                    acked(&st, &flows[i], &inflight)
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if st.errors.fetch_add(1, Relaxed) < 20 {
-                        eprintln!("{id} (MQTT 3.1.1, {}): {e}", if kind == Kind::Ws { "WebSocket" } else { "TCP" });
-                    }
-                    st.reconnects.fetch_add(1, Relaxed);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+            let ev = el.poll().await;
+            peer.on(ev!(&ev)).await;
         }
         pubber.abort();
+    }
+}
+
+/// Publishes the next sequence number once per interval while `publishing` is set, until
+/// `stop`; what the broker acknowledges comes back in order, so each number is queued in
+/// `inflight` first.
+struct Ticker {
+    interval: Duration,
+    st: Arc<Stats>,
+    inflight: Arc<Mutex<VecDeque<u64>>>,
+    publishing: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    /// `publish(seq)` sends one message and says whether the client took it.
+    fn spawn<F, Fut>(self, publish: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(u64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !self.stop.load(Relaxed) {
+                tokio::time::sleep(self.interval).await;
+                if !self.publishing.load(Relaxed) {
+                    continue;
+                }
+                seq += 1;
+                self.inflight.lock().unwrap().push_back(seq);
+                if publish(seq).await {
+                    self.st.published.fetch_add(1, Relaxed);
+                }
+            }
+        })
+    }
+}
+
+/// The bookkeeping of one MQTT client: its own flow (what it published), the flow it
+/// subscribes to, and the shared counters.
+struct Peer<'a> {
+    st: &'a Stats,
+    own: &'a Flow,
+    from: &'a Flow,
+    inflight: &'a Mutex<VecDeque<u64>>,
+    ready: &'a AtomicU64,
+    subscribed: bool,
+    label: String,
+}
+
+impl Peer<'_> {
+    async fn on(&mut self, ev: Ev<'_>) {
+        match ev {
+            Ev::SubAck if !self.subscribed => {
+                self.subscribed = true;
+                self.ready.fetch_add(1, Relaxed);
+            }
+            Ev::Publish(payload) => got(self.st, self.from, payload),
+            Ev::Acked => acked(self.st, self.own, self.inflight),
+            Ev::SubAck | Ev::Other => {}
+            Ev::Failed(e) => {
+                if self.st.errors.fetch_add(1, Relaxed) < 20 {
+                    eprintln!("{}: {e}", self.label);
+                }
+                self.st.reconnects.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
@@ -380,7 +423,7 @@ fn got(st: &Stats, flow: &Flow, payload: &[u8]) {
     }
 }
 
-fn acked(st: &Stats, flow: &Flow, inflight: &Mutex<std::collections::VecDeque<u64>>) {
+fn acked(st: &Stats, flow: &Flow, inflight: &Mutex<VecDeque<u64>>) {
     if let Some(seq) = inflight.lock().unwrap().pop_front() {
         flow.acked.lock().unwrap().insert(seq);
         st.acked.fetch_add(1, Relaxed);
@@ -394,16 +437,10 @@ async fn request(port: u16, req: String) -> anyhow::Result<(u16, String)> {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;
     let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    // "HTTP/1.1 200 OK\r\n...\r\n\r\nbody"; no blank line: no body.
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).map_or(0, |s| s.parse().unwrap_or(0));
+    Ok((status, body.to_string()))
 }
 
 /// An SSE reader of `soak/sse/{k}` that also publishes to it over HTTP once per interval.
@@ -441,7 +478,6 @@ async fn sse_client(
             }
         })
     };
-    let interval = Duration::from_millis(a.interval_ms);
     let mut seq = 0u64;
     while !stop.load(Relaxed) {
         tokio::time::sleep(interval).await;
@@ -474,7 +510,6 @@ async fn rpc_client(
     publishing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
-    let interval = Duration::from_millis(a.interval_ms);
     let mut seq = 0u64;
     while !stop.load(Relaxed) {
         tokio::time::sleep(interval).await;
