@@ -101,30 +101,7 @@ enum Mode {
         persistent: bool,
     },
     /// Open N idle connections and measure the broker's RSS growth.
-    IdleConns {
-        /// Number of connections.
-        #[arg(long, default_value_t = 10_000)]
-        conns: usize,
-        /// PID of the broker, to read VmRSS from /proc/PID/status.
-        #[arg(long)]
-        broker_pid: Option<u32>,
-        /// Connections being set up at the same time (kept below common
-        /// listen backlogs, e.g. Mosquitto's 100, so no SYN is dropped).
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Seconds to wait after the last CONNACK before reading VmRSS.
-        #[arg(long, default_value_t = 2)]
-        settle_secs: u64,
-        /// MQTT keep-alive announced in CONNECT (seconds).
-        #[arg(long, default_value_t = 300)]
-        keepalive: u16,
-        /// Each client subscribes (QoS 1) to a topic of its own.
-        #[arg(long)]
-        subscribe: bool,
-        /// Persistent sessions (Clean Session 0) instead of clean ones.
-        #[arg(long)]
-        persistent: bool,
-    },
+    IdleConns(conns::IdleOpts),
     /// N clients connect at once; measures CONNACKs per second.
     ConnStorm {
         /// Number of clients.
@@ -139,35 +116,7 @@ enum Mode {
     },
     /// N subscribers on their own topics, one publisher at a fixed rate
     /// round-robin over them; broker VmRSS sampled during the run.
-    Steady {
-        /// Subscribers (each its own connection and topic).
-        #[arg(long, default_value_t = 1000)]
-        subscribers: usize,
-        /// Messages published per second (in total).
-        #[arg(long, default_value_t = 2000)]
-        rate: u64,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 200)]
-        payload: usize,
-        /// Seconds of publishing.
-        #[arg(long, default_value_t = 240)]
-        duration: u64,
-        /// QoS of the publishes and subscriptions (0 or 1).
-        #[arg(long, default_value_t = 0)]
-        qos: u8,
-        /// PID of the broker, to sample VmRSS from /proc/PID/status.
-        #[arg(long)]
-        broker_pid: Option<u32>,
-        /// Seconds between VmRSS samples.
-        #[arg(long, default_value_t = 10)]
-        sample_secs: u64,
-        /// A run plateaus when RSS grew less than this over its last half (%).
-        #[arg(long, default_value_t = 5.0)]
-        plateau_pct: f64,
-        /// Stop waiting for deliveries after this many seconds without progress.
-        #[arg(long, default_value_t = 5)]
-        idle_timeout: u64,
-    },
+    Steady(steady::SteadyOpts),
     /// Check certs/ with rustls + webpki: handshake on loopback for
     /// localhost, 127.0.0.1 and ::1; a wrong name must be rejected.
     TlsCheck {
@@ -209,9 +158,9 @@ fn main() -> Result<()> {
 fn mode_name(m: &Mode) -> &'static str {
     match m {
         Mode::Throughput { .. } => "throughput",
-        Mode::IdleConns { .. } => "idle-conns",
+        Mode::IdleConns(_) => "idle-conns",
         Mode::ConnStorm { .. } => "conn-storm",
-        Mode::Steady { .. } => "steady",
+        Mode::Steady(_) => "steady",
         Mode::TlsCheck { .. } => "tls-check",
     }
 }
@@ -239,55 +188,13 @@ async fn run(cli: &Cli) -> Result<()> {
             )
             .await
         }
-        Mode::IdleConns {
-            conns,
-            broker_pid,
-            concurrency,
-            settle_secs,
-            keepalive,
-            subscribe,
-            persistent,
-        } => {
-            let o = conns::IdleOpts {
-                conns: *conns,
-                broker_pid: *broker_pid,
-                concurrency: *concurrency,
-                settle: Duration::from_secs(*settle_secs),
-                keepalive: *keepalive,
-                subscribe: *subscribe || *persistent,
-                persistent: *persistent,
-            };
-            conns::idle_conns(cli, o).await
-        }
+        Mode::IdleConns(o) => conns::idle_conns(cli, *o).await,
         Mode::ConnStorm {
             conns,
             conn_timeout,
             keepalive,
         } => conns::conn_storm(cli, *conns, Duration::from_secs(*conn_timeout), *keepalive).await,
-        Mode::Steady {
-            subscribers,
-            rate,
-            payload,
-            duration,
-            qos,
-            broker_pid,
-            sample_secs,
-            plateau_pct,
-            idle_timeout,
-        } => {
-            let o = steady::SteadyOpts {
-                subscribers: *subscribers,
-                rate: *rate,
-                payload: *payload,
-                duration: Duration::from_secs(*duration),
-                qos: *qos,
-                broker_pid: *broker_pid,
-                sample: Duration::from_secs((*sample_secs).max(1)),
-                plateau_pct: *plateau_pct,
-                idle_timeout: Duration::from_secs(*idle_timeout),
-            };
-            steady::steady(cli, o).await
-        }
+        Mode::Steady(o) => steady::steady(cli, *o).await,
         Mode::TlsCheck { certs_dir } => tls::tls_check(certs_dir).await,
     }
 }

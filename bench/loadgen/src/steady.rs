@@ -20,17 +20,35 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::{procfs, raw, run_id, to_qos, Cli, Loops};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct SteadyOpts {
+    /// Subscribers (each its own connection and topic).
+    #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// Messages published per second (in total).
+    #[arg(long, default_value_t = 2000)]
     pub rate: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 200)]
     pub payload: usize,
-    pub duration: Duration,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 240)]
+    pub duration: u64,
+    /// QoS of the publishes and subscriptions (0 or 1).
+    #[arg(long, default_value_t = 0)]
     pub qos: u8,
+    /// PID of the broker, to sample VmRSS from /proc/PID/status.
+    #[arg(long)]
     pub broker_pid: Option<u32>,
-    pub sample: Duration,
+    /// Seconds between VmRSS samples.
+    #[arg(long, default_value_t = 10)]
+    pub sample_secs: u64,
+    /// A run plateaus when RSS grew less than this over its last half (%).
+    #[arg(long, default_value_t = 5.0)]
     pub plateau_pct: f64,
-    pub idle_timeout: Duration,
+    /// Stop waiting for deliveries after this many seconds without progress.
+    #[arg(long, default_value_t = 5)]
+    pub idle_timeout: u64,
 }
 
 /// Counts what one raw subscriber receives until `stop` or an error.
@@ -79,12 +97,13 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
         bail!("need at least one subscriber and a rate above 0");
     }
     let qos = to_qos(o.qos)?;
+    let duration = Duration::from_secs(o.duration);
     let addr = crate::resolve(cli).await?;
     let id = run_id();
     let topics: Vec<String> = (0..o.subscribers)
         .map(|i| format!("steady/{id}/{i}"))
         .collect();
-    let keepalive = (o.duration.as_secs() + 300).min(65_535) as u16;
+    let keepalive = (o.duration + 300).min(65_535) as u16;
     let rss_idle = rss(o.broker_pid)?;
 
     // Subscribers: connect + subscribe, 64 in flight (below listen backlogs).
@@ -148,7 +167,8 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
     let start = Instant::now();
     if let Some(pid) = o.broker_pid {
-        let (samples, sample) = (samples.clone(), o.sample);
+        let sample = Duration::from_secs(o.sample_secs.max(1));
+        let samples = samples.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sample);
@@ -171,7 +191,7 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     let payload = Bytes::from(vec![b'x'; o.payload]);
     let mut sent = 0u64;
     let mut failed = false;
-    while start.elapsed() < o.duration {
+    while start.elapsed() < duration {
         let due = (start.elapsed().as_secs_f64() * o.rate as f64) as u64;
         while sent < due {
             let t = &topics[(sent % o.subscribers as u64) as usize];
@@ -213,7 +233,7 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
         }
         if n != last {
             (last, last_progress) = (n, Instant::now());
-        } else if last_progress.elapsed() > o.idle_timeout {
+        } else if last_progress.elapsed() > Duration::from_secs(o.idle_timeout) {
             break "incomplete";
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -278,13 +278,7 @@ async fn mqtt_client(
     let sub_qos2 = kind == Kind::V5 && from % 4 == 0;
     // Sequence numbers in flight, in publish order: acknowledgements come in that order.
     let inflight = Arc::new(Mutex::new(VecDeque::<u64>::new()));
-    let ticker = Ticker {
-        interval: Duration::from_millis(a.interval_ms),
-        st: st.clone(),
-        inflight: inflight.clone(),
-        publishing,
-        stop: stop.clone(),
-    };
+    let ticker = Ticker::new(&a, publishing, stop.clone());
     let mut peer = Peer {
         st: &st,
         own: &flows[i],
@@ -304,7 +298,7 @@ async fn mqtt_client(
         let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
         let _ = c.subscribe(sub_topic.clone(), q).await;
         let pq = if qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
-        let pubber = ticker.spawn(move |seq| {
+        let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
             let (c, t) = (c.clone(), pub_topic.clone());
             async move { c.publish(t, pq, false, seq.to_string()).await.is_ok() }
         });
@@ -327,7 +321,7 @@ async fn mqtt_client(
         let (c, mut el) = AsyncClient::new(o, 64);
         let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
         let _ = c.subscribe(sub_topic.clone(), q).await;
-        let pubber = ticker.spawn(move |seq| {
+        let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
             let (c, t) = (c.clone(), pub_topic.clone());
             async move { c.publish(t, QoS::AtLeastOnce, false, seq.to_string()).await.is_ok() }
         });
@@ -341,37 +335,64 @@ async fn mqtt_client(
     }
 }
 
-/// Publishes the next sequence number once per interval while `publishing` is set, until
-/// `stop`; what the broker acknowledges comes back in order, so each number is queued in
-/// `inflight` first.
+/// Calls its closure with the next sequence number (1, 2, ...) once per `--interval-ms` while
+/// `publishing` is set, until `stop`.
 struct Ticker {
     interval: Duration,
-    st: Arc<Stats>,
-    inflight: Arc<Mutex<VecDeque<u64>>>,
     publishing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
 impl Ticker {
-    /// `publish(seq)` sends one message and says whether the client took it.
-    fn spawn<F, Fut>(self, publish: F) -> tokio::task::JoinHandle<()>
+    fn new(a: &Args, publishing: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Self {
+        let interval = Duration::from_millis(a.interval_ms);
+        Ticker {
+            interval,
+            publishing,
+            stop,
+        }
+    }
+
+    async fn run<F, Fut>(&self, mut each: F)
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut seq = 0u64;
+        while !self.stop.load(Relaxed) {
+            tokio::time::sleep(self.interval).await;
+            if !self.publishing.load(Relaxed) {
+                continue;
+            }
+            seq += 1;
+            each(seq).await;
+        }
+    }
+
+    /// An MQTT client's publisher task: `publish(seq)` sends one message and says whether the
+    /// client took it. Acknowledgements come back in publish order, so each number is queued
+    /// in `inflight` first.
+    fn spawn_publisher<F, Fut>(
+        self,
+        st: Arc<Stats>,
+        inflight: Arc<Mutex<VecDeque<u64>>>,
+        publish: F,
+    ) -> tokio::task::JoinHandle<()>
     where
         F: Fn(u64) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = bool> + Send,
     {
         tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !self.stop.load(Relaxed) {
-                tokio::time::sleep(self.interval).await;
-                if !self.publishing.load(Relaxed) {
-                    continue;
+            self.run(|seq| {
+                inflight.lock().unwrap().push_back(seq);
+                let (sent, st) = (publish(seq), &st);
+                async move {
+                    if sent.await {
+                        st.published.fetch_add(1, Relaxed);
+                    }
                 }
-                seq += 1;
-                self.inflight.lock().unwrap().push_back(seq);
-                if publish(seq).await {
-                    self.st.published.fetch_add(1, Relaxed);
-                }
-            }
+            })
+            .await
         })
     }
 }
@@ -478,27 +499,23 @@ async fn sse_client(
             }
         })
     };
-    let mut seq = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(interval).await;
-        if !publishing.load(Relaxed) {
-            continue;
-        }
-        seq += 1;
-        let body = seq.to_string();
-        let req = format!(
-            "POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        match request(a.http, req).await {
-            Ok((200, _)) => {
-                st.sse_posted.fetch_add(1, Relaxed);
+    let (ticker, port) = (Ticker::new(&a, publishing, stop), a.http);
+    ticker
+        .run(|seq| {
+            let body = seq.to_string();
+            let req = format!(
+                "POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let st = &st;
+            async move {
+                match request(port, req).await {
+                    Ok((200, _)) => st.sse_posted.fetch_add(1, Relaxed),
+                    _ => st.errors.fetch_add(1, Relaxed),
+                };
             }
-            _ => {
-                st.errors.fetch_add(1, Relaxed);
-            }
-        }
-    }
+        })
+        .await;
     reader.abort();
 }
 
@@ -510,29 +527,29 @@ async fn rpc_client(
     publishing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut seq = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(interval).await;
-        if !publishing.load(Relaxed) {
-            continue;
-        }
-        seq += 1;
-        let body = format!("{k}-{seq}");
-        let req = format!(
-            "POST /rpc/soak/{k} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let t = Instant::now();
-        match request(a.http, req).await {
-            Ok((200, b)) if b == body => {
-                st.rpc_ok.fetch_add(1, Relaxed);
-                st.rpc_ms_total
-                    .fetch_add(t.elapsed().as_millis() as u64, Relaxed);
+    let (ticker, port) = (Ticker::new(&a, publishing, stop), a.http);
+    ticker
+        .run(|seq| {
+            let body = format!("{k}-{seq}");
+            let req = format!(
+                "POST /rpc/soak/{k} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let st = &st;
+            async move {
+                let t = Instant::now();
+                match request(port, req).await {
+                    Ok((200, b)) if b == body => {
+                        st.rpc_ok.fetch_add(1, Relaxed);
+                        st.rpc_ms_total
+                            .fetch_add(t.elapsed().as_millis() as u64, Relaxed);
+                    }
+                    _ => {
+                        st.rpc_failed.fetch_add(1, Relaxed);
+                        st.errors.fetch_add(1, Relaxed);
+                    }
+                }
             }
-            _ => {
-                st.rpc_failed.fetch_add(1, Relaxed);
-                st.errors.fetch_add(1, Relaxed);
-            }
-        }
-    }
+        })
+        .await;
 }
