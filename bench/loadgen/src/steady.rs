@@ -161,7 +161,9 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
         closing: closing.clone(),
         errors: errors.clone(),
     };
-    let publisher = loops.publisher(mo, 1024, "steady publisher", |_| {}).await?;
+    let publisher = loops
+        .publisher(mo, 1024, "steady publisher", |_| {})
+        .await?;
 
     // RSS sampler: one sample at the start, then every `sample`.
     let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));

@@ -91,7 +91,10 @@ fn rss_mb(pid: u32) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let stats = Arc::new(Stats::default());
-    let n_http = args.http_clients.unwrap_or(args.clients / 10).min(args.clients);
+    let n_http = args
+        .http_clients
+        .unwrap_or(args.clients / 10)
+        .min(args.clients);
     let n_mqtt = args.clients - n_http;
     let n_sse = n_http / 2;
     let n_rpc = n_http - n_sse;
@@ -126,12 +129,26 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     for k in 0..n_sse {
-        let (a, st, p, s) = (args.clone(), stats.clone(), publishing.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move { sse_client(a, k, st, p, s).await }));
+        let (a, st, p, s) = (
+            args.clone(),
+            stats.clone(),
+            publishing.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(
+            async move { sse_client(a, k, st, p, s).await },
+        ));
     }
     for k in 0..n_rpc {
-        let (a, st, p, s) = (args.clone(), stats.clone(), publishing.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move { rpc_client(a, k, st, p, s).await }));
+        let (a, st, p, s) = (
+            args.clone(),
+            stats.clone(),
+            publishing.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(
+            async move { rpc_client(a, k, st, p, s).await },
+        ));
     }
     // Every MQTT client connected and subscribed before the first message.
     let t0 = Instant::now();
@@ -295,9 +312,17 @@ async fn mqtt_client(
         let mut o = MqttOptions::new(&id, "127.0.0.1", a.mqtt);
         o.set_keep_alive(Duration::from_secs(30));
         let (c, mut el) = AsyncClient::new(o, 64);
-        let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        let q = if sub_qos2 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let _ = c.subscribe(sub_topic.clone(), q).await;
-        let pq = if qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        let pq = if qos2 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
             let (c, t) = (c.clone(), pub_topic.clone());
             async move { c.publish(t, pq, false, seq.to_string()).await.is_ok() }
@@ -319,11 +344,19 @@ async fn mqtt_client(
         };
         o.set_keep_alive(Duration::from_secs(30));
         let (c, mut el) = AsyncClient::new(o, 64);
-        let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        let q = if sub_qos2 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let _ = c.subscribe(sub_topic.clone(), q).await;
         let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
             let (c, t) = (c.clone(), pub_topic.clone());
-            async move { c.publish(t, QoS::AtLeastOnce, false, seq.to_string()).await.is_ok() }
+            async move {
+                c.publish(t, QoS::AtLeastOnce, false, seq.to_string())
+                    .await
+                    .is_ok()
+            }
         });
         let transport = if kind == Kind::Ws { "WebSocket" } else { "TCP" };
         peer.label = format!("{id} (MQTT 3.1.1, {transport})");
