@@ -291,8 +291,8 @@ async fn mqtt_client(
     let pub_topic = format!("soak/m/{i}");
     let from = (i + n - 1) % n;
     let sub_topic = format!("soak/m/{from}");
-    let qos2 = kind == Kind::V5 && i % 4 == 0;
-    let sub_qos2 = kind == Kind::V5 && from % 4 == 0;
+    let qos2 = kind == Kind::V5 && i.is_multiple_of(4);
+    let sub_qos2 = kind == Kind::V5 && from.is_multiple_of(4);
     // Sequence numbers in flight, in publish order: acknowledgements come in that order.
     let inflight = Arc::new(Mutex::new(VecDeque::<u64>::new()));
     let ticker = Ticker::new(&a, publishing, stop.clone());
@@ -412,7 +412,7 @@ impl Ticker {
         publish: F,
     ) -> tokio::task::JoinHandle<()>
     where
-        F: Fn(u64) -> Fut + Send + 'static,
+        F: Fn(u64) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = bool> + Send,
     {
         tokio::spawn(async move {
