@@ -128,27 +128,21 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    for k in 0..n_sse {
+    // The HTTP clients: n_sse SSE readers, then n_rpc RPC callers (each numbered from 0).
+    for k in 0..n_http {
         let (a, st, p, s) = (
             args.clone(),
             stats.clone(),
             publishing.clone(),
             stop.clone(),
         );
-        tasks.push(tokio::spawn(
-            async move { sse_client(a, k, st, p, s).await },
-        ));
-    }
-    for k in 0..n_rpc {
-        let (a, st, p, s) = (
-            args.clone(),
-            stats.clone(),
-            publishing.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(
-            async move { rpc_client(a, k, st, p, s).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            if k < n_sse {
+                sse_client(a, k, st, p, s).await
+            } else {
+                rpc_client(a, k - n_sse, st, p, s).await
+            }
+        }));
     }
     // Every MQTT client connected and subscribed before the first message.
     let t0 = Instant::now();
