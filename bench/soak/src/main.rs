@@ -260,6 +260,17 @@ macro_rules! ev {
     };
 }
 
+/// `qos!(exactly_once)`: QoS 2 or 1, as the `QoS` type in scope (MQTT 5's or 3.1.1's).
+macro_rules! qos {
+    ($exactly_once:expr) => {
+        if $exactly_once {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    };
+}
+
 enum Ev<'a> {
     SubAck,
     Publish(&'a [u8]),
@@ -306,17 +317,9 @@ async fn mqtt_client(
         let mut o = MqttOptions::new(&id, "127.0.0.1", a.mqtt);
         o.set_keep_alive(Duration::from_secs(30));
         let (c, mut el) = AsyncClient::new(o, 64);
-        let q = if sub_qos2 {
-            QoS::ExactlyOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let q = qos!(sub_qos2);
         let _ = c.subscribe(sub_topic.clone(), q).await;
-        let pq = if qos2 {
-            QoS::ExactlyOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let pq = qos!(qos2);
         let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
             let (c, t) = (c.clone(), pub_topic.clone());
             async move { c.publish(t, pq, false, seq.to_string()).await.is_ok() }
@@ -338,11 +341,7 @@ async fn mqtt_client(
         };
         o.set_keep_alive(Duration::from_secs(30));
         let (c, mut el) = AsyncClient::new(o, 64);
-        let q = if sub_qos2 {
-            QoS::ExactlyOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let q = qos!(sub_qos2);
         let _ = c.subscribe(sub_topic.clone(), q).await;
         let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
             let (c, t) = (c.clone(), pub_topic.clone());
