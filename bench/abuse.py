@@ -18,43 +18,32 @@ minimum (CONNECT out, CONNACK code in), not a client.
 """
 
 import collections
+import os
 import random
 import socket
 import statistics
-import struct
 import sys
 import threading
 import time
 
-
-def mqtt_str(s):
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        d = n % 128
-        n //= 128
-        out.append(d | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+# The MQTT packet encoder of the fuzz seeds (fuzz/seeds.py), for the raw CONNECT (no .pyc left
+# in fuzz/).
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz"))
+from seeds import connect  # noqa: E402
 
 
 def connect5(client_id, user, password):
-    flags = 0x02 | 0x80 | 0x40
-    body = mqtt_str("MQTT") + bytes([5, flags]) + struct.pack("!H", 30) + b"\x00"
-    body += mqtt_str(client_id) + mqtt_str(user) + mqtt_str(password)
-    return b"\x10" + varint(len(body)) + body
+    return connect(5, client_id, keep=30, user=user, pw=password)
 
 
 def source(i):
     return ("127.0.0.%d" % (2 + i % 250), 0)
 
 
-def mqtt_pw(port, users, conc, secs):
-    users = users.split(",")
+def hammer(conc, secs, attempt):
+    """CONC threads calling attempt(thread, n) (n = 1, 2, ...) until SECS have passed; returns
+    how often each outcome came back (an OSError counts as its type's name)."""
     end = time.time() + secs
     codes = collections.Counter()
     lock = threading.Lock()
@@ -63,14 +52,8 @@ def mqtt_pw(port, users, conc, secs):
         n = 0
         while time.time() < end:
             n += 1
-            code = "error"
             try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=15,
-                                             source_address=source(t * 1000 + n))
-                s.sendall(connect5("a%d-%d" % (t, n), random.choice(users), "wrong-%d" % n))
-                ack = s.recv(5)
-                code = "0x%02x" % ack[3] if len(ack) >= 4 else "closed"
-                s.close()
+                code = attempt(t, n)
             except OSError as e:
                 code = type(e).__name__
             with lock:
@@ -81,39 +64,42 @@ def mqtt_pw(port, users, conc, secs):
         t.start()
     for t in ts:
         t.join()
-    print("connack", dict(codes))
+    return dict(codes)
+
+
+def mqtt_pw(port, users, conc, secs):
+    users = users.split(",")
+
+    def attempt(t, n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=15,
+                                     source_address=source(t * 1000 + n))
+        s.sendall(connect5("a%d-%d" % (t, n), random.choice(users), "wrong-%d" % n))
+        ack = s.recv(5)
+        s.close()
+        return "0x%02x" % ack[3] if len(ack) >= 4 else "closed"
+
+    print("connack", hammer(conc, secs, attempt))
+
+
+def http_status(port, path, headers, source_address=None):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=15, source_address=source_address)
+    c.request("GET", path, headers=headers)
+    st = c.getresponse().status
+    c.close()
+    return st
 
 
 def http_pw(port, users, conc, secs):
     import base64
-    import http.client
     users = users.split(",")
-    end = time.time() + secs
-    codes = collections.Counter()
-    lock = threading.Lock()
 
-    def run(t):
-        n = 0
-        while time.time() < end:
-            n += 1
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=15,
-                                               source_address=source(t * 1000 + n))
-                cred = base64.b64encode(("%s:wrong-%d" % (random.choice(users), n)).encode())
-                c.request("GET", "/topics/x", headers={"Authorization": "Basic " + cred.decode()})
-                st = c.getresponse().status
-                c.close()
-            except OSError as e:
-                st = type(e).__name__
-            with lock:
-                codes[st] += 1
+    def attempt(t, n):
+        cred = base64.b64encode(("%s:wrong-%d" % (random.choice(users), n)).encode())
+        return http_status(port, "/topics/x", {"Authorization": "Basic " + cred.decode()},
+                           source(t * 1000 + n))
 
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(conc)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    print("http", dict(codes))
+    print("http", hammer(conc, secs, attempt))
 
 
 def bodies(port, n, secs):
@@ -148,33 +134,11 @@ def bodies(port, n, secs):
 
 
 def polls(port, token, conc, secs):
-    import http.client
-    end = time.time() + secs
-    codes = collections.Counter()
-    lock = threading.Lock()
+    def attempt(t, n):
+        q = "&".join("topic=abuse/%d/%d/%d" % (t, n, f) for f in range(32))
+        return http_status(port, "/poll?%s&timeout=1" % q, {"Authorization": "Bearer " + token})
 
-    def run(t):
-        n = 0
-        while time.time() < end:
-            n += 1
-            q = "&".join("topic=abuse/%d/%d/%d" % (t, n, f) for f in range(32))
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-                c.request("GET", "/poll?%s&timeout=1" % q,
-                          headers={"Authorization": "Bearer " + token})
-                st = c.getresponse().status
-                c.close()
-            except OSError as e:
-                st = type(e).__name__
-            with lock:
-                codes[st] += 1
-
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(conc)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    print("polls", dict(codes))
+    print("polls", hammer(conc, secs, attempt))
 
 
 def paho_client(port, token, cid):

@@ -20,11 +20,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="${RTW_BIN:-$TARGET/release/realtime-web}"
-# realtime-web reads RTW_<SECTION>__<KEY> variables as configuration; RTW_BIN is not one, but
-# keep it out of the server's environment anyway.
-export -n RTW_BIN 2>/dev/null || true
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+pick_rtw_bin
 SECS="${SECS:-10}"
 CONC="${CONC:-32}"
 LOADS=("$@")
@@ -34,28 +32,15 @@ PY="$ROOT/bench/abuse.py"
 die() { echo "abuse.sh: $*" >&2; exit 1; }
 
 # --- tools -------------------------------------------------------------------------------------
-need_apt=()
-command -v python3 >/dev/null || need_apt+=(python3)
-python3 -c 'import paho.mqtt' 2>/dev/null || need_apt+=(python3-paho-mqtt)
-if [[ ${#need_apt[@]} -gt 0 ]]; then
-  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-  $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null || die "cannot install ${need_apt[*]}"
-fi
-if [[ ! -x "$BIN" ]]; then
-  (cd "$ROOT" && cargo build --release --bin realtime-web) || die "cannot build $BIN"
-fi
+ensure_paho
+ensure_release_bin "$BIN"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-WORK="$(mktemp -d /tmp/rtw-abuse.XXXXXX)"
+start_work rtw-abuse
 SERVER_PID=""
 SAMPLER_PID=""
-cleanup() {
-  [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null || true
-  [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+stop_both() { stop_pids "$SAMPLER_PID" "$SERVER_PID"; }
+ON_EXIT=stop_both
 
 # --- credentials -------------------------------------------------------------------------------
 SECRET="abuse-bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -68,8 +53,6 @@ USER_LIST="$(IFS=,; echo "${USERS[*]}")"
 TOKEN="$(RTW_AUTH__JWT_SECRET="$SECRET" "$BIN" token --subject bench --publish '#' \
   --subscribe '#' --ttl 1h)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 start_server() {
   MQTT_PORT="$(free_port)"; HTTP_PORT="$(free_port)"
   mkdir -p "$WORK/data"
@@ -78,10 +61,7 @@ start_server() {
     RTW_AUTH__PASSWORD_FILE="$WORK/passwd" RTW_LOG__LEVEL=warn \
     "$BIN" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 1 100); do
-    (echo >/dev/tcp/127.0.0.1/"$HTTP_PORT") 2>/dev/null && (echo >/dev/tcp/127.0.0.1/"$MQTT_PORT") 2>/dev/null && return
-    sleep 0.1
-  done
+  wait_port "$HTTP_PORT" 10 "$SERVER_PID" && wait_port "$MQTT_PORT" 10 "$SERVER_PID" && return
   die "server did not start: $(cat "$WORK/server.log")"
 }
 

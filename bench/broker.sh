@@ -48,22 +48,19 @@ RUNS="${RUNS:-3}"            # runs per scenario and broker; the median is repor
 STEP_TIMEOUT="${STEP_TIMEOUT:-120}"  # seconds, per load-generator run
 SCENARIOS="${SCENARIOS:-a,b,bp,c,d,e,es,ep,f}"
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
+USAGE_LINES=2,9
+flag() {
   case "$1" in
-    --peer-only) PEER_ONLY=1 ;;
     --quick) MSGS_A=20000 MSGS_B=10000 MSGS_C=2000 MSGS_D=1000 CONNS=1000 RUNS=1 ;;
-    --runs) RUNS="$2"; shift ;;
-    --conns) CONNS="$2"; shift ;;
-    --scenarios) SCENARIOS="$2"; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    --runs) RUNS="$2"; SHIFT=2 ;;
+    --conns) CONNS="$2"; SHIFT=2 ;;
+    --scenarios) SCENARIOS="$2"; SHIFT=2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
-
+}
 # shellcheck source=bench/brokers.sh
 source "$ROOT/bench/brokers.sh"
+broker_args flag "$@"
 
 # --- one measurement ---------------------------------------------------------
 RAW="$WORK/results.txt"
@@ -89,8 +86,7 @@ run_one() {
     f) args=(conn-storm --conns "$CONNS" --conn-timeout "$STORM_CONN_TIMEOUT") ;;
   esac
   local before after
-  before="$(broker_counters "$broker")"
-  [[ "$broker" == mosquitto ]] && before="received=0 sent=0 dropped=0"  # fresh process
+  before="$(counters_before "$broker")"
   RUN_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$LOADGEN" --port "$BROKER_PORT" --label "$broker" \
             --max-secs $(( STEP_TIMEOUT - 5 )) "${args[@]}" 2>>"$WORK/loadgen.err" | grep '^RESULT' | tail -1 || true)"
   after="$(broker_counters "$broker")"
@@ -99,16 +95,6 @@ run_one() {
   stop_broker
   echo "$sc $RUN_LINE" >> "$RAW"
   log "$sc $broker: ${RUN_LINE:-no result (see bench/.tools/last-loadgen.err)}"
-}
-
-# counter_delta "received=.. sent=.. dropped=.." (before) (after) -> broker_received=.. ...
-counter_delta() {
-  local k b a out=""
-  for k in received sent dropped; do
-    b="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$1")"; a="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$2")"
-    if [[ "$a" =~ ^[0-9]+$ && "$b" =~ ^[0-9]+$ ]]; then out+="broker_$k=$(( a - b )) "; else out+="broker_$k=- "; fi
-  done
-  echo "${out% }"
 }
 
 # value LINE KEY -> the metric, '*'-suffixed if the run was incomplete, or "fail"
@@ -121,7 +107,7 @@ value() {
   if [[ "$status" == "ok" ]]; then echo "$v"; else echo "${v}*"; fi
 }
 
-median() { # values... ("fail" ignored); keeps a '*' if any kept run had one
+median_marked() { # values... ("fail" ignored); keeps a '*' if any kept run had one
   local star="" vals=() v
   for v in "$@"; do
     [[ "$v" == fail ]] && continue
@@ -148,9 +134,6 @@ echo "Brokers: mosquitto ${MOSQ_VER:-?} (ports from $MOSQ_PORT)$([[ $PEER_ONLY -
 echo "Workload: payload ${PAYLOAD} B; a=$MSGS_A b=$MSGS_B msgs; c=$MSGS_C d=$MSGS_D msgs x $FANOUT subs; e,es,ep,f=$CONNS conns; median of $RUNS run(s)"
 echo "Load generator and broker share the same $(nproc) CPUs (loopback)."
 echo
-
-BROKERS=(mosquitto)
-[[ $PEER_ONLY -eq 0 ]] && BROKERS=(realtime-web mosquitto)
 
 # Table rows: row id -> scenario, RESULT key, label, unit.
 ROWS=(a b bp c d e efd e2 es esfd es2 ep epfd ep2 f f2 f3)
@@ -200,7 +183,7 @@ for row in "${ROWS[@]}"; do
   for b in "${BROKERS[@]}"; do
     vals=()
     for r in $(seq 1 "$RUNS"); do vals+=("$(value "${LINES[$sc,$b,$r]}" "${ROW_KEY[$row]}")"); done
-    RES[$row,$b]="$(median "${vals[@]}")"
+    RES[$row,$b]="$(median_marked "${vals[@]}")"
   done
 done
 

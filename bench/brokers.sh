@@ -1,18 +1,22 @@
 # Shared by bench/broker.sh, bench/steady.sh and bench/mqttwrk.sh (sourced, not run):
 # installing Mosquitto, building the load generator, starting and stopping one
 # broker at a time on a fresh loopback port, and reading the brokers' own
-# message counters.
+# message counters. Builds on bench/lib.sh (the helpers of every bench script).
 #
 # The sourcing script sets ROOT, and may set RTW_BIN, MOSQ_PORT, RTW_MQTT_PORT,
-# RTW_HTTP_PORT, PEER_ONLY before calling these. It gets WORK (a temporary
-# directory removed on exit), BROKER_PID, BROKER_PORT, BROKER_HTTP_PORT, and an
-# EXIT trap that stops the broker by PID.
+# RTW_HTTP_PORT, PEER_ONLY before calling these, then parses its arguments with
+# broker_args. It gets WORK (a temporary directory removed on exit), BROKERS,
+# BROKER_PID, BROKER_PORT, BROKER_HTTP_PORT, and an EXIT trap that stops the
+# broker by PID.
 #
 # Counters (broker_counters): realtime-web's rtw_messages_received_total,
 # rtw_messages_sent_total and rtw_messages_dropped_total from its /metrics
 # (HTTP port; anonymous callers are admins in loopback-only mode); Mosquitto's
 # $SYS/broker/publish/messages/{received,sent,dropped} (retained, refreshed
 # every second with `sys_interval 1` in the generated config).
+
+# shellcheck source=bench/lib.sh
+declare -F parse_args >/dev/null || source "$ROOT/bench/lib.sh"
 
 TOOLS="$ROOT/bench/.tools"
 LOADGEN="$TOOLS/target/release/rtw-loadgen"
@@ -22,34 +26,44 @@ RTW_MQTT_PORT="${RTW_MQTT_PORT:-22883}"
 RTW_HTTP_PORT="${RTW_HTTP_PORT:-23880}"
 PEER_ONLY="${PEER_ONLY:-0}"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-WORK="$(mktemp -d /tmp/rtw-bench.XXXXXX)"
 BROKER_PID=""
 BROKER_PORT=""
 BROKER_HTTP_PORT=""
 stop_broker() {
-  if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-    kill "$BROKER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$BROKER_PID" 2>/dev/null || true
-    wait "$BROKER_PID" 2>/dev/null || true
-  fi
+  stop_pids "$BROKER_PID"
   BROKER_PID=""
 }
-cleanup() { stop_broker; rm -rf "$WORK"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+ON_EXIT=stop_broker
+start_work rtw-bench
+
+# broker_args FLAG_FN ARG...: parse_args with --peer-only (Mosquitto alone) handled here and
+# every other flag by FLAG_FN ("" when the script has none); then BROKERS = the brokers to
+# run, in order.
+broker_args() {
+  BROKER_FLAG_FN="$1"; shift
+  parse_args broker_flag "$@"
+  BROKERS=(mosquitto)
+  if [[ $PEER_ONLY -eq 0 ]]; then BROKERS=(realtime-web mosquitto); fi
+}
+broker_flag() {
+  if [[ "$1" == --peer-only ]]; then PEER_ONLY=1; return 0; fi
+  [[ -n "$BROKER_FLAG_FN" ]] && "$BROKER_FLAG_FN" "$@"
+}
+
+# run_header WORKLOAD: the machine, the workload line, the realtime-web binary (unless
+# --peer-only) and a blank line.
+run_header() {
+  machine_header
+  echo "$1"
+  if [[ $PEER_ONLY -eq 0 ]]; then echo "realtime-web: $RTW_BIN ($(date -u -r "$RTW_BIN" '+built %Y-%m-%d %H:%M UTC'))"; fi
+  echo
+}
 
 # --- tools -------------------------------------------------------------------
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
-
 ensure_mosquitto() {
   command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null && return
   log "installing mosquitto and mosquitto-clients (apt)"
-  as_root env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >/dev/null
+  apt_install mosquitto mosquitto-clients
   # The package may start the system service on 1883: we do not need it.
   if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
     as_root systemctl stop mosquitto 2>/dev/null || true
@@ -58,23 +72,11 @@ ensure_mosquitto() {
   fi
 }
 
-ensure_loadgen() {
-  local newest
-  newest="$(find "$ROOT/bench/loadgen/src" "$ROOT/bench/loadgen/Cargo.toml" "$ROOT/bench/loadgen/Cargo.lock" -newer "$LOADGEN" 2>/dev/null | head -1 || true)"
-  if [[ -x "$LOADGEN" && -z "$newest" ]]; then return; fi
-  log "building bench/loadgen into bench/.tools/target (once)"
-  mkdir -p "$TOOLS"
-  CARGO_TARGET_DIR="$TOOLS/target" timeout 1800 \
-    cargo build --release --locked --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-}
+ensure_loadgen() { build_tool loadgen "$LOADGEN"; }
 
 ensure_rtw() {
   [[ $PEER_ONLY -eq 1 ]] && return
-  if [[ ! -x "$RTW_BIN" ]]; then
-    log "building realtime-web (release)"
-    (cd "$ROOT" && timeout 3600 cargo build --release --bin realtime-web)
-  fi
-  [[ -x "$RTW_BIN" ]] || die "no realtime-web binary at $RTW_BIN (use --peer-only to bench Mosquitto alone)"
+  ensure_release_bin "$RTW_BIN" "use --peer-only to bench Mosquitto alone"
 }
 
 # raise_nofile CONNS -> raises the soft limit to the hard one; sets CONNS lower
@@ -91,32 +93,6 @@ raise_nofile() {
 }
 
 # --- brokers -----------------------------------------------------------------
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() { # port seconds
-  local i
-  for i in $(seq 1 $(( $2 * 10 ))); do
-    port_open "$1" && return 0
-    kill -0 "$BROKER_PID" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-# Every broker start uses the next port (base, base+1, ...): after a run with
-# 10,000 connections the old client sockets sit in TIME-WAIT for 60 s, and
-# reusing the same destination port made the next connection storm 5-10x
-# slower (measured). Fresh ports keep runs independent.
-PORT_SEQ=0
-next_port() { # base -> first free port at base+PORT_SEQ.., sets NEXT_PORT
-  local p
-  for _ in $(seq 1 100); do
-    p=$(( $1 + PORT_SEQ )); PORT_SEQ=$(( PORT_SEQ + 1 ))
-    port_open "$p" || { NEXT_PORT="$p"; return 0; }
-  done
-  die "no free port near $1"
-}
-
 start_broker() { # name -> sets BROKER_PID, BROKER_PORT, BROKER_HTTP_PORT
   local name="$1" dir="$WORK/$1-$RANDOM"
   mkdir -p "$dir"
@@ -145,11 +121,20 @@ start_broker() { # name -> sets BROKER_PID, BROKER_PORT, BROKER_HTTP_PORT
     *) die "unknown broker $name" ;;
   esac
   BROKER_LOG="$dir/broker.log"
-  if ! wait_port "$BROKER_PORT" 30 || { [[ -n "$BROKER_HTTP_PORT" ]] && ! wait_port "$BROKER_HTTP_PORT" 10; }; then
+  if ! wait_port "$BROKER_PORT" 30 "$BROKER_PID" || { [[ -n "$BROKER_HTTP_PORT" ]] && ! wait_port "$BROKER_HTTP_PORT" 10 "$BROKER_PID"; }; then
     tail -20 "$dir/broker.log" >&2 || true
     stop_broker
     return 1
   fi
+}
+
+# counters_before NAME -> the counters to subtract from the ones after a run. Mosquitto's are
+# read too (as before every run), but taken as 0: each run starts a fresh process.
+counters_before() {
+  local c
+  c="$(broker_counters "$1")"
+  [[ "$1" == mosquitto ]] && c="received=0 sent=0 dropped=0"
+  echo "$c"
 }
 
 # broker_counters NAME -> prints "received=R sent=S dropped=D" (the broker's own
@@ -179,9 +164,6 @@ broker_counters() {
   esac
   echo "received=${r:--} sent=${s:--} dropped=${d:--}"
 }
-
-# kv LINE KEY -> value of KEY=... in a RESULT line
-kv() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
 machine_header() { # prints the machine, kernel and load lines
   local cpu mem

@@ -19,69 +19,37 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="${RTW_BIN:-$TARGET/release/realtime-web}"
-export -n RTW_BIN 2>/dev/null || true
+LOG_TAG=cluster
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+pick_rtw_bin
 MSGS="${MSGS:-100000}"
-TOOLS="$ROOT/bench/.tools"
-LOADGEN="$TOOLS/target/release/rtw-loadgen"
-
+LOADGEN="$ROOT/bench/.tools/target/release/rtw-loadgen"
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # --- tools -------------------------------------------------------------------------------------
-need_apt=()
-command -v nats-server >/dev/null || need_apt+=(nats-server)
-command -v python3 >/dev/null || need_apt+=(python3)
-python3 -c 'import paho.mqtt' 2>/dev/null || need_apt+=(python3-paho-mqtt)
-if [[ ${#need_apt[@]} -gt 0 ]]; then
-  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-  $SUDO apt-get update -qq >/dev/null || true
-  $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null || die "cannot install ${need_apt[*]}"
-fi
-if [[ ! -x "$BIN" ]]; then
-  (cd "$ROOT" && timeout 1800 cargo build --release --bin realtime-web) || die "cannot build $BIN"
-fi
-if [[ ! -x "$LOADGEN" || -n "$(find "$ROOT/bench/loadgen/src" -newer "$LOADGEN" | head -1)" ]]; then
-  log "building bench/loadgen into bench/.tools/target"
-  CARGO_TARGET_DIR="$TOOLS/target" timeout 1800 \
-    cargo build --release --locked --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-fi
+ensure_paho nats-server
+ensure_release_bin "$BIN"
+build_tool loadgen "$LOADGEN"
 
-WORK="$(mktemp -d /tmp/rtw-cluster.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+start_work rtw-cluster
+listening() { wait_port "$1" 10 || die "nothing listens on $1"; }
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  local p=$1 i
-  for i in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  die "nothing listens on $p"
-}
-
-NATS_PORT=$(port)
+NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 NATS_PID=$!; PIDS+=("$NATS_PID")
-wait_port "$NATS_PORT"
+listening "$NATS_PORT"
 
 # node NAME CLUSTER(0|1) -> sets NODE_MQTT
 node() {
   local name=$1 clustered=$2 mqtt http
-  mqtt=$(port); http=$(port)
+  mqtt=$(free_port); http=$(free_port)
   local env=(RTW_MQTT__LISTEN="127.0.0.1:$mqtt" RTW_HTTP__LISTEN="127.0.0.1:$http"
              RTW_STORAGE__DIR="$WORK/$name" RTW_LOG__LEVEL=warn)
   [[ $clustered -eq 1 ]] && env+=(RTW_CLUSTER__NATS="nats://127.0.0.1:$NATS_PORT" RTW_CLUSTER__NODE="$name")
   env "${env[@]}" "$BIN" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
-  wait_port "$mqtt"
+  listening "$mqtt"
   NODE_MQTT=$mqtt
 }
 node A 1; A=$NODE_MQTT

@@ -38,7 +38,6 @@ RTW_BIN="${RTW_BIN:-$ROOT/target/release/realtime-web}"
 export -n RTW_BIN
 HELLO="$TOOLS/target/release/rtw-hello"
 SSEBENCH="$TOOLS/target/release/rtw-ssebench"
-OHA="$TOOLS/bin/oha"
 
 PUB_CONNS="${PUB_CONNS:-64}"        # keep-alive connections for the publish rate
 PUB_REQS="${PUB_REQS:-300000}"      # request bound per step
@@ -52,102 +51,21 @@ STEP_TIMEOUT="${STEP_TIMEOUT:-180}" # seconds, per load-tool run
 PORT_BASE="${PORT_BASE:-24880}"     # first loopback port tried
 
 STREAMS_ONLY=0
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
+USAGE_LINES=2,8
+LOG_TAG=http-bench
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+flag() {
   case "$1" in
     --quick) STREAMS=1000; RUNS=1; PUB_SECS=3; PUB_REQS=50000; ROUNDS=3 ;;
     --streams-only) STREAMS_ONLY=1 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
-
-log() { printf '[http-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-WORK="$(mktemp -d /tmp/rtw-http-bench.XXXXXX)"
-PIDS=()
-stop_pid() { # pid
-  local p="$1"
-  [[ -n "$p" ]] || return 0
-  if kill -0 "$p" 2>/dev/null; then
-    kill "$p" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  fi
-  wait "$p" 2>/dev/null || true
 }
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do stop_pid "$p"; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- tools -------------------------------------------------------------------
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
-
-LOADER=""
-ensure_loader() {
-  if [[ -x "$OHA" ]]; then LOADER=oha; return; fi
-  log "installing oha from crates.io into bench/.tools (once)"
-  mkdir -p "$TOOLS"
-  if CARGO_TARGET_DIR="$TOOLS/target-oha" timeout 1800 \
-       cargo install --locked oha --root "$TOOLS" > "$TOOLS/oha-install.log" 2>&1 && [[ -x "$OHA" ]]; then
-    LOADER=oha; return
-  fi
-  log "oha did not build (see bench/.tools/oha-install.log); using wrk from apt"
-  if ! command -v wrk >/dev/null; then
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends wrk >/dev/null
-  fi
-  command -v wrk >/dev/null || die "neither oha nor wrk is available"
-  LOADER=wrk
-}
-
-build_tool() { # project binary
-  local proj="$1" bin="$2" newest
-  newest="$(find "$ROOT/bench/$proj/src" "$ROOT/bench/$proj/Cargo.toml" "$ROOT/bench/$proj/Cargo.lock" -newer "$bin" 2>/dev/null | head -1 || true)"
-  if [[ -x "$bin" && -z "$newest" ]]; then return; fi
-  log "building bench/$proj into bench/.tools/target"
-  mkdir -p "$TOOLS"
-  CARGO_TARGET_DIR="$TOOLS/target" timeout 1800 \
-    cargo build --release --locked --quiet --manifest-path "$ROOT/bench/$proj/Cargo.toml"
-}
-
-ensure_rtw() {
-  if [[ ! -x "$RTW_BIN" ]]; then
-    log "building realtime-web (release)"
-    (cd "$ROOT" && timeout 3600 cargo build --release --bin realtime-web)
-  fi
-  [[ -x "$RTW_BIN" ]] || die "no realtime-web binary at $RTW_BIN"
-}
+parse_args flag "$@"
+start_work rtw-http-bench
 
 # --- servers -----------------------------------------------------------------
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT_SEQ=0
-next_port() { # sets NEXT_PORT to a free port at PORT_BASE+PORT_SEQ..
-  local p
-  for _ in $(seq 1 200); do
-    p=$(( PORT_BASE + PORT_SEQ )); PORT_SEQ=$(( PORT_SEQ + 1 ))
-    if ! port_open "$p" && ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then
-      NEXT_PORT="$p"; return 0
-    fi
-  done
-  die "no free port near $PORT_BASE"
-}
-wait_port() { # port pid seconds
-  local i
-  for i in $(seq 1 $(( $3 * 10 ))); do
-    port_open "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
 SERVER_PID=""; SERVER_PORT=""
 MERCURE_KEY="bench-mercure-key-$RANDOM$RANDOM$RANDOM"
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -161,10 +79,10 @@ mercure_token() {
 start_server() { # rtw|hello -> SERVER_PID, SERVER_PORT
   local name="$1" dir="$WORK/$1-$RANDOM"
   mkdir -p "$dir"
-  next_port; SERVER_PORT="$NEXT_PORT"
+  next_port "$PORT_BASE"; SERVER_PORT="$NEXT_PORT"
   case "$name" in
     rtw|rtw-mercure)
-      next_port; local mqtt="$NEXT_PORT"
+      next_port "$PORT_BASE"; local mqtt="$NEXT_PORT"
       mkdir -p "$dir/data"
       local -a extra=()
       [[ "$name" == rtw-mercure ]] && extra=(RTW_MERCURE__PUBLISHER_JWT_KEY="$MERCURE_KEY" RTW_MERCURE__ANONYMOUS=true)
@@ -178,13 +96,13 @@ start_server() { # rtw|hello -> SERVER_PID, SERVER_PORT
   esac
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
-  if ! wait_port "$SERVER_PORT" "$SERVER_PID" 30; then
+  if ! wait_port "$SERVER_PORT" 30 "$SERVER_PID"; then
     tail -20 "$dir/server.log" >&2 || true
-    stop_pid "$SERVER_PID"
+    stop_pids "$SERVER_PID"
     die "$name did not start"
   fi
 }
-stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
+stop_server() { stop_pids "$SERVER_PID"; SERVER_PID=""; }
 
 # --- measurements ------------------------------------------------------------
 BODY="$(head -c "$PAYLOAD" /dev/zero | tr '\0' 'x')"
@@ -225,8 +143,6 @@ rate() {
   fi
 }
 
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
 # --- main --------------------------------------------------------------------
 HARD="$(ulimit -Hn)"
 ulimit -n "$HARD" 2>/dev/null || true
@@ -240,7 +156,7 @@ if (( ! STREAMS_ONLY )); then
   build_tool hello "$HELLO"
 fi
 build_tool ssebench "$SSEBENCH"
-ensure_rtw
+ensure_release_bin "$RTW_BIN"
 
 LOADER_VERSION="-"
 (( STREAMS_ONLY )) || LOADER_VERSION="$([[ $LOADER == oha ]] && "$OHA" --version 2>/dev/null || wrk -v 2>&1 | head -1)"
@@ -302,7 +218,6 @@ MERCURE_LINE="$(timeout -k 5 "$STEP_TIMEOUT" "$SSEBENCH" --addr "127.0.0.1:$SERV
 sed 's/^/  mercure: /' "$WORK/mercure.err" >&2 || true
 kill -0 "$SERVER_PID" 2>/dev/null && MERCURE_ALIVE=yes || MERCURE_ALIVE=no
 stop_server
-kv() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
 # --- table -------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }

@@ -22,25 +22,14 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PEER_ONLY=0
-COUNT="${COUNT:-100000}"
-PAYLOAD="${PAYLOAD:-100}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-120}"
-QOS_LIST="${QOS_LIST:-0 1}"
-MQTTWRK_VERSION="${MQTTWRK_VERSION:-0.2.0}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+defaults COUNT=100000 PAYLOAD=100 STEP_TIMEOUT=120 "QOS_LIST=0 1" MQTTWRK_VERSION=0.2.0
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --peer-only) PEER_ONLY=1 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-  esac
-  shift
-done
-
+USAGE_LINES=2,7
 # shellcheck source=bench/brokers.sh
 source "$ROOT/bench/brokers.sh"
+broker_args "" "$@"
 
 MQTTWRK="$TOOLS/mqttwrk/bin/mqttwrk"
 ensure_mqttwrk() {
@@ -58,20 +47,14 @@ ensure_mosquitto
 ensure_rtw
 ensure_mqttwrk
 
-machine_header
-echo "Tool: mqttwrk $MQTTWRK_VERSION; 1 publisher -> 1 subscriber, $COUNT messages of $PAYLOAD B, QoS: $QOS_LIST; ${STEP_TIMEOUT}s per step"
-[[ $PEER_ONLY -eq 0 ]] && echo "realtime-web: $RTW_BIN ($(date -u -r "$RTW_BIN" '+built %Y-%m-%d %H:%M UTC'))"
-echo
+run_header "Tool: mqttwrk $MQTTWRK_VERSION; 1 publisher -> 1 subscriber, $COUNT messages of $PAYLOAD B, QoS: $QOS_LIST; ${STEP_TIMEOUT}s per step"
 
-BROKERS=(mosquitto)
-[[ $PEER_ONLY -eq 0 ]] && BROKERS=(realtime-web mosquitto)
 OUT="$WORK/mqttwrk-results.txt"
 : > "$OUT"
 for q in $QOS_LIST; do
   for b in "${BROKERS[@]}"; do
     start_broker "$b" || { log "$b failed to start"; echo "RESULT tool=mqttwrk label=$b qos=$q status=no-broker" >> "$OUT"; continue; }
-    before="$(broker_counters "$b")"
-    [[ "$b" == mosquitto ]] && before="received=0 sent=0 dropped=0"  # fresh process
+    before="$(counters_before "$b")"
     log "$b QoS $q: mqttwrk bench -n $COUNT -p 1 -s 1 (timeout ${STEP_TIMEOUT}s)"
     t0=$(date +%s.%N)
     rc=0
@@ -85,11 +68,7 @@ for q in $QOS_LIST; do
       124|137) status=timeout ;;
       *) status="exit-$rc" ;;
     esac
-    counters=""
-    for k in received sent dropped; do
-      x="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$before")"; y="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$after")"
-      if [[ "$x" =~ ^[0-9]+$ && "$y" =~ ^[0-9]+$ ]]; then counters+=" broker_$k=$(( y - x ))"; else counters+=" broker_$k=-"; fi
-    done
+    counters=" $(counter_delta "$before" "$after")"
     # mqttwrk's aggregate subscriber stats: messages received and its msgs/s.
     clean="$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/mqttwrk-$b-$q.out")"
     sub_rx="$(awk '/Aggregate SubStats/{f=1} f && /publish_count:/{gsub(",","",$2); print $2; exit}' <<<"$clean")"

@@ -55,59 +55,23 @@ STREAM_MB="${STREAM_MB:-512}"
 DRAIN_N="${DRAIN_N:-200}"
 STREAMS_ONLY=0
 
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
+USAGE_LINES=2,35
+LOG_TAG=rpc-bench
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+flag() {
   case "$1" in
     --quick) DURATION=3 WARMUP=1 RUNS=1 STREAM_MB="${STREAM_MB_QUICK:-128}" ;;
     --streams-only) STREAMS_ONLY=1 ;;
-    --runs) RUNS="$2"; shift ;;
-    --duration) DURATION="$2"; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    --runs) RUNS="$2"; SHIFT=2 ;;
+    --duration) DURATION="$2"; SHIFT=2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
-
-log() { printf '[rpc-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-WORK="$(mktemp -d /tmp/rtw-rpc-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do
-    kill "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+parse_args flag "$@"
+start_work rtw-rpc-bench
 
 # --- tools and binaries ----------------------------------------------------------------------
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
-
-TOOL=""
-ensure_tool() {
-  if [[ -x "$TOOLS/bin/oha" ]]; then TOOL=oha; return; fi
-  log "installing oha into bench/.tools (cargo install --locked; once)"
-  mkdir -p "$TOOLS"
-  if CARGO_TARGET_DIR="$TOOLS/target-oha" timeout 3600 cargo install --locked --quiet oha --root "$TOOLS" \
-      && [[ -x "$TOOLS/bin/oha" ]]; then
-    TOOL=oha; return
-  fi
-  log "oha failed to install; falling back to wrk (apt)"
-  if ! command -v wrk >/dev/null; then
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends wrk >/dev/null
-  fi
-  command -v wrk >/dev/null || die "neither oha nor wrk is available"
-  TOOL=wrk
-}
-
 build() {
   if [[ "${NO_BUILD:-0}" == 1 ]]; then
     log "NO_BUILD=1: using the existing release binaries"
@@ -119,9 +83,7 @@ build() {
     fi
   fi
   [[ -d "$ROOT/bench/hello" ]] || die "bench/hello is missing"
-  log "building bench/hello into bench/.tools/target"
-  CARGO_TARGET_DIR="$TOOLS/target" timeout 1800 \
-    cargo build --release --quiet --manifest-path "$ROOT/bench/hello/Cargo.toml"
+  build_tool hello "$HELLO_BIN"
   for b in "$RTW_BIN" "$ECHO_BIN" "$FILES_BIN" "$HELLO_BIN"; do [[ -x "$b" ]] || die "missing $b"; done
 }
 
@@ -136,6 +98,21 @@ wait_http() { # url expected-code seconds
   die "$1 did not answer $2 within $3 s (last: ${code:-none})"
 }
 
+# start_rtw LOG MQTT_PORT HTTP_PORT DATA_DIR [ARG...]: a realtime-web (warn-level log to LOG),
+# up once /healthz answers; RTW_PID is its PID.
+start_rtw() {
+  local log="$1" mqtt="$2" http="$3" data="$4"; shift 4
+  RTW_MQTT__LISTEN="127.0.0.1:$mqtt" RTW_HTTP__LISTEN="127.0.0.1:$http" \
+    RTW_STORAGE__DIR="$data" RTW_LOG__LEVEL=warn "$RTW_BIN" "$@" >"$log" 2>&1 &
+  RTW_PID=$!
+  PIDS+=("$RTW_PID")
+  local deadline=$((SECONDS + 20))
+  until curl -s -o /dev/null "http://127.0.0.1:$http/healthz"; do
+    (( SECONDS < deadline )) || die "realtime-web did not start: $(tail -5 "$log")"
+    sleep 0.1
+  done
+}
+
 start_all() {
   cat >"$WORK/config.toml" <<'EOF'
 [[rpc.routes]]
@@ -143,17 +120,9 @@ path = "/svc/{name...}"
 topic = "req/svc/{name}"
 convention = "topic"
 EOF
-  RTW_MQTT__LISTEN="127.0.0.1:$MQTT_PORT" RTW_HTTP__LISTEN="127.0.0.1:$HTTP_PORT" \
-    RTW_STORAGE__DIR="$WORK/data" RTW_LOG__LEVEL=warn \
-    "$RTW_BIN" --config "$WORK/config.toml" >"$WORK/rtw.log" 2>&1 &
-  PIDS+=("$!")
   "$HELLO_BIN" "127.0.0.1:$HELLO_PORT" >"$WORK/hello.log" 2>&1 &
   PIDS+=("$!")
-  local deadline=$((SECONDS + 20))
-  until curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/healthz"; do
-    (( SECONDS < deadline )) || die "realtime-web did not start: $(tail -5 "$WORK/rtw.log")"
-    sleep 0.1
-  done
+  start_rtw "$WORK/rtw.log" "$MQTT_PORT" "$HTTP_PORT" "$WORK/data" --config "$WORK/config.toml"
   "$ECHO_BIN" --port "$MQTT_PORT" --id bench-echo-v5 >"$WORK/echo5.log" 2>&1 &
   PIDS+=("$!")
   "$ECHO_BIN" --port "$MQTT_PORT" --id bench-echo-v311 --v311 >"$WORK/echo311.log" 2>&1 &
@@ -167,8 +136,8 @@ EOF
 BODY="$(head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x')"
 measure() { # url seconds
   local url="$1" secs="$2" out="$WORK/out.json"
-  if [[ $TOOL == oha ]]; then
-    timeout $((secs + 60)) "$TOOLS/bin/oha" --no-tui --output-format json -w \
+  if [[ $LOADER == oha ]]; then
+    timeout $((secs + 60)) "$OHA" --no-tui --output-format json -w \
       -z "${secs}s" -c "$CONNS" -t 10s -m POST -T text/plain -d "$BODY" "$url" >"$out"
     jq -r '[.summary.requestsPerSec,
             (.latencyPercentiles.p50 * 1000), (.latencyPercentiles.p99 * 1000),
@@ -193,8 +162,6 @@ EOF
   fi
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-
 # --- round trips (the original rows) ----------------------------------------------------------
 round_trips() {
 start_all
@@ -205,7 +172,7 @@ declare -A URL=(
   [rpc-v5]="http://127.0.0.1:$HTTP_PORT/rpc/bench/echo"
   [rpc-v311]="http://127.0.0.1:$HTTP_PORT/svc/bench"
 )
-log "tool $TOOL, $CONNS connections, ${DURATION} s x $RUNS runs per row, $BODY_BYTES-byte POST bodies, $(nproc) CPUs"
+log "tool $LOADER, $CONNS connections, ${DURATION} s x $RUNS runs per row, $BODY_BYTES-byte POST bodies, $(nproc) CPUs"
 for r in "${ROWS[@]}"; do
   log "warm-up $r (${WARMUP} s)"
   measure "${URL[$r]}" "$WARMUP" >/dev/null
@@ -260,17 +227,10 @@ transfer() { # up|down url file
 streams() {
   local data="$WORK/streams" pid_rtw
   mkdir -p "$data/files" "$data/plain"
-  RTW_MQTT__LISTEN="127.0.0.1:$SPORT_MQTT" RTW_HTTP__LISTEN="127.0.0.1:$SPORT_HTTP" \
-    RTW_STORAGE__DIR="$data/rtw" RTW_LOG__LEVEL=warn "$RTW_BIN" >"$WORK/rtw-streams.log" 2>&1 &
-  pid_rtw=$!
-  PIDS+=("$pid_rtw")
   "$HELLO_BIN" "127.0.0.1:$SPORT_PLAIN" --files "$data/plain" >"$WORK/plain.log" 2>&1 &
   PIDS+=("$!")
-  local deadline=$((SECONDS + 20))
-  until curl -s -o /dev/null "http://127.0.0.1:$SPORT_HTTP/healthz"; do
-    (( SECONDS < deadline )) || die "realtime-web (streams) did not start: $(tail -5 "$WORK/rtw-streams.log")"
-    sleep 0.1
-  done
+  start_rtw "$WORK/rtw-streams.log" "$SPORT_MQTT" "$SPORT_HTTP" "$data/rtw"
+  pid_rtw=$RTW_PID
   "$FILES_BIN" --port "$SPORT_MQTT" --id bench-files --dir "$data/files" >"$WORK/files.log" 2>&1 &
   PIDS+=("$!")
   wait_http "http://127.0.0.1:$SPORT_HTTP/rpc/files/probe?timeout=2" 201 20
@@ -339,7 +299,7 @@ drain() {
 }
 
 # --- main -------------------------------------------------------------------------------------
-[[ $STREAMS_ONLY == 1 ]] || ensure_tool
+[[ $STREAMS_ONLY == 1 ]] || ensure_loader
 build
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [[ $STREAMS_ONLY == 1 ]] || round_trips

@@ -20,22 +20,19 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECS="${1:-600}"
 CLIENTS="${2:-1000}"
-TOOLS="$PWD/bench/.tools"
-mkdir -p "$TOOLS"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ROOT="$PWD"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 # Server, echo responder and load tool, release builds.
 BIN="${RTW_BIN:-target/release/realtime-web}"
-if [[ ! -x "$BIN" ]]; then
-  cargo build --release --bin realtime-web
-fi
+ensure_release_bin "$BIN"
 ECHO=target/release/examples/echo
 if [[ ! -x "$ECHO" ]]; then
   cargo build --release --example echo
 fi
-CARGO_TARGET_DIR="$TOOLS/target" cargo build --release --locked --quiet --manifest-path bench/soak/Cargo.toml
-SOAK="$TOOLS/target/release/rtw-soak"
+SOAK="$ROOT/bench/.tools/target/release/rtw-soak"
+build_tool soak "$SOAK"
 
 # Each client is 1 socket here, 3 in the server (client + both ends of its core link).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -44,29 +41,19 @@ if [[ $(ulimit -n) -lt $need ]]; then
   echo "warning: ulimit -n is $(ulimit -n), below the $need this soak needs"
 fi
 
-DIR="$(mktemp -d /tmp/rtw-soak.XXXXXX)"
+start_work rtw-soak
+DIR="$WORK"
 MQTT=$(free_port)
 HTTP=$(free_port)
-SERVER_PID=""
-ECHO_PID=""
-cleanup() {
-  [[ -n "$ECHO_PID" ]] && kill "$ECHO_PID" 2>/dev/null || true
-  [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 
 RTW_MQTT__LISTEN="127.0.0.1:$MQTT" RTW_HTTP__LISTEN="127.0.0.1:$HTTP" RTW_STORAGE__DIR="$DIR" \
   RTW_LIMITS__MAX_CONNECTIONS_PER_IP=100000 \
   "$BIN" >"$DIR/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 200); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null && break
-  sleep 0.05
-done
+PIDS+=("$SERVER_PID")
+wait_port "$HTTP" 10 "$SERVER_PID" || true
 "$ECHO" --port "$MQTT" --id soak-echo >"$DIR/echo.log" 2>&1 &
-ECHO_PID=$!
+PIDS+=("$!")
 sleep 1
 
 echo "realtime-web $($BIN --version 2>/dev/null || echo) pid $SERVER_PID on mqtt $MQTT http $HTTP; $(nproc) cores"

@@ -21,29 +21,21 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PEER_ONLY=0
-SUBSCRIBERS="${SUBSCRIBERS:-1000}"
-RATE="${RATE:-2000}"
-PAYLOAD="${PAYLOAD:-200}"
-DURATION="${DURATION:-240}"
-SAMPLE_SECS="${SAMPLE_SECS:-10}"
-PLATEAU_PCT="${PLATEAU_PCT:-5}"
-QOS="${QOS:-0}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+defaults SUBSCRIBERS=1000 RATE=2000 PAYLOAD=200 DURATION=240 SAMPLE_SECS=10 PLATEAU_PCT=5 QOS=0
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
+USAGE_LINES=2,8
+flag() {
   case "$1" in
-    --peer-only) PEER_ONLY=1 ;;
     --quick) DURATION=30 SAMPLE_SECS=5 ;;
-    --duration) DURATION="$2"; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    --duration) DURATION="$2"; SHIFT=2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
-
+}
 # shellcheck source=bench/brokers.sh
 source "$ROOT/bench/brokers.sh"
+broker_args flag "$@"
 
 ensure_mosquitto
 ensure_loadgen
@@ -52,21 +44,15 @@ CONNS=$(( SUBSCRIBERS + 1 ))
 raise_nofile
 [[ $CONNS -gt $SUBSCRIBERS ]] || die "nofile limit too low for $SUBSCRIBERS subscribers"
 
-machine_header
-echo "Workload: $SUBSCRIBERS subscribers on their own topics, QoS $QOS, 1 publisher at $RATE msg/s of $PAYLOAD B round-robin, ${DURATION} s; VmRSS every ${SAMPLE_SECS} s; plateau = last-half growth < ${PLATEAU_PCT}%"
-[[ $PEER_ONLY -eq 0 ]] && echo "realtime-web: $RTW_BIN ($(date -u -r "$RTW_BIN" '+built %Y-%m-%d %H:%M UTC'))"
-echo
+run_header "Workload: $SUBSCRIBERS subscribers on their own topics, QoS $QOS, 1 publisher at $RATE msg/s of $PAYLOAD B round-robin, ${DURATION} s; VmRSS every ${SAMPLE_SECS} s; plateau = last-half growth < ${PLATEAU_PCT}%"
 
-BROKERS=(mosquitto)
-[[ $PEER_ONLY -eq 0 ]] && BROKERS=(realtime-web mosquitto)
 OUT="$WORK/steady-results.txt"
 : > "$OUT"
 STEP_TIMEOUT=$(( DURATION + 120 ))
 for b in "${BROKERS[@]}"; do
   start_broker "$b" || { log "$b failed to start"; echo "$b RESULT status=no-broker" >> "$OUT"; continue; }
   log "$b: ${DURATION}s of steady traffic (pid $BROKER_PID, port $BROKER_PORT)"
-  before="$(broker_counters "$b")"
-  [[ "$b" == mosquitto ]] && before="received=0 sent=0 dropped=0"  # fresh process
+  before="$(counters_before "$b")"
   line="$(timeout -k 5 "$STEP_TIMEOUT" "$LOADGEN" --port "$BROKER_PORT" --label "$b" --max-secs $(( STEP_TIMEOUT - 5 )) \
           steady --subscribers "$SUBSCRIBERS" --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" \
           --qos "$QOS" --broker-pid "$BROKER_PID" --sample-secs "$SAMPLE_SECS" --plateau-pct "$PLATEAU_PCT" \
@@ -74,11 +60,7 @@ for b in "${BROKERS[@]}"; do
   after="$(broker_counters "$b")"
   fds="$(ls "/proc/$BROKER_PID/fd" 2>/dev/null | wc -l)"
   stop_broker
-  counters=""
-  for k in received sent dropped; do
-    x="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$before")"; y="$(sed -n "s/.*$k=\([^ ]*\).*/\1/p" <<<"$after")"
-    if [[ "$x" =~ ^[0-9]+$ && "$y" =~ ^[0-9]+$ ]]; then counters+=" broker_$k=$(( y - x ))"; else counters+=" broker_$k=-"; fi
-  done
+  counters=" $(counter_delta "$before" "$after")"
   line="${line:-RESULT status=none}$counters"
   echo "$line" >> "$OUT"
   log "$b: $line"

@@ -35,18 +35,27 @@ fi
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-# --- CA ---------------------------------------------------------------------
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
-  -pkeyopt ec_param_enc:named_curve -out "$TMP/ca.key"
+# new_key NAME: an EC P-256 private key in $TMP/NAME.key.
+new_key() {
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+    -pkeyopt ec_param_enc:named_curve -out "$TMP/$1.key"
+}
 
-cat > "$TMP/ca.cnf" <<'CNF'
-[req]
-distinguished_name = dn
-prompt             = no
-x509_extensions    = v3_ca
-[dn]
-O  = realtime-web development
-CN = realtime-web Development CA (DO NOT TRUST IN PRODUCTION)
+# req_config NAME CN [REQ_LINE]: $TMP/NAME.cnf with the [req] section (plus REQ_LINE), the
+# subject (O = realtime-web development, CN) and, from stdin, the extension sections.
+req_config() {
+  {
+    printf '[req]\ndistinguished_name = dn\nprompt             = no\n'
+    [[ -z "${3:-}" ]] || printf '%s\n' "$3"
+    printf '[dn]\nO  = realtime-web development\nCN = %s\n' "$2"
+    cat
+  } > "$TMP/$1.cnf"
+}
+
+# --- CA ---------------------------------------------------------------------
+new_key ca
+req_config ca "realtime-web Development CA (DO NOT TRUST IN PRODUCTION)" \
+  "x509_extensions    = v3_ca" <<'CNF'
 [v3_ca]
 basicConstraints       = critical, CA:TRUE, pathlen:0
 keyUsage               = critical, keyCertSign, cRLSign
@@ -57,16 +66,8 @@ openssl req -new -x509 -sha256 -days "$DAYS" -key "$TMP/ca.key" \
   -config "$TMP/ca.cnf" -out "$TMP/ca.pem"
 
 # --- server leaf ------------------------------------------------------------
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
-  -pkeyopt ec_param_enc:named_curve -out "$TMP/server.key"
-
-cat > "$TMP/server.cnf" <<'CNF'
-[req]
-distinguished_name = dn
-prompt             = no
-[dn]
-O  = realtime-web development
-CN = localhost
+new_key server
+req_config server localhost <<'CNF'
 [v3_leaf]
 basicConstraints       = critical, CA:FALSE
 keyUsage               = critical, digitalSignature

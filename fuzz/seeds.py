@@ -109,9 +109,10 @@ def write(target, name, data):
 
 
 def mqtt():
+    """MQTT 3.1.1 and 5 packets as clients send them (and a few broken ones)."""
     c4 = connect(4, "sensor-1")
     c5 = connect(5, "app-7", cprops=[p_u32(0x11, 3600), p_u16(0x21, 20), p_u32(0x27, 65536), p_u16(0x22, 10)])
-    seeds = {
+    return {
         "connect_v4": c4,
         "connect_v4_will_login": connect(4, "dev", clean=False, will=("dev/status", "offline", 1, True), user="alice", pw="secret"),
         "connect_v31": connect(3, "old"),
@@ -155,13 +156,11 @@ def mqtt():
         "truncated_connect": c5[:9],
         "long_topic": publish(4, "a/" * 200, b"x" * 300),
     }
-    for name, data in seeds.items():
-        write("mqtt_decode", name, data)
-        write("mqtt_translate", name, data)
 
 
 def http():
-    seeds = {
+    """/topics/{path} paths with queries, and /events and /poll queries."""
+    return {
         "simple": "a/b/c",
         "qos": "sensors/room%201/temp?qos=2",
         "retain": "state/x?qos=1&retain=true&expiry=60",
@@ -193,8 +192,6 @@ def http():
         "poll_timeout_huge": "?topic=a&timeout=99999999999999999999",
         "form_plus": "?topic=a+b%20c&retained=0",
     }
-    for name, data in seeds.items():
-        write("http_topic", name, data)
 
 
 def b64(x):
@@ -209,9 +206,10 @@ def hs256(claims, secret=b"fuzz-secret", header=None):
 
 
 def jwt():
+    """Bearer tokens (signed with the targets' secret or not) and bare claims."""
     exp = 4102444800  # 2100-01-01: seeds stay valid
     good = {"sub": "alice", "exp": exp, "rtw": {"pub": ["{sub}/#"], "sub": ["a/+"], "admin": False}}
-    seeds = {
+    return {
         "valid": hs256(good),
         "valid_no_rtw": hs256({"sub": "bob", "exp": exp}),
         "valid_kid": hs256(good, header={"alg": "HS256", "kid": "k1"}),
@@ -238,12 +236,11 @@ def jwt():
         "header_not_json": b64(b"not json") + ".e30.sig",
         "huge_header": b64(json.dumps({"alg": "HS256", "x": "y" * 2000}).encode()) + ".e30.AA",
     }
-    for name, data in seeds.items():
-        write("jwt", name, data)
 
 
 def config():
-    seeds = {
+    """Config files."""
+    return {
         "empty": "",
         "listeners": '[mqtt]\nlisten = "0.0.0.0:1883"\n[http]\nlisten = "127.0.0.1:8080"\n',
         "tls": '[mqtts]\nlisten = "0.0.0.0:8883"\ncert = "certs/server.pem"\nkey = "certs/server.key"\n',
@@ -269,14 +266,21 @@ def config():
         "unicode_keys": '["mqtt"]\n"listen" = "127.0.0.1:1"\n["ünknown"]\nx = 1\n',
         "deny_action_bad": '[auth]\ndeny_action = "explode"\n',
     }
-    for name, data in seeds.items():
-        write("config", name, data)
+
+
+# Which seeds go to which targets' corpora.
+CORPORA = [
+    (mqtt, ("mqtt_decode", "mqtt_translate")),
+    (http, ("http_topic",)),
+    (jwt, ("jwt",)),
+    (config, ("config",)),
+]
 
 
 if __name__ == "__main__":
-    mqtt()
-    http()
-    jwt()
-    config()
+    for seeds, targets in CORPORA:
+        for name, data in seeds().items():
+            for target in targets:
+                write(target, name, data)
     for t in sorted(os.listdir(ROOT)):
         print(t, len(os.listdir(os.path.join(ROOT, t))))

@@ -105,21 +105,11 @@ async fn v5(args: Args) {
                         .as_deref()
                         .and_then(|r| reply_topic(&String::from_utf8_lossy(&p.topic), &filter, r))
                     {
-                        let c = client.clone();
-                        tokio::spawn(async move {
-                            let _ = c
-                                .publish_with_properties(
-                                    to,
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    p.payload,
-                                    PublishProperties {
-                                        content_type: props.content_type,
-                                        ..Default::default()
-                                    },
-                                )
-                                .await;
-                        });
+                        let reply = PublishProperties {
+                            content_type: props.content_type,
+                            ..Default::default()
+                        };
+                        spawn_reply(&client, to, p.payload, reply);
                     }
                     continue; // not a request
                 };
@@ -146,37 +136,22 @@ async fn v5(args: Args) {
                         stream::take_chunk(&streams, &c, &reply_to, &props, p.payload).await;
                     let (s, ack_topic) = (streams.clone(), ack_topic.clone());
                     match whole {
-                        Some(Ok(chunks)) => tokio::spawn(async move {
-                            stream::send_back(&s, &c, &reply_to, &ack_topic, reply, chunks).await
-                        }),
-                        Some(Err(())) => tokio::spawn(async move {
+                        Some(Ok(chunks)) => {
+                            tokio::spawn(async move {
+                                stream::send_back(&s, &c, &reply_to, &ack_topic, reply, chunks)
+                                    .await
+                            });
+                        }
+                        Some(Err(())) => {
                             let mut r = reply;
                             r.user_properties = vec![("status".into(), "413".into())];
-                            let _ = c
-                                .publish_with_properties(
-                                    reply_to,
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    "too big for an echo",
-                                    r,
-                                )
-                                .await;
-                        }),
-                        None => continue,
-                    };
+                            spawn_reply(&c, reply_to, "too big for an echo", r);
+                        }
+                        None => {}
+                    }
                     continue;
                 }
-                tokio::spawn(async move {
-                    let _ = c
-                        .publish_with_properties(
-                            reply_to,
-                            QoS::AtLeastOnce,
-                            false,
-                            p.payload,
-                            reply,
-                        )
-                        .await;
-                });
+                spawn_reply(&c, reply_to, p.payload, reply);
             }
             Ok(_) => {}
             Err(e) => {
@@ -224,6 +199,22 @@ async fn v311(args: Args) {
             }
         }
     }
+}
+
+/// Publishes one MQTT 5 reply (QoS 1) from a task of its own, so that the event loop goes on.
+fn spawn_reply(
+    c: &rumqttc::v5::AsyncClient,
+    to: String,
+    payload: impl Into<Bytes>,
+    props: rumqttc::v5::mqttbytes::v5::PublishProperties,
+) {
+    let (c, payload) = (c.clone(), payload.into());
+    tokio::spawn(async move {
+        let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+        let _ = c
+            .publish_with_properties(to, qos, false, payload, props)
+            .await;
+    });
 }
 
 /// `{prefix}/{rest}`, `rest` being `topic` after the literal levels of `filter` (`req/#`:

@@ -16,55 +16,16 @@
 // Prints one JSON summary line on stdout ({"ok":true,…} or {"ok":false,"error":…}) and exits
 // 0 on success, 1 on failure. Progress goes to stderr.
 
-import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 
-import { chromium } from "playwright-core";
+import { createRun, execFileP, launch, parseArgs, sleep } from "./lib.mjs";
 
-const execFileP = promisify(execFile);
 const STEP_TIMEOUT = 20_000;
-const WATCHDOG = 150_000;
-
-function parseArgs(argv) {
-  const out = { chromium: "/usr/bin/chromium" };
-  for (let i = 0; i < argv.length; i += 2) {
-    const k = argv[i];
-    const v = argv[i + 1];
-    if (!k.startsWith("--") || v === undefined) throw new Error(`bad argument ${k}`);
-    out[k.slice(2)] = v;
-  }
-  for (const k of ["http", "mqtt", "client", "filter", "retained", "value", "out"]) {
-    if (!out[k]) throw new Error(`missing --${k}`);
-  }
-  return out;
-}
-
-const summary = { ok: false, steps: [], page_errors: [], console_errors: [], screenshots: [] };
-let current = "start";
-
-function done(code) {
-  process.stdout.write(JSON.stringify(summary) + "\n");
-  process.exit(code);
-}
-
-function fail(e) {
-  summary.ok = false;
-  summary.failed_step = current;
-  summary.error = `${current}: ${e && e.message ? e.message : String(e)}`;
-  process.stderr.write(`dashboard test FAILED at step "${current}": ${summary.error}\n`);
-  done(1);
-}
-
-function step(name) {
-  current = name;
-  summary.steps.push(name);
-  process.stderr.write(`[dashboard] ${name}\n`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const { summary, step, main, until } = createRun("dashboard", "dashboard test", STEP_TIMEOUT, {
+  console_errors: [],
+  screenshots: [],
+});
 
 // Traffic while the page is open: one HTTP publish and one MQTT publish every 250 ms (bounded
 // by the run's watchdog; stopped at the end).
@@ -110,135 +71,109 @@ async function shot(page, args, name) {
   summary.screenshots.push(path);
 }
 
-async function main() {
-  const args = parseArgs(process.argv.slice(2));
+let chromium; // { context, close } once launched
+let traffic;
+
+main(150_000, async () => {
+  const args = parseArgs(process.argv.slice(2), ["http", "mqtt", "client", "filter", "retained", "value", "out"]);
   mkdirSync(args.out, { recursive: true });
   const http = `http://127.0.0.1:${args.http}`;
-  const profile = mkdtempSync(join(tmpdir(), "rtw-chromium-"));
-  let context;
-  let traffic;
-  const cleanup = async () => {
-    if (traffic) summary.traffic_sent = await traffic.stop();
-    try {
-      if (context) await context.close();
-    } catch (_) {
-      /* the process exits anyway */
-    }
-    rmSync(profile, { recursive: true, force: true });
-  };
-  try {
-    step("launch chromium");
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: args.chromium,
-      headless: true,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-      viewport: { width: 1400, height: 900 },
-      timeout: 60_000,
-    });
-    const page = context.pages()[0] || (await context.newPage());
-    page.on("pageerror", (e) => summary.page_errors.push(e.message));
-    page.on("console", (m) => { if (m.type() === "error") summary.console_errors.push(m.text()); });
-    page.on("dialog", (d) => d.accept());
-    const requests = [];
-    page.on("request", (r) => requests.push({ t: Date.now(), url: r.url() }));
+  step("launch chromium");
+  chromium = await launch(args.chromium, { viewport: { width: 1400, height: 900 } });
+  const { context } = chromium;
+  const page = context.pages()[0] || (await context.newPage());
+  page.on("pageerror", (e) => summary.page_errors.push(e.message));
+  page.on("console", (m) => { if (m.type() === "error") summary.console_errors.push(m.text()); });
+  page.on("dialog", (d) => d.accept());
+  const requests = [];
+  page.on("request", (r) => requests.push({ t: Date.now(), url: r.url() }));
 
-    step("open the dashboard");
-    const r0 = await page.goto(`${http}/`, { timeout: STEP_TIMEOUT });
-    if (!r0 || r0.status() !== 200) throw new Error(`GET / answered ${r0 && r0.status()}`);
-    const hasUplot = await page.evaluate(() => typeof window.uPlot);
-    if (hasUplot !== "function") throw new Error(`uPlot did not load from /assets (window.uPlot is ${hasUplot})`);
-    traffic = startTraffic(args);
+  step("open the dashboard");
+  const r0 = await page.goto(`${http}/`, { timeout: STEP_TIMEOUT });
+  if (!r0 || r0.status() !== 200) throw new Error(`GET / answered ${r0 && r0.status()}`);
+  const hasUplot = await page.evaluate(() => typeof window.uPlot);
+  if (hasUplot !== "function") throw new Error(`uPlot did not load from /assets (window.uPlot is ${hasUplot})`);
+  traffic = startTraffic(args);
 
-    step("charts draw points");
-    await page.waitForFunction(() => {
-      const c = window.rtwCharts;
-      return c && c.msgs && c.msgs.data[0].length >= 3 && c.msgs.data[1].some((v) => v > 0);
-    }, null, { timeout: STEP_TIMEOUT }).catch(async () => {
-      throw new Error(`the message chart has no points with traffic: ${JSON.stringify(await chartState(page))}`);
-    });
-    const before = await chartState(page);
-    summary.charts_before = Object.fromEntries(Object.entries(before).map(([k, v]) => [k, { points: v.points, last_t: v.last_t, max: v.max }]));
+  step("charts draw points");
+  await until(page, () => {
+    const c = window.rtwCharts;
+    return c && c.msgs && c.msgs.data[0].length >= 3 && c.msgs.data[1].some((v) => v > 0);
+  }, null, async () => `the message chart has no points with traffic: ${JSON.stringify(await chartState(page))}`);
+  const before = await chartState(page);
+  summary.charts_before = Object.fromEntries(Object.entries(before).map(([k, v]) => [k, { points: v.points, last_t: v.last_t, max: v.max }]));
 
-    step("charts move");
-    await page.waitForFunction((t0) => window.rtwCharts.msgs.data[0].at(-1) >= t0 + 2, before.msgs.last_t, { timeout: STEP_TIMEOUT })
-      .catch(() => { throw new Error("no newer samples reached the charts within the step timeout"); });
-    const after = await chartState(page);
-    summary.charts_after = Object.fromEntries(Object.entries(after).map(([k, v]) => [k, { points: v.points, last_t: v.last_t, max: v.max }]));
-    for (const id of ["msgs", "conns", "http"]) {
-      if (!(after[id].last_t > before[id].last_t)) throw new Error(`chart ${id}: no newer point (${before[id].last_t} → ${after[id].last_t})`);
-      if (after[id].picture === before[id].picture) throw new Error(`chart ${id}: the picture did not change`);
-    }
-    if (!(after.msgs.max[0] > 0 && after.msgs.max[1] > 0)) throw new Error(`messages in/out never above 0: ${JSON.stringify(after.msgs.max)}`);
-    if (!(after.conns.max[0] >= 1)) throw new Error(`the tcp connections chart never showed mosquitto_sub: ${JSON.stringify(after.conns.max)}`);
-    if (!(after.http.max[0] > 0)) throw new Error(`the HTTP requests chart never moved: ${JSON.stringify(after.http.max)}`);
-    if (!(after.rpc.max[0] > 0)) throw new Error(`the RPC calls chart never moved: ${JSON.stringify(after.rpc.max)}`);
-    if (!(after.lat.max[0] > 0 && after.lat.max[1] >= after.lat.max[0])) throw new Error(`the RPC latency chart shows no p50/p99: ${JSON.stringify(after.lat.max)}`);
-    await shot(page, args, "dashboard-charts.png");
-
-    step("clients table lists the subscriber");
-    const row = `#clientsTable tr[data-id="${args.client}"]`;
-    await page.waitForSelector(row, { timeout: STEP_TIMEOUT }).catch(async () => {
-      throw new Error(`no row for ${args.client}: ${await page.textContent("#clientsTable")}`);
-    });
-    const cells = await page.$$eval(`${row} td`, (tds) => tds.map((t) => t.textContent));
-    summary.client_row = cells;
-    if (!cells.some((c) => c.includes(args.filter))) throw new Error(`the row of ${args.client} does not show ${args.filter}: ${JSON.stringify(cells)}`);
-    if (cells[1] !== "5" || cells[2] !== "tcp") throw new Error(`the row says MQTT ${cells[1]} over ${cells[2]}, want 5 over tcp`);
-    await page.click(`${row} td`);
-    await page.waitForFunction((id) => document.getElementById("clientDetail").textContent.includes("Client " + id), args.client, { timeout: STEP_TIMEOUT })
-      .catch(() => { throw new Error("clicking the row opened no detail view"); });
-    await page.locator("#clients-card").screenshot({ path: join(args.out, "dashboard-clients.png") });
-    summary.screenshots.push(join(args.out, "dashboard-clients.png"));
-
-    step("topic tree shows the retained topic");
-    const levels = args.retained.split("/");
-    for (let i = 1; i < levels.length; i++) {
-      const t = levels.slice(0, i).join("/");
-      const sel = `#tree .tl[data-topic="${t}"] .tname`;
-      await page.waitForSelector(sel, { timeout: STEP_TIMEOUT }).catch(async () => {
-        throw new Error(`level ${t} is not in the tree: ${await page.textContent("#tree")}`);
-      });
-      await page.click(sel);
-    }
-    const leaf = `#tree .tl[data-topic="${args.retained}"]`;
-    await page.waitForSelector(leaf, { timeout: STEP_TIMEOUT }).catch(async () => {
-      throw new Error(`${args.retained} is not in the tree: ${await page.textContent("#tree")}`);
-    });
-    const leafText = await page.textContent(leaf);
-    summary.tree_leaf = leafText;
-    if (!leafText.includes(args.value)) throw new Error(`the tree shows ${JSON.stringify(leafText)} for ${args.retained}, not its value ${args.value}`);
-    if (!leafText.includes("text/plain")) throw new Error(`the tree does not show the content type: ${JSON.stringify(leafText)}`);
-    await page.locator("#tree-card").scrollIntoViewIfNeeded();
-    await shot(page, args, "dashboard-tree.png");
-
-    step("delete the retained topic from the tree");
-    await page.click(`${leaf} button.danger`);
-    await page.waitForSelector(leaf, { state: "detached", timeout: STEP_TIMEOUT }).catch(async () => {
-      throw new Error(`${args.retained} stayed in the tree after Delete: ${await page.textContent("#tree")}`);
-    });
-    const { stdout: code } = await execFileP("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", `${http}/topics/${args.retained}`], { timeout: 10_000 });
-    summary.get_after_delete = code;
-    if (code !== "404") throw new Error(`GET /topics/${args.retained} answered ${code} after the delete, want 404`);
-    await shot(page, args, "dashboard-after-delete.png");
-
-    step("polling rate");
-    // The dashboard's own API calls: each poll kind at most once a second (a few may land
-    // together after a click, so count over a window).
-    const span = (requests.at(-1).t - requests[0].t) / 1000;
-    const count = (re) => requests.filter((r) => re.test(new URL(r.url).pathname)).length;
-    summary.polls = { seconds: Math.round(span), stats: count(/^\/api\/stats$/), history: count(/^\/api\/history$/), clients: count(/^\/api\/clients$/) };
-
-    if (summary.page_errors.length) throw new Error(`uncaught errors in the page: ${summary.page_errors.join("; ")}`);
-    summary.ok = true;
-    current = "done";
-  } catch (e) {
-    await cleanup();
-    fail(e);
-    return;
+  step("charts move");
+  await until(page, (t0) => window.rtwCharts.msgs.data[0].at(-1) >= t0 + 2, before.msgs.last_t,
+    "no newer samples reached the charts within the step timeout");
+  const after = await chartState(page);
+  summary.charts_after = Object.fromEntries(Object.entries(after).map(([k, v]) => [k, { points: v.points, last_t: v.last_t, max: v.max }]));
+  for (const id of ["msgs", "conns", "http"]) {
+    if (!(after[id].last_t > before[id].last_t)) throw new Error(`chart ${id}: no newer point (${before[id].last_t} → ${after[id].last_t})`);
+    if (after[id].picture === before[id].picture) throw new Error(`chart ${id}: the picture did not change`);
   }
-  await cleanup();
-  done(0);
-}
+  if (!(after.msgs.max[0] > 0 && after.msgs.max[1] > 0)) throw new Error(`messages in/out never above 0: ${JSON.stringify(after.msgs.max)}`);
+  if (!(after.conns.max[0] >= 1)) throw new Error(`the tcp connections chart never showed mosquitto_sub: ${JSON.stringify(after.conns.max)}`);
+  if (!(after.http.max[0] > 0)) throw new Error(`the HTTP requests chart never moved: ${JSON.stringify(after.http.max)}`);
+  if (!(after.rpc.max[0] > 0)) throw new Error(`the RPC calls chart never moved: ${JSON.stringify(after.rpc.max)}`);
+  if (!(after.lat.max[0] > 0 && after.lat.max[1] >= after.lat.max[0])) throw new Error(`the RPC latency chart shows no p50/p99: ${JSON.stringify(after.lat.max)}`);
+  await shot(page, args, "dashboard-charts.png");
 
-setTimeout(() => fail(new Error(`the whole run took over ${WATCHDOG} ms`)), WATCHDOG).unref();
-main().catch(fail);
+  step("clients table lists the subscriber");
+  const row = `#clientsTable tr[data-id="${args.client}"]`;
+  await page.waitForSelector(row, { timeout: STEP_TIMEOUT }).catch(async () => {
+    throw new Error(`no row for ${args.client}: ${await page.textContent("#clientsTable")}`);
+  });
+  const cells = await page.$$eval(`${row} td`, (tds) => tds.map((t) => t.textContent));
+  summary.client_row = cells;
+  if (!cells.some((c) => c.includes(args.filter))) throw new Error(`the row of ${args.client} does not show ${args.filter}: ${JSON.stringify(cells)}`);
+  if (cells[1] !== "5" || cells[2] !== "tcp") throw new Error(`the row says MQTT ${cells[1]} over ${cells[2]}, want 5 over tcp`);
+  await page.click(`${row} td`);
+  await until(page, (id) => document.getElementById("clientDetail").textContent.includes("Client " + id), args.client,
+    "clicking the row opened no detail view");
+  await page.locator("#clients-card").screenshot({ path: join(args.out, "dashboard-clients.png") });
+  summary.screenshots.push(join(args.out, "dashboard-clients.png"));
+
+  step("topic tree shows the retained topic");
+  const levels = args.retained.split("/");
+  for (let i = 1; i < levels.length; i++) {
+    const t = levels.slice(0, i).join("/");
+    const sel = `#tree .tl[data-topic="${t}"] .tname`;
+    await page.waitForSelector(sel, { timeout: STEP_TIMEOUT }).catch(async () => {
+      throw new Error(`level ${t} is not in the tree: ${await page.textContent("#tree")}`);
+    });
+    await page.click(sel);
+  }
+  const leaf = `#tree .tl[data-topic="${args.retained}"]`;
+  await page.waitForSelector(leaf, { timeout: STEP_TIMEOUT }).catch(async () => {
+    throw new Error(`${args.retained} is not in the tree: ${await page.textContent("#tree")}`);
+  });
+  const leafText = await page.textContent(leaf);
+  summary.tree_leaf = leafText;
+  if (!leafText.includes(args.value)) throw new Error(`the tree shows ${JSON.stringify(leafText)} for ${args.retained}, not its value ${args.value}`);
+  if (!leafText.includes("text/plain")) throw new Error(`the tree does not show the content type: ${JSON.stringify(leafText)}`);
+  await page.locator("#tree-card").scrollIntoViewIfNeeded();
+  await shot(page, args, "dashboard-tree.png");
+
+  step("delete the retained topic from the tree");
+  await page.click(`${leaf} button.danger`);
+  await page.waitForSelector(leaf, { state: "detached", timeout: STEP_TIMEOUT }).catch(async () => {
+    throw new Error(`${args.retained} stayed in the tree after Delete: ${await page.textContent("#tree")}`);
+  });
+  const { stdout: code } = await execFileP("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", `${http}/topics/${args.retained}`], { timeout: 10_000 });
+  summary.get_after_delete = code;
+  if (code !== "404") throw new Error(`GET /topics/${args.retained} answered ${code} after the delete, want 404`);
+  await shot(page, args, "dashboard-after-delete.png");
+
+  step("polling rate");
+  // The dashboard's own API calls: each poll kind at most once a second (a few may land
+  // together after a click, so count over a window).
+  const span = (requests.at(-1).t - requests[0].t) / 1000;
+  const count = (re) => requests.filter((r) => re.test(new URL(r.url).pathname)).length;
+  summary.polls = { seconds: Math.round(span), stats: count(/^\/api\/stats$/), history: count(/^\/api\/history$/), clients: count(/^\/api\/clients$/) };
+
+  if (summary.page_errors.length) throw new Error(`uncaught errors in the page: ${summary.page_errors.join("; ")}`);
+}, async () => {
+  if (traffic) summary.traffic_sent = await traffic.stop();
+  if (chromium) await chromium.close();
+});

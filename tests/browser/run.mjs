@@ -14,65 +14,13 @@
 // Prints one JSON summary line on stdout ({"ok":true,…} or {"ok":false,"error":…}) and exits
 // 0 on success, 1 on failure. Progress goes to stderr.
 
-import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { promisify } from "node:util";
 
-import { chromium } from "playwright-core";
+import { createRun, execFileP, launch, parseArgs, withTimeout } from "./lib.mjs";
 
-const execFileP = promisify(execFile);
 const STEP_TIMEOUT = 15_000;
-const WATCHDOG = 150_000;
-
-function parseArgs(argv) {
-  const out = { chromium: "/usr/bin/chromium" };
-  for (let i = 0; i < argv.length; i += 2) {
-    const k = argv[i];
-    const v = argv[i + 1];
-    if (!k.startsWith("--") || v === undefined) throw new Error(`bad argument ${k}`);
-    out[k.slice(2)] = v;
-  }
-  for (const k of ["http", "https", "spki", "screenshot"]) {
-    if (!out[k]) throw new Error(`missing --${k}`);
-  }
-  return out;
-}
-
-const summary = { ok: false, steps: [], page_errors: [], console_errors: [] };
-let current = "start";
-
-function done(code) {
-  process.stdout.write(JSON.stringify(summary) + "\n");
-  process.exit(code);
-}
-
-function fail(e) {
-  summary.ok = false;
-  summary.failed_step = current;
-  summary.error = `${current}: ${e && e.message ? e.message : String(e)}`;
-  process.stderr.write(`browser test FAILED at step "${current}": ${summary.error}\n`);
-  done(1);
-}
-
-function step(name) {
-  current = name;
-  summary.steps.push(name);
-  process.stderr.write(`[browser] ${name}\n`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function withTimeout(p, ms, what) {
-  let t;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise((_, reject) => {
-      t = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]);
-}
+const { summary, step, main, until } = createRun("browser", "browser test", STEP_TIMEOUT, { console_errors: [] });
 
 // Dashboard figures are formatted ("1.2k"); turn them back into numbers.
 function num(text) {
@@ -116,13 +64,12 @@ async function roundTrip(page, version, topic) {
     STEP_TIMEOUT,
     `connect/subscribe/publish (MQTT ${version})`,
   );
-  await page.waitForFunction(
+  await until(
+    page,
     ({ topic, payload }) => window.rtw.mqtt.some((m) => m.topic === topic && m.payload === payload),
     { topic, payload },
-    { timeout: STEP_TIMEOUT },
-  ).catch(() => {
-    throw new Error(`MQTT ${version}: the published message did not come back on ${topic}`);
-  });
+    `MQTT ${version}: the published message did not come back on ${topic}`,
+  );
   if (proto.version !== version) throw new Error(`MQTT.js connected with protocol ${proto.version}, want ${version}`);
   return { version, topic, payload, url: proto.url };
 }
@@ -131,208 +78,169 @@ async function stats(page) {
   return page.evaluate(async () => (await fetch("/api/stats")).json());
 }
 
-async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  const http = `http://127.0.0.1:${args.http}`;
-  const https = `https://127.0.0.1:${args.https}`;
-  const profile = mkdtempSync(join(tmpdir(), "rtw-chromium-"));
-  const flags = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    `--ignore-certificate-errors-spki-list=${args.spki}`,
-  ];
-  let context;
-  const cleanup = async () => {
-    try {
-      if (context) await withTimeout(context.close(), 10_000, "closing Chromium");
-    } catch (_) {
-      /* the process exits anyway */
-    }
-    rmSync(profile, { recursive: true, force: true });
-  };
-  try {
-    step("launch chromium");
-    // launchPersistentContext passes the fresh profile as --user-data-dir, which Chromium
-    // needs for --ignore-certificate-errors-spki-list to take effect.
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: args.chromium,
-      headless: true,
-      args: flags,
-      viewport: { width: 1280, height: 800 },
-      timeout: 60_000,
-    });
-    summary.chromium = context.browser() ? context.browser().version() : "(persistent context)";
-
-    step("dashboard before traffic");
-    const dash = context.pages()[0] || (await context.newPage());
-    watchPage(dash, "dashboard");
-    const r0 = await dash.goto(`${http}/`, { timeout: STEP_TIMEOUT });
-    if (!r0 || r0.status() !== 200) throw new Error(`GET / answered ${r0 && r0.status()}`);
-    await dash.waitForFunction(
-      () => document.getElementById("ready").textContent === "ready" && document.getElementById("m_in").textContent !== "–",
-      null,
-      { timeout: STEP_TIMEOUT },
-    ).catch(async () => {
-      throw new Error(`the dashboard never showed "ready" with figures: ${JSON.stringify(await readDashboard(dash))}`);
-    });
-    const before = await readDashboard(dash);
-    summary.dashboard_before = before;
-
-    step("example page over http");
-    const page = await context.newPage();
-    watchPage(page, "example(http)");
-    const r1 = await page.goto(`${http}/examples/browser/index.html`, { timeout: STEP_TIMEOUT });
-    if (!r1 || r1.status() !== 200) throw new Error(`GET /examples/browser/index.html answered ${r1 && r1.status()}`);
-    const loaded = await page.evaluate(() => ({ mqtt: typeof window.mqtt, rtw: typeof window.rtw, connect: typeof (window.rtw && window.rtw.connect) }));
-    if (loaded.mqtt !== "object" || loaded.connect !== "function") {
-      throw new Error(`MQTT.js or app.js did not load (window.mqtt: ${loaded.mqtt}, rtw.connect: ${loaded.connect}); is examples/browser/node_modules installed (npm ci)?`);
-    }
-
-    step("example page buttons");
-    // As a person would: Subscribe before connecting is reported, then Connect (MQTT 5),
-    // Subscribe and Publish with the page's default values.
-    await page.click("#subscribe");
-    await page.waitForFunction(() => /not connected/.test(document.getElementById("log").textContent), null, { timeout: STEP_TIMEOUT })
-      .catch(() => { throw new Error("Subscribe before Connect logged no error"); });
-    await page.selectOption("#version", "5");
-    await page.click("#connect");
-    await page.waitForFunction(() => document.getElementById("state").textContent === "connected (MQTT 5)", null, { timeout: STEP_TIMEOUT })
-      .catch(async () => { throw new Error(`Connect MQTT: state is ${JSON.stringify(await page.textContent("#state"))}`); });
-    await page.click("#subscribe");
-    await page.waitForFunction(() => /subscribed/.test(document.getElementById("log").textContent), null, { timeout: STEP_TIMEOUT })
-      .catch(() => { throw new Error("the Subscribe button did not subscribe"); });
-    await page.click("#publish");
-    await page.waitForFunction(() => window.rtw.mqtt.some((m) => m.topic === "browser/hello" && m.payload === "hi from MQTT.js"), null, { timeout: STEP_TIMEOUT })
-      .catch(() => { throw new Error("the Publish button's message did not come back"); });
-
-    step("MQTT 3.1.1 over ws");
-    const ws4 = await roundTrip(page, 4, "browser/rt/ws/v311");
-    step("MQTT 5 over ws");
-    const ws5 = await roundTrip(page, 5, "browser/rt/ws/v5");
-    const sWs = await stats(page);
-    if (sWs.connections.ws < 1) throw new Error(`/api/stats shows no ws connection: ${JSON.stringify(sWs.connections)}`);
-    summary.ws = [ws4, ws5];
-
-    step("SSE message published by curl");
-    await withTimeout(page.evaluate(() => window.rtw.listen("browser/#")), STEP_TIMEOUT, "EventSource open");
-    const ssePayload = `from curl ${Date.now()}`;
-    const { stdout: curlOut } = await execFileP(
-      "curl",
-      ["-sS", "--fail-with-body", "-m", "10", "-X", "POST", "-H", "Content-Type: text/plain", "--data-binary", ssePayload, `${http}/topics/browser/x`],
-      { timeout: 15_000 },
-    ).catch((e) => {
-      throw new Error(`curl -X POST ${http}/topics/browser/x failed: ${e.message} ${e.stdout || ""}`);
-    });
-    await page.waitForFunction(
-      (p) => window.rtw.sse.some((m) => m.topic === "browser/x" && m.payload === p),
-      ssePayload,
-      { timeout: STEP_TIMEOUT },
-    ).catch(async () => {
-      throw new Error(`the curl message did not reach window.rtw.sse (curl said ${curlOut.trim()}; sse: ${JSON.stringify(await page.evaluate(() => window.rtw.sse))})`);
-    });
-    summary.sse = { topic: "browser/x", payload: ssePayload, curl: curlOut.trim() };
-
-    step("RPC through the echo example");
-    const rpc = await withTimeout(page.evaluate(() => window.rtw.call("demo/echo", "ping")), STEP_TIMEOUT, "rtw.call");
-    if (rpc.status !== 200 || rpc.body !== "ping") throw new Error(`rtw.call('demo/echo','ping') gave ${rpc.status} ${JSON.stringify(rpc.body)}, want 200 "ping"`);
-    summary.rpc = rpc;
-
-    step("example page over https");
-    const secure = await context.newPage();
-    watchPage(secure, "example(https)");
-    const r2 = await secure.goto(`${https}/examples/browser/index.html`, { timeout: STEP_TIMEOUT }).catch((e) => {
-      throw new Error(`loading the https page failed (is the SPKI hash ${args.spki} the server certificate's?): ${e.message}`);
-    });
-    if (!r2 || r2.status() !== 200) throw new Error(`GET https …/examples/browser/index.html answered ${r2 && r2.status()}`);
-    const proto = await secure.evaluate(() => location.protocol);
-    if (proto !== "https:") throw new Error(`the page is on ${proto}, want https:`);
-
-    step("MQTT 3.1.1 over wss");
-    const wss4 = await roundTrip(secure, 4, "browser/rt/wss/v311");
-    step("MQTT 5 over wss");
-    const wss5 = await roundTrip(secure, 5, "browser/rt/wss/v5");
-    const sWss = await stats(secure);
-    if (sWss.connections.wss < 1) throw new Error(`/api/stats shows no wss connection: ${JSON.stringify(sWss.connections)}`);
-    for (const rt of [wss4, wss5]) {
-      if (!rt.url.startsWith("wss://")) throw new Error(`MQTT.js used ${rt.url}, want wss://`);
-    }
-    for (const rt of [ws4, ws5]) {
-      if (!rt.url.startsWith("ws://")) throw new Error(`MQTT.js used ${rt.url}, want ws://`);
-    }
-    summary.wss = [wss4, wss5];
-
-    step("publish a burst for the dashboard");
-    const burst = 10;
-    await withTimeout(
-      secure.evaluate(async (n) => {
-        for (let i = 0; i < n; i++) await window.rtw.publish("browser/burst", `m${i}`);
-      }, burst),
-      STEP_TIMEOUT,
-      "burst publish",
-    );
-    const minIn = num(before.m_in) + 4 + burst; // four round trips and the burst, at least
-
-    step("dashboard topic tester");
-    await dash.bringToFront();
-    await dash.click("#subBtn");
-    await dash.waitForFunction(() => document.getElementById("subState").textContent === "subscribed to dashboard/#", null, { timeout: STEP_TIMEOUT })
-      .catch(async () => { throw new Error(`dashboard Subscribe: ${JSON.stringify(await dash.textContent("#subState"))}`); });
-    await dash.click("#pubBtn");
-    await dash.waitForFunction(() => {
-      const t = document.getElementById("log").textContent;
-      return /publish dashboard\/test → 200/.test(t) && /dashboard\/test {2}hello/.test(t);
-    }, null, { timeout: STEP_TIMEOUT })
-      .catch(async () => { throw new Error(`dashboard Publish did not come back on its stream: ${JSON.stringify(await dash.textContent("#log"))}`); });
-
-    step("dashboard after traffic");
-    await dash.waitForFunction(
-      ({ minIn }) => {
-        const t = document.getElementById("m_in").textContent.trim();
-        const m = /^([0-9.]+)([kMG]?)$/.exec(t);
-        return m && Number(m[1]) * { "": 1, k: 1e3, M: 1e6, G: 1e9 }[m[2]] >= minIn;
-      },
-      { minIn },
-      { timeout: STEP_TIMEOUT },
-    ).catch(async () => {
-      throw new Error(`the dashboard's "in (total)" did not reach ${minIn}: before ${JSON.stringify(before)}, now ${JSON.stringify(await readDashboard(dash))}`);
-    });
-    const after = await readDashboard(dash);
-    summary.dashboard_after = after;
-    for (const id of ["m_in", "m_out", "b_in", "b_out"]) {
-      if (!(num(after[id]) > num(before[id]))) throw new Error(`dashboard #${id} did not grow: ${before[id]} → ${after[id]}`);
-    }
-    if (!(num(after.c_total) >= 1 && num(after.c_wss) >= 1)) {
-      throw new Error(`dashboard connections do not show the wss client: ${JSON.stringify(after)}`);
-    }
-    const readyColor = await dash.evaluate(() => getComputedStyle(document.getElementById("ready")).color);
-    if (readyColor !== "rgb(62, 207, 142)") throw new Error(`the dashboard's "ready" is ${readyColor}, not green`);
-    if (num(after.rpc_req) < num(before.rpc_req) + 1) throw new Error(`dashboard RPC requests did not grow: ${before.rpc_req} → ${after.rpc_req}`);
-
-    step("screenshots");
-    mkdirSync(dirname(args.screenshot), { recursive: true });
-    await dash.screenshot({ path: args.screenshot, fullPage: true });
-    summary.screenshot = args.screenshot;
-    const exampleShot = join(dirname(args.screenshot), "example.png");
-    await secure.bringToFront();
-    await secure.screenshot({ path: exampleShot, fullPage: true });
-    summary.example_screenshot = exampleShot;
-
-    if (summary.page_errors.length) throw new Error(`uncaught errors in the pages: ${summary.page_errors.join("; ")}`);
-    summary.ok = true;
-    current = "done";
-  } catch (e) {
-    await cleanup();
-    fail(e);
-    return;
+// The MQTT 3.1.1 and 5 round trips of `page` over `scheme` (ws or wss), a step each; MQTT.js
+// must have used that scheme and /api/stats must count such a connection.
+async function roundTrips(page, scheme) {
+  const out = [];
+  for (const [version, name] of [[4, "3.1.1"], [5, "5"]]) {
+    step(`MQTT ${name} over ${scheme}`);
+    const rt = await roundTrip(page, version, `browser/rt/${scheme}/${version === 4 ? "v311" : "v5"}`);
+    if (!rt.url.startsWith(`${scheme}://`)) throw new Error(`MQTT.js used ${rt.url}, want ${scheme}://`);
+    out.push(rt);
   }
-  await cleanup();
-  done(0);
+  const st = await stats(page);
+  if (st.connections[scheme] < 1) throw new Error(`/api/stats shows no ${scheme} connection: ${JSON.stringify(st.connections)}`);
+  return out;
 }
 
-setTimeout(() => fail(new Error(`the whole run took over ${WATCHDOG} ms`)), WATCHDOG).unref();
-main().catch(fail);
+let chromium; // { context, close } once launched
+
+main(150_000, async () => {
+  const args = parseArgs(process.argv.slice(2), ["http", "https", "spki", "screenshot"]);
+  const http = `http://127.0.0.1:${args.http}`;
+  const https = `https://127.0.0.1:${args.https}`;
+  step("launch chromium");
+  chromium = await launch(args.chromium, {
+    flags: [`--ignore-certificate-errors-spki-list=${args.spki}`],
+    viewport: { width: 1280, height: 800 },
+  });
+  const { context } = chromium;
+  summary.chromium = context.browser() ? context.browser().version() : "(persistent context)";
+
+  step("dashboard before traffic");
+  const dash = context.pages()[0] || (await context.newPage());
+  watchPage(dash, "dashboard");
+  const r0 = await dash.goto(`${http}/`, { timeout: STEP_TIMEOUT });
+  if (!r0 || r0.status() !== 200) throw new Error(`GET / answered ${r0 && r0.status()}`);
+  await until(
+    dash,
+    () => document.getElementById("ready").textContent === "ready" && document.getElementById("m_in").textContent !== "–",
+    null,
+    async () => `the dashboard never showed "ready" with figures: ${JSON.stringify(await readDashboard(dash))}`,
+  );
+  const before = await readDashboard(dash);
+  summary.dashboard_before = before;
+
+  step("example page over http");
+  const page = await context.newPage();
+  watchPage(page, "example(http)");
+  const r1 = await page.goto(`${http}/examples/browser/index.html`, { timeout: STEP_TIMEOUT });
+  if (!r1 || r1.status() !== 200) throw new Error(`GET /examples/browser/index.html answered ${r1 && r1.status()}`);
+  const loaded = await page.evaluate(() => ({ mqtt: typeof window.mqtt, rtw: typeof window.rtw, connect: typeof (window.rtw && window.rtw.connect) }));
+  if (loaded.mqtt !== "object" || loaded.connect !== "function") {
+    throw new Error(`MQTT.js or app.js did not load (window.mqtt: ${loaded.mqtt}, rtw.connect: ${loaded.connect}); is examples/browser/node_modules installed (npm ci)?`);
+  }
+
+  step("example page buttons");
+  // As a person would: Subscribe before connecting is reported, then Connect (MQTT 5),
+  // Subscribe and Publish with the page's default values.
+  await page.click("#subscribe");
+  await until(page, () => /not connected/.test(document.getElementById("log").textContent), null,
+    "Subscribe before Connect logged no error");
+  await page.selectOption("#version", "5");
+  await page.click("#connect");
+  await until(page, () => document.getElementById("state").textContent === "connected (MQTT 5)", null,
+    async () => `Connect MQTT: state is ${JSON.stringify(await page.textContent("#state"))}`);
+  await page.click("#subscribe");
+  await until(page, () => /subscribed/.test(document.getElementById("log").textContent), null,
+    "the Subscribe button did not subscribe");
+  await page.click("#publish");
+  await until(page, () => window.rtw.mqtt.some((m) => m.topic === "browser/hello" && m.payload === "hi from MQTT.js"), null,
+    "the Publish button's message did not come back");
+
+  summary.ws = await roundTrips(page, "ws");
+
+  step("SSE message published by curl");
+  await withTimeout(page.evaluate(() => window.rtw.listen("browser/#")), STEP_TIMEOUT, "EventSource open");
+  const ssePayload = `from curl ${Date.now()}`;
+  const { stdout: curlOut } = await execFileP(
+    "curl",
+    ["-sS", "--fail-with-body", "-m", "10", "-X", "POST", "-H", "Content-Type: text/plain", "--data-binary", ssePayload, `${http}/topics/browser/x`],
+    { timeout: 15_000 },
+  ).catch((e) => {
+    throw new Error(`curl -X POST ${http}/topics/browser/x failed: ${e.message} ${e.stdout || ""}`);
+  });
+  await until(
+    page,
+    (p) => window.rtw.sse.some((m) => m.topic === "browser/x" && m.payload === p),
+    ssePayload,
+    async () => `the curl message did not reach window.rtw.sse (curl said ${curlOut.trim()}; sse: ${JSON.stringify(await page.evaluate(() => window.rtw.sse))})`,
+  );
+  summary.sse = { topic: "browser/x", payload: ssePayload, curl: curlOut.trim() };
+
+  step("RPC through the echo example");
+  const rpc = await withTimeout(page.evaluate(() => window.rtw.call("demo/echo", "ping")), STEP_TIMEOUT, "rtw.call");
+  if (rpc.status !== 200 || rpc.body !== "ping") throw new Error(`rtw.call('demo/echo','ping') gave ${rpc.status} ${JSON.stringify(rpc.body)}, want 200 "ping"`);
+  summary.rpc = rpc;
+
+  step("example page over https");
+  const secure = await context.newPage();
+  watchPage(secure, "example(https)");
+  const r2 = await secure.goto(`${https}/examples/browser/index.html`, { timeout: STEP_TIMEOUT }).catch((e) => {
+    throw new Error(`loading the https page failed (is the SPKI hash ${args.spki} the server certificate's?): ${e.message}`);
+  });
+  if (!r2 || r2.status() !== 200) throw new Error(`GET https …/examples/browser/index.html answered ${r2 && r2.status()}`);
+  const proto = await secure.evaluate(() => location.protocol);
+  if (proto !== "https:") throw new Error(`the page is on ${proto}, want https:`);
+
+  summary.wss = await roundTrips(secure, "wss");
+
+  step("publish a burst for the dashboard");
+  const burst = 10;
+  await withTimeout(
+    secure.evaluate(async (n) => {
+      for (let i = 0; i < n; i++) await window.rtw.publish("browser/burst", `m${i}`);
+    }, burst),
+    STEP_TIMEOUT,
+    "burst publish",
+  );
+  const minIn = num(before.m_in) + 4 + burst; // four round trips and the burst, at least
+
+  step("dashboard topic tester");
+  await dash.bringToFront();
+  await dash.click("#subBtn");
+  await until(dash, () => document.getElementById("subState").textContent === "subscribed to dashboard/#", null,
+    async () => `dashboard Subscribe: ${JSON.stringify(await dash.textContent("#subState"))}`);
+  await dash.click("#pubBtn");
+  await until(dash, () => {
+    const t = document.getElementById("log").textContent;
+    return /publish dashboard\/test → 200/.test(t) && /dashboard\/test {2}hello/.test(t);
+  }, null,
+    async () => `dashboard Publish did not come back on its stream: ${JSON.stringify(await dash.textContent("#log"))}`);
+
+  step("dashboard after traffic");
+  await until(
+    dash,
+    ({ minIn }) => {
+      const t = document.getElementById("m_in").textContent.trim();
+      const m = /^([0-9.]+)([kMG]?)$/.exec(t);
+      return m && Number(m[1]) * { "": 1, k: 1e3, M: 1e6, G: 1e9 }[m[2]] >= minIn;
+    },
+    { minIn },
+    async () => `the dashboard's "in (total)" did not reach ${minIn}: before ${JSON.stringify(before)}, now ${JSON.stringify(await readDashboard(dash))}`,
+  );
+  const after = await readDashboard(dash);
+  summary.dashboard_after = after;
+  for (const id of ["m_in", "m_out", "b_in", "b_out"]) {
+    if (!(num(after[id]) > num(before[id]))) throw new Error(`dashboard #${id} did not grow: ${before[id]} → ${after[id]}`);
+  }
+  if (!(num(after.c_total) >= 1 && num(after.c_wss) >= 1)) {
+    throw new Error(`dashboard connections do not show the wss client: ${JSON.stringify(after)}`);
+  }
+  const readyColor = await dash.evaluate(() => getComputedStyle(document.getElementById("ready")).color);
+  if (readyColor !== "rgb(62, 207, 142)") throw new Error(`the dashboard's "ready" is ${readyColor}, not green`);
+  if (num(after.rpc_req) < num(before.rpc_req) + 1) throw new Error(`dashboard RPC requests did not grow: ${before.rpc_req} → ${after.rpc_req}`);
+
+  step("screenshots");
+  mkdirSync(dirname(args.screenshot), { recursive: true });
+  await dash.screenshot({ path: args.screenshot, fullPage: true });
+  summary.screenshot = args.screenshot;
+  const exampleShot = join(dirname(args.screenshot), "example.png");
+  await secure.bringToFront();
+  await secure.screenshot({ path: exampleShot, fullPage: true });
+  summary.example_screenshot = exampleShot;
+
+  if (summary.page_errors.length) throw new Error(`uncaught errors in the pages: ${summary.page_errors.join("; ")}`);
+}, async () => {
+  if (chromium) await chromium.close();
+});

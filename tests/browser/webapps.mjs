@@ -18,40 +18,17 @@
 // Prints one JSON summary line on stdout ({"ok":true,…} or {"ok":false,"error":…}); exit 0/1.
 
 import { createServer } from "node:http";
-import { readFileSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { chromium } from "playwright-core";
+import { createRun, launch, parseArgs } from "./lib.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const STEP_TIMEOUT = 15_000;
-const WATCHDOG = 170_000;
 
-const args = {};
-{
-  const a = process.argv.slice(2);
-  for (let i = 0; i < a.length; i += 2) args[a[i].replace(/^--/, "")] = a[i + 1];
-}
-
-const summary = { ok: false, mode: args.mode, steps: [], page_errors: [] };
-let current = "start";
-function done(code) {
-  process.stdout.write(JSON.stringify(summary) + "\n");
-  process.exit(code);
-}
-function fail(e) {
-  summary.failed_step = current;
-  summary.error = `${current}: ${e && e.message ? e.message : String(e)}`;
-  process.stderr.write(`webapps FAILED at "${current}": ${summary.error}\n`);
-  done(1);
-}
-function step(name) {
-  current = name;
-  summary.steps.push(name);
-  process.stderr.write(`[webapps] ${name}\n`);
-}
+let args = {}; // parsed first thing in the run
+const { summary, step, main } = createRun("webapps", "webapps", STEP_TIMEOUT);
 function check(cond, what) {
   if (!cond) throw new Error(what);
 }
@@ -136,43 +113,21 @@ async function origins(ctx, srv, withAuth) {
   }
 }
 
-async function main() {
-  const srv = await serve();
-  const profile = mkdtempSync(join(tmpdir(), "rtw-webapps-"));
-  let ctx;
-  try {
-    step("launch chromium");
-    ctx = await chromium.launchPersistentContext(profile, {
-      executablePath: args.chromium || "/usr/bin/chromium",
-      headless: true,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--no-first-run",
-        "--host-resolver-rules=MAP evil.test 127.0.0.1",
-      ],
-      timeout: 60_000,
-    });
-    if (args.mode === "origins") await origins(ctx, srv, false);
-    else if (args.mode === "origins-auth") await origins(ctx, srv, true);
-    else if (args.mode === "mercure") await (await import("./mercure.mjs")).mercure(ctx, srv, args, summary, step, check);
-    else throw new Error(`unknown --mode ${args.mode}`);
-    summary.ok = true;
-    current = "done";
-  } catch (e) {
-    try { if (ctx) await ctx.close(); } catch (_) { /* exiting anyway */ }
-    srv.close();
-    rmSync(profile, { recursive: true, force: true });
-    fail(e);
-    return;
-  }
-  try { await ctx.close(); } catch (_) { /* exiting anyway */ }
-  srv.close();
-  rmSync(profile, { recursive: true, force: true });
-  done(0);
-}
+let chromium; // { context, close } once launched
+let srv;
 
-setTimeout(() => fail(new Error(`the run took over ${WATCHDOG} ms`)), WATCHDOG).unref();
-main().catch(fail);
+main(170_000, async () => {
+  args = parseArgs(process.argv.slice(2), ["mode", "http"]);
+  summary.mode = args.mode;
+  srv = await serve();
+  step("launch chromium");
+  chromium = await launch(args.chromium, { flags: ["--host-resolver-rules=MAP evil.test 127.0.0.1"] });
+  const ctx = chromium.context;
+  if (args.mode === "origins") await origins(ctx, srv, false);
+  else if (args.mode === "origins-auth") await origins(ctx, srv, true);
+  else if (args.mode === "mercure") await (await import("./mercure.mjs")).mercure(ctx, srv, args, summary, step, check);
+  else throw new Error(`unknown --mode ${args.mode}`);
+}, async () => {
+  if (chromium) await chromium.close();
+  if (srv) srv.close();
+});

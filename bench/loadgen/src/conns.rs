@@ -15,25 +15,45 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::{procfs, raw, run_id, Cli};
 
-/// What each idle client does after its CONNACK.
-#[derive(Debug, Clone, Copy)]
+/// The idle-conns mode: how many clients, and what each does after its CONNACK.
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct IdleOpts {
+    /// Number of connections.
+    #[arg(long, default_value_t = 10_000)]
     pub conns: usize,
+    /// PID of the broker, to read VmRSS from /proc/PID/status.
+    #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Connections being set up at the same time (kept below common
+    /// listen backlogs, e.g. Mosquitto's 100, so no SYN is dropped).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    pub settle: Duration,
+    /// Seconds to wait after the last CONNACK before reading VmRSS.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
+    /// MQTT keep-alive announced in CONNECT (seconds).
+    #[arg(long, default_value_t = 300)]
     pub keepalive: u16,
-    /// Subscribe (QoS 1) to a topic of its own and wait for the SUBACK.
+    /// Each client subscribes (QoS 1) to a topic of its own.
+    #[arg(long)]
     pub subscribe: bool,
-    /// Clean Session 0 (the broker keeps the session after a disconnect).
+    /// Persistent sessions (Clean Session 0) instead of clean ones.
+    #[arg(long)]
     pub persistent: bool,
+}
+
+impl IdleOpts {
+    /// Persistent sessions subscribe too (their queue is what they keep).
+    fn subscribes(&self) -> bool {
+        self.subscribe || self.persistent
+    }
 }
 
 /// One idle client: CONNECT (and SUBSCRIBE), bounded by 30 s.
 async fn idle_client(addr: SocketAddr, cid: String, o: IdleOpts) -> Result<TcpStream> {
     let work = async {
         let mut s = raw::connect(addr, &cid, o.keepalive, !o.persistent).await?;
-        if o.subscribe {
+        if o.subscribes() {
             raw::subscribe(&mut s, 1, &format!("bench/idle/{cid}"), 1).await?;
         }
         anyhow::Ok(s)
@@ -77,7 +97,7 @@ pub async fn idle_conns(cli: &Cli, o: IdleOpts) -> Result<()> {
         }
     }
     let connect_secs = start.elapsed().as_secs_f64();
-    tokio::time::sleep(o.settle).await;
+    tokio::time::sleep(Duration::from_secs(o.settle_secs)).await;
     let rss_after = o.broker_pid.map(procfs::vm_rss_kb).transpose()?;
     let fds_after = o.broker_pid.map(procfs::open_fds).transpose()?;
 
@@ -122,7 +142,7 @@ pub async fn idle_conns(cli: &Cli, o: IdleOpts) -> Result<()> {
         } else {
             "incomplete"
         },
-        o.subscribe as u8,
+        o.subscribes() as u8,
         (!o.persistent) as u8,
         o.conns,
         connected,

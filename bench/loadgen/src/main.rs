@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
@@ -101,30 +101,7 @@ enum Mode {
         persistent: bool,
     },
     /// Open N idle connections and measure the broker's RSS growth.
-    IdleConns {
-        /// Number of connections.
-        #[arg(long, default_value_t = 10_000)]
-        conns: usize,
-        /// PID of the broker, to read VmRSS from /proc/PID/status.
-        #[arg(long)]
-        broker_pid: Option<u32>,
-        /// Connections being set up at the same time (kept below common
-        /// listen backlogs, e.g. Mosquitto's 100, so no SYN is dropped).
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Seconds to wait after the last CONNACK before reading VmRSS.
-        #[arg(long, default_value_t = 2)]
-        settle_secs: u64,
-        /// MQTT keep-alive announced in CONNECT (seconds).
-        #[arg(long, default_value_t = 300)]
-        keepalive: u16,
-        /// Each client subscribes (QoS 1) to a topic of its own.
-        #[arg(long)]
-        subscribe: bool,
-        /// Persistent sessions (Clean Session 0) instead of clean ones.
-        #[arg(long)]
-        persistent: bool,
-    },
+    IdleConns(conns::IdleOpts),
     /// N clients connect at once; measures CONNACKs per second.
     ConnStorm {
         /// Number of clients.
@@ -139,35 +116,7 @@ enum Mode {
     },
     /// N subscribers on their own topics, one publisher at a fixed rate
     /// round-robin over them; broker VmRSS sampled during the run.
-    Steady {
-        /// Subscribers (each its own connection and topic).
-        #[arg(long, default_value_t = 1000)]
-        subscribers: usize,
-        /// Messages published per second (in total).
-        #[arg(long, default_value_t = 2000)]
-        rate: u64,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 200)]
-        payload: usize,
-        /// Seconds of publishing.
-        #[arg(long, default_value_t = 240)]
-        duration: u64,
-        /// QoS of the publishes and subscriptions (0 or 1).
-        #[arg(long, default_value_t = 0)]
-        qos: u8,
-        /// PID of the broker, to sample VmRSS from /proc/PID/status.
-        #[arg(long)]
-        broker_pid: Option<u32>,
-        /// Seconds between VmRSS samples.
-        #[arg(long, default_value_t = 10)]
-        sample_secs: u64,
-        /// A run plateaus when RSS grew less than this over its last half (%).
-        #[arg(long, default_value_t = 5.0)]
-        plateau_pct: f64,
-        /// Stop waiting for deliveries after this many seconds without progress.
-        #[arg(long, default_value_t = 5)]
-        idle_timeout: u64,
-    },
+    Steady(steady::SteadyOpts),
     /// Check certs/ with rustls + webpki: handshake on loopback for
     /// localhost, 127.0.0.1 and ::1; a wrong name must be rejected.
     TlsCheck {
@@ -209,9 +158,9 @@ fn main() -> Result<()> {
 fn mode_name(m: &Mode) -> &'static str {
     match m {
         Mode::Throughput { .. } => "throughput",
-        Mode::IdleConns { .. } => "idle-conns",
+        Mode::IdleConns(_) => "idle-conns",
         Mode::ConnStorm { .. } => "conn-storm",
-        Mode::Steady { .. } => "steady",
+        Mode::Steady(_) => "steady",
         Mode::TlsCheck { .. } => "tls-check",
     }
 }
@@ -239,55 +188,13 @@ async fn run(cli: &Cli) -> Result<()> {
             )
             .await
         }
-        Mode::IdleConns {
-            conns,
-            broker_pid,
-            concurrency,
-            settle_secs,
-            keepalive,
-            subscribe,
-            persistent,
-        } => {
-            let o = conns::IdleOpts {
-                conns: *conns,
-                broker_pid: *broker_pid,
-                concurrency: *concurrency,
-                settle: Duration::from_secs(*settle_secs),
-                keepalive: *keepalive,
-                subscribe: *subscribe || *persistent,
-                persistent: *persistent,
-            };
-            conns::idle_conns(cli, o).await
-        }
+        Mode::IdleConns(o) => conns::idle_conns(cli, *o).await,
         Mode::ConnStorm {
             conns,
             conn_timeout,
             keepalive,
         } => conns::conn_storm(cli, *conns, Duration::from_secs(*conn_timeout), *keepalive).await,
-        Mode::Steady {
-            subscribers,
-            rate,
-            payload,
-            duration,
-            qos,
-            broker_pid,
-            sample_secs,
-            plateau_pct,
-            idle_timeout,
-        } => {
-            let o = steady::SteadyOpts {
-                subscribers: *subscribers,
-                rate: *rate,
-                payload: *payload,
-                duration: Duration::from_secs(*duration),
-                qos: *qos,
-                broker_pid: *broker_pid,
-                sample: Duration::from_secs((*sample_secs).max(1)),
-                plateau_pct: *plateau_pct,
-                idle_timeout: Duration::from_secs(*idle_timeout),
-            };
-            steady::steady(cli, o).await
-        }
+        Mode::Steady(o) => steady::steady(cli, *o).await,
         Mode::TlsCheck { certs_dir } => tls::tls_check(certs_dir).await,
     }
 }
@@ -343,43 +250,31 @@ async fn throughput(
     let closing = Arc::new(AtomicBool::new(false));
     let mut sub_clients = Vec::with_capacity(subscribers);
 
+    let loops = Loops {
+        stop: stop_rx.clone(),
+        closing: closing.clone(),
+        errors: errors.clone(),
+    };
+
     for i in 0..subscribers {
         let mut opts = MqttOptions::new(format!("lg-s-{id}-{i}"), cli.host.clone(), cli.port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(!persistent);
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut el) = AsyncClient::new(opts, 64);
+        let (client, el) = AsyncClient::new(opts, 64);
         client.subscribe(topic.clone(), qos).await?;
         sub_clients.push(client);
-        let received = received.clone();
-        let last_rx_ns = last_rx_ns.clone();
+        let (received, last_rx_ns) = (received.clone(), last_rx_ns.clone());
         let subacked = subacked.clone();
-        let errors = errors.clone();
-        let closing = closing.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Packet::Publish(_))) => {
-                            received[i].fetch_add(1, Ordering::Relaxed);
-                            last_rx_ns.fetch_max(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        }
-                        Ok(Event::Incoming(Packet::SubAck(_))) => {
-                            subacked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !closing.load(Ordering::SeqCst) {
-                                eprintln!("subscriber {i}: {e}");
-                                errors.fetch_add(1, Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                    }
-                }
+        loops.drive(el, format!("subscriber {i}"), move |p| match p {
+            Packet::Publish(_) => {
+                received[i].fetch_add(1, Ordering::Relaxed);
+                last_rx_ns.fetch_max(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
+            Packet::SubAck(_) => {
+                subacked.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
         });
     }
 
@@ -409,38 +304,17 @@ async fn throughput(
     opts.set_clean_session(true);
     opts.set_inflight(inflight.max(1));
     opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (publisher, mut pel) = AsyncClient::new(opts, 1024);
-    let (connack_tx, mut connack_rx) = watch::channel(false);
     let puback = Arc::new(AtomicU64::new(0));
-    {
+    let publisher = {
         let puback = puback.clone();
-        let errors = errors.clone();
-        let closing = closing.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    ev = pel.poll() => match ev {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => { let _ = connack_tx.send(true); }
-                        Ok(Event::Incoming(Packet::PubAck(_))) => { puback.fetch_add(1, Ordering::Relaxed); }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !closing.load(Ordering::SeqCst) {
-                                eprintln!("publisher: {e}");
-                                errors.fetch_add(1, Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                    }
+        loops
+            .publisher(opts, 1024, "publisher", move |p| {
+                if let Packet::PubAck(_) = p {
+                    puback.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-        });
-    }
-    tokio::time::timeout(Duration::from_secs(30), connack_rx.wait_for(|v| *v))
-        .await
-        .context("publisher CONNACK timeout")?
-        .context("publisher event loop ended")?;
+            })
+            .await?
+    };
 
     let payload = Bytes::from(vec![b'x'; payload_len]);
     let start = base.elapsed();
@@ -534,6 +408,72 @@ async fn throughput(
         bail!("client error during the run");
     }
     Ok(())
+}
+
+/// What the event-loop task of a rumqttc client shares with its run: `stop` ends it; a
+/// connection failure ends it too, and is printed and counted in `errors` unless `closing` is
+/// set (then it is expected).
+pub(crate) struct Loops {
+    pub stop: watch::Receiver<bool>,
+    pub closing: Arc<AtomicBool>,
+    pub errors: Arc<AtomicUsize>,
+}
+
+impl Loops {
+    /// Polls `el` in a task of its own; every incoming packet goes to `on_packet`. `who` names
+    /// the client in error lines.
+    pub fn drive(
+        &self,
+        mut el: EventLoop,
+        who: String,
+        mut on_packet: impl FnMut(Packet) + Send + 'static,
+    ) {
+        let mut stop = self.stop.clone();
+        let (closing, errors) = (self.closing.clone(), self.errors.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    ev = el.poll() => match ev {
+                        Ok(Event::Incoming(p)) => on_packet(p),
+                        Ok(_) => {}
+                        Err(e) => {
+                            if !closing.load(Ordering::SeqCst) {
+                                eprintln!("{who}: {e}");
+                                errors.fetch_add(1, Ordering::SeqCst);
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// A publishing client with `opts` (request queue `cap`), once its CONNACK is in (30 s at
+    /// most); its other incoming packets go to `on_packet`.
+    pub async fn publisher(
+        &self,
+        opts: MqttOptions,
+        cap: usize,
+        who: &str,
+        mut on_packet: impl FnMut(Packet) + Send + 'static,
+    ) -> Result<AsyncClient> {
+        let (client, el) = AsyncClient::new(opts, cap);
+        let (connack_tx, mut connack_rx) = watch::channel(false);
+        self.drive(el, who.to_string(), move |p| {
+            if let Packet::ConnAck(_) = p {
+                let _ = connack_tx.send(true);
+            } else {
+                on_packet(p);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), connack_rx.wait_for(|v| *v))
+            .await
+            .context("publisher CONNACK timeout")?
+            .context("publisher event loop ended")?;
+        Ok(client)
+    }
 }
 
 pub(crate) async fn resolve(cli: &Cli) -> Result<SocketAddr> {

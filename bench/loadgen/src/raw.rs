@@ -19,18 +19,13 @@ use tokio::net::TcpStream;
 /// workloads stay far below it).
 pub const MAX_PACKET: usize = 1 << 20;
 
+/// The Remaining Length: 7 bits a byte, low bits first, the top bit set on all but the last.
 fn push_remaining_len(p: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        p.push(b);
-        if n == 0 {
-            break;
-        }
+    while n >= 0x80 {
+        p.push((n & 0x7f) as u8 | 0x80);
+        n >>= 7;
     }
+    p.push(n as u8);
 }
 
 /// MQTT 3.1.1 CONNECT, no will, no credentials; `clean` sets Clean Session.

@@ -8,36 +8,54 @@
 //! and the growth over the last half of the run (the sample at the middle vs
 //! the last one): `plateau=yes` when it is below `plateau_pct`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use rumqttc::MqttOptions;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Semaphore};
 
-use crate::{procfs, raw, run_id, to_qos, Cli};
+use crate::{procfs, raw, run_id, to_qos, Cli, Loops};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct SteadyOpts {
+    /// Subscribers (each its own connection and topic).
+    #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// Messages published per second (in total).
+    #[arg(long, default_value_t = 2000)]
     pub rate: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 200)]
     pub payload: usize,
-    pub duration: Duration,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 240)]
+    pub duration: u64,
+    /// QoS of the publishes and subscriptions (0 or 1).
+    #[arg(long, default_value_t = 0)]
     pub qos: u8,
+    /// PID of the broker, to sample VmRSS from /proc/PID/status.
+    #[arg(long)]
     pub broker_pid: Option<u32>,
-    pub sample: Duration,
+    /// Seconds between VmRSS samples.
+    #[arg(long, default_value_t = 10)]
+    pub sample_secs: u64,
+    /// A run plateaus when RSS grew less than this over its last half (%).
+    #[arg(long, default_value_t = 5.0)]
     pub plateau_pct: f64,
-    pub idle_timeout: Duration,
+    /// Stop waiting for deliveries after this many seconds without progress.
+    #[arg(long, default_value_t = 5)]
+    pub idle_timeout: u64,
 }
 
 /// Counts what one raw subscriber receives until `stop` or an error.
 async fn subscriber(
     mut s: tokio::net::TcpStream,
     count: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
+    errors: Arc<AtomicUsize>,
     closing: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -79,12 +97,13 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
         bail!("need at least one subscriber and a rate above 0");
     }
     let qos = to_qos(o.qos)?;
+    let duration = Duration::from_secs(o.duration);
     let addr = crate::resolve(cli).await?;
     let id = run_id();
     let topics: Vec<String> = (0..o.subscribers)
         .map(|i| format!("steady/{id}/{i}"))
         .collect();
-    let keepalive = (o.duration.as_secs() + 300).min(65_535) as u16;
+    let keepalive = (o.duration + 300).min(65_535) as u16;
     let rss_idle = rss(o.broker_pid)?;
 
     // Subscribers: connect + subscribe, 64 in flight (below listen backlogs).
@@ -118,7 +137,7 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     let counts: Vec<Arc<AtomicU64>> = (0..o.subscribers)
         .map(|_| Arc::new(AtomicU64::new(0)))
         .collect();
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
     let closing = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     for (s, c) in streams.into_iter().zip(&counts) {
@@ -137,39 +156,21 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_clean_session(true);
     mo.set_inflight(100);
-    let (publisher, mut el) = AsyncClient::new(mo, 1024);
-    let (connack_tx, mut connack_rx) = watch::channel(false);
-    {
-        let (errors, closing, mut stop) = (errors.clone(), closing.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => { let _ = connack_tx.send(true); }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !closing.load(Ordering::SeqCst) {
-                                eprintln!("steady publisher: {e}");
-                                errors.fetch_add(1, Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    tokio::time::timeout(Duration::from_secs(30), connack_rx.wait_for(|v| *v))
-        .await
-        .context("publisher CONNACK timeout")?
-        .context("publisher event loop ended")?;
+    let loops = Loops {
+        stop: stop_rx.clone(),
+        closing: closing.clone(),
+        errors: errors.clone(),
+    };
+    let publisher = loops
+        .publisher(mo, 1024, "steady publisher", |_| {})
+        .await?;
 
     // RSS sampler: one sample at the start, then every `sample`.
     let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
     let start = Instant::now();
     if let Some(pid) = o.broker_pid {
-        let (samples, sample) = (samples.clone(), o.sample);
+        let sample = Duration::from_secs(o.sample_secs.max(1));
+        let samples = samples.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sample);
@@ -192,7 +193,7 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
     let payload = Bytes::from(vec![b'x'; o.payload]);
     let mut sent = 0u64;
     let mut failed = false;
-    while start.elapsed() < o.duration {
+    while start.elapsed() < duration {
         let due = (start.elapsed().as_secs_f64() * o.rate as f64) as u64;
         while sent < due {
             let t = &topics[(sent % o.subscribers as u64) as usize];
@@ -234,7 +235,7 @@ pub async fn steady(cli: &Cli, o: SteadyOpts) -> Result<()> {
         }
         if n != last {
             (last, last_progress) = (n, Instant::now());
-        } else if last_progress.elapsed() > o.idle_timeout {
+        } else if last_progress.elapsed() > Duration::from_secs(o.idle_timeout) {
             break "incomplete";
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

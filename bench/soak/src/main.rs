@@ -11,7 +11,7 @@
 //! Every 10 s a line reports throughput, errors and the server's RSS (from /proc/PID/status).
 //! Bounded: `--secs` of load, then at most `--drain-secs`, then exit.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,7 +91,10 @@ fn rss_mb(pid: u32) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let stats = Arc::new(Stats::default());
-    let n_http = args.http_clients.unwrap_or(args.clients / 10).min(args.clients);
+    let n_http = args
+        .http_clients
+        .unwrap_or(args.clients / 10)
+        .min(args.clients);
     let n_mqtt = args.clients - n_http;
     let n_sse = n_http / 2;
     let n_rpc = n_http - n_sse;
@@ -125,13 +128,21 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    for k in 0..n_sse {
-        let (a, st, p, s) = (args.clone(), stats.clone(), publishing.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move { sse_client(a, k, st, p, s).await }));
-    }
-    for k in 0..n_rpc {
-        let (a, st, p, s) = (args.clone(), stats.clone(), publishing.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move { rpc_client(a, k, st, p, s).await }));
+    // The HTTP clients: n_sse SSE readers, then n_rpc RPC callers (each numbered from 0).
+    for k in 0..n_http {
+        let (a, st, p, s) = (
+            args.clone(),
+            stats.clone(),
+            publishing.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if k < n_sse {
+                sse_client(a, k, st, p, s).await
+            } else {
+                rpc_client(a, k - n_sse, st, p, s).await
+            }
+        }));
     }
     // Every MQTT client connected and subscribed before the first message.
     let t0 = Instant::now();
@@ -233,6 +244,42 @@ fn lost(flows: &[Flow]) -> u64 {
         .sum()
 }
 
+/// An event of either rumqttc client (MQTT 5 or 3.1.1), as far as the soak cares.
+/// `ev!(&result)` makes one from what `EventLoop::poll` returned, with `Event` and `P` (the
+/// packet type) of the client's rumqttc module in scope: the two modules' types differ, the
+/// shape of their events does not.
+macro_rules! ev {
+    ($ev:expr) => {
+        match $ev {
+            Ok(Event::Incoming(P::SubAck(_))) => Ev::SubAck,
+            Ok(Event::Incoming(P::Publish(p))) => Ev::Publish(&p.payload),
+            Ok(Event::Incoming(P::PubAck(_) | P::PubComp(_))) => Ev::Acked,
+            Ok(_) => Ev::Other,
+            Err(e) => Ev::Failed(e.to_string()),
+        }
+    };
+}
+
+/// `qos!(exactly_once)`: QoS 2 or 1, as the `QoS` type in scope (MQTT 5's or 3.1.1's).
+macro_rules! qos {
+    ($exactly_once:expr) => {
+        if $exactly_once {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    };
+}
+
+enum Ev<'a> {
+    SubAck,
+    Publish(&'a [u8]),
+    /// PUBACK or PUBCOMP: the oldest message in flight is acknowledged.
+    Acked,
+    Other,
+    Failed(String),
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn mqtt_client(
     a: Args,
@@ -249,11 +296,20 @@ async fn mqtt_client(
     let pub_topic = format!("soak/m/{i}");
     let from = (i + n - 1) % n;
     let sub_topic = format!("soak/m/{from}");
-    let qos2 = kind == Kind::V5 && i % 4 == 0;
-    let sub_qos2 = kind == Kind::V5 && from % 4 == 0;
-    let interval = Duration::from_millis(a.interval_ms);
+    let qos2 = kind == Kind::V5 && i.is_multiple_of(4);
+    let sub_qos2 = kind == Kind::V5 && from.is_multiple_of(4);
     // Sequence numbers in flight, in publish order: acknowledgements come in that order.
-    let inflight = Arc::new(Mutex::new(std::collections::VecDeque::<u64>::new()));
+    let inflight = Arc::new(Mutex::new(VecDeque::<u64>::new()));
+    let ticker = Ticker::new(&a, publishing, stop.clone());
+    let mut peer = Peer {
+        st: &st,
+        own: &flows[i],
+        from: &flows[from],
+        inflight: &inflight,
+        ready: &ready,
+        subscribed: false,
+        label: String::new(),
+    };
     if kind == Kind::V5 {
         use rumqttc::v5::mqttbytes::v5::Packet as P;
         use rumqttc::v5::mqttbytes::QoS;
@@ -261,49 +317,17 @@ async fn mqtt_client(
         let mut o = MqttOptions::new(&id, "127.0.0.1", a.mqtt);
         o.set_keep_alive(Duration::from_secs(30));
         let (c, mut el) = AsyncClient::new(o, 64);
-        let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        let q = qos!(sub_qos2);
         let _ = c.subscribe(sub_topic.clone(), q).await;
-        let pq = if qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
-        let pubber = {
-            let (c, st, inflight, t) = (c.clone(), st.clone(), inflight.clone(), pub_topic);
-            let (publishing, stop) = (publishing.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seq = 0u64;
-                while !stop.load(Relaxed) {
-                    tokio::time::sleep(interval).await;
-                    if !publishing.load(Relaxed) {
-                        continue;
-                    }
-                    seq += 1;
-                    inflight.lock().unwrap().push_back(seq);
-                    if c.publish(t.clone(), pq, false, seq.to_string()).await.is_ok() {
-                        st.published.fetch_add(1, Relaxed);
-                    }
-                }
-            })
-        };
-        let mut subscribed = false;
+        let pq = qos!(qos2);
+        let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
+            let (c, t) = (c.clone(), pub_topic.clone());
+            async move { c.publish(t, pq, false, seq.to_string()).await.is_ok() }
+        });
+        peer.label = format!("{id} (MQTT 5)");
         while !stop.load(Relaxed) {
-            match el.poll().await {
-                Ok(Event::Incoming(P::SubAck(_))) if !subscribed => {
-                    subscribed = true;
-                    ready.fetch_add(1, Relaxed);
-                }
-                Ok(Event::Incoming(P::Publish(p))) => {
-                    got(&st, &flows[from], &p.payload);
-                }
-                Ok(Event::Incoming(P::PubAck(_))) | Ok(Event::Incoming(P::PubComp(_))) => {
-                    acked(&st, &flows[i], &inflight);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if st.errors.fetch_add(1, Relaxed) < 20 {
-                        eprintln!("{id} (MQTT 5): {e}");
-                    }
-                    st.reconnects.fetch_add(1, Relaxed);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+            let ev = el.poll().await;
+            peer.on(ev!(&ev)).await;
         }
         pubber.abort();
     } else {
@@ -317,52 +341,118 @@ async fn mqtt_client(
         };
         o.set_keep_alive(Duration::from_secs(30));
         let (c, mut el) = AsyncClient::new(o, 64);
-        let q = if sub_qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        let q = qos!(sub_qos2);
         let _ = c.subscribe(sub_topic.clone(), q).await;
-        let pubber = {
-            let (c, st, inflight, t) = (c.clone(), st.clone(), inflight.clone(), pub_topic);
-            let (publishing, stop) = (publishing.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seq = 0u64;
-                while !stop.load(Relaxed) {
-                    tokio::time::sleep(interval).await;
-                    if !publishing.load(Relaxed) {
-                        continue;
-                    }
-                    seq += 1;
-                    inflight.lock().unwrap().push_back(seq);
-                    if c
-                        .publish(t.clone(), QoS::AtLeastOnce, false, seq.to_string())
-                        .await
-                        .is_ok()
-                    {
+        let pubber = ticker.spawn_publisher(st.clone(), inflight.clone(), move |seq| {
+            let (c, t) = (c.clone(), pub_topic.clone());
+            async move {
+                c.publish(t, QoS::AtLeastOnce, false, seq.to_string())
+                    .await
+                    .is_ok()
+            }
+        });
+        let transport = if kind == Kind::Ws { "WebSocket" } else { "TCP" };
+        peer.label = format!("{id} (MQTT 3.1.1, {transport})");
+        while !stop.load(Relaxed) {
+            let ev = el.poll().await;
+            peer.on(ev!(&ev)).await;
+        }
+        pubber.abort();
+    }
+}
+
+/// Calls its closure with the next sequence number (1, 2, ...) once per `--interval-ms` while
+/// `publishing` is set, until `stop`.
+struct Ticker {
+    interval: Duration,
+    publishing: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn new(a: &Args, publishing: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Self {
+        let interval = Duration::from_millis(a.interval_ms);
+        Ticker {
+            interval,
+            publishing,
+            stop,
+        }
+    }
+
+    async fn run<F, Fut>(&self, mut each: F)
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut seq = 0u64;
+        while !self.stop.load(Relaxed) {
+            tokio::time::sleep(self.interval).await;
+            if !self.publishing.load(Relaxed) {
+                continue;
+            }
+            seq += 1;
+            each(seq).await;
+        }
+    }
+
+    /// An MQTT client's publisher task: `publish(seq)` sends one message and says whether the
+    /// client took it. Acknowledgements come back in publish order, so each number is queued
+    /// in `inflight` first.
+    fn spawn_publisher<F, Fut>(
+        self,
+        st: Arc<Stats>,
+        inflight: Arc<Mutex<VecDeque<u64>>>,
+        publish: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        tokio::spawn(async move {
+            self.run(|seq| {
+                inflight.lock().unwrap().push_back(seq);
+                let (sent, st) = (publish(seq), &st);
+                async move {
+                    if sent.await {
                         st.published.fetch_add(1, Relaxed);
                     }
                 }
             })
-        };
-        let mut subscribed = false;
-        while !stop.load(Relaxed) {
-            match el.poll().await {
-                Ok(Event::Incoming(P::SubAck(_))) if !subscribed => {
-                    subscribed = true;
-                    ready.fetch_add(1, Relaxed);
+            .await
+        })
+    }
+}
+
+/// The bookkeeping of one MQTT client: its own flow (what it published), the flow it
+/// subscribes to, and the shared counters.
+struct Peer<'a> {
+    st: &'a Stats,
+    own: &'a Flow,
+    from: &'a Flow,
+    inflight: &'a Mutex<VecDeque<u64>>,
+    ready: &'a AtomicU64,
+    subscribed: bool,
+    label: String,
+}
+
+impl Peer<'_> {
+    async fn on(&mut self, ev: Ev<'_>) {
+        match ev {
+            Ev::SubAck if !self.subscribed => {
+                self.subscribed = true;
+                self.ready.fetch_add(1, Relaxed);
+            }
+            Ev::Publish(payload) => got(self.st, self.from, payload),
+            Ev::Acked => acked(self.st, self.own, self.inflight),
+            Ev::SubAck | Ev::Other => {}
+            Ev::Failed(e) => {
+                if self.st.errors.fetch_add(1, Relaxed) < 20 {
+                    eprintln!("{}: {e}", self.label);
                 }
-                Ok(Event::Incoming(P::Publish(p))) => got(&st, &flows[from], &p.payload),
-                Ok(Event::Incoming(P::PubAck(_))) | Ok(Event::Incoming(P::PubComp(_))) => {
-                    acked(&st, &flows[i], &inflight)
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if st.errors.fetch_add(1, Relaxed) < 20 {
-                        eprintln!("{id} (MQTT 3.1.1, {}): {e}", if kind == Kind::Ws { "WebSocket" } else { "TCP" });
-                    }
-                    st.reconnects.fetch_add(1, Relaxed);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                self.st.reconnects.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        pubber.abort();
     }
 }
 
@@ -380,7 +470,7 @@ fn got(st: &Stats, flow: &Flow, payload: &[u8]) {
     }
 }
 
-fn acked(st: &Stats, flow: &Flow, inflight: &Mutex<std::collections::VecDeque<u64>>) {
+fn acked(st: &Stats, flow: &Flow, inflight: &Mutex<VecDeque<u64>>) {
     if let Some(seq) = inflight.lock().unwrap().pop_front() {
         flow.acked.lock().unwrap().insert(seq);
         st.acked.fetch_add(1, Relaxed);
@@ -394,16 +484,10 @@ async fn request(port: u16, req: String) -> anyhow::Result<(u16, String)> {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;
     let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    // "HTTP/1.1 200 OK\r\n...\r\n\r\nbody"; no blank line: no body.
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).map_or(0, |s| s.parse().unwrap_or(0));
+    Ok((status, body.to_string()))
 }
 
 /// An SSE reader of `soak/sse/{k}` that also publishes to it over HTTP once per interval.
@@ -441,28 +525,23 @@ async fn sse_client(
             }
         })
     };
-    let interval = Duration::from_millis(a.interval_ms);
-    let mut seq = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(interval).await;
-        if !publishing.load(Relaxed) {
-            continue;
-        }
-        seq += 1;
-        let body = seq.to_string();
-        let req = format!(
-            "POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        match request(a.http, req).await {
-            Ok((200, _)) => {
-                st.sse_posted.fetch_add(1, Relaxed);
+    let (ticker, port) = (Ticker::new(&a, publishing, stop), a.http);
+    ticker
+        .run(|seq| {
+            let body = seq.to_string();
+            let req = format!(
+                "POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let st = &st;
+            async move {
+                match request(port, req).await {
+                    Ok((200, _)) => st.sse_posted.fetch_add(1, Relaxed),
+                    _ => st.errors.fetch_add(1, Relaxed),
+                };
             }
-            _ => {
-                st.errors.fetch_add(1, Relaxed);
-            }
-        }
-    }
+        })
+        .await;
     reader.abort();
 }
 
@@ -474,30 +553,29 @@ async fn rpc_client(
     publishing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
-    let interval = Duration::from_millis(a.interval_ms);
-    let mut seq = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(interval).await;
-        if !publishing.load(Relaxed) {
-            continue;
-        }
-        seq += 1;
-        let body = format!("{k}-{seq}");
-        let req = format!(
-            "POST /rpc/soak/{k} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let t = Instant::now();
-        match request(a.http, req).await {
-            Ok((200, b)) if b == body => {
-                st.rpc_ok.fetch_add(1, Relaxed);
-                st.rpc_ms_total
-                    .fetch_add(t.elapsed().as_millis() as u64, Relaxed);
+    let (ticker, port) = (Ticker::new(&a, publishing, stop), a.http);
+    ticker
+        .run(|seq| {
+            let body = format!("{k}-{seq}");
+            let req = format!(
+                "POST /rpc/soak/{k} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let st = &st;
+            async move {
+                let t = Instant::now();
+                match request(port, req).await {
+                    Ok((200, b)) if b == body => {
+                        st.rpc_ok.fetch_add(1, Relaxed);
+                        st.rpc_ms_total
+                            .fetch_add(t.elapsed().as_millis() as u64, Relaxed);
+                    }
+                    _ => {
+                        st.rpc_failed.fetch_add(1, Relaxed);
+                        st.errors.fetch_add(1, Relaxed);
+                    }
+                }
             }
-            _ => {
-                st.rpc_failed.fetch_add(1, Relaxed);
-                st.errors.fetch_add(1, Relaxed);
-            }
-        }
-    }
+        })
+        .await;
 }
