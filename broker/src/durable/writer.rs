@@ -3,10 +3,11 @@
 //!
 //! A batch is whatever is waiting when the previous commit ends (up to [`BATCH`] ops), so the
 //! busier the node, the more each fsync covers; and a message its session's client acknowledged
-//! within the same batch is never written (see [`plan`]). A batch holding QoS 1 deliveries to
-//! connected sessions waits up to [`LINGER`] for their PUBACKs before it is planned: a message
-//! every persistent session already acknowledged needs no fsync before its publisher's PUBACK
-//! (group commit; the wait is shorter than the fsync it usually saves). After a failed commit redb refuses every later
+//! within the same batch is never written (see [`plan`]). A QoS 1 delivery to a connected
+//! session waits up to [`LINGER`] for its PUBACK before it is committed: what comes before the
+//! oldest one still owed is committed without it (the removals of its deliveries taken along),
+//! so while subscribers keep up, a message every persistent session already acknowledged never
+//! needs an fsync before its publisher's PUBACK; past the linger, everything is fsync'd. After a failed commit redb refuses every later
 //! write on the same handle, so the database is closed and opened again for the next batch:
 //! once the fault clears (disk space freed), writes succeed again without a restart.
 
@@ -31,7 +32,7 @@ pub(super) const INBOUND: TableDefinition<(u64, u16), ()> = TableDefinition::new
 /// Most ops in one transaction.
 const BATCH: usize = 8192;
 
-/// Longest a batch waits for the acknowledgements of its deliveries to connected sessions.
+/// Longest a delivery to a connected session waits for its PUBACK before it is written.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// redb's page cache for the store: it holds pages the writer touched (1 GiB by default, which
@@ -63,83 +64,141 @@ pub(super) struct Writer {
     pub room: Arc<Notify>,
 }
 
-impl Writer {
-    fn drain(&mut self, batch: &mut Vec<(u64, Op)>) {
-        while batch.len() < BATCH {
-            match self.rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// Ops received and not yet committed, in order, with the QoS 1 deliveries to connected
+/// sessions among them whose PUBACK has not come (and since when they wait).
+#[derive(Default)]
+struct Pending {
+    ops: std::collections::VecDeque<(u64, Op)>,
+    owed: HashMap<(u64, u64), std::time::Instant>,
+    /// Only deliveries and their removals: a prefix may be committed alone.
+    plain: bool,
+}
+
+impl Pending {
+    fn push(&mut self, (n, op): (u64, Op)) {
+        match &op {
+            Op::Enqueue {
+                key,
+                seq,
+                quick: true,
+                ..
+            } => {
+                self.owed.insert((*key, *seq), std::time::Instant::now());
             }
+            Op::Enqueue { .. } => {}
+            Op::Remove { key, seq } => {
+                self.owed.remove(&(*key, *seq));
+            }
+            _ => self.plain = false,
         }
+        self.ops.push_back((n, op));
     }
 
-    /// Waits (at most [`LINGER`]) while the batch holds a delivery to a connected session whose
-    /// acknowledgement has not come, gathering what else arrives.
-    fn linger(&mut self, batch: &mut Vec<(u64, Op)>) {
-        let deadline = std::time::Instant::now() + LINGER;
-        let mut owed: HashSet<(u64, u64)> = HashSet::new();
-        let mut seen = 0;
-        loop {
-            for (_, op) in &batch[seen..] {
-                match op {
-                    Op::Enqueue {
-                        key,
-                        seq,
-                        quick: true,
-                        ..
-                    } => {
-                        owed.insert((*key, *seq));
-                    }
-                    Op::Remove { key, seq } => {
-                        owed.remove(&(*key, *seq));
-                    }
-                    _ => {}
-                }
-            }
-            seen = batch.len();
-            if owed.is_empty() || seen >= BATCH || std::time::Instant::now() >= deadline {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(50));
-            self.drain(batch);
+    /// What to commit now, if anything: everything, or (while connected sessions' PUBACKs
+    /// are due within [`LINGER`]) the ops before the oldest delivery still owed one, with the
+    /// removals of the deliveries among them.
+    fn take(&mut self, closed: bool) -> Vec<(u64, Op)> {
+        let expired = self.owed.values().any(|t| t.elapsed() >= LINGER);
+        if self.owed.is_empty() || expired || closed || !self.plain || self.ops.len() >= BATCH {
+            self.owed.clear();
+            self.plain = true;
+            return self.ops.drain(..).collect();
         }
+        let owed = &self.owed;
+        let cut = self
+            .ops
+            .iter()
+            .position(|(_, op)| matches!(op, Op::Enqueue { key, seq, .. } if owed.contains_key(&(*key, *seq))))
+            .unwrap_or(self.ops.len());
+        let mut batch: Vec<(u64, Op)> = self.ops.drain(..cut).collect();
+        let queued: HashSet<(u64, u64)> = batch
+            .iter()
+            .filter_map(|(_, op)| match op {
+                Op::Enqueue { key, seq, .. } => Some((*key, *seq)),
+                _ => None,
+            })
+            .collect();
+        if !queued.is_empty() {
+            // Their removals come later in the order; taken along, the pair is never written.
+            let (along, rest): (Vec<_>, Vec<_>) = self.ops.drain(..).partition(
+                |(_, op)| matches!(op, Op::Remove { key, seq } if queued.contains(&(*key, *seq))),
+            );
+            batch.extend(along);
+            self.ops = rest.into();
+        }
+        batch
+    }
+}
+
+impl Writer {
+    /// Moves what has arrived into `pending`; false once every sender is gone.
+    fn drain(&mut self, pending: &mut Pending) -> bool {
+        while pending.ops.len() < BATCH {
+            match self.rx.try_recv() {
+                Ok(op) => pending.push(op),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     pub fn run(mut self) {
-        let mut batch = Vec::with_capacity(256);
-        while let Some(first) = self.rx.blocking_recv() {
-            batch.push(first);
-            self.drain(&mut batch);
-            self.linger(&mut batch);
-            if self.db.is_none() {
-                match open(&self.path) {
-                    Ok(d) => {
-                        tracing::info!(path = %self.path.display(), "session store reopened");
-                        self.db = Some(d);
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %self.path.display(), error = %e, "cannot reopen session store")
-                    }
+        let mut pending = Pending {
+            plain: true,
+            ..Default::default()
+        };
+        loop {
+            if pending.ops.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(op) => pending.push(op),
+                    None => return,
                 }
             }
-            let result = match &self.db {
-                Some(d) => commit(d, &batch).map_err(|e| e.to_string()),
-                None => Err(format!("cannot open {}", self.path.display())),
-            };
-            let last = batch.last().map(|(n, _)| *n).unwrap_or(0);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, ops = batch.len(), "session store write failed");
-                self.db = None;
+            let open = self.drain(&mut pending);
+            let batch = pending.take(!open);
+            if batch.is_empty() {
+                // The oldest op waits for a connected session's PUBACK (at most LINGER).
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                continue;
             }
-            let weight: usize = batch.iter().map(|(_, op)| op.weight()).sum();
-            batch.clear();
-            self.progress.send_modify(|p| {
-                p.done = last;
-                p.failures += result.is_err() as u64;
-            });
-            self.queued_bytes.fetch_sub(weight, Ordering::AcqRel);
-            self.room.notify_waiters();
+            self.commit_batch(batch, &pending);
         }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<(u64, Op)>, pending: &Pending) {
+        if self.db.is_none() {
+            match open(&self.path) {
+                Ok(d) => {
+                    tracing::info!(path = %self.path.display(), "session store reopened");
+                    self.db = Some(d);
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot reopen session store")
+                }
+            }
+        }
+        let result = match &self.db {
+            Some(d) => commit(d, &batch).map_err(|e| e.to_string()),
+            None => Err(format!("cannot open {}", self.path.display())),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, ops = batch.len(), "session store write failed");
+            self.db = None;
+        }
+        // Every op before the first one still pending is handled (removals taken along from
+        // further on are done early, which nobody waits for).
+        let last = match pending.ops.front() {
+            Some((n, _)) => n.saturating_sub(1),
+            None => batch.iter().map(|(n, _)| *n).max().unwrap_or(0),
+        };
+        let weight: usize = batch.iter().map(|(_, op)| op.weight()).sum();
+        self.progress.send_modify(|p| {
+            p.done = p.done.max(last);
+            p.failures += result.is_err() as u64;
+        });
+        self.queued_bytes.fetch_sub(weight, Ordering::AcqRel);
+        self.room.notify_waiters();
     }
 }
 
@@ -284,6 +343,44 @@ mod tests {
             record: vec![1],
             quick: true,
         }
+    }
+
+    fn numbers(batch: &[(u64, Op)]) -> Vec<u64> {
+        batch.iter().map(|(n, _)| *n).collect()
+    }
+
+    #[test]
+    fn deliveries_to_connected_sessions_wait_for_their_pubacks() {
+        let mut p = Pending {
+            plain: true,
+            ..Default::default()
+        };
+        p.push((1, enqueue(1)));
+        p.push((2, enqueue(2)));
+        // Neither acknowledged yet: nothing to commit.
+        assert!(p.take(false).is_empty());
+        p.push((3, Op::Remove { key: 7, seq: 1 }));
+        // The first is acknowledged: it and its removal go (never written), the second waits.
+        let b = p.take(false);
+        assert_eq!(numbers(&b), vec![1, 3]);
+        assert!(!plan(&b).any);
+        assert_eq!(p.ops.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![2]);
+        // Past the linger, everything is committed (and fsync'd).
+        std::thread::sleep(LINGER);
+        let b = p.take(false);
+        assert_eq!(numbers(&b), vec![2]);
+        assert!(plan(&b).durable);
+        // Anything but deliveries and removals is committed at once, with what precedes it.
+        p.push((4, enqueue(4)));
+        p.push((
+            5,
+            Op::Inbound {
+                key: 7,
+                pkid: 1,
+                add: true,
+            },
+        ));
+        assert_eq!(numbers(&p.take(false)), vec![4, 5]);
     }
 
     #[test]
