@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{subject, Cluster, ClusterStats};
-use crate::codec::{QoS, RetainForwardRule};
+use crate::codec::{self, QoS};
 use crate::inbox::Delivery;
 use crate::message::Message;
 use crate::session::state::{Outgoing, SessionState, SubOpts};
@@ -75,11 +75,7 @@ impl Handover {
                 qos: o.qos as u8,
                 nl: o.no_local,
                 rap: o.rap,
-                rh: match o.retain_handling {
-                    RetainForwardRule::OnEverySubscribe => 0,
-                    RetainForwardRule::OnNewSubscribe => 1,
-                    RetainForwardRule::Never => 2,
-                },
+                rh: codec::retain_handling_code(&o.retain_handling),
                 id: o.id,
             })
             .collect();
@@ -131,11 +127,7 @@ impl Handover {
                 qos: qos(s.qos),
                 no_local: s.nl,
                 rap: s.rap,
-                retain_handling: match s.rh {
-                    0 => RetainForwardRule::OnEverySubscribe,
-                    1 => RetainForwardRule::OnNewSubscribe,
-                    _ => RetainForwardRule::Never,
-                },
+                retain_handling: codec::retain_handling(s.rh),
                 id: s.id,
             };
             // In the index (and so subscribed on NATS) before the CONNACK; the session's

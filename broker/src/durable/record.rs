@@ -15,7 +15,7 @@ use anyhow::{bail, ensure};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, Filter, QoS, RetainForwardRule};
+use crate::codec::{self, Filter, QoS};
 use crate::session::state::SessionState;
 
 /// A session as stored under its client id.
@@ -117,11 +117,7 @@ impl SessionRecord {
                     qos: o.qos as u8,
                     no_local: o.no_local,
                     retain_as_published: o.rap,
-                    retain_handling: match o.retain_handling {
-                        RetainForwardRule::OnEverySubscribe => 0,
-                        RetainForwardRule::OnNewSubscribe => 1,
-                        RetainForwardRule::Never => 2,
-                    },
+                    retain_handling: codec::retain_handling_code(&o.retain_handling),
                     id: o.id,
                 })
                 .collect(),
@@ -164,11 +160,7 @@ impl SessionRecord {
             let mut f = Filter::new(s.filter.clone(), qos);
             f.nolocal = s.no_local;
             f.preserve_retain = s.retain_as_published;
-            f.retain_forward_rule = match s.retain_handling {
-                0 => RetainForwardRule::OnEverySubscribe,
-                1 => RetainForwardRule::OnNewSubscribe,
-                _ => RetainForwardRule::Never,
-            };
+            f.retain_forward_rule = codec::retain_handling(s.retain_handling);
             out.push((f, s.id));
         }
         Ok(out)
