@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Filter, QoS};
+use crate::message::unix_ms;
 use crate::session::state::SessionState;
 
 /// A session as stored under its client id.
@@ -68,7 +69,7 @@ impl WillRecord {
         Some(WillRecord {
             frame: frame.to_vec(),
             delay_secs,
-            due_ms: due.map(ms),
+            due_ms: due.map(unix_ms),
         })
     }
 
@@ -90,12 +91,6 @@ pub struct SubRecord {
     /// MQTT 5 retain handling: 0 send on subscribe, 1 only if new, 2 never.
     pub retain_handling: u8,
     pub id: Option<usize>,
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
 }
 
 impl SessionRecord {
@@ -124,7 +119,7 @@ impl SessionRecord {
             expires_at_ms: if online {
                 None
             } else {
-                state.expires_at.map(ms)
+                state.expires_at.map(unix_ms)
             },
             expiry_secs: (expiry_secs != u32::MAX).then_some(expiry_secs),
             online,
