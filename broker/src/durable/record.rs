@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Filter, QoS};
 use crate::message::unix_ms;
-use crate::session::state::SessionState;
+use crate::session::state::{SessionState, SubOpts};
 
 /// A session as stored under its client id.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +82,8 @@ impl WillRecord {
     }
 }
 
+/// A subscription as stored (and, under other names, handed to another node:
+/// [`crate::cluster::clients`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SubRecord {
     pub filter: String,
@@ -91,6 +93,31 @@ pub struct SubRecord {
     /// MQTT 5 retain handling: 0 send on subscribe, 1 only if new, 2 never.
     pub retain_handling: u8,
     pub id: Option<usize>,
+}
+
+impl SubRecord {
+    /// The record of the subscription to `path` with options `o`.
+    pub fn of(path: &str, o: &SubOpts) -> SubRecord {
+        SubRecord {
+            filter: path.to_string(),
+            qos: o.qos as u8,
+            no_local: o.no_local,
+            retain_as_published: o.rap,
+            retain_handling: codec::retain_handling_code(&o.retain_handling),
+            id: o.id,
+        }
+    }
+
+    /// The subscription's options (`None`: not a QoS).
+    pub fn opts(&self) -> Option<SubOpts> {
+        Some(SubOpts {
+            qos: codec::qos(self.qos)?,
+            no_local: self.no_local,
+            rap: self.retain_as_published,
+            retain_handling: codec::retain_handling(self.retain_handling),
+            id: self.id,
+        })
+    }
 }
 
 impl SessionRecord {
@@ -107,14 +134,7 @@ impl SessionRecord {
             subs: state
                 .subs
                 .iter()
-                .map(|(path, o)| SubRecord {
-                    filter: path.clone(),
-                    qos: o.qos as u8,
-                    no_local: o.no_local,
-                    retain_as_published: o.rap,
-                    retain_handling: codec::retain_handling_code(&o.retain_handling),
-                    id: o.id,
-                })
+                .map(|(path, o)| SubRecord::of(path, o))
                 .collect(),
             expires_at_ms: if online {
                 None
@@ -149,14 +169,10 @@ impl SessionRecord {
     pub fn filters(&self) -> anyhow::Result<Vec<(Filter, Option<usize>)>> {
         let mut out = Vec::with_capacity(self.subs.len());
         for s in &self.subs {
-            let Some(qos) = codec::qos(s.qos) else {
+            let Some(opts) = s.opts() else {
                 bail!("bad QoS {} for {}", s.qos, s.filter);
             };
-            let mut f = Filter::new(s.filter.clone(), qos);
-            f.nolocal = s.no_local;
-            f.preserve_retain = s.retain_as_published;
-            f.retain_forward_rule = codec::retain_handling(s.retain_handling);
-            out.push((f, s.id));
+            out.push((opts.to_filter(&s.filter), s.id));
         }
         Ok(out)
     }
