@@ -1,13 +1,17 @@
-//! Reading what a request carries, once it is authorized: the body (bounded in size and time)
-//! and the path captures, each refused with an [`ApiError`].
+//! Reading what a request carries, once it is authorized: the body (bounded in size and time),
+//! the path captures and the query string, each refused with an [`ApiError`]; and a body or
+//! payload as JSON text ([`json_text`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderValue, StatusCode};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -50,4 +54,19 @@ pub fn captures(
 ) -> Result<HashMap<String, String>, ApiError> {
     p.map(|p| p.0)
         .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// The query string's parameters, or a 400.
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// A body or payload as a JSON string and its encoding: its text when it is UTF-8 (`utf8`), else
+/// base64 (`base64`).
+pub fn json_text(bytes: &[u8]) -> (Value, &'static str) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Value::String(s.to_string()), "utf8"),
+        Err(_) => (Value::String(STANDARD.encode(bytes)), "base64"),
+    }
 }

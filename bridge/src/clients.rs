@@ -39,7 +39,7 @@ pub async fn list(
     _: Admin,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = crate::body::query(q)?;
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(PER_PAGE);
     if page == 0 || per_page == 0 || per_page > MAX_PER_PAGE {

@@ -13,33 +13,25 @@ pub fn json(st: &AppState) -> Value {
     let Some(c) = &st.edge.cluster else {
         return Value::Null;
     };
-    let s = &c.stats;
-    let g = ClusterStats::get;
     let peers: Vec<Value> = c
         .peers()
         .into_iter()
         .map(|n| json!({ "node": n.node, "clients": n.clients, "subscriptions": n.subscriptions }))
         .collect();
-    json!({
+    let mut v = json!({
         "node": c.node,
         "nats_up": c.is_up(),
         "nats_filters": c.filters(),
         "nodes": peers.len() + 1,
         "peers": peers,
-        "published": g(&s.published),
-        "received": g(&s.received),
-        "not_sent": g(&s.not_sent),
-        "echoes": g(&s.echoes),
-        "duplicates": g(&s.duplicates),
-        "disconnects": g(&s.disconnects),
-        "connects": g(&s.connects),
-        "slow_consumer": g(&s.slow_consumer),
-        "retained_applied": g(&s.retained_applied),
-        "retained_errors": g(&s.retained_errors),
-        "takeovers": g(&s.takeovers),
-        "bad": g(&s.bad),
-        "flush_timeouts": g(&s.flush_timeouts),
-    })
+    });
+    // Then every counter, under its field name.
+    if let (Value::Object(m), Ok(Value::Object(counters))) =
+        (&mut v, serde_json::to_value(&*c.stats))
+    {
+        m.extend(counters);
+    }
+    v
 }
 
 /// Adds the `rtw_cluster_*` series to `r` (none for a lone node).

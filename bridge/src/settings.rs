@@ -1,9 +1,10 @@
 //! `[bridge]`: the HTTP bridge's own settings, with their defaults (documented in the README's
 //! configuration reference).
 
-/// `[bridge]`: the HTTP bridge's own settings.
+/// `[bridge]`: the HTTP bridge's own settings; a key left out takes its value from
+/// [`BridgeSettings::default`].
 #[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BridgeSettings {
     /// Largest HTTP request body, in bytes (413 past it).
     pub max_body: usize,
@@ -18,50 +19,23 @@ pub struct BridgeSettings {
     /// Longest `timeout` a long poll may ask for, in seconds.
     pub poll_max_secs: u64,
     /// Most `topic=` filters one stream or long poll may name (400 past it).
-    #[serde(default = "default_max_filters")]
     pub max_filters: usize,
     /// Most distinct filters one caller (token subject, else address) may follow at once over
     /// its open streams and long polls (429 past it); also how many of the filters it left may
     /// linger for `Last-Event-ID` replay (the oldest is released first).
-    #[serde(default = "default_filters_per_caller")]
     pub max_filters_per_caller: usize,
     /// Origins allowed to call the HTTP API from a browser (CORS); `*` for any. None by default.
-    #[serde(default)]
     pub cors_origins: Vec<String>,
     /// Origins allowed to open `/mqtt` WebSockets from a browser, besides the server's own
     /// origin; `*` for any.
-    #[serde(default)]
     pub ws_origins: Vec<String>,
     /// Directory served at `/examples/browser/` (the browser example page).
-    #[serde(default = "default_examples_dir")]
     pub examples_dir: std::path::PathBuf,
     /// Seconds a request body may take to arrive once the request is authorized (408 past it).
-    #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
     /// HTTP connections open at once from one address (past it: 429, connection closed; over
     /// TLS closed before the handshake).
-    #[serde(default = "default_http_per_ip")]
     pub max_connections_per_ip: usize,
-}
-
-fn default_body_timeout() -> u64 {
-    30
-}
-
-fn default_http_per_ip() -> usize {
-    1024
-}
-
-fn default_max_filters() -> usize {
-    32
-}
-
-fn default_filters_per_caller() -> usize {
-    256
-}
-
-fn default_examples_dir() -> std::path::PathBuf {
-    "examples/browser".into()
 }
 
 impl Default for BridgeSettings {
@@ -73,13 +47,13 @@ impl Default for BridgeSettings {
             heartbeat_secs: 15,
             stream_buffer: 256,
             poll_max_secs: 60,
-            max_filters: default_max_filters(),
-            max_filters_per_caller: default_filters_per_caller(),
+            max_filters: 32,
+            max_filters_per_caller: 256,
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
-            examples_dir: default_examples_dir(),
-            body_timeout_secs: default_body_timeout(),
-            max_connections_per_ip: default_http_per_ip(),
+            examples_dir: "examples/browser".into(),
+            body_timeout_secs: 30,
+            max_connections_per_ip: 1024,
         }
     }
 }

@@ -34,7 +34,7 @@ pub async fn topics(
     _: Admin,
     q: Result<Query<TreeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = crate::body::query(q)?;
     let depth = q.depth.unwrap_or(1);
     if !(1..=MAX_DEPTH).contains(&depth) {
         return Err(ApiError::bad_request(format!("depth is 1 to {MAX_DEPTH}")));

@@ -29,6 +29,25 @@ pub fn qmax(a: QoS, b: QoS) -> QoS {
     }
 }
 
+/// A subscription's Retain Handling as its MQTT 5 option value (0: send retained messages on
+/// subscribe, 1: only on a new subscription, 2: never), as sessions are stored and handed over.
+pub fn retain_handling_code(r: &RetainForwardRule) -> u8 {
+    match r {
+        RetainForwardRule::OnEverySubscribe => 0,
+        RetainForwardRule::OnNewSubscribe => 1,
+        RetainForwardRule::Never => 2,
+    }
+}
+
+/// The Retain Handling of option value `n` (anything but 0 and 1: never).
+pub fn retain_handling(n: u8) -> RetainForwardRule {
+    match n {
+        0 => RetainForwardRule::OnEverySubscribe,
+        1 => RetainForwardRule::OnNewSubscribe,
+        _ => RetainForwardRule::Never,
+    }
+}
+
 /// The protocol a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {

@@ -48,9 +48,10 @@ pub struct Storage {
     pub dir: PathBuf,
 }
 
-/// `[limits]`: sizes, counts and times that bound what one client can make the broker do.
+/// `[limits]`: sizes, counts and times that bound what one client can make the broker do; a key
+/// left out takes its value from [`Limits::default`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Most client connections at once, all transports together (MQTT 5 CONNACK 0x97 past it).
     pub max_connections: usize,
@@ -84,19 +85,9 @@ pub struct Limits {
     /// Largest session expiry interval granted, in seconds.
     pub max_session_expiry_secs: u32,
     /// User properties one PUBLISH or will may carry (PUBACK/PUBREC or CONNACK 0x97 past it).
-    #[serde(default = "default_max_user_properties")]
     pub max_user_properties: usize,
     /// Bytes of MQTT 5 properties one PUBLISH or will may carry, as encoded (0x97 past it).
-    #[serde(default = "default_max_property_bytes")]
     pub max_property_bytes: usize,
-}
-
-fn default_max_user_properties() -> usize {
-    64
-}
-
-fn default_max_property_bytes() -> usize {
-    64 * 1024
 }
 
 impl Limits {
@@ -124,8 +115,8 @@ impl Default for Limits {
             max_subscriptions: 1000,
             write_timeout_secs: 30,
             max_session_expiry_secs: u32::MAX,
-            max_user_properties: default_max_user_properties(),
-            max_property_bytes: default_max_property_bytes(),
+            max_user_properties: 64,
+            max_property_bytes: 64 * 1024,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::registry::Line;
 use crate::transport::Transport;
@@ -125,11 +125,7 @@ impl ClientInfo {
             peer: self.peer.to_string(),
             username: self.username.clone(),
             subject: self.subject.clone(),
-            connected_since_ms: self
-                .connected_at
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            connected_since_ms: crate::message::unix_ms(self.connected_at),
             subscriptions,
             inflight: self.inflight.load(Relaxed),
             queued: self.queued.load(Relaxed),

@@ -124,12 +124,7 @@ impl Message {
         let mut out = BytesMut::with_capacity(HEADER + p.size() + 8);
         out.put_u8(FORMAT);
         out.put_u64(self.src);
-        let ms = self
-            .received
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64;
-        out.put_u64(ms);
+        out.put_u64(unix_ms(self.received));
         out.put_u64(seq);
         match &self.scope {
             Scope::All => out.put_u8(0),
@@ -193,6 +188,14 @@ pub fn client_hash(client_id: &str) -> u64 {
     client_id.hash(&mut h);
     // 0 is the node's own.
     h.finish().max(1)
+}
+
+/// `t` in milliseconds since the Unix epoch (0 before it), as frames, stored records and the
+/// APIs carry times.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
 #[cfg(test)]

@@ -73,12 +73,7 @@ impl Retained {
 
     fn encode(&self) -> anyhow::Result<Vec<u8>> {
         let mut b = BytesMut::new();
-        let ms = self
-            .stored_at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64;
-        b.put_u64(ms);
+        b.put_u64(crate::message::unix_ms(self.stored_at));
         Packet::Publish(self.publish.clone())
             .write(&mut b, None)
             .map_err(|e| anyhow::anyhow!("encode retained: {e}"))?;
@@ -207,11 +202,7 @@ impl ValueInfo {
                 .and_then(|pr| pr.content_type.clone()),
             size: p.len(),
             qos: r.publish.qos as u8,
-            updated_ms: r
-                .stored_at
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            updated_ms: crate::message::unix_ms(r.stored_at),
             expired: r.live(now).is_none(),
         }
     }

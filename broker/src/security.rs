@@ -56,64 +56,36 @@ pub struct Rule {
     pub admin: bool,
 }
 
-/// `[auth]`.
+/// `[auth]`; a key left out takes its value from [`AuthConfig::default`].
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Let clients without credentials in. Unset: only in loopback-only mode.
-    #[serde(default)]
     pub allow_anonymous: Option<bool>,
     /// Shared secret for HS256/384/512 tokens.
-    #[serde(default)]
     pub jwt_secret: Option<String>,
     /// Public keys (PEM files) for RS*/PS*/ES*/EdDSA tokens: `"path"` or `"kid=path"`.
-    #[serde(default)]
     pub jwt_public_keys: Vec<String>,
-    #[serde(default)]
     pub issuer: Option<String>,
-    #[serde(default)]
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
-    #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
     /// When set, an MQTT username must equal this claim of the token (e.g. `sub`).
-    #[serde(default)]
     pub username_claim: Option<String>,
     /// Mosquitto-style `user:argon2-hash` lines.
-    #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Cookie carrying the token for EventSource, which cannot set headers.
-    #[serde(default = "default_cookie")]
     pub cookie_name: String,
     /// Accept `?access_token=` on HTTP (it ends up in access logs: off by default).
-    #[serde(default)]
     pub allow_query_token: bool,
     /// 3.1.1 PUBLISH refused: `drop` or `disconnect`.
-    #[serde(default)]
     pub deny_action: DenyAction,
-    #[serde(default)]
     pub rules: Vec<Rule>,
     /// Threads verifying password-file hashes; the most checks at once, and the memory they
     /// take (this many times the hash's memory cost, 19 MiB for `realtime-web passwd`).
-    #[serde(default = "default_password_workers")]
     pub password_workers: usize,
     /// Seconds a successful password check is remembered (0: never).
-    #[serde(default = "default_password_cache")]
     pub password_cache_secs: u64,
-}
-
-fn default_password_workers() -> usize {
-    2
-}
-fn default_password_cache() -> u64 {
-    60
-}
-
-fn default_leeway() -> u64 {
-    30
-}
-fn default_cookie() -> String {
-    "rtw_token".into()
 }
 
 impl Default for AuthConfig {
@@ -124,15 +96,15 @@ impl Default for AuthConfig {
             jwt_public_keys: Vec::new(),
             issuer: None,
             audience: None,
-            leeway_secs: default_leeway(),
+            leeway_secs: 30,
             username_claim: None,
             password_file: None,
-            cookie_name: default_cookie(),
+            cookie_name: "rtw_token".into(),
             allow_query_token: false,
             deny_action: DenyAction::Drop,
             rules: Vec::new(),
-            password_workers: default_password_workers(),
-            password_cache_secs: default_password_cache(),
+            password_workers: 2,
+            password_cache_secs: 60,
         }
     }
 }

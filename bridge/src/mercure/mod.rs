@@ -32,26 +32,20 @@ pub const PATH: &str = "/.well-known/mercure";
 
 /// `[mercure]`: the hub is on when `publisher_jwt_key` is set.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MercureSettings {
     /// The key publishers' tokens are verified with: the secret for HS*, a PEM public key (or a
     /// path to one) for RS*/PS*/ES*/EdDSA. Unset: no hub.
-    #[serde(default)]
     pub publisher_jwt_key: Option<String>,
     /// The key subscribers' tokens are verified with (default: the publisher's).
-    #[serde(default)]
     pub subscriber_jwt_key: Option<String>,
     /// The JWS algorithm (default HS256).
-    #[serde(default)]
     pub jwt_algorithm: Option<String>,
     /// Serve subscribers that present no token (public updates only).
-    #[serde(default)]
     pub anonymous: bool,
     /// The active-subscriptions API and subscription events.
-    #[serde(default)]
     pub subscriptions: bool,
     /// Origins allowed to use the hub from a browser (CORS, with credentials); `*` for any.
-    #[serde(default)]
     pub cors_origins: Vec<String>,
 }
 

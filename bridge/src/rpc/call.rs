@@ -15,7 +15,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use broker::codec::{Publish, PublishProperties, QoS};
 use broker::topic;
 use serde_json::{json, Value};
@@ -472,13 +471,7 @@ fn wrap(
     content_type: Option<String>,
     body: &Bytes,
 ) -> Bytes {
-    let (b, enc) = match std::str::from_utf8(body) {
-        Ok(s) => (Value::String(s.to_string()), "utf8"),
-        Err(_) => (
-            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
-            "base64",
-        ),
-    };
+    let (b, enc) = crate::body::json_text(body);
     let hs: serde_json::Map<String, Value> = forwarded
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))

@@ -38,47 +38,25 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use route::{axum_path, Convention, RpcRoute};
 
-/// `[rpc]`.
+/// `[rpc]`; a key left out takes its value from [`RpcSettings::default`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RpcSettings {
     pub default_timeout_secs: u64,
     pub max_timeout_secs: u64,
     /// Requests waiting for a reply at once (429 past it).
     pub max_inflight: usize,
     /// Longest wait for a responder a request may ask for (`RTW-Wait`, a route's `wait_secs`).
-    #[serde(default = "default_max_wait_secs")]
     pub max_wait_secs: u64,
     /// Requests waiting for a responder at once (429 with `Retry-After` past it).
-    #[serde(default = "default_max_waiting")]
     pub max_waiting: usize,
     /// Bodies larger than this go to MQTT 5 responders as a sequence of chunks of this size.
-    #[serde(default = "default_chunk_size")]
     pub chunk_size: usize,
     /// Chunks sent ahead of the receiver's acknowledgement (`rtw-ack`), each way.
-    #[serde(default = "default_stream_window")]
     pub stream_window: usize,
     /// Largest streamed body, each way (413 for a request; a reply is cut).
-    #[serde(default = "default_max_stream_bytes")]
     pub max_stream_bytes: u64,
-    #[serde(default)]
     pub routes: Vec<RpcRoute>,
-}
-
-fn default_max_wait_secs() -> u64 {
-    60
-}
-fn default_max_waiting() -> usize {
-    1000
-}
-fn default_chunk_size() -> usize {
-    256 * 1024
-}
-fn default_stream_window() -> usize {
-    4
-}
-fn default_max_stream_bytes() -> u64 {
-    4 << 30
 }
 
 impl Default for RpcSettings {
@@ -87,11 +65,11 @@ impl Default for RpcSettings {
             default_timeout_secs: 10,
             max_timeout_secs: 60,
             max_inflight: 1000,
-            max_wait_secs: default_max_wait_secs(),
-            max_waiting: default_max_waiting(),
-            chunk_size: default_chunk_size(),
-            stream_window: default_stream_window(),
-            max_stream_bytes: default_max_stream_bytes(),
+            max_wait_secs: 60,
+            max_waiting: 1000,
+            chunk_size: 256 * 1024,
+            stream_window: 4,
+            max_stream_bytes: 4 << 30,
             routes: Vec::new(),
         }
     }

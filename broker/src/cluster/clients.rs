@@ -18,10 +18,11 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{subject, Cluster, ClusterStats};
-use crate::codec::{QoS, RetainForwardRule};
+use crate::codec::QoS;
+use crate::durable::record::SubRecord;
 use crate::inbox::Delivery;
 use crate::message::Message;
-use crate::session::state::{Outgoing, SessionState, SubOpts};
+use crate::session::state::{Outgoing, SessionState};
 use crate::Edge;
 
 /// Most bytes of queued messages a handover carries (NATS's default payload limit is 1 MiB).
@@ -29,15 +30,25 @@ pub const MAX_QUEUED_BYTES: usize = 512 * 1024;
 /// How long a connect waits for the node that holds its client id.
 const CLAIM_WAIT: Duration = Duration::from_secs(8);
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A subscription in a handover: the session record's [`SubRecord`], under the handover's own
+/// (shorter) names.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SubRecord")]
 struct SubRec {
-    path: String,
+    #[serde(rename = "path")]
+    filter: String,
     qos: u8,
-    nl: bool,
-    rap: bool,
-    rh: u8,
+    #[serde(rename = "nl")]
+    no_local: bool,
+    #[serde(rename = "rap")]
+    retain_as_published: bool,
+    #[serde(rename = "rh")]
+    retain_handling: u8,
     id: Option<usize>,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sub(#[serde(with = "SubRec")] SubRecord);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Queued {
@@ -51,7 +62,7 @@ struct Queued {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Handover {
     pub owner: Option<String>,
-    subs: Vec<SubRec>,
+    subs: Vec<Sub>,
     queued: Vec<Queued>,
     /// Queued messages left behind (over [`MAX_QUEUED_BYTES`]).
     dropped: usize,
@@ -70,18 +81,7 @@ impl Handover {
         let subs = s
             .subs
             .iter()
-            .map(|(path, o)| SubRec {
-                path: path.clone(),
-                qos: o.qos as u8,
-                nl: o.no_local,
-                rap: o.rap,
-                rh: match o.retain_handling {
-                    RetainForwardRule::OnEverySubscribe => 0,
-                    RetainForwardRule::OnNewSubscribe => 1,
-                    RetainForwardRule::Never => 2,
-                },
-                id: o.id,
-            })
+            .map(|(path, o)| Sub(SubRecord::of(path, o)))
             .collect();
         // In flight first (in their sending order), then the queue.
         let mut out: Vec<(u64, Delivery)> = s
@@ -126,28 +126,18 @@ impl Handover {
     pub fn into_state(self, edge: &Edge, client_id: &str) -> SessionState {
         let st = SessionState::new(edge, client_id, self.owner);
         let mut st = st;
-        for s in self.subs {
-            let opts = SubOpts {
-                qos: qos(s.qos),
-                no_local: s.nl,
-                rap: s.rap,
-                retain_handling: match s.rh {
-                    0 => RetainForwardRule::OnEverySubscribe,
-                    1 => RetainForwardRule::OnNewSubscribe,
-                    _ => RetainForwardRule::Never,
-                },
-                id: s.id,
-            };
+        for Sub(s) in self.subs {
+            let Some(opts) = s.opts() else { continue };
             // In the index (and so subscribed on NATS) before the CONNACK; the session's
             // resume checks them against the client's rights.
             st.index_insert(
                 edge,
-                &s.path,
+                &s.filter,
                 &opts,
                 crate::message::client_hash(client_id),
                 false,
             );
-            if st.subs.insert(s.path, opts).is_none() {
+            if st.subs.insert(s.filter, opts).is_none() {
                 edge.stats
                     .subscriptions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -342,5 +332,19 @@ impl Edge {
                 c.release(client_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handed_over_subscription_keeps_its_wire_names() {
+        let json = r#"{"path":"a/+","qos":1,"nl":true,"rap":false,"rh":2,"id":7}"#;
+        let Sub(s) = serde_json::from_str(json).unwrap();
+        assert_eq!((s.filter.as_str(), s.qos, s.retain_handling), ("a/+", 1, 2));
+        assert!(s.no_local && !s.retain_as_published);
+        assert_eq!(serde_json::to_string(&Sub(s)).unwrap(), json);
     }
 }

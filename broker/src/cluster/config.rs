@@ -34,32 +34,24 @@ impl Urls {
     }
 }
 
-/// `[cluster]`.
+/// `[cluster]`; every key is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// NATS server URL(s), e.g. `nats://10.0.0.5:4222` (default `nats://127.0.0.1:4222`).
-    #[serde(default)]
     pub nats: Urls,
     /// This node's name in the cluster (default: the host name). Unique per node.
-    #[serde(default)]
     pub node: Option<String>,
     /// A NATS credentials file (`.creds`: JWT and NKey seed).
-    #[serde(default)]
     pub credentials: Option<PathBuf>,
     /// NATS user name and password.
-    #[serde(default)]
     pub user: Option<String>,
-    #[serde(default)]
     pub password: Option<String>,
     /// NATS authentication token.
-    #[serde(default)]
     pub token: Option<String>,
     /// PEM file of the CA that signed the NATS servers' certificates (implies TLS).
-    #[serde(default)]
     pub ca: Option<PathBuf>,
     /// Require TLS to NATS (`tls://` URLs do too).
-    #[serde(default)]
     pub tls: bool,
 }
 

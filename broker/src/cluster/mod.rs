@@ -273,6 +273,44 @@ impl Cluster {
     }
 }
 
+/// Opens the JetStream key-value bucket `name` (file storage, one value per key, entries older
+/// than `max_age` dropped by NATS, none when zero), creating it on first use. `description` is
+/// the stream's; `what` names the bucket in errors.
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    what: &str,
+    max_age: Duration,
+) -> anyhow::Result<jetstream::kv::Store> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    // The bucket's stream, as `create_key_value` makes it (that call asks for account fields
+    // nats-server 2.9 does not send).
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| {
+        format!("cannot create the {what} bucket (is JetStream on? nats-server -js)")
+    })?;
+    js.get_key_value(name)
+        .await
+        .with_context(|| format!("cannot open the {what} bucket"))
+}
+
 fn on_event(node: &str, stats: &ClusterStats, ev: async_nats::Event) {
     match ev {
         async_nats::Event::Disconnected => {

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -37,26 +36,9 @@ pub struct NodeInfo {
     pub filters: Vec<String>,
 }
 
+/// Opens the bucket, creating it on first use.
 pub async fn open(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: format!("KV_{BUCKET}"),
-        description: Some("realtime-web nodes".into()),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
-        max_messages_per_subject: 1,
-        max_age: TTL,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        num_replicas: 1,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    })
-    .await
-    .context("cannot create the nodes bucket")?;
-    js.get_key_value(BUCKET)
-        .await
-        .context("cannot open the nodes bucket")
+    super::open_bucket(js, BUCKET, "realtime-web nodes", "nodes", TTL).await
 }
 
 fn key(boot: u64) -> String {

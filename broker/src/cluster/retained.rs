@@ -25,31 +25,16 @@ use crate::Edge;
 
 const BUCKET: &str = "rtw_retained";
 
-/// Opens the bucket, creating it on first use.
+/// Opens the bucket, creating it on first use (kept for ever: no `max_age`).
 pub async fn open(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    if let Ok(kv) = js.get_key_value(BUCKET).await {
-        return Ok(kv);
-    }
-    // The bucket's stream, as `create_key_value` makes it (that call asks for account fields
-    // nats-server 2.9 does not send).
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: format!("KV_{BUCKET}"),
-        description: Some("realtime-web retained messages".into()),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
-        max_messages_per_subject: 1,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        num_replicas: 1,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    })
+    super::open_bucket(
+        js,
+        BUCKET,
+        "realtime-web retained messages",
+        "retained-messages",
+        Duration::ZERO,
+    )
     .await
-    .context("cannot create the retained-messages bucket (is JetStream on? nats-server -js)")?;
-    js.get_key_value(BUCKET)
-        .await
-        .context("cannot open the retained-messages bucket")
 }
 
 /// Stores (or, with an empty payload, deletes) the retained message of `msg`'s topic.

@@ -2,10 +2,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-#[derive(Default, Debug)]
+use serde::Serialize;
+
+/// Serialized, the counters by name (`cluster` in `/api/stats`).
+#[derive(Default, Debug, Serialize)]
 pub struct ClusterStats {
     /// Signalled each time the link to NATS comes back (watchers start again from where they
     /// were).
+    #[serde(skip)]
     pub back: tokio::sync::Notify,
     /// Messages handed to NATS.
     pub published: AtomicU64,

@@ -297,24 +297,17 @@ impl SessionStore {
 
     /// A QoS 2 delivery sent under `pkid` (0 seq: not a stored message, nothing to do).
     pub fn sent(&self, key: u64, seq: u64, pkid: u16) -> Option<u64> {
-        (seq != 0).then(|| {
-            self.push(Op::State {
-                key,
-                seq,
-                state: record::State::Sent(pkid),
-            })
-        })
+        self.set_state(key, seq, record::State::Sent(pkid))
     }
 
     /// A QoS 2 delivery PUBREC'd: only its PUBREL under `pkid` is owed.
     pub fn released(&self, key: u64, seq: u64, pkid: u16) -> Option<u64> {
-        (seq != 0).then(|| {
-            self.push(Op::State {
-                key,
-                seq,
-                state: record::State::Released(pkid),
-            })
-        })
+        self.set_state(key, seq, record::State::Released(pkid))
+    }
+
+    /// A stored delivery's new `state` (0 seq: not a stored message, nothing to do).
+    fn set_state(&self, key: u64, seq: u64, state: record::State) -> Option<u64> {
+        (seq != 0).then(|| self.push(Op::State { key, seq, state }))
     }
 
     /// A delivery done with (acknowledged, expired, dropped).

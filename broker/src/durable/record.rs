@@ -15,8 +15,9 @@ use anyhow::{bail, ensure};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, Filter, QoS, RetainForwardRule};
-use crate::session::state::SessionState;
+use crate::codec::{self, Filter, QoS};
+use crate::message::unix_ms;
+use crate::session::state::{SessionState, SubOpts};
 
 /// A session as stored under its client id.
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,7 +69,7 @@ impl WillRecord {
         Some(WillRecord {
             frame: frame.to_vec(),
             delay_secs,
-            due_ms: due.map(ms),
+            due_ms: due.map(unix_ms),
         })
     }
 
@@ -81,6 +82,8 @@ impl WillRecord {
     }
 }
 
+/// A subscription as stored (and, under other names, handed to another node:
+/// [`crate::cluster::clients`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SubRecord {
     pub filter: String,
@@ -92,10 +95,29 @@ pub struct SubRecord {
     pub id: Option<usize>,
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
+impl SubRecord {
+    /// The record of the subscription to `path` with options `o`.
+    pub fn of(path: &str, o: &SubOpts) -> SubRecord {
+        SubRecord {
+            filter: path.to_string(),
+            qos: o.qos as u8,
+            no_local: o.no_local,
+            retain_as_published: o.rap,
+            retain_handling: codec::retain_handling_code(&o.retain_handling),
+            id: o.id,
+        }
+    }
+
+    /// The subscription's options (`None`: not a QoS).
+    pub fn opts(&self) -> Option<SubOpts> {
+        Some(SubOpts {
+            qos: codec::qos(self.qos)?,
+            no_local: self.no_local,
+            rap: self.retain_as_published,
+            retain_handling: codec::retain_handling(self.retain_handling),
+            id: self.id,
+        })
+    }
 }
 
 impl SessionRecord {
@@ -112,23 +134,12 @@ impl SessionRecord {
             subs: state
                 .subs
                 .iter()
-                .map(|(path, o)| SubRecord {
-                    filter: path.clone(),
-                    qos: o.qos as u8,
-                    no_local: o.no_local,
-                    retain_as_published: o.rap,
-                    retain_handling: match o.retain_handling {
-                        RetainForwardRule::OnEverySubscribe => 0,
-                        RetainForwardRule::OnNewSubscribe => 1,
-                        RetainForwardRule::Never => 2,
-                    },
-                    id: o.id,
-                })
+                .map(|(path, o)| SubRecord::of(path, o))
                 .collect(),
             expires_at_ms: if online {
                 None
             } else {
-                state.expires_at.map(ms)
+                state.expires_at.map(unix_ms)
             },
             expiry_secs: (expiry_secs != u32::MAX).then_some(expiry_secs),
             online,
@@ -158,18 +169,10 @@ impl SessionRecord {
     pub fn filters(&self) -> anyhow::Result<Vec<(Filter, Option<usize>)>> {
         let mut out = Vec::with_capacity(self.subs.len());
         for s in &self.subs {
-            let Some(qos) = codec::qos(s.qos) else {
+            let Some(opts) = s.opts() else {
                 bail!("bad QoS {} for {}", s.qos, s.filter);
             };
-            let mut f = Filter::new(s.filter.clone(), qos);
-            f.nolocal = s.no_local;
-            f.preserve_retain = s.retain_as_published;
-            f.retain_forward_rule = match s.retain_handling {
-                0 => RetainForwardRule::OnEverySubscribe,
-                1 => RetainForwardRule::OnNewSubscribe,
-                _ => RetainForwardRule::Never,
-            };
-            out.push((f, s.id));
+            out.push((opts.to_filter(&s.filter), s.id));
         }
         Ok(out)
     }

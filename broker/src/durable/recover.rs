@@ -221,12 +221,7 @@ pub fn recover(edge: &Arc<Edge>, loaded: super::recover::Loaded) {
             // will is due after its delay.
             let expiry = s.record.expiry_secs.unwrap_or(u32::MAX);
             let due = s.record.will.clone().map(|mut w| {
-                w.due_ms = Some(
-                    w.due(SystemTime::now())
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                );
+                w.due_ms = Some(crate::message::unix_ms(w.due(SystemTime::now())));
                 w
             });
             store.put_session(&s.client_id, &state, expiry, false, due);
