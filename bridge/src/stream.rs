@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use broker::topic;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
@@ -81,13 +80,7 @@ pub fn event_json(
     content_type: Option<&str>,
     user: &[(String, String)],
 ) -> Value {
-    let (payload, encoding) = match std::str::from_utf8(payload) {
-        Ok(s) => (Value::String(s.to_string()), "utf8"),
-        Err(_) => (
-            Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
-            "base64",
-        ),
-    };
+    let (payload, encoding) = crate::body::json_text(payload);
     let mut v = json!({ "topic": topic, "payload": payload, "encoding": encoding });
     if let Some(id) = id {
         v["id"] = Value::String(id);
