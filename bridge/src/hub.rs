@@ -110,6 +110,9 @@ pub struct Hub {
     ops: tokio::sync::Mutex<()>,
     /// Wakes the sweep when a filter is released before its linger time.
     sweep_now: tokio::sync::Notify,
+    /// Rung every `[bridge] heartbeat_secs`: each waiting SSE stream sends a heartbeat then.
+    /// (One clock for every stream, rather than a timer in each: an idle stream holds none.)
+    beat: tokio::sync::Notify,
 }
 
 /// Why a replay from `Last-Event-ID` is not exact.
@@ -209,10 +212,17 @@ impl Hub {
             }),
             ops: tokio::sync::Mutex::new(()),
             sweep_now: tokio::sync::Notify::new(),
+            beat: tokio::sync::Notify::new(),
         });
         tokio::spawn(run(hub.clone(), rx));
         tokio::spawn(sweep(Arc::downgrade(&hub)));
+        tokio::spawn(heartbeat(Arc::downgrade(&hub)));
         Ok(hub)
+    }
+
+    /// Resolves at the next heartbeat.
+    pub async fn heartbeat(&self) {
+        self.beat.notified().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -391,7 +401,8 @@ pub fn expiry(at: Option<std::time::SystemTime>) -> impl std::future::Future<Out
     });
     async move {
         match until {
-            Some(t) => tokio::time::sleep_until(t).await,
+            // Boxed: most streams never expire, and every open one holds this future.
+            Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
             None => std::future::pending().await,
         }
     }
@@ -477,6 +488,22 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Received>) {
                 }
             }
         }
+    }
+}
+
+/// Rings the streams' heartbeat until the hub is gone.
+async fn heartbeat(hub: std::sync::Weak<Hub>) {
+    let every = match hub.upgrade() {
+        Some(h) => Duration::from_secs(h.settings.heartbeat_secs.max(1)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        hub.beat.notify_waiters();
     }
 }
 

@@ -7,7 +7,8 @@
 //! is the bridge's event id and whose data is JSON:
 //! `{"id","topic","payload","encoding":"utf8"|"base64","content_type"?,"user_properties"?,"retained"?}`.
 //! An `event: gap` tells the client it lost messages (history too short, or it read too slowly)
-//! and should resync from state. SSE framing and heartbeats are axum's.
+//! and should resync from state. SSE framing is axum's; heartbeats (`: heartbeat`, every
+//! `[bridge] heartbeat_secs`) ring from the hub's one clock.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use broker::topic;
@@ -198,13 +199,11 @@ pub async fn events(
         // heartbeat.
         first.push_back(SseEvent::default().comment("open"));
     }
-    let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
-    // The stream ends when the caller's credentials expire.
+    // The stream ends when the caller's credentials expire. Heartbeats come from the hub's
+    // one clock ([`Hub::heartbeat`]), not from a timer per stream.
     let ends = crate::hub::expiry(expires);
     use futures_util::StreamExt;
-    Ok(Sse::new(live(st.hub.clone(), sub, first).take_until(ends))
-        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
-        .into_response())
+    Ok(Sse::new(live(st.hub.clone(), sub, first).take_until(ends)).into_response())
 }
 
 fn sse_event(hub: &Hub, e: &Event) -> SseEvent {
@@ -238,8 +237,10 @@ fn live(
             );
             return Some((Ok(e), (st, sub, first)));
         }
-        let ev = sub.rx.recv().await?;
-        let e = sse_event(&st, &ev);
+        let e = tokio::select! {
+            ev = sub.rx.recv() => sse_event(&st, &*ev?),
+            () = st.heartbeat() => SseEvent::default().comment("heartbeat"),
+        };
         Some((Ok(e), (st, sub, first)))
     })
 }

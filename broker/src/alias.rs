@@ -46,6 +46,11 @@ impl OutAliases {
         }
     }
 
+    /// The client allows aliases at all.
+    pub fn is_on(&self) -> bool {
+        self.max > 0
+    }
+
     /// Rewrites `p` to use an alias where one applies. `max_packet` is the client's Maximum
     /// Packet Size: a new alias is not added to a message it would push over that size.
     pub fn apply(&mut self, p: &mut Publish, version: Version, max_packet: u32) {

@@ -25,7 +25,8 @@ use crate::transport::Transport;
 
 /// One live client connection.
 pub struct ClientInfo {
-    pub client_id: String,
+    /// Shared with the session's inbox and the directory's key: one copy per client.
+    pub client_id: Arc<str>,
     /// "3.1.1" or "5".
     pub version: &'static str,
     pub transport: Transport,
@@ -73,7 +74,7 @@ impl ClientInfo {
     /// A client accepted just now; `control` is its session's control channel.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        client_id: &str,
+        client_id: Arc<str>,
         version: &'static str,
         transport: Transport,
         peer: SocketAddr,
@@ -82,7 +83,7 @@ impl ClientInfo {
         line: Arc<Line>,
     ) -> ClientInfo {
         ClientInfo {
-            client_id: client_id.to_string(),
+            client_id,
             version,
             transport,
             peer,
@@ -119,7 +120,7 @@ impl ClientInfo {
             })
             .collect();
         ClientSnapshot {
-            client_id: self.client_id.clone(),
+            client_id: self.client_id.to_string(),
             protocol_version: self.version,
             transport: self.transport.label(),
             peer: self.peer.to_string(),
@@ -137,7 +138,7 @@ impl ClientInfo {
 /// The live clients, by client id.
 #[derive(Default)]
 pub struct Directory {
-    clients: RwLock<BTreeMap<String, Arc<ClientInfo>>>,
+    clients: RwLock<BTreeMap<Arc<str>, Arc<ClientInfo>>>,
 }
 
 /// A session's entry in the [`Directory`]; unregisters it when dropped. Detached (a no-op) for

@@ -62,7 +62,7 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub fn new(client_id: &str, max_acked: usize, max_bytes: usize) -> Arc<Inbox> {
+    pub fn new(client_id: impl Into<Arc<str>>, max_acked: usize, max_bytes: usize) -> Arc<Inbox> {
         Arc::new(Inbox {
             q: Mutex::new(Queue::default()),
             wake: Notify::new(),

@@ -155,7 +155,7 @@ pub fn recover(edge: &Arc<Edge>, loaded: super::recover::Loaded) {
                 continue;
             }
         };
-        let mut state = SessionState::new(edge, &s.client_id, s.record.owner.clone());
+        let mut state = SessionState::new(edge, s.client_id.as_str(), s.record.owner.clone());
         state.key = s.key;
         state.inbox.set_online(false);
         state.expires_at = s.expires_at;

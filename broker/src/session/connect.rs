@@ -361,13 +361,13 @@ pub(super) async fn admit(
                 );
             }
             s.discard(edge, internal);
-            (SessionState::new(edge, &client_id, owner), false)
+            (SessionState::new(edge, client_id.as_str(), owner), false)
         }
         None => match handover {
             Some(h) if !connect.clean_start && h.owner == owner => {
                 (h.into_state(edge, &client_id), true)
             }
-            _ => (SessionState::new(edge, &client_id, owner), false),
+            _ => (SessionState::new(edge, client_id.as_str(), owner), false),
         },
     };
     if session_present {
@@ -394,7 +394,8 @@ pub(super) async fn admit(
         !connect.clean_start
     };
     let client = edge.directory.register(crate::directory::ClientInfo::new(
-        &client_id,
+        // The inbox's copy of the id, shared.
+        state.inbox.client_id.clone(),
         version.label(),
         transport,
         peer,

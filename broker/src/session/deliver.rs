@@ -104,8 +104,9 @@ impl Session {
             p.pkid = 0;
         }
         self.tally.messages_sent += 1;
-        self.out_aliases
-            .apply(&mut p, self.version, self.client_max_packet);
+        if let Some(a) = self.out_aliases.as_mut() {
+            a.apply(&mut p, self.version, self.client_max_packet);
+        }
         self.send_client(Packet::Publish(p));
     }
 

@@ -110,10 +110,11 @@ struct Session {
     state: SessionState,
     session_present: bool,
     ack_props: Option<Box<ConnAckProperties>>,
-    /// Topic aliases the client set (client → broker).
-    aliases: HashMap<u16, Bytes>,
-    /// Topic aliases towards the client (broker → client).
-    out_aliases: OutAliases,
+    /// Topic aliases the client set (client → broker); boxed at the first, as the next: most
+    /// clients use none, and every connected session is in memory.
+    aliases: Option<Box<HashMap<u16, Bytes>>>,
+    /// Topic aliases towards the client (broker → client), when it allows any.
+    out_aliases: Option<Box<OutAliases>>,
     /// Publish-rate token bucket.
     rate_tokens: f64,
     rate_at: tokio::time::Instant,
@@ -225,8 +226,8 @@ impl Session {
             state: s.state,
             session_present: s.session_present,
             ack_props: s.ack_props.map(Box::new),
-            aliases: HashMap::new(),
-            out_aliases: s.out_aliases,
+            aliases: None,
+            out_aliases: s.out_aliases.is_on().then(|| Box::new(s.out_aliases)),
             rate_tokens: rate,
             rate_at: tokio::time::Instant::now(),
             client_out: BytesMut::new(),

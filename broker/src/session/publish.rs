@@ -73,14 +73,21 @@ impl Session {
                 ));
             }
             if p.topic.is_empty() {
-                p.topic = self.aliases.get(&alias).cloned().ok_or_else(|| {
-                    End::Violation(
-                        DisconnectReasonCode::ProtocolError,
-                        "unknown topic alias".into(),
-                    )
-                })?;
+                p.topic = self
+                    .aliases
+                    .as_ref()
+                    .and_then(|a| a.get(&alias))
+                    .cloned()
+                    .ok_or_else(|| {
+                        End::Violation(
+                            DisconnectReasonCode::ProtocolError,
+                            "unknown topic alias".into(),
+                        )
+                    })?;
             } else {
-                self.aliases.insert(alias, p.topic.clone());
+                self.aliases
+                    .get_or_insert_with(Default::default)
+                    .insert(alias, p.topic.clone());
             }
         }
         let Ok(topic) = std::str::from_utf8(&p.topic) else {

@@ -138,7 +138,7 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    pub fn new(edge: &Edge, client_id: &str, owner: Option<String>) -> SessionState {
+    pub fn new(edge: &Edge, client_id: impl Into<Arc<str>>, owner: Option<String>) -> SessionState {
         let l = &edge.config.limits;
         SessionState {
             key: rand::random::<u64>() | 1,
