@@ -5,11 +5,10 @@
 //! and after must keep exchanging messages.
 
 mod common;
-mod rawmqtt;
 
 use bytes::Bytes;
+use common::mqtt::*;
 use common::*;
-use rawmqtt::*;
 
 /// Well-behaved clients watching a broker while others misbehave.
 struct Bystanders {

@@ -7,15 +7,14 @@
 //! property the publisher set, and never the broker's internal `$rtw` stamp.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use common::clients::*;
 use common::*;
-use support::*;
 
 /// What a subscriber saw, keyed by payload: (topic, QoS, retain).
 type Seen = BTreeMap<String, (String, u8, bool)>;

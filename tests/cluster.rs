@@ -3,14 +3,13 @@
 //! `broker/src/cluster/` and the README's "Cluster" section.
 
 mod common;
-mod support;
 
 use std::time::Duration;
 
+use common::clients::{p5, set_v4_will, v4_options, v5_options, Tr, T, V4, V5};
 use common::nats::Nats;
 use common::Server;
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use support::{p5, v4_options, v5_options, Tr, T, V4, V5};
 
 /// A node named `name` joined to `nats`.
 fn node(nats: &Nats, name: &str) -> Server {
@@ -129,23 +128,24 @@ fn every_legal_topic_crosses_between_mosquitto_clients() {
         "_~7E/x",
     ];
     for v in ["mqttv311", "mqttv5"] {
-        let mut sub = support::Proc::spawn(support::mosquitto_sub(&n2, false, v).args([
-            "-t",
-            "#",
-            "-q",
-            "1",
-            "-i",
-            &format!("ms-{v}"),
-        ]));
-        support::mosquitto_ready(&mut sub);
+        let mut sub =
+            common::clients::Proc::spawn(common::clients::mosquitto_sub(&n2, false, v).args([
+                "-t",
+                "#",
+                "-q",
+                "1",
+                "-i",
+                &format!("ms-{v}"),
+            ]));
+        common::clients::mosquitto_ready(&mut sub);
         for t in topics {
-            support::run_ok(
-                support::mosquitto_pub(&n1, false, v).args(["-t", t, "-m", t, "-q", "1"]),
+            common::clients::run_ok(
+                common::clients::mosquitto_pub(&n1, false, v).args(["-t", t, "-m", t, "-q", "1"]),
             );
         }
         for t in topics {
             let line = sub.wait_line(T, |l| l.starts_with("MSG|"));
-            let msgs = support::mosquitto_msgs(&[line]);
+            let msgs = common::clients::mosquitto_msgs(&[line]);
             assert_eq!(msgs[0].0, t, "{v}");
             assert_eq!(msgs[0].3, t);
         }
@@ -153,8 +153,8 @@ fn every_legal_topic_crosses_between_mosquitto_clients() {
 }
 
 /// `curl -N` on `GET /events?…` (a real SSE client), its header lines and events as lines.
-fn sse(s: &Server, query: &str) -> support::Proc {
-    let mut p = support::Proc::spawn(std::process::Command::new("curl").args([
+fn sse(s: &Server, query: &str) -> common::clients::Proc {
+    let mut p = common::clients::Proc::spawn(std::process::Command::new("curl").args([
         "-sN",
         "-D",
         "-",
@@ -166,7 +166,7 @@ fn sse(s: &Server, query: &str) -> support::Proc {
 }
 
 fn curl(args: &[&str]) -> String {
-    support::run_ok(std::process::Command::new("curl").arg("-s").args(args))
+    common::clients::run_ok(std::process::Command::new("curl").arg("-s").args(args))
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn rpc_caller_and_responder_on_different_nodes() {
     let nats = Nats::start();
     let [n1, n2, _n3] = three(&nats);
     // The echo example (MQTT 5 responder on `rpc/#`) on n2; the HTTP caller on n1.
-    let mut echo = support::Proc::spawn(
+    let mut echo = common::clients::Proc::spawn(
         std::process::Command::new(common::example_bin("echo")).args([
             "--port",
             &n2.mqtt.to_string(),
@@ -259,19 +259,21 @@ fn retained_messages_are_one_state_kept_across_restarts() {
     let mut nats = Nats::start();
     let [mut n1, mut n2, mut n3] = three(&nats);
     // Set on n1 (MQTT 3.1.1), read over HTTP on n2, delivered on subscribe on n3.
-    support::run_ok(support::mosquitto_pub(&n1, false, "mqttv311").args([
-        "-t",
-        "state/lamp",
-        "-m",
-        "on",
-        "-r",
-        "-q",
-        "1",
-    ]));
+    common::clients::run_ok(
+        common::clients::mosquitto_pub(&n1, false, "mqttv311").args([
+            "-t",
+            "state/lamp",
+            "-m",
+            "on",
+            "-r",
+            "-q",
+            "1",
+        ]),
+    );
     assert_eq!(wait_topic(&n2, "state/lamp", "200"), "on");
     wait_topic(&n3, "state/lamp", "200");
-    let mut sub = support::Proc::spawn(
-        support::mosquitto_sub(&n3, false, "mqttv5").args(["-t", "state/#", "-q", "1"]),
+    let mut sub = common::clients::Proc::spawn(
+        common::clients::mosquitto_sub(&n3, false, "mqttv5").args(["-t", "state/#", "-q", "1"]),
     );
     let line = sub.wait_line(T, |l| l.starts_with("MSG|"));
     assert_eq!(line, "MSG|state/lamp|1|1|on");
@@ -586,12 +588,7 @@ async fn wills_and_sys_span_the_cluster() {
     s2.subscribe("wills/#", Q5::AtLeastOnce).await;
     // A 3.1.1 client on n1 with a will, dropped without DISCONNECT: the will reaches n2.
     let mut o = v4_options(&n1, Tr::Tcp, "mortal");
-    o.set_last_will(rumqttc::LastWill::new(
-        "wills/mortal",
-        "gone",
-        rumqttc::QoS::AtLeastOnce,
-        false,
-    ));
+    set_v4_will(&mut o, "wills/mortal", "gone");
     let (c, _) = V4::connect(o).await;
     drop(c);
     let w = s2.publish_in(T).await;
@@ -600,8 +597,9 @@ async fn wills_and_sys_span_the_cluster() {
         (&b"wills/mortal"[..], &b"gone"[..])
     );
     // `$SYS` on n1 names the node and sees n2 in the cluster summary.
-    let mut sys = support::Proc::spawn(
-        support::mosquitto_sub(&n1, false, "mqttv311").args(["-t", "$SYS/broker/cluster/#"]),
+    let mut sys = common::clients::Proc::spawn(
+        common::clients::mosquitto_sub(&n1, false, "mqttv311")
+            .args(["-t", "$SYS/broker/cluster/#"]),
     );
     let line = sys.wait_line(T, |l| {
         l.starts_with("MSG|$SYS/broker/cluster/nodes|") && l.ends_with("n1,n2")

@@ -4,13 +4,12 @@
 //! reason code and property the broker answers with.
 
 mod common;
-mod rawmqtt;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use common::mqtt::*;
 use common::*;
-use rawmqtt::*;
 
 fn topic_of(p: &Publish) -> String {
     String::from_utf8_lossy(&p.topic).into_owned()
@@ -81,11 +80,8 @@ fn receive_maximum_zero_is_a_protocol_error() {
     c.expect_closed(WAIT);
 
     // Receive Maximum 1 is fine.
-    let mut c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-rm1").props(|p| p.receive_maximum = Some(1)),
-    );
+    let opts = Opts::new("cf-rm1").props(|p| p.receive_maximum = Some(1));
+    let mut c = Client::connect(s.mqtt, V::V5, opts);
     c.ping();
 }
 
@@ -169,11 +165,8 @@ fn response_topic_with_wildcards_is_a_protocol_error() {
 #[test]
 fn topic_aliases_towards_the_client() {
     let s = Server::start();
-    let mut aliased = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-al").props(|p| p.topic_alias_max = Some(2)),
-    );
+    let opts = Opts::new("cf-al").props(|p| p.topic_alias_max = Some(2));
+    let mut aliased = Client::connect(s.mqtt, V::V5, opts);
     aliased.subscribe("cf/al/#", QoS::AtLeastOnce);
     let mut plain = Client::new(s.mqtt, V::V5, "cf-al-plain");
     plain.subscribe("cf/al/#", QoS::AtLeastOnce);

@@ -20,15 +20,18 @@
 //! missing, like `tests/browser.rs`; under CI it always runs.
 
 mod common;
-mod rawmqtt;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::browser::script_summary;
+use common::http::SendOk;
+use common::mqtt::{
+    Client, Connect, ConnectReturnCode, DisconnectReasonCode, Login, Packet, QoS, V,
+};
 use common::*;
-use rawmqtt::{Client, Connect, ConnectReturnCode, DisconnectReasonCode, Login, Packet, QoS, V};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -49,7 +52,7 @@ async fn get_json(c: &reqwest::Client, url: &str, token: Option<&str>) -> (Statu
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let res = req.send().await.unwrap();
+    let res = req.send_ok().await;
     let status = res.status();
     let text = res.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: not JSON: {text}"));
@@ -126,7 +129,7 @@ fn dashboard_in_chromium() {
                     &to,
                     QoS::AtLeastOnce,
                     &req.payload,
-                    rawmqtt::PublishProperties {
+                    common::mqtt::PublishProperties {
                         correlation_data: props.correlation_data,
                         ..Default::default()
                     },
@@ -139,7 +142,7 @@ fn dashboard_in_chromium() {
     let out_dir = target_dir().join("test-output").join("dashboard");
     let _ = std::fs::remove_dir_all(&out_dir);
     let started = Instant::now();
-    let (code, out, err) = run(
+    let ran = run(
         Command::new("node")
             .arg(root().join("tests/browser/dashboard.mjs"))
             .args(["--http", &s.http.to_string()])
@@ -155,17 +158,8 @@ fn dashboard_in_chromium() {
     let _ = sub.wait();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answered = responder.join().unwrap();
-    eprintln!("{err}");
-    let line = out.lines().rev().find(|l| l.starts_with('{'));
-    let summary: Value = match line.map(serde_json::from_str) {
-        Some(Ok(v)) => v,
-        _ => panic!(
-            "dashboard.mjs printed no JSON summary (exit {code:?}, {:?})\nstdout:\n{out}\nstderr:\n{err}",
-            started.elapsed()
-        ),
-    };
-    let pretty = serde_json::to_string_pretty(&summary).unwrap();
-    eprintln!("dashboard.mjs summary:\n{pretty}");
+    let (summary, pretty) = script_summary("dashboard.mjs", &ran, started);
+    let code = ran.0;
     assert_eq!(summary["ok"], true, "{}\n{pretty}", summary["error"]);
     assert_eq!(code, Some(0), "{pretty}");
     // The page polls once a second at most: never more figure or chart requests than seconds.
@@ -212,8 +206,7 @@ fn token(subject: &str, admin: bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_apis_need_an_admin_token() {
     let s = Server::builder().env("AUTH__JWT_SECRET", SECRET).start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let admin = token("ops", true);
     let user = token("alice", false);
     // A client to look at and disconnect (token in the password field).
@@ -228,7 +221,7 @@ async fn operator_apis_need_an_admin_token() {
         None,
         Some(Login::new("ops", admin.clone())),
     ));
-    match watched.expect(rawmqtt::WAIT, |p| matches!(p, Packet::ConnAck(_))) {
+    match watched.expect(common::mqtt::WAIT, |p| matches!(p, Packet::ConnAck(_))) {
         Packet::ConnAck(a) => assert_eq!(a.code, ConnectReturnCode::Success, "{a:?}"),
         _ => unreachable!(),
     }
@@ -243,7 +236,7 @@ async fn operator_apis_need_an_admin_token() {
     for (m, path) in routes {
         let url = format!("{base}{path}");
         let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
-        let res = c.request(method.clone(), &url).send().await.unwrap();
+        let res = c.request(method.clone(), &url).send_ok().await;
         assert_eq!(res.status(), 401, "{m} {path} without credentials");
         assert!(res.headers().contains_key("www-authenticate"), "{m} {path}");
         let v: Value = res.json().await.unwrap();
@@ -251,18 +244,12 @@ async fn operator_apis_need_an_admin_token() {
         let res = c
             .request(method.clone(), &url)
             .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(res.status(), 403, "{m} {path} with a non-admin token");
         let v: Value = res.json().await.unwrap();
         assert_eq!(v["error"]["status"], 403);
-        let res = c
-            .request(method, &url)
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
+        let res = c.request(method, &url).bearer_auth(&admin).send_ok().await;
         let want = if m == "DELETE" { 204 } else { 200 };
         assert_eq!(res.status(), want, "{m} {path} with an admin token");
     }
@@ -277,7 +264,7 @@ async fn operator_apis_need_an_admin_token() {
         "/assets/uPlot.min.css",
         "/assets/uPlot.LICENSE.txt",
     ] {
-        let res = c.get(format!("{base}{path}")).send().await.unwrap();
+        let res = c.get(format!("{base}{path}")).send_ok().await;
         assert_eq!(res.status(), 200, "{path}");
         total += res.bytes().await.unwrap().len();
     }
@@ -286,7 +273,7 @@ async fn operator_apis_need_an_admin_token() {
         "the dashboard's assets weigh {total} bytes"
     );
     // What the page loads is exactly what is served under /assets/.
-    let page = c.get(format!("{base}/")).send().await.unwrap();
+    let page = c.get(format!("{base}/")).send_ok().await;
     let html = page.text().await.unwrap();
     assert!(html.contains("src=\"/assets/uPlot.iife.min.js\""));
     assert!(html.contains("href=\"/assets/uPlot.min.css\""));
@@ -298,8 +285,7 @@ async fn operator_apis_need_an_admin_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_api_lists_details_and_disconnects() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let mut five = Client::new(s.mqtt, V::V5, "api-five");
     five.subscribe("sensors/+/temp", QoS::AtLeastOnce);
     five.subscribe("$share/g/jobs/#", QoS::AtMostOnce);
@@ -367,28 +353,19 @@ async fn clients_api_lists_details_and_disconnects() {
     assert_eq!(st, 404, "{v}");
 
     // Disconnect: MQTT 5 gets DISCONNECT 0x98, 3.1.1 is closed; both leave the list.
-    let res = c
-        .delete(format!("{base}/api/clients/api-five"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    c.delete(format!("{base}/api/clients/api-five"))
+        .send_expect(204)
+        .await;
     five.expect_disconnect(DisconnectReasonCode::AdministrativeAction);
-    let res = c
-        .delete(format!("{base}/api/clients/api-three"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    c.delete(format!("{base}/api/clients/api-three"))
+        .send_expect(204)
+        .await;
     old.expect_disconnect(DisconnectReasonCode::AdministrativeAction);
     let (_, v) = get_json(&c, &format!("{base}/api/clients"), None).await;
     assert_eq!(v["total"], 0, "{v}");
-    let res = c
-        .delete(format!("{base}/api/clients/api-five"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    c.delete(format!("{base}/api/clients/api-five"))
+        .send_expect(404)
+        .await;
     // A client id that needs escaping in a path.
     let odd = "odd id ü";
     let _odd = Client::new(s.mqtt, V::V5, odd);
@@ -402,7 +379,7 @@ fn connect_bytes(id: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
     body.extend_from_slice(&(id.len() as u16).to_be_bytes());
     body.extend_from_slice(id.as_bytes());
-    rawmqtt::frame(0x10, &body)
+    common::mqtt::frame(0x10, &body)
 }
 
 /// Connects `id` and waits for its CONNACK (accepted).
@@ -452,8 +429,7 @@ async fn clients_paging_over_ten_thousand_connections() {
     let s = Server::builder()
         .env("LIMITS__MAX_CONNECTIONS_PER_IP", 20_000)
         .start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let mut conns = Vec::with_capacity(n);
     let started = Instant::now();
     let mut next = 0;
@@ -534,8 +510,7 @@ async fn clients_paging_over_ten_thousand_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_api_walks_the_retained_tree() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let (_, empty) = get_json(&c, &format!("{base}/api/topics"), None).await;
     assert_eq!(empty["total"], 0, "{empty}");
     assert_eq!(empty["entries"].as_array().unwrap().len(), 0);
@@ -551,9 +526,8 @@ async fn topics_api_walks_the_retained_tree() {
             .put(format!("{base}/topics/{t}"))
             .header("content-type", ct)
             .body(body)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(res.status(), 200, "PUT {t}");
     }
     // Retained over MQTT too, with a binary payload.
@@ -607,12 +581,9 @@ async fn topics_api_walks_the_retained_tree() {
     assert_eq!(raw["value"]["preview"], "ff0010");
 
     // A delete through the bridge's own route leaves the tree at once; emptied levels go.
-    let res = c
-        .delete(format!("{base}/topics/garden/rain"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    c.delete(format!("{base}/topics/garden/rain"))
+        .send_expect(204)
+        .await;
     m.publish_retained("garden/raw", QoS::AtLeastOnce, b"");
     let (_, top) = get_json(&c, &format!("{base}/api/topics"), None).await;
     assert_eq!(top["total"], 4, "{top}");
@@ -650,8 +621,7 @@ fn series_sum(h: &Value, key: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_api_charts_traffic_and_drops() {
     let s = Server::builder().env("LIMITS__MAX_PUBLISH_RATE", 5).start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let first = until(&c, &format!("{base}/api/history"), "no sample", |h| {
         !h["t"].as_array().unwrap().is_empty()
     })
@@ -673,7 +643,7 @@ async fn history_api_charts_traffic_and_drops() {
     let mut p = Client::new(s.mqtt, V::V5, "hist-pub");
     let mut refused = 0;
     for i in 0..40 {
-        let code = p.publish_msg(rawmqtt::Publish::new(
+        let code = p.publish_msg(common::mqtt::Publish::new(
             "hist/x",
             QoS::AtLeastOnce,
             bytes::Bytes::from(format!("m{i}")),
@@ -684,13 +654,10 @@ async fn history_api_charts_traffic_and_drops() {
         }
     }
     assert!(refused > 0, "the rate limit refused nothing");
-    let res = c
-        .post(format!("{base}/topics/hist/http"))
+    c.post(format!("{base}/topics/hist/http"))
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let since = format!("{base}/api/history?since={t0}");
     let h = until(&c, &since, "the samples never showed the traffic", |h| {
         series_sum(h, "drops_rate_limit") > 0.0
@@ -719,7 +686,7 @@ async fn history_api_charts_traffic_and_drops() {
     responder.subscribe("rpc/#", QoS::AtLeastOnce);
     let answer = std::thread::spawn(move || {
         let req = responder
-            .next_publish(rawmqtt::WAIT)
+            .next_publish(common::mqtt::WAIT)
             .expect("the RPC request");
         let props = req.properties.expect("request properties");
         let to = props.response_topic.expect("response topic");
@@ -727,21 +694,20 @@ async fn history_api_charts_traffic_and_drops() {
             &to,
             QoS::AtLeastOnce,
             b"pong",
-            rawmqtt::PublishProperties {
+            common::mqtt::PublishProperties {
                 correlation_data: props.correlation_data,
                 ..Default::default()
             },
         );
         responder
     });
-    let res = c
-        .post(format!("{base}/rpc/demo/ping"))
-        .body("ping")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.text().await.unwrap(), "pong");
+    assert_eq!(
+        c.post(format!("{base}/rpc/demo/ping"))
+            .body("ping")
+            .send_text()
+            .await,
+        "pong"
+    );
     let _responder = answer.join().unwrap();
     let h = until(&c, &since, "the RPC call never reached the samples", |h| {
         series_sum(h, "rpc_calls") > 0.0
@@ -769,9 +735,8 @@ async fn history_api_charts_traffic_and_drops() {
     assert_eq!(st["messages"]["dropped_rate_limit"], refused, "{st}");
     let metrics = c
         .get(format!("{base}/metrics"))
-        .send()
+        .send_ok()
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -789,8 +754,7 @@ async fn drops_are_counted_by_cause() {
         .env("LIMITS__MAX_QUEUED", 2)
         .env("LIMITS__MAX_PACKET_SIZE", 4096)
         .start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     // Queue full: ten retained messages, delivered by the edge itself on subscribe to a client
     // that reads but never acknowledges, one message in flight at a time.
     let mut p = Client::new(s.mqtt, V::V5, "dropper");
@@ -800,7 +764,7 @@ async fn drops_are_counted_by_cause() {
     let mut slow = Client::connect(
         s.mqtt,
         V::V5,
-        rawmqtt::Opts::new("slow").props(|p| p.receive_maximum = Some(1)),
+        common::mqtt::Opts::new("slow").props(|p| p.receive_maximum = Some(1)),
     );
     slow.auto_ack = false;
     slow.subscribe("drops/q/#", QoS::AtLeastOnce);
@@ -808,13 +772,13 @@ async fn drops_are_counted_by_cause() {
     let mut small = Client::connect(
         s.mqtt,
         V::V5,
-        rawmqtt::Opts::new("small").props(|p| p.max_packet_size = Some(100)),
+        common::mqtt::Opts::new("small").props(|p| p.max_packet_size = Some(100)),
     );
     small.subscribe("drops/big", QoS::AtMostOnce);
     p.publish("drops/big", QoS::AtMostOnce, &[b'x'; 300]);
     // And a packet over limits.max_packet_size from a client: closed with 0x95, counted too.
     let mut big = Client::new(s.mqtt, V::V5, "too-big");
-    big.send(&Packet::Publish(rawmqtt::Publish::new(
+    big.send(&Packet::Publish(common::mqtt::Publish::new(
         "drops/huge",
         QoS::AtMostOnce,
         vec![0u8; 8192],

@@ -10,32 +10,19 @@
 //! the memory and latency side of these findings is measured by `bench/abuse.sh`.
 
 mod common;
-mod rawmqtt;
-mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::files::temp_dir;
+use common::mqtt::*;
 use common::*;
-use jsonwebtoken::{EncodingKey, Header};
-use rawmqtt::*;
 use serde_json::{json, Value};
 
 const SECRET: &str = "hardening-secret-Vb3Xq9Lm2Rt7Yk5P";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rtw-hardening-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -45,34 +32,12 @@ fn now() -> u64 {
 }
 
 fn token(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::auth::hs256_with(SECRET, claims)
 }
 
 /// CONNECT with a user name and password; the CONNACK code as a byte (3.1.1 codes as sent).
 fn login(port: u16, v: V, id: &str, user: &str, pass: &str) -> (Client, u8, Option<String>) {
-    let mut c = Client::tcp(port, v);
-    c.send(&Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: id.into(),
-            clean_start: true,
-            properties: None,
-        },
-        None,
-        Some(Login {
-            username: user.into(),
-            password: pass.into(),
-        }),
-    ));
-    let ack = match c.expect(WAIT, |p| matches!(p, Packet::ConnAck(_))) {
-        Packet::ConnAck(a) => a,
-        _ => unreachable!(),
-    };
+    let (c, ack) = Client::try_connect(port, v, Opts::new(id).keep_alive(30).login(user, pass));
     let reason = ack.properties.and_then(|p| p.reason_string);
     (c, connack_byte(v, ack.code), reason)
 }

@@ -329,11 +329,8 @@ fn server_keep_alive_is_enforced() {
 #[test]
 fn receive_maximum_limits_messages_in_flight_to_client() {
     let s = Server::start();
-    let mut c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("rm-sub").props(|p| p.receive_maximum = Some(2)),
-    );
+    let opts = Opts::new("rm-sub").props(|p| p.receive_maximum = Some(2));
+    let mut c = Client::connect(s.mqtt, V::V5, opts);
     c.auto_ack = false;
     c.subscribe("rm/t", QoS::AtLeastOnce);
     let mut p = v5(&s, "rm-pub");
@@ -412,11 +409,8 @@ fn receive_maximum_exceeded_by_client() {
 #[test]
 fn maximum_packet_size_towards_client() {
     let s = Server::start();
-    let mut c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("mps-small").props(|p| p.max_packet_size = Some(100)),
-    );
+    let opts = Opts::new("mps-small").props(|p| p.max_packet_size = Some(100));
+    let mut c = Client::connect(s.mqtt, V::V5, opts);
     c.subscribe("mps/#", QoS::ExactlyOnce);
     let mut p = v5(&s, "mps-pub");
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {

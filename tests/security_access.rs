@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::auth::*;
 use common::clients::{p5, run_ok, v5_options, Tr, T, V5};
+use common::files::{temp_dir, write_config};
 use common::http::json_error;
+use common::http::SendOk;
 use common::*;
 use serde_json::{json, Value};
 
@@ -123,27 +125,22 @@ subscribe = ["everyone/#"]
     // HTTP Basic.
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
-    let r = h
-        .get(url("/topics/alice/x"))
+    h.get(url("/topics/alice/x"))
         .header("authorization", basic("alice", "alice-pw-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+        .send_expect(404)
+        .await;
     let r = h
         .get(url("/topics/alice/x"))
         .header("authorization", basic("alice", "nope"))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, true).await;
     let r = h
         .post(url("/topics/alice/x"))
         .header("authorization", basic("bob", "bob-pw-2"))
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
 
     // SIGHUP reloads the file: a new user gets in, a removed one no longer does.
@@ -191,17 +188,15 @@ async fn anonymous_only_when_allowed() {
     assert_eq!(paho_connack(&ev), 0x87);
     let r = http()
         .get(format!("{}/topics/x", s.http_base()))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, false).await;
     drop(s);
 
     // allow_anonymous = true, with rules for anonymous clients.
     let dir = temp_dir("anon");
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = write_config(
+        &dir,
         r#"
 [[auth.rules]]
 user = "anonymous"
@@ -212,8 +207,7 @@ user = "*"
 publish = ["public/#"]
 subscribe = ["public/#"]
 "#,
-    )
-    .unwrap();
+    );
     let s = jwt_server()
         .env("AUTH__ALLOW_ANONYMOUS", "true")
         .config_file(&cfg)
@@ -254,24 +248,19 @@ subscribe = ["public/#"]
         .collect();
     assert_eq!(got, ["public/y"]);
     let hc = http();
-    let r = hc
-        .get(format!("{}/topics/public/y", s.http_base()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    hc.get(format!("{}/topics/public/y", s.http_base()))
+        .send_expect(404)
+        .await;
     let r = hc
         .get(format!("{}/topics/private/y", s.http_base()))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
     let r = hc
         .post(format!("{}/topics/public/y", s.http_base()))
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
     let _ = std::fs::remove_dir_all(dir);
 }

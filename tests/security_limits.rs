@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, run_ok, v4_options, v5_options, Tr, T, V4, V5};
+use common::files::temp_dir;
 use common::http::json_error;
+use common::http::SendOk;
 use common::*;
 use rumqttc::mqttbytes::v4;
 
@@ -62,13 +64,11 @@ async fn per_ip_connection_limit() {
     );
     b.send("t/1", Q4::AtLeastOnce, false, b"still here").await;
     assert_eq!(&a.publish_in(T).await.payload[..], b"still here");
-    let r = http()
+    http()
         .post(format!("{}/topics/t/2", s.http_base()))
         .body("http")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(&a.publish_in(T).await.payload[..], b"http");
     // A slot comes free when a client leaves.
     b.disconnect().await;
@@ -196,18 +196,16 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
     let r = h
         .post(format!("{}/topics/calm/big", s.http_base()))
         .body(vec![b'x'; 2000])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 413).await;
     // An MQTT 5 RPC body over one message is streamed (bounded by rpc.max_stream_bytes, not
     // bridge.max_body, issue 17): with nobody subscribed it is 503 at once, body unread.
     let r = h
         .post(format!("{}/rpc/calm", s.http_base()))
         .body(vec![b'x'; 2000])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 503);
     // Everyone else is still served.
     assert_eq!(
@@ -235,10 +233,8 @@ async fn cors_and_websocket_origin() {
     let r = h
         .get(format!("{}/healthz", s.http_base()))
         .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(acao(&r), None);
     let r = h
         .request(
@@ -247,9 +243,8 @@ async fn cors_and_websocket_origin() {
         )
         .header("origin", "https://evil.example")
         .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(acao(&r), None);
     let own = format!("http://127.0.0.1:{}", s.http);
     assert!(ws_handshake(s.http, Some("https://evil.example")).contains(" 403"));
@@ -291,9 +286,8 @@ async fn cors_and_websocket_origin() {
         let r = h
             .get(format!("{}/healthz", s.http_base()))
             .header("origin", origin)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(acao(&r), allowed.then(|| origin.to_string()), "{origin}");
         let r = h
             .request(
@@ -303,9 +297,8 @@ async fn cors_and_websocket_origin() {
             .header("origin", origin)
             .header("access-control-request-method", "POST")
             .header("access-control-request-headers", "authorization")
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(
             acao(&r),
             allowed.then(|| origin.to_string()),

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T, V5};
 use common::http::json_error;
+use common::http::SendOk;
 use common::sse::Sse;
 use common::*;
 use rumqttc::mqttbytes::v4;
@@ -300,9 +301,8 @@ async fn retained_messages_respect_read_permissions() {
             .put(url(&format!("/topics/{t}")))
             .header("authorization", bearer(&admin))
             .body(v)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 200, "{t}");
     }
 
@@ -381,20 +381,18 @@ async fn retained_messages_respect_read_permissions() {
 
     // HTTP: state, SSE and long poll.
     let auth = ("authorization", bearer(&reader));
-    let r = h
-        .get(url("/topics/pub/news"))
-        .header(auth.0, auth.1.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "public news");
+    assert_eq!(
+        h.get(url("/topics/pub/news"))
+            .header(auth.0, auth.1.clone())
+            .send_text()
+            .await,
+        "public news"
+    );
     let r = h
         .get(url("/topics/secret/plans"))
         .header(auth.0, auth.1.clone())
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
     for q in [
         "topic=%23",
@@ -406,9 +404,8 @@ async fn retained_messages_respect_read_permissions() {
         let r = h
             .get(url(&format!("/poll?{q}&timeout=1")))
             .header(auth.0, auth.1.clone())
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         json_error(r, 403).await;
     }
     let mut sse = Sse::get(&h, &url("/events?topic=pub/%23"), Some(auth.clone()))
@@ -531,41 +528,32 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
     let cookie = ("cookie", format!("rtw_token={carol}"));
 
     // Publish.
-    let r = h
-        .post(url("/topics/s/1"))
+    h.post(url("/topics/s/1"))
         .header(auth.0, auth.1.clone())
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     let r = h
         .post(url("/topics/t/1"))
         .header(auth.0, auth.1.clone())
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
     // State, with the query token (allowed on this server).
-    let r = h
-        .put(url(&format!("/topics/s/state?access_token={carol}")))
+    h.put(url(&format!("/topics/s/state?access_token={carol}")))
         .body("st")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     let r = h
         .get(url(&format!("/topics/s/state?access_token={carol}")))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.text().await.unwrap(), "st");
     let r = h
         .get(url("/topics/s/state?access_token=forged"))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, true).await;
 
     // SSE: bearer and cookie get live messages; no credentials 401; another filter 403.
@@ -601,30 +589,22 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
         let h = h.clone();
         let u = url("/poll?topic=s/live/%23&timeout=20");
         let a = auth.1.clone();
-        tokio::spawn(async move { h.get(u).header("authorization", a).send().await.unwrap() })
+        tokio::spawn(async move { h.get(u).header("authorization", a).send_ok().await })
     };
     let r = h
         .get(url("/poll?topic=t/%23&timeout=1"))
         .header(auth.0, auth.1.clone())
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
-    let r = h
-        .get(url("/poll?topic=s/%23&timeout=1"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.get(url("/poll?topic=s/%23&timeout=1")).send_ok().await;
     assert_401(r, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = h
-        .post(url("/topics/s/live/1"))
+    h.post(url("/topics/s/live/1"))
         .header(auth.0, auth.1.clone())
         .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     for sse in [&mut by_bearer, &mut by_cookie] {
         let v = sse.next_json(T).await.expect("live event");
         assert_eq!(v["topic"], "s/live/1");
@@ -637,32 +617,29 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
 
     // RPC: /rpc/x needs publish on rpc/x.
     let _svc = responder(&s, &admin).await;
-    let r = h
-        .post(url("/rpc/ok/ping"))
-        .header(auth.0, auth.1.clone())
-        .body("1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "pong:1");
+    assert_eq!(
+        h.post(url("/rpc/ok/ping"))
+            .header(auth.0, auth.1.clone())
+            .body("1")
+            .send_text()
+            .await,
+        "pong:1"
+    );
     let r = h
         .post(url("/rpc/other/ping"))
         .header(auth.0, auth.1.clone())
         .body("1")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
-    let r = h.post(url("/rpc/ok/ping")).body("1").send().await.unwrap();
+    let r = h.post(url("/rpc/ok/ping")).body("1").send_ok().await;
     assert_401(r, false).await;
     let r = h
         .post(url("/rpc/ok/ping"))
         .header("authorization", bearer(&expired))
         .body("1")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, true).await;
 }
 
@@ -690,23 +667,19 @@ async fn rpc_replies_never_reach_other_readers() {
     let mut mqtt = v5_with(&s, Tr::Tcp, "reader", "admin", &admin).await;
     v5_subscribe_many(&mut mqtt, &["#"]).await;
     let _svc = responder(&s, &admin).await;
-    let r = h
-        .post(url("/rpc/x"))
-        .header(auth.0, auth.1.clone())
-        .body("secret-reply")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "pong:secret-reply");
-    let r = h
-        .post(url("/topics/end"))
+    assert_eq!(
+        h.post(url("/rpc/x"))
+            .header(auth.0, auth.1.clone())
+            .body("secret-reply")
+            .send_text()
+            .await,
+        "pong:secret-reply"
+    );
+    h.post(url("/topics/end"))
         .header(auth.0, auth.1.clone())
         .body("end")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     let seen = all.until("end").await;
     assert_eq!(seen, ["rpc/x"], "SSE '#' saw {seen:?}");
     let seen: Vec<String> = v5_until(&mut mqtt, "end")
@@ -752,9 +725,8 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
         .put(url("/topics/rtw/replies/n2"))
         .header("authorization", bearer(&reader))
         .body("injected over http")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert!(r.status() == 200 || r.status() == 403, "{}", r.status());
     // New subscribers get no retained reply, whatever filter reaches the namespace.
     let mut sub = v5_with(&s, Tr::Tcp, "fresh", "admin", &admin).await;
@@ -772,9 +744,8 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
     let r = h
         .get(url("/topics/rtw/replies/n1"))
         .header("authorization", bearer(&admin))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert!(r.status() == 403 || r.status() == 404, "{}", r.status());
     let mut sse = Sse::get(
         &h,
@@ -783,14 +754,11 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
     )
     .await
     .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
-    let r = h
-        .post(url("/topics/end"))
+    h.post(url("/topics/end"))
         .header("authorization", bearer(&admin))
         .body("end")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(sse.until("end").await, Vec::<String>::new());
 }
 

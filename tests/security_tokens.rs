@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T};
+use common::files::temp_dir;
 use common::http::json_error;
+use common::http::SendOk;
 use common::sse::Sse;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -167,9 +169,8 @@ async fn asymmetric_tokens_and_algorithm_confusion() {
         let r = h
             .get(format!("{}/topics/a/x", s.http_base()))
             .header("authorization", bearer(t))
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 404, "{what}");
     }
     for (what, t) in &bad {
@@ -177,9 +178,8 @@ async fn asymmetric_tokens_and_algorithm_confusion() {
         let r = h
             .get(format!("{}/topics/a/x", s.http_base()))
             .header("authorization", bearer(t))
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_401(r, true).await;
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -260,75 +260,65 @@ async fn http_authentication_401_and_403() {
     let url = |p: &str| format!("{}{p}", s.http_base());
 
     // No credentials: 401 with a plain challenge.
-    let r = h.get(url("/topics/a/x")).send().await.unwrap();
+    let r = h.get(url("/topics/a/x")).send_ok().await;
     assert_401(r, false).await;
-    let r = h.post(url("/topics/a/x")).body("x").send().await.unwrap();
+    let r = h.post(url("/topics/a/x")).body("x").send_ok().await;
     assert_401(r, false).await;
     // Every bad token: 401 invalid_token, on reads and writes.
     for (what, t) in bad_hs_tokens() {
         let r = h
             .get(url("/topics/a/x"))
             .header("authorization", bearer(&t))
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_401(r, true).await;
         let r = h
             .post(url("/topics/a/x"))
             .header("authorization", bearer(&t))
             .body("x")
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 401, "{what}");
         // The cookie is checked the same way.
         let r = h
             .get(url("/topics/a/x"))
             .header("cookie", format!("rtw_token={t}"))
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 401, "cookie {what}");
     }
     // An unknown scheme: 401.
     let r = h
         .get(url("/topics/a/x"))
         .header("authorization", format!("Token {alice}"))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, true).await;
     // The query token is off by default.
     let r = h
         .get(url(&format!("/topics/a/x?access_token={alice}")))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, false).await;
 
     // Authenticated: allowed (200/404) or 403 with a JSON body.
-    let r = h
-        .put(url("/topics/a/state"))
+    h.put(url("/topics/a/state"))
         .header("authorization", bearer(&alice))
         .body("v1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = h
-        .get(url("/topics/a/state"))
-        .header("authorization", bearer(&alice))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "v1");
+        .send_expect(200)
+        .await;
+    assert_eq!(
+        h.get(url("/topics/a/state"))
+            .header("authorization", bearer(&alice))
+            .send_text()
+            .await,
+        "v1"
+    );
     let r = h
         .get(url("/topics/a/state"))
         .header("cookie", format!("other=1; rtw_token={alice}"))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 200, "cookie");
     for (m, path) in [
         ("GET", "/topics/b/state"),
@@ -340,9 +330,8 @@ async fn http_authentication_401_and_403() {
             .request(m.parse().unwrap(), url(path))
             .header("authorization", bearer(&alice))
             .body("x")
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         let (hd, msg) = json_error(r, 403).await;
         assert!(
             hd.get("www-authenticate").is_none(),
@@ -362,9 +351,8 @@ async fn username_claim_binds_the_mqtt_user_name() {
     let r = http()
         .get(format!("{}/topics/a/x", s.http_base()))
         .header("authorization", bearer(&alice))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 404, "{}", r.text().await.unwrap_or_default());
 }
 

@@ -9,14 +9,13 @@
 //! first thing the subscriber gets: messages on one subscription arrive in order.
 
 mod common;
-mod support;
 
 use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::v4;
 
+use common::clients::*;
 use common::*;
-use support::*;
 
 fn q4(q: u8) -> rumqttc::QoS {
     rumqttc::qos(q).unwrap()
@@ -236,12 +235,7 @@ async fn will_sent_on_dropped_socket_but_not_after_disconnect() {
 
     // A client that says DISCONNECT: no will.
     let mut o = v4_options(&s, Tr::Tcp, "polite");
-    o.set_last_will(rumqttc::LastWill::new(
-        "will/polite",
-        "should not be sent",
-        q4(1),
-        false,
-    ));
+    set_v4_will(&mut o, "will/polite", "should not be sent");
     let (polite, _) = V4::connect(o).await;
     polite.disconnect().await;
     // Once the same id connects again, the old session has ended (the registry waits for it).
@@ -331,40 +325,12 @@ async fn retained_will() {
     );
 }
 
-fn delayed_will(
-    s: &Server,
-    id: &str,
-    topic: &str,
-    delay: u32,
-    expiry: u32,
-) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(s, Tr::Tcp, id);
-    o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(expiry));
-    o.set_last_will(p5::LastWill::new(
-        topic,
-        format!("{id} is gone"),
-        q5(1),
-        false,
-        Some(p5::LastWillProperties {
-            delay_interval: Some(delay),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        }),
-    ));
-    o
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_sent_after_the_delay() {
     let s = Server::start();
     let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
     watch.subscribe("dwill/#", q4(1)).await;
-    let (c, _) = V5::connect(delayed_will(&s, "late-will", "dwill/late", 2, 60)).await;
+    let (c, _) = V5::connect(delayed_will_options(&s, "late-will", "dwill/late", 2, 60)).await;
     let t0 = Instant::now();
     drop(c);
     let w = watch.publish_in(T).await;
@@ -385,7 +351,14 @@ async fn v5_will_delay_capped_by_session_expiry() {
     let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
     watch.subscribe("dwill/#", q4(1)).await;
     // Will delay 60 s, but the session ends after 1 s: the will goes when the session ends.
-    let (c, _) = V5::connect(delayed_will(&s, "short-session", "dwill/short", 60, 1)).await;
+    let (c, _) = V5::connect(delayed_will_options(
+        &s,
+        "short-session",
+        "dwill/short",
+        60,
+        1,
+    ))
+    .await;
     let t0 = Instant::now();
     drop(c);
     let w = watch.publish_in(T).await;
@@ -403,18 +376,24 @@ async fn v5_will_delay_not_sent_when_client_reconnects_in_time() {
     let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
     watch.subscribe("dwill/#", q4(1)).await;
     // A will delay long enough that the reconnect below lands inside it on any machine.
-    let (c, _) = V5::connect(delayed_will(&s, "comes-back", "dwill/back", 5, 60)).await;
+    let (c, _) = V5::connect(delayed_will_options(&s, "comes-back", "dwill/back", 5, 60)).await;
     let t0 = Instant::now();
     drop(c);
     // Back within the delay, resuming the session.
-    let (mut back, ack) = V5::connect(delayed_will(&s, "comes-back", "dwill/back", 5, 60)).await;
+    let (mut back, ack) =
+        V5::connect(delayed_will_options(&s, "comes-back", "dwill/back", 5, 60)).await;
     assert!(ack.session_present);
     // Past the original delay: the will must not have been sent.
     tokio::time::sleep_until((t0 + Duration::from_secs(6)).into()).await;
     assert_next_is_marker(&s, &mut watch, "dwill/marker").await;
     // The reconnected client works.
     back.subscribe("dwill/echo", q5(1)).await;
-    back.send("dwill/echo", q5(1), false, b"hi", None).await;
+    // Its own message comes back (not waiting for the PUBACK first: the broker may deliver the
+    // message before it acknowledges it, and waiting would pass over it).
+    back.client
+        .publish("dwill/echo", q5(1), false, b"hi".to_vec())
+        .await
+        .expect("publish");
     let p = back.publish_in(T).await;
     assert_eq!(&p.payload[..], b"hi");
 }

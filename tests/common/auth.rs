@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,16 +34,6 @@ pub fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64
-}
-
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rtw-sec-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 pub fn b64url(data: &[u8]) -> String {
@@ -121,12 +111,13 @@ pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value
 
 /// HS256 with SECRET.
 pub fn hs(claims: &Value) -> String {
-    sign(
-        Algorithm::HS256,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-        None,
-        claims,
-    )
+    hs256_with(SECRET, claims)
+}
+
+/// HS256 with `secret`, no key id.
+pub fn hs256_with(secret: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    sign(Algorithm::HS256, &key, None, claims)
 }
 
 /// An unsigned token (`alg: none`), built by hand: no library will make one.
@@ -379,11 +370,7 @@ pub async fn v5_subscribe_many(c: &mut V5, filters: &[&str]) -> Vec<p5::Subscrib
         .subscribe_many(filters.iter().map(|f| p5::Filter::new(*f, Q5::AtLeastOnce)))
         .await
         .expect("subscribe");
-    loop {
-        if let p5::Packet::SubAck(a) = c.incoming(T).await {
-            return a.return_codes;
-        }
-    }
+    c.suback().await
 }
 
 pub async fn v4_subscribe_many(c: &mut V4, filters: &[&str]) -> Vec<rumqttc::SubscribeReasonCode> {
@@ -395,11 +382,7 @@ pub async fn v4_subscribe_many(c: &mut V4, filters: &[&str]) -> Vec<rumqttc::Sub
         )
         .await
         .expect("subscribe");
-    loop {
-        if let rumqttc::Packet::SubAck(a) = c.incoming(T).await {
-            return a.return_codes;
-        }
-    }
+    c.suback().await
 }
 
 /// Topics (and payloads) a v5 client receives until `end` arrives on `end_topic`.

@@ -331,6 +331,44 @@ pub fn v5_options(s: &Server, tr: Tr, id: &str) -> rumqttc::v5::MqttOptions {
     o
 }
 
+/// Gives 3.1.1 options a QoS 1, not retained will: `message` on `topic`.
+pub fn set_v4_will(o: &mut rumqttc::MqttOptions, topic: &str, message: &str) {
+    let qos = rumqttc::QoS::AtLeastOnce;
+    o.set_last_will(rumqttc::LastWill::new(topic, message, qos, false));
+}
+
+/// Options for a persistent MQTT 5 session over TCP: clean start off, session expiry `expiry` s.
+pub fn persistent_v5_options(s: &Server, id: &str, expiry: u32) -> rumqttc::v5::MqttOptions {
+    let mut o = v5_options(s, Tr::Tcp, id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(expiry));
+    o
+}
+
+/// [`persistent_v5_options`] with a QoS 1 will "`{id}` is gone" on `topic`, delayed `delay` s.
+pub fn delayed_will_options(
+    s: &Server,
+    id: &str,
+    topic: &str,
+    delay: u32,
+    expiry: u32,
+) -> rumqttc::v5::MqttOptions {
+    let mut o = persistent_v5_options(s, id, expiry);
+    let props = p5::LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    };
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    let will = p5::LastWill::new(topic, format!("{id} is gone"), qos, false, Some(props));
+    o.set_last_will(will);
+    o
+}
+
 /// The events of a rumqttc event loop (v4 or v5), polled by a task of its own until the first
 /// connection error, which is the last event; the task is aborted on drop.
 struct Events<E> {
@@ -447,6 +485,11 @@ impl V4 {
         qos: rumqttc::QoS,
     ) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.suback().await
+    }
+
+    /// Waits for the next SUBACK (skipping anything else); returns its codes.
+    pub async fn suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
         loop {
             if let rumqttc::Packet::SubAck(s) = self.incoming(T).await {
                 return s.return_codes;
@@ -573,6 +616,11 @@ impl V5 {
         qos: rumqttc::v5::mqttbytes::QoS,
     ) -> Vec<p5::SubscribeReasonCode> {
         self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.suback().await
+    }
+
+    /// Waits for the next SUBACK (skipping anything else); returns its codes.
+    pub async fn suback(&mut self) -> Vec<p5::SubscribeReasonCode> {
         loop {
             if let p5::Packet::SubAck(s) = self.incoming(T).await {
                 return s.return_codes;

@@ -47,6 +47,7 @@ pub struct Opts {
     pub keep_alive: u16,
     pub props: Option<ConnectProperties>,
     pub will: Option<LastWill>,
+    pub login: Option<Login>,
 }
 
 impl Opts {
@@ -57,6 +58,7 @@ impl Opts {
             keep_alive: 60,
             props: None,
             will: None,
+            login: None,
         }
     }
 
@@ -80,6 +82,12 @@ impl Opts {
 
     pub fn will(mut self, w: LastWill) -> Opts {
         self.will = Some(w);
+        self
+    }
+
+    /// Sends a user name and password.
+    pub fn login(mut self, user: &str, password: &str) -> Opts {
+        self.login = Some(Login::new(user, password));
         self
     }
 }
@@ -144,7 +152,7 @@ impl Client {
                 properties: o.props,
             },
             o.will,
-            None,
+            o.login,
         ));
         match c.expect(WAIT, |p| matches!(p, Packet::ConnAck(_))) {
             Packet::ConnAck(a) => {
@@ -679,10 +687,10 @@ pub fn lower(p: &Packet) -> v4::Packet {
             pkid: p.pkid,
             payload: p.payload.clone(),
         }),
-        Packet::PubAck(a) => v4::Packet::PubAck(v4::PubAck::new(a.pkid)),
-        Packet::PubRec(a) => v4::Packet::PubRec(v4::PubRec::new(a.pkid)),
-        Packet::PubRel(a) => v4::Packet::PubRel(v4::PubRel::new(a.pkid)),
-        Packet::PubComp(a) => v4::Packet::PubComp(v4::PubComp::new(a.pkid)),
+        Packet::PubAck(PubAck { pkid, .. }) => v4::Packet::PubAck(v4::PubAck { pkid: *pkid }),
+        Packet::PubRec(PubRec { pkid, .. }) => v4::Packet::PubRec(v4::PubRec { pkid: *pkid }),
+        Packet::PubRel(PubRel { pkid, .. }) => v4::Packet::PubRel(v4::PubRel { pkid: *pkid }),
+        Packet::PubComp(PubComp { pkid, .. }) => v4::Packet::PubComp(v4::PubComp { pkid: *pkid }),
         Packet::Subscribe(s) => v4::Packet::Subscribe(v4::Subscribe {
             pkid: s.pkid,
             filters: s
@@ -720,19 +728,20 @@ pub fn lift(p: v4::Packet) -> Packet {
             },
             properties: None,
         }),
+        // Acknowledgements carry their packet id alone in 3.1.1.
+        v4::Packet::PubAck(v4::PubAck { pkid }) => Packet::PubAck(PubAck::new(pkid, None)),
+        v4::Packet::PubRec(v4::PubRec { pkid }) => Packet::PubRec(PubRec::new(pkid, None)),
+        v4::Packet::PubRel(v4::PubRel { pkid }) => Packet::PubRel(PubRel::new(pkid, None)),
+        v4::Packet::PubComp(v4::PubComp { pkid }) => Packet::PubComp(PubComp::new(pkid, None)),
         v4::Packet::Publish(p) => Packet::Publish(Publish {
-            dup: p.dup,
+            topic: Bytes::from(p.topic),
+            payload: p.payload,
+            pkid: p.pkid,
             qos: q5(p.qos),
             retain: p.retain,
-            topic: Bytes::from(p.topic),
-            pkid: p.pkid,
-            payload: p.payload,
+            dup: p.dup,
             properties: None,
         }),
-        v4::Packet::PubAck(a) => Packet::PubAck(PubAck::new(a.pkid, None)),
-        v4::Packet::PubRec(a) => Packet::PubRec(PubRec::new(a.pkid, None)),
-        v4::Packet::PubRel(a) => Packet::PubRel(PubRel::new(a.pkid, None)),
-        v4::Packet::PubComp(a) => Packet::PubComp(PubComp::new(a.pkid, None)),
         v4::Packet::SubAck(s) => Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: s
@@ -788,17 +797,12 @@ pub fn raw_connect(name: &str, level: u8, id: &str) -> Vec<u8> {
 pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
+    // Remaining length: seven bits a byte, lowest first, the top bit set while more follow.
+    while len >= 0x80 {
+        out.push((len & 0x7f) as u8 | 0x80);
+        len >>= 7;
     }
+    out.push(len as u8);
     out.extend_from_slice(body);
     out
 }
