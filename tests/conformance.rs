@@ -80,8 +80,7 @@ fn receive_maximum_zero_is_a_protocol_error() {
     c.expect_closed(WAIT);
 
     // Receive Maximum 1 is fine.
-    let opts = Opts::new("cf-rm1").props(|p| p.receive_maximum = Some(1));
-    let mut c = Client::connect(s.mqtt, V::V5, opts);
+    let mut c = Client::v5_with(s.mqtt, "cf-rm1", |p| p.receive_maximum = Some(1));
     c.ping();
 }
 
@@ -94,8 +93,7 @@ fn receive_maximum_zero_is_a_protocol_error() {
 #[test]
 fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
     let s = Server::start();
-    let mut c = Client::new(s.mqtt, V::V5, "cf-se");
-    c.subscribe("cf/se", QoS::AtLeastOnce);
+    let mut c = Client::subscribed(s.mqtt, V::V5, "cf-se", "cf/se", QoS::AtLeastOnce);
     c.send(&Packet::Disconnect(Disconnect {
         reason_code: DisconnectReasonCode::NormalDisconnection,
         properties: Some(DisconnectProperties {
@@ -129,8 +127,8 @@ fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
 #[test]
 fn response_topic_with_wildcards_is_a_protocol_error() {
     let s = Server::start();
-    let mut watcher = Client::new(s.mqtt, V::V311, "cf-rt-watch");
-    watcher.subscribe("cf/rt/#", QoS::AtLeastOnce);
+    let mut watcher =
+        Client::subscribed(s.mqtt, V::V311, "cf-rt-watch", "cf/rt/#", QoS::AtLeastOnce);
     for (i, rt) in ["cf/+/reply", "cf/reply/#"].into_iter().enumerate() {
         let id = format!("cf-rt-{i}");
         let mut c = Client::connect(s.mqtt, V::V5, Opts::new(&id).will(will("cf/rt/will", &id)));
@@ -165,13 +163,10 @@ fn response_topic_with_wildcards_is_a_protocol_error() {
 #[test]
 fn topic_aliases_towards_the_client() {
     let s = Server::start();
-    let opts = Opts::new("cf-al").props(|p| p.topic_alias_max = Some(2));
-    let mut aliased = Client::connect(s.mqtt, V::V5, opts);
+    let mut aliased = Client::v5_with(s.mqtt, "cf-al", |p| p.topic_alias_max = Some(2));
     aliased.subscribe("cf/al/#", QoS::AtLeastOnce);
-    let mut plain = Client::new(s.mqtt, V::V5, "cf-al-plain");
-    plain.subscribe("cf/al/#", QoS::AtLeastOnce);
-    let mut old = Client::new(s.mqtt, V::V311, "cf-al-311");
-    old.subscribe("cf/al/#", QoS::AtLeastOnce);
+    let mut plain = Client::subscribed(s.mqtt, V::V5, "cf-al-plain", "cf/al/#", QoS::AtLeastOnce);
+    let mut old = Client::subscribed(s.mqtt, V::V311, "cf-al-311", "cf/al/#", QoS::AtLeastOnce);
 
     let sent = [
         "cf/al/a", "cf/al/a", "cf/al/b", "cf/al/c", "cf/al/a", "cf/al/b",
@@ -312,18 +307,8 @@ fn server_keep_alive_default_and_configured_cap() {
 #[test]
 fn subscribe_with_a_malformed_filter_closes_the_connection() {
     let s = Server::start();
-    let cases = [
-        ("a/#/b", DisconnectReasonCode::MalformedPacket),
-        ("a+", DisconnectReasonCode::MalformedPacket),
-        ("a/b#", DisconnectReasonCode::MalformedPacket),
-        ("#/a", DisconnectReasonCode::MalformedPacket),
-        ("+a/b", DisconnectReasonCode::MalformedPacket),
-        ("", DisconnectReasonCode::MalformedPacket),
-        ("$share/g", DisconnectReasonCode::ProtocolError),
-        ("$share//a", DisconnectReasonCode::ProtocolError),
-    ];
     for v in BOTH {
-        for (bad, code) in cases {
+        for (bad, code) in MALFORMED_FILTERS {
             let mut c = Client::new(s.mqtt, v, "cf-sub-bad");
             let pkid = c.pkid();
             c.send(&Packet::Subscribe(Subscribe {
@@ -335,10 +320,8 @@ fn subscribe_with_a_malformed_filter_closes_the_connection() {
                 properties: None,
             }));
             c.expect_disconnect(code);
-            assert!(
-                !c.unread().any(|p| matches!(p, Packet::SubAck(_))),
-                "{v:?} {bad:?}: SUBACK for a malformed SUBSCRIBE"
-            );
+            let what = format!("{v:?} {bad:?}: SUBACK for a malformed SUBSCRIBE");
+            c.assert_unread_none(|p| matches!(p, Packet::SubAck(_)), &what);
         }
     }
 }
@@ -407,8 +390,7 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
     ];
     for v in BOTH {
         for (filters, code) in cases {
-            let mut c = Client::new(s.mqtt, v, "cf-unsub-bad");
-            c.subscribe("cf/uns", QoS::AtLeastOnce);
+            let mut c = Client::subscribed(s.mqtt, v, "cf-unsub-bad", "cf/uns", QoS::AtLeastOnce);
             c.send_raw(&raw_unsubscribe(v, filters));
             let d = c.expect_closed(WAIT);
             let what = format!("{v:?} UNSUBSCRIBE {filters:?}");
@@ -416,10 +398,8 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
                 V::V5 => assert_eq!(d.map(|d| d.reason_code), Some(code), "{what}"),
                 V::V311 => assert!(d.is_none(), "{what}"),
             }
-            assert!(
-                !c.unread().any(|p| matches!(p, Packet::UnsubAck(_))),
-                "{what}: UNSUBACK for a malformed UNSUBSCRIBE"
-            );
+            let what = format!("{what}: UNSUBACK for a malformed UNSUBSCRIBE");
+            c.assert_unread_none(|p| matches!(p, Packet::UnsubAck(_)), &what);
         }
     }
 }
@@ -468,10 +448,20 @@ fn note_shared_subscriptions() {
     let s = Server::start();
     let mut p = Client::new(s.mqtt, V::V5, "cf-sh-pub");
     p.publish_retained("cf/sh/r", QoS::AtLeastOnce, b"retained");
-    let mut a = Client::new(s.mqtt, V::V5, "cf-sh-a");
-    a.subscribe("$share/g/cf/sh/#", QoS::AtLeastOnce);
-    let mut b = Client::new(s.mqtt, V::V5, "cf-sh-b");
-    b.subscribe("$share/g/cf/sh/#", QoS::AtLeastOnce);
+    let mut a = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "cf-sh-a",
+        "$share/g/cf/sh/#",
+        QoS::AtLeastOnce,
+    );
+    let mut b = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "cf-sh-b",
+        "$share/g/cf/sh/#",
+        QoS::AtLeastOnce,
+    );
     a.assert_no_publish();
     b.assert_no_publish();
     for i in 0..4 {
@@ -480,8 +470,13 @@ fn note_shared_subscriptions() {
     let (ga, gb) = (a.drain(QUIET), b.drain(QUIET));
     assert_eq!((ga.len(), gb.len()), (2, 2), "a: {ga:?}\nb: {gb:?}");
 
-    let mut both = Client::new(s.mqtt, V::V5, "cf-sh-both");
-    both.subscribe("$share/h/cf/sh2/#", QoS::AtLeastOnce);
+    let mut both = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "cf-sh-both",
+        "$share/h/cf/sh2/#",
+        QoS::AtLeastOnce,
+    );
     both.subscribe("cf/sh2/#", QoS::AtLeastOnce);
     p.publish("cf/sh2/t", QoS::AtLeastOnce, b"x");
     // Two subscriptions, two copies: the share group's and the plain subscription's.

@@ -76,6 +76,14 @@ async fn until(c: &reqwest::Client, url: &str, what: &str, done: impl Fn(&Value)
 // ---------------------------------------------------------------------------------------------
 // The page, in Chromium.
 
+/// The string `field` of each element of the JSON array `v`.
+fn each_str<'a>(v: &'a Value, field: &'a str) -> impl Iterator<Item = &'a str> {
+    let items = v.as_array().expect("an array");
+    items
+        .iter()
+        .map(move |x| x[field].as_str().expect("a string"))
+}
+
 #[test]
 fn dashboard_in_chromium() {
     if !prerequisites(
@@ -106,8 +114,8 @@ fn dashboard_in_chromium() {
     assert_eq!(code, Some(0), "curl PUT: {out} {err}");
     // An MQTT 5 responder for the page's RPC traffic (`POST /rpc/dash/echo`), until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut responder = Client::new(s.mqtt, V::V5, "dash-rpc");
-    responder.subscribe("rpc/dash/#", QoS::AtLeastOnce);
+    let mut responder =
+        Client::subscribed(s.mqtt, V::V5, "dash-rpc", "rpc/dash/#", QoS::AtLeastOnce);
     let responder = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -286,11 +294,15 @@ async fn operator_apis_need_an_admin_token() {
 async fn clients_api_lists_details_and_disconnects() {
     let s = Server::start();
     let (base, c) = (s.http_base(), http());
-    let mut five = Client::new(s.mqtt, V::V5, "api-five");
-    five.subscribe("sensors/+/temp", QoS::AtLeastOnce);
+    let mut five = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "api-five",
+        "sensors/+/temp",
+        QoS::AtLeastOnce,
+    );
     five.subscribe("$share/g/jobs/#", QoS::AtMostOnce);
-    let mut old = Client::new(s.mqtt, V::V311, "api-three");
-    old.subscribe("alerts/#", QoS::ExactlyOnce);
+    let mut old = Client::subscribed(s.mqtt, V::V311, "api-three", "alerts/#", QoS::ExactlyOnce);
     five.ping();
     old.ping();
 
@@ -300,12 +312,7 @@ async fn clients_api_lists_details_and_disconnects() {
         v["total"], 2,
         "the bridge's own sessions are not listed: {v}"
     );
-    let ids: Vec<&str> = v["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["client_id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = each_str(&v["clients"], "client_id").collect();
     assert_eq!(ids, ["api-five", "api-three"], "sorted by client id");
 
     let (st, v) = get_json(&c, &format!("{base}/api/clients?search=THREE"), None).await;
@@ -322,12 +329,7 @@ async fn clients_api_lists_details_and_disconnects() {
     let (st, d) = get_json(&c, &format!("{base}/api/clients/api-five"), None).await;
     assert_eq!(st, 200, "{d}");
     assert_eq!(d["protocol_version"], "5");
-    let filters: BTreeSet<&str> = d["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["filter"].as_str().unwrap())
-        .collect();
+    let filters: BTreeSet<&str> = each_str(&d["subscriptions"], "filter").collect();
     assert_eq!(
         filters,
         BTreeSet::from(["sensors/+/temp", "$share/g/jobs/#"])
@@ -482,12 +484,7 @@ async fn clients_paging_over_ten_thousand_connections() {
         .collect();
     let (_, v) = get_json(&c, &format!("{base}/api/clients?search={needle}"), None).await;
     assert_eq!(v["total"], hits.len(), "search {needle}");
-    let found: Vec<&str> = v["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["client_id"].as_str().unwrap())
-        .collect();
+    let found: Vec<&str> = each_str(&v["clients"], "client_id").collect();
     assert_eq!(found, hits);
     // Half of them leave; the list follows.
     conns.truncate(n / 2);
@@ -638,8 +635,7 @@ async fn history_api_charts_traffic_and_drops() {
     // Traffic: 40 QoS 1 publishes at once from one client, 5 a second allowed, the rest
     // refused (PUBACK 0x97) and counted as rate-limit drops; and a subscriber receiving the
     // allowed ones.
-    let mut sub = Client::new(s.mqtt, V::V5, "hist-sub");
-    sub.subscribe("hist/#", QoS::AtMostOnce);
+    let _sub = Client::subscribed(s.mqtt, V::V5, "hist-sub", "hist/#", QoS::AtMostOnce);
     let mut p = Client::new(s.mqtt, V::V5, "hist-pub");
     let mut refused = 0;
     for i in 0..40 {
@@ -682,8 +678,8 @@ async fn history_api_charts_traffic_and_drops() {
         );
     }
     // One RPC call, answered by an MQTT 5 responder: a call and its latency in the samples.
-    let mut responder = Client::new(s.mqtt, V::V5, "hist-responder");
-    responder.subscribe("rpc/#", QoS::AtLeastOnce);
+    let mut responder =
+        Client::subscribed(s.mqtt, V::V5, "hist-responder", "rpc/#", QoS::AtLeastOnce);
     let answer = std::thread::spawn(move || {
         let req = responder
             .next_publish(common::mqtt::WAIT)
@@ -701,13 +697,8 @@ async fn history_api_charts_traffic_and_drops() {
         );
         responder
     });
-    assert_eq!(
-        c.post(format!("{base}/rpc/demo/ping"))
-            .body("ping")
-            .send_text()
-            .await,
-        "pong"
-    );
+    let ping = c.post(format!("{base}/rpc/demo/ping"));
+    assert_eq!(ping.body("ping").send_text().await, "pong");
     let _responder = answer.join().unwrap();
     let h = until(&c, &since, "the RPC call never reached the samples", |h| {
         series_sum(h, "rpc_calls") > 0.0

@@ -158,22 +158,11 @@ async fn sigkill_keeps_every_http_publish_answered_200() {
 // ---------------------------------------------------------------------------------------------
 // QoS 2 across a kill.
 
+/// The CONNACK `r` gets, which must accept: is a session present?
 fn connack_present4(r: &mut Raw) -> bool {
-    match r.recv4(T) {
-        v4::Packet::ConnAck(a) => {
-            assert_eq!(a.code, v4::ConnectReturnCode::Success);
-            a.session_present
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
-fn subscribe4(r: &mut Raw, filter: &str, qos: u8) {
-    r.send4(v4::Packet::Subscribe(v4::Subscribe::new(filter, q4(qos))));
-    match r.recv4(T) {
-        v4::Packet::SubAck(_) => {}
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
+    let a = r.connack4();
+    assert_eq!(a.code, v4::ConnectReturnCode::Success);
+    a.session_present
 }
 
 fn publish4(topic: &str, qos: u8, pkid: u16, payload: &str, dup: bool) -> v4::Packet {
@@ -226,7 +215,7 @@ fn qos2_half_acknowledged_before_sigkill_is_delivered_exactly_once() {
     let mut sub = Raw::open(s.mqtt, false);
     sub.send4(connect4("dur-q2-sub", false, 60));
     assert!(!connack_present4(&mut sub));
-    subscribe4(&mut sub, "q2/#", 2);
+    sub.subscribe4("q2/#", q4(2));
 
     let mut publ = Raw::open(s.mqtt, false);
     publ.send4(connect4("dur-q2-pub", false, 60));

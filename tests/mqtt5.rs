@@ -83,8 +83,7 @@ fn retain_as_published() {
     let mut f = filter("rap/t", QoS::AtLeastOnce);
     f.preserve_retain = true;
     rap.subscribe_with(vec![f], None);
-    let mut plain = v5(&s, "rap-no");
-    plain.subscribe("rap/t", QoS::AtLeastOnce);
+    let mut plain = v5_subscribed(&s, "rap-no", "rap/t", QoS::AtLeastOnce);
 
     let mut p = v5(&s, "rap-pub");
     p.publish_retained("rap/t", QoS::AtLeastOnce, b"live");
@@ -100,8 +99,7 @@ fn retain_as_published() {
     assert!(!recv_msg(&mut rap, "rap/t", "plain").retain);
 
     // Retained messages sent because of a subscribe always have the flag.
-    let mut late = v5(&s, "rap-late");
-    late.subscribe("rap/#", QoS::AtLeastOnce);
+    let mut late = v5_subscribed(&s, "rap-late", "rap/#", QoS::AtLeastOnce);
     assert!(recv_msg(&mut late, "rap/t", "live").retain);
 }
 
@@ -147,8 +145,7 @@ fn retain_handling() {
 #[test]
 fn payload_format_indicator() {
     let s = Server::start();
-    let mut c = v5(&s, "pfi-sub");
-    c.subscribe("pfi/#", QoS::AtLeastOnce);
+    let mut c = v5_subscribed(&s, "pfi-sub", "pfi/#", QoS::AtLeastOnce);
     let mut p = v5(&s, "pfi-pub");
     let utf8 = |body: &[u8], qos| {
         Publish::new(
@@ -180,8 +177,7 @@ fn payload_format_indicator() {
 #[test]
 fn user_properties_round_trip() {
     let s = Server::start();
-    let mut c = v5(&s, "up-sub");
-    c.subscribe("up/#", QoS::ExactlyOnce);
+    let mut c = v5_subscribed(&s, "up-sub", "up/#", QoS::ExactlyOnce);
     let mut p = v5(&s, "up-pub");
     let props = vec![
         ("a".to_string(), "1".to_string()),
@@ -217,10 +213,8 @@ fn user_properties_round_trip() {
 #[test]
 fn request_response() {
     let s = Server::start();
-    let mut responder = v5(&s, "rr-responder");
-    responder.subscribe("rr/req", QoS::AtLeastOnce);
-    let mut requester = v5(&s, "rr-requester");
-    requester.subscribe("rr/resp/requester", QoS::AtLeastOnce);
+    let mut responder = v5_subscribed(&s, "rr-responder", "rr/req", QoS::AtLeastOnce);
+    let mut requester = v5_subscribed(&s, "rr-requester", "rr/resp/requester", QoS::AtLeastOnce);
     let corr = Bytes::from_static(&[0, 1, 2, 0xff, 0xfe]);
     requester.publish_props(
         "rr/req",
@@ -249,8 +243,7 @@ fn request_response() {
     assert_eq!(resp.properties.unwrap().correlation_data, Some(corr));
 
     // A 3.1.1 subscriber gets the same message without the properties.
-    let mut old = Client::new(s.mqtt, V::V311, "rr-old");
-    old.subscribe("rr/req", QoS::AtLeastOnce);
+    let mut old = Client::subscribed(s.mqtt, V::V311, "rr-old", "rr/req", QoS::AtLeastOnce);
     requester.publish_props(
         "rr/req",
         QoS::AtLeastOnce,
@@ -329,8 +322,7 @@ fn server_keep_alive_is_enforced() {
 #[test]
 fn receive_maximum_limits_messages_in_flight_to_client() {
     let s = Server::start();
-    let opts = Opts::new("rm-sub").props(|p| p.receive_maximum = Some(2));
-    let mut c = Client::connect(s.mqtt, V::V5, opts);
+    let mut c = Client::v5_with(s.mqtt, "rm-sub", |p| p.receive_maximum = Some(2));
     c.auto_ack = false;
     c.subscribe("rm/t", QoS::AtLeastOnce);
     let mut p = v5(&s, "rm-pub");
@@ -409,8 +401,7 @@ fn receive_maximum_exceeded_by_client() {
 #[test]
 fn maximum_packet_size_towards_client() {
     let s = Server::start();
-    let opts = Opts::new("mps-small").props(|p| p.max_packet_size = Some(100));
-    let mut c = Client::connect(s.mqtt, V::V5, opts);
+    let mut c = Client::v5_with(s.mqtt, "mps-small", |p| p.max_packet_size = Some(100));
     c.subscribe("mps/#", QoS::ExactlyOnce);
     let mut p = v5(&s, "mps-pub");
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -439,8 +430,7 @@ fn maximum_packet_size_from_client() {
     let s = Server::builder()
         .env("LIMITS__MAX_PACKET_SIZE", 1000)
         .start();
-    let mut sub = v5(&s, "mps-sub");
-    sub.subscribe("mps/#", QoS::AtLeastOnce);
+    let mut sub = v5_subscribed(&s, "mps-sub", "mps/#", QoS::AtLeastOnce);
     let mut c = v5(&s, "mps-big");
     assert_eq!(c.connack_props().max_packet_size, Some(1000));
     // The limit is on the whole packet, header included: exactly 1000 bytes pass.
@@ -467,8 +457,7 @@ fn maximum_packet_size_from_client() {
 #[test]
 fn topic_alias_from_client() {
     let s = Server::start();
-    let mut sub = v5(&s, "ta-sub");
-    sub.subscribe("ta/#", QoS::AtLeastOnce);
+    let mut sub = v5_subscribed(&s, "ta-sub", "ta/#", QoS::AtLeastOnce);
     let mut c = v5(&s, "ta-pub");
     let max = c
         .connack_props()
@@ -724,8 +713,7 @@ fn shared_subscription_survives_a_dropped_persistent_member() {
     let first = recv_msg(&mut c, "sh/t", "one");
     drop(c); // unacknowledged
              // The node still routes for everyone else.
-    let mut other = v5(&s, "share-other");
-    other.subscribe("plain/t", QoS::AtLeastOnce);
+    let mut other = v5_subscribed(&s, "share-other", "plain/t", QoS::AtLeastOnce);
     p.publish("plain/t", QoS::AtLeastOnce, b"still up");
     recv_msg(&mut other, "plain/t", "still up");
     // The member comes back: the unacknowledged message again, then new ones.

@@ -494,13 +494,11 @@ async fn timeout_zero_is_202_and_the_responder_gets_the_request() {
     let mut resp = Responder::start(&s, "rpc/ff/#").await;
     let (c, base) = (http(), s.http_base());
 
-    let r = c
-        .post(format!("{base}/rpc/ff/job?timeout=0"))
+    let job = c.post(format!("{base}/rpc/ff/job?timeout=0"));
+    let job = job
         .header("content-type", "text/plain")
-        .header("x-trace", "t1")
-        .body("work")
-        .send_expect(202)
-        .await;
+        .header("x-trace", "t1");
+    let r = job.body("work").send_expect(202).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["accepted"], true, "{v}");
     assert_eq!(v["topic"], "rpc/ff/job", "{v}");

@@ -47,6 +47,13 @@ fn files_in(s: &Server, what: &str) -> (TempDir, Kid) {
     (dir, kid)
 }
 
+/// A server, and [`files_in`] on it.
+fn files_server(what: &str) -> (Server, TempDir, Kid) {
+    let s = Server::start();
+    let (dir, kid) = files_in(&s, what);
+    (s, dir, kid)
+}
+
 /// A request body fed from the returned channel: it ends when the sender is dropped.
 fn piped_body() -> (
     tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -153,8 +160,7 @@ async fn upload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_upload_and_download_arrive_byte_exact() {
-    let s = Server::start();
-    let (dir, _files) = files_in(&s, "files");
+    let (s, dir, _files) = files_server("files");
     let (c, base) = (http(), s.http_base());
     let url = format!("{base}/rpc/files/big.bin");
 
@@ -196,8 +202,7 @@ async fn a_200_mb_upload_and_download_arrive_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_that_stops_mid_upload_gives_a_clean_error() {
-    let s = Server::start();
-    let (dir, files_proc) = files_in(&s, "files-stop-up");
+    let (s, dir, files_proc) = files_server("files-stop-up");
     let (c, base) = (http(), s.http_base());
     // The body comes from this channel: some now, the rest after the responder is gone.
     let (tx, body) = piped_body();
@@ -238,8 +243,7 @@ async fn a_responder_that_stops_mid_upload_gives_a_clean_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_that_stops_mid_download_cuts_the_body() {
-    let s = Server::start();
-    let (_dir, files_proc) = files_in(&s, "files-stop-down");
+    let (s, _dir, files_proc) = files_server("files-stop-down");
     let (c, base) = (http(), s.http_base());
     let url = format!("{base}/rpc/files/movie.bin");
     let (r, _) = upload(&c, &url, 64, 5).await;
@@ -310,8 +314,7 @@ async fn a_body_over_max_stream_bytes_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_leaves_mid_upload_frees_the_call_and_the_responder_is_told() {
-    let s = Server::start();
-    let (dir, _files) = files_in(&s, "files-leave");
+    let (s, dir, _files) = files_server("files-leave");
     let (c, base) = (http(), s.http_base());
     let (tx, body) = piped_body();
     let call = spawn_put(&c, format!("{base}/rpc/files/left.bin"), body, None);

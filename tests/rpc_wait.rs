@@ -180,8 +180,7 @@ async fn waiting_calls_drain_in_arrival_order_and_past_max_waiting_get_429() {
     assert_eq!(rpc_stats(&c, &base).await["rejected_waiting"], 1);
 
     // A responder comes: it gets the five in the order they came.
-    let (mut resp, _) = V5::connect(v5_options(&s, Tr::Tcp, "queue-responder")).await;
-    resp.subscribe("rpc/queue/#", QoS::AtLeastOnce).await;
+    let mut resp = V5::subscribed(&s, "queue-responder", "rpc/queue/#", QoS::AtLeastOnce).await;
     let mut got = Vec::new();
     for _ in 0..5 {
         got.push(resp.publish_in(T).await);

@@ -92,28 +92,13 @@ subscribe = ["everyone/#"]
             S5::NotAuthorized
         ]
     );
-    assert_eq!(
-        v5_puback(&mut bob, "shared/1", "from bob").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut bob, "alice/1", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut bob, "shared/1", "from bob").await;
+    publish_refused(&mut bob, "alice/1", "x").await;
     // (alice publishes on a second connection: waiting for a PUBACK skips messages.)
     let mut alice_pub = v5_with(&s, Tr::Tcp, "alice-pub", "alice", "alice-pw-1").await;
-    assert_eq!(
-        v5_puback(&mut alice_pub, "shared/2", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
-    assert_eq!(
-        v5_puback(&mut alice_pub, "alice/end", "x").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut bob, "shared/end", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_refused(&mut alice_pub, "shared/2", "x").await;
+    publish_allowed(&mut alice_pub, "alice/end", "x").await;
+    publish_allowed(&mut bob, "shared/end", "x").await;
     assert_eq!(
         v5_until_all(&mut alice, &["alice/end", "shared/end"]).await,
         ["shared/1"]
@@ -163,10 +148,7 @@ subscribe = ["everyone/#"]
         vec![S5::Success(Q5::AtLeastOnce), S5::NotAuthorized]
     );
     // Bob's connection survived the reload.
-    assert_eq!(
-        v5_puback(&mut bob, "shared/4", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut bob, "shared/4", "x").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -174,10 +156,7 @@ subscribe = ["everyone/#"]
 async fn anonymous_only_when_allowed() {
     // Authentication configured: anonymous clients are refused everywhere.
     let s = jwt_server().start();
-    let mut h = Hello {
-        id: "anon",
-        ..Hello::default()
-    };
+    let mut h = Hello::new("anon");
     assert_eq!(connack(s.mqtt, &h), 0x05);
     h.v5 = true;
     assert_eq!(connack(s.mqtt, &h), 0x87);
@@ -212,10 +191,7 @@ subscribe = ["public/#"]
         .env("AUTH__ALLOW_ANONYMOUS", "true")
         .config_file(&cfg)
         .start();
-    let mut h = Hello {
-        id: "anon",
-        ..Hello::default()
-    };
+    let mut h = Hello::new("anon");
     assert_eq!(connack(s.mqtt, &h), 0);
     h.v5 = true;
     assert_eq!(connack(s.mqtt, &h), 0);
@@ -227,21 +203,12 @@ subscribe = ["public/#"]
         v5_subscribe_many(&mut anon, &["public/#", "private/#"]).await,
         vec![S5::Success(Q5::AtLeastOnce), S5::NotAuthorized]
     );
-    assert_eq!(
-        v5_puback(&mut anon, "public/x", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_refused(&mut anon, "public/x", "x").await;
     // A token without grants gets the "*" rule.
     let plain = hs(&json!({"sub": "t", "iss": ISS, "aud": AUD, "exp": now() + 3600}));
     let mut t = v5_with(&s, Tr::Tcp, "plain", "t", &plain).await;
-    assert_eq!(
-        v5_puback(&mut t, "public/y", "y").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut t, "private/y", "y").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut t, "public/y", "y").await;
+    publish_refused(&mut t, "private/y", "y").await;
     let got: Vec<String> = vec![anon.publish_in(T).await]
         .into_iter()
         .map(|p| String::from_utf8_lossy(&p.topic).into_owned())

@@ -27,21 +27,10 @@ async fn per_ip_connection_limit() {
         .start();
     let mut a = V5::connect(v5_options(&s, Tr::Tcp, "a")).await.0;
     let mut b = V4::connect(v4_options(&s, Tr::Tcp, "b")).await.0;
-    let (_w, code) = raw_connect(
-        s.mqtt,
-        &Hello {
-            v5: true,
-            id: "c",
-            ..Hello::default()
-        },
-    );
+    let (_w, code) = raw_connect(s.mqtt, &Hello::new("c").version5(true));
     assert_eq!(code, 0);
     // The fourth: 0x97 (quota exceeded) on 5, 0x03 (server unavailable) on 3.1.1; WebSocket too.
-    let h = Hello {
-        v5: true,
-        id: "d",
-        ..Hello::default()
-    };
+    let h = Hello::new("d").version5(true);
     assert_eq!(connack(s.mqtt, &h), 0x97);
     assert_eq!(
         connack(
@@ -111,15 +100,9 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
     assert!(quota >= 10 && ok >= 5, "ok {ok}, quota exceeded {quota}");
     // Another client is served meanwhile, and the bucket refills.
     let mut calm = V5::connect(v5_options(&s, Tr::Tcp, "calm")).await.0;
-    assert_eq!(
-        v5_puback(&mut calm, "calm/1", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut calm, "calm/1", "x").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        v5_puback(&mut fast, "fast/again", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut fast, "fast/again", "x").await;
     let mut seen = Vec::new();
     while seen.len() < ok + 2 {
         let p = watch.publish_in(T).await;
@@ -158,14 +141,7 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
 
     // Max packet size: DISCONNECT 0x95 on 5, the socket closed on 3.1.1.
     for v5 in [true, false] {
-        let (mut w, code) = raw_connect(
-            s.mqtt,
-            &Hello {
-                v5,
-                id: "big",
-                ..Hello::default()
-            },
-        );
+        let (mut w, code) = raw_connect(s.mqtt, &Hello::new("big").version5(v5));
         assert_eq!(code, 0);
         let mut b = BytesMut::new();
         let payload = vec![b'x'; 4000];
@@ -208,10 +184,7 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
         .await;
     assert_eq!(r.status(), 503);
     // Everyone else is still served.
-    assert_eq!(
-        v5_puback(&mut calm, "calm/end", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut calm, "calm/end", "x").await;
     loop {
         let p = watch.publish_in(T).await;
         if &p.topic[..] == b"calm/end" {
@@ -396,10 +369,7 @@ async fn certificates_reload_on_sighup_without_dropping_connections() {
     p.send("r/1", Q5::AtLeastOnce, false, b"after reload", None)
         .await;
     assert_eq!(&old.publish_in(T).await.payload[..], b"after reload");
-    assert_eq!(
-        v5_puback(&mut old, "r/2", "from old").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut old, "r/2", "from old").await;
     // A client trusting the development CA now fails the handshake (new self-signed cert).
     let mut o = v5_options(&s, Tr::Tls, "new-tls");
     o.set_keep_alive(Duration::from_secs(5));

@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T, V5};
-use common::http::json_error;
 use common::http::SendOk;
+use common::http::{json_error, Authed};
 use common::sse::Sse;
 use common::*;
 use rumqttc::mqttbytes::v4;
@@ -33,14 +33,8 @@ async fn publish_authorization_v5_reason_codes_and_v311_drop() {
 
     // MQTT 5: PUBACK 0x87 / PUBREC 0x87, the connection stays.
     let mut c5 = v5_with(&s, Tr::Tcp, "alice5", "alice", &alice).await;
-    assert_eq!(
-        v5_puback(&mut c5, "a/1", "ok5").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut c5, "b/1", "no5").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut c5, "a/1", "ok5").await;
+    publish_refused(&mut c5, "b/1", "no5").await;
     c5.client
         .publish("b/2", Q5::ExactlyOnce, false, "no5-qos2")
         .await
@@ -53,20 +47,11 @@ async fn publish_authorization_v5_reason_codes_and_v311_drop() {
     }
     c5.send("b/3", Q5::AtMostOnce, false, b"no5-qos0", None)
         .await;
-    assert_eq!(
-        v5_puback(&mut c5, "a/2", "ok5b").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut c5, "a/2", "ok5b").await;
     // Byte-exact: the PUBACK on the wire carries 0x87.
     let (mut w, code) = raw_connect(
         s.mqtt,
-        &Hello {
-            v5: true,
-            id: "raw-pub",
-            user: Some("alice"),
-            pass: Some(&alice),
-            ..Hello::default()
-        },
+        &Hello::new("raw-pub").version5(true).login("alice", &alice),
     );
     assert_eq!(code, 0);
     let mut b = BytesMut::new();
@@ -111,15 +96,7 @@ async fn publish_refusal_disconnects_v311_with_deny_action_disconnect() {
     let e = c4.closed(T).await;
     assert!(!e.is_empty());
     // Over the wire: no PUBACK, the socket closes.
-    let (mut w, code) = raw_connect(
-        s.mqtt,
-        &Hello {
-            id: "raw4",
-            user: Some("alice"),
-            pass: Some(&alice),
-            ..Hello::default()
-        },
-    );
+    let (mut w, code) = raw_connect(s.mqtt, &Hello::new("raw4").login("alice", &alice));
     assert_eq!(code, 0);
     let mut b = BytesMut::new();
     let mut p = v4::Publish::new("b/raw", Q4::AtLeastOnce, "no");
@@ -132,14 +109,8 @@ async fn publish_refusal_disconnects_v311_with_deny_action_disconnect() {
     assert_ne!(code, Some(0));
     // MQTT 5 clients still get a reason code and stay.
     let mut c5 = v5_with(&s, Tr::Tcp, "alice5", "alice", &alice).await;
-    assert_eq!(
-        v5_puback(&mut c5, "b/3", "no").await,
-        p5::PubAckReason::NotAuthorized
-    );
-    assert_eq!(
-        v5_puback(&mut c5, "a/end", "end").await,
-        p5::PubAckReason::Success
-    );
+    publish_refused(&mut c5, "b/3", "no").await;
+    publish_allowed(&mut c5, "a/end", "end").await;
     let got = v5_until(&mut watch, "a/end").await;
     let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(topics, ["a/1"], "{got:?}");
@@ -243,10 +214,7 @@ async fn subscribe_authorization_per_filter_shared_and_sys() {
         vec![S5::NotAuthorized, S5::NotAuthorized]
     );
     // Publishing into $SYS is refused for everyone.
-    assert_eq!(
-        v5_puback(&mut a, "$SYS/fake", "x").await,
-        p5::PubAckReason::TopicNameInvalid
-    );
+    puback_is(&mut a, "$SYS/fake", "x", p5::PubAckReason::TopicNameInvalid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,27 +224,19 @@ async fn will_topic_is_authorized_at_connect() {
     let mut watch = v5_with(&s, Tr::Tcp, "watcher", "admin", &admin_token()).await;
     v5_subscribe_many(&mut watch, &["#"]).await;
     for v5 in [false, true] {
-        let h = Hello {
-            v5,
-            id: "will-no",
-            user: Some("alice"),
-            pass: Some(&alice),
-            will: Some("b/will"),
-            ..Hello::default()
-        };
+        let h = Hello::new("will-no")
+            .version5(v5)
+            .login("alice", &alice)
+            .with_will("b/will");
         assert_eq!(connack(s.mqtt, &h), if v5 { 0x87 } else { 0x05 }, "v5 {v5}");
     }
     // An allowed will is accepted and published when the connection drops.
     let (w, code) = raw_connect(
         s.mqtt,
-        &Hello {
-            v5: true,
-            id: "will-ok",
-            user: Some("alice"),
-            pass: Some(&alice),
-            will: Some("a/will"),
-            ..Hello::default()
-        },
+        &Hello::new("will-ok")
+            .version5(true)
+            .login("alice", &alice)
+            .with_will("a/will"),
     );
     assert_eq!(code, 0);
     drop(w);
@@ -328,15 +288,9 @@ async fn retained_messages_respect_read_permissions() {
     // Live messages: the secret one never arrives.
     let mut admin5 = v5_with(&s, Tr::Tcp, "admin5", "admin", &admin).await;
     for t in ["secret/live", "pub/live", "secret/pub/live", "pub/end"] {
-        admin5
-            .send(t, Q5::AtLeastOnce, false, t.as_bytes(), None)
-            .await;
+        publish_own_name(&mut admin5, t).await;
     }
-    let live: Vec<String> = v5_until(&mut c, "pub/end")
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
+    let live = v5_topics_until(&mut c, "pub/end").await;
     assert_eq!(live, ["pub/live"]);
 
     // 3.1.1 mosquitto_sub asking for '#' and 'pub/#': public retained state only.
@@ -381,18 +335,12 @@ async fn retained_messages_respect_read_permissions() {
 
     // HTTP: state, SSE and long poll.
     let auth = ("authorization", bearer(&reader));
+    let with_auth = Authed::new(&h, s.http_base(), auth.clone());
     assert_eq!(
-        h.get(url("/topics/pub/news"))
-            .header(auth.0, auth.1.clone())
-            .send_text()
-            .await,
+        with_auth.get("/topics/pub/news").send_text().await,
         "public news"
     );
-    let r = h
-        .get(url("/topics/secret/plans"))
-        .header(auth.0, auth.1.clone())
-        .send_ok()
-        .await;
+    let r = with_auth.get("/topics/secret/plans").send_ok().await;
     json_error(r, 403).await;
     for q in [
         "topic=%23",
@@ -408,9 +356,7 @@ async fn retained_messages_respect_read_permissions() {
             .await;
         json_error(r, 403).await;
     }
-    let mut sse = Sse::get(&h, &url("/events?topic=pub/%23"), Some(auth.clone()))
-        .await
-        .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
+    let mut sse = Sse::get_ok(&h, &url("/events?topic=pub/%23"), auth.clone()).await;
     let mut first = Vec::new();
     for _ in 0..2 {
         let v = sse.next_json(T).await.expect("retained event");
@@ -447,15 +393,9 @@ async fn resumed_session_keeps_only_what_the_new_credentials_allow() {
     assert!(ack.session_present);
     let mut admin = v5_with(&s, Tr::Tcp, "admin", "admin", &admin_token()).await;
     for t in ["secret/x", "pub/x", "pub/end"] {
-        admin
-            .send(t, Q5::AtLeastOnce, false, t.as_bytes(), None)
-            .await;
+        publish_own_name(&mut admin, t).await;
     }
-    let got: Vec<String> = v5_until(&mut c, "pub/end")
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
+    let got = v5_topics_until(&mut c, "pub/end").await;
     assert_eq!(got, ["pub/x"]);
     // (secret/# is another filter of the core's: no order with pub/#; give it time.)
     v5_quiet(&mut c, Duration::from_secs(2)).await;
@@ -525,20 +465,12 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
     let auth = ("authorization", bearer(&carol));
+    let with_auth = Authed::new(&h, s.http_base(), auth.clone());
     let cookie = ("cookie", format!("rtw_token={carol}"));
 
     // Publish.
-    h.post(url("/topics/s/1"))
-        .header(auth.0, auth.1.clone())
-        .body("x")
-        .send_expect(200)
-        .await;
-    let r = h
-        .post(url("/topics/t/1"))
-        .header(auth.0, auth.1.clone())
-        .body("x")
-        .send_ok()
-        .await;
+    with_auth.post("/topics/s/1", "x").send_expect(200).await;
+    let r = with_auth.post("/topics/t/1", "x").send_ok().await;
     json_error(r, 403).await;
     // State, with the query token (allowed on this server).
     h.put(url(&format!("/topics/s/state?access_token={carol}")))
@@ -557,20 +489,9 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
     assert_401(r, true).await;
 
     // SSE: bearer and cookie get live messages; no credentials 401; another filter 403.
-    let mut by_bearer = Sse::get(
-        &h,
-        &url("/events?topic=s/live/%23&retained=false"),
-        Some(auth.clone()),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE bearer: HTTP {}", r.status()));
-    let mut by_cookie = Sse::get(
-        &h,
-        &url("/events?topic=s/live/%23&retained=false"),
-        Some(cookie.clone()),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE cookie: HTTP {}", r.status()));
+    let live = url("/events?topic=s/live/%23&retained=false");
+    let mut by_bearer = Sse::get_ok(&h, &live, auth.clone()).await;
+    let mut by_cookie = Sse::get_ok(&h, &live, cookie.clone()).await;
     let r = Sse::get(&h, &url("/events?topic=s/%23"), None).await;
     assert_401(r.err().expect("401"), false).await;
     let expired = hs(&claims("carol", &["s/#"], &["s/#"], -3600));
@@ -591,18 +512,13 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
         let a = auth.1.clone();
         tokio::spawn(async move { h.get(u).header("authorization", a).send_ok().await })
     };
-    let r = h
-        .get(url("/poll?topic=t/%23&timeout=1"))
-        .header(auth.0, auth.1.clone())
-        .send_ok()
-        .await;
+    let r = with_auth.get("/poll?topic=t/%23&timeout=1").send_ok().await;
     json_error(r, 403).await;
     let r = h.get(url("/poll?topic=s/%23&timeout=1")).send_ok().await;
     assert_401(r, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    h.post(url("/topics/s/live/1"))
-        .header(auth.0, auth.1.clone())
-        .body("hello")
+    with_auth
+        .post("/topics/s/live/1", "hello")
         .send_expect(200)
         .await;
     for sse in [&mut by_bearer, &mut by_cookie] {
@@ -618,28 +534,15 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
     // RPC: /rpc/x needs publish on rpc/x.
     let _svc = responder(&s, &admin).await;
     assert_eq!(
-        h.post(url("/rpc/ok/ping"))
-            .header(auth.0, auth.1.clone())
-            .body("1")
-            .send_text()
-            .await,
+        with_auth.post("/rpc/ok/ping", "1").send_text().await,
         "pong:1"
     );
-    let r = h
-        .post(url("/rpc/other/ping"))
-        .header(auth.0, auth.1.clone())
-        .body("1")
-        .send_ok()
-        .await;
+    let r = with_auth.post("/rpc/other/ping", "1").send_ok().await;
     json_error(r, 403).await;
     let r = h.post(url("/rpc/ok/ping")).body("1").send_ok().await;
     assert_401(r, false).await;
-    let r = h
-        .post(url("/rpc/ok/ping"))
-        .header("authorization", bearer(&expired))
-        .body("1")
-        .send_ok()
-        .await;
+    let as_expired = Authed::new(&h, s.http_base(), ("authorization", bearer(&expired)));
+    let r = as_expired.post("/rpc/ok/ping", "1").send_ok().await;
     assert_401(r, true).await;
 }
 
@@ -650,14 +553,9 @@ async fn rpc_replies_never_reach_other_readers() {
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
     let auth = ("authorization", bearer(&admin));
+    let with_auth = Authed::new(&h, s.http_base(), auth.clone());
     // Readers allowed to see everything a filter can name.
-    let mut all = Sse::get(
-        &h,
-        &url("/events?topic=%23&retained=false"),
-        Some(auth.clone()),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE #: HTTP {}", r.status()));
+    let mut all = Sse::get_ok(&h, &url("/events?topic=%23&retained=false"), auth.clone()).await;
     let replies = Sse::get(
         &h,
         &url("/events?topic=rtw/replies/%23&retained=false"),
@@ -668,25 +566,13 @@ async fn rpc_replies_never_reach_other_readers() {
     v5_subscribe_many(&mut mqtt, &["#"]).await;
     let _svc = responder(&s, &admin).await;
     assert_eq!(
-        h.post(url("/rpc/x"))
-            .header(auth.0, auth.1.clone())
-            .body("secret-reply")
-            .send_text()
-            .await,
+        with_auth.post("/rpc/x", "secret-reply").send_text().await,
         "pong:secret-reply"
     );
-    h.post(url("/topics/end"))
-        .header(auth.0, auth.1.clone())
-        .body("end")
-        .send_expect(200)
-        .await;
+    with_auth.post("/topics/end", "end").send_expect(200).await;
     let seen = all.until("end").await;
     assert_eq!(seen, ["rpc/x"], "SSE '#' saw {seen:?}");
-    let seen: Vec<String> = v5_until(&mut mqtt, "end")
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
+    let seen = v5_topics_until(&mut mqtt, "end").await;
     assert_eq!(seen, ["rpc/x"], "MQTT '#' saw {seen:?}");
     match replies {
         Err(r) => assert_eq!(r.status(), 403),
@@ -706,19 +592,10 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
     let admin = admin_token();
     let reader = cli_token("reader", &[], &["#"], "1h", false);
     let mut ro = v5_with(&s, Tr::Tcp, "read-only", "reader", &reader).await;
-    assert_eq!(
-        v5_puback(&mut ro, "anything", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
-    ro.client
-        .publish("rtw/replies/n1", Q5::AtLeastOnce, true, "injected")
-        .await
-        .unwrap();
-    loop {
-        if let p5::Packet::PubAck(_) = ro.incoming(T).await {
-            break;
-        }
-    }
+    publish_refused(&mut ro, "anything", "x").await;
+    // Retained, QoS 1: sent once the PUBACK is back.
+    ro.send("rtw/replies/n1", Q5::AtLeastOnce, true, b"injected", None)
+        .await;
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
     let r = h
@@ -747,13 +624,12 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
         .send_ok()
         .await;
     assert!(r.status() == 403 || r.status() == 404, "{}", r.status());
-    let mut sse = Sse::get(
+    let mut sse = Sse::get_ok(
         &h,
         &url("/events?topic=%23"),
-        Some(("authorization", bearer(&admin))),
+        ("authorization", bearer(&admin)),
     )
-    .await
-    .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
+    .await;
     h.post(url("/topics/end"))
         .header("authorization", bearer(&admin))
         .body("end")
@@ -802,10 +678,7 @@ async fn resumed_session_with_narrower_grants_leaves_its_share_group() {
             p5::PubAckReason::Success
         );
     }
-    assert_eq!(
-        v5_puback(&mut p, "jobs/end", "end").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut p, "jobs/end", "end").await;
     let got = v5_until(&mut d, "jobs/end").await;
     assert_eq!(
         got.len(),

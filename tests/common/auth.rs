@@ -192,6 +192,35 @@ pub struct Hello<'a> {
     pub auth_method: Option<&'a str>,
 }
 
+impl<'a> Hello<'a> {
+    /// A 3.1.1 CONNECT from client `id`, without credentials.
+    pub fn new(id: &'a str) -> Hello<'a> {
+        Hello {
+            id,
+            ..Hello::default()
+        }
+    }
+
+    /// MQTT 5 when `v5`, else 3.1.1.
+    pub fn version5(mut self, v5: bool) -> Hello<'a> {
+        self.v5 = v5;
+        self
+    }
+
+    /// With a user name and password.
+    pub fn login(mut self, user: &'a str, pass: &'a str) -> Hello<'a> {
+        self.user = Some(user);
+        self.pass = Some(pass);
+        self
+    }
+
+    /// With a will on `topic`.
+    pub fn with_will(mut self, topic: &'a str) -> Hello<'a> {
+        self.will = Some(topic);
+        self
+    }
+}
+
 pub fn connect_bytes(h: &Hello) -> BytesMut {
     let mut b = BytesMut::new();
     if h.v5 {
@@ -365,6 +394,25 @@ pub async fn v5_puback(c: &mut V5, topic: &str, payload: &str) -> p5::PubAckReas
     }
 }
 
+/// Publishes at QoS 1 and asserts the PUBACK's reason.
+pub async fn puback_is(c: &mut V5, topic: &str, payload: &str, want: p5::PubAckReason) {
+    assert_eq!(
+        v5_puback(c, topic, payload).await,
+        want,
+        "PUBACK for {topic}"
+    );
+}
+
+/// Publishes at QoS 1 and asserts that it was accepted (PUBACK Success).
+pub async fn publish_allowed(c: &mut V5, topic: &str, payload: &str) {
+    puback_is(c, topic, payload, p5::PubAckReason::Success).await;
+}
+
+/// Publishes at QoS 1 and asserts that it was refused (PUBACK 0x87 Not authorized).
+pub async fn publish_refused(c: &mut V5, topic: &str, payload: &str) {
+    puback_is(c, topic, payload, p5::PubAckReason::NotAuthorized).await;
+}
+
 pub async fn v5_subscribe_many(c: &mut V5, filters: &[&str]) -> Vec<p5::SubscribeReasonCode> {
     c.client
         .subscribe_many(filters.iter().map(|f| p5::Filter::new(*f, Q5::AtLeastOnce)))
@@ -383,6 +431,18 @@ pub async fn v4_subscribe_many(c: &mut V4, filters: &[&str]) -> Vec<rumqttc::Sub
         .await
         .expect("subscribe");
     c.suback().await
+}
+
+/// The topics of what a v5 client receives until `end` arrives on `end_topic` (see [`v5_until`]).
+pub async fn v5_topics_until(c: &mut V5, end_topic: &str) -> Vec<String> {
+    let got = v5_until(c, end_topic).await;
+    got.into_iter().map(|(t, _)| t).collect()
+}
+
+/// Publishes `topic`'s own name on it at QoS 1 (MQTT 5).
+pub async fn publish_own_name(c: &mut V5, topic: &str) {
+    c.send(topic, Q5::AtLeastOnce, false, topic.as_bytes(), None)
+        .await;
 }
 
 /// Topics (and payloads) a v5 client receives until `end` arrives on `end_topic`.

@@ -95,3 +95,34 @@ impl SendOk for reqwest::RequestBuilder {
         expect_error(self.send_ok().await, status, words).await
     }
 }
+
+/// Requests to one server's HTTP API that all carry one header (`authorization: Bearer …`, a
+/// cookie, …): the caller's identity.
+pub struct Authed {
+    c: reqwest::Client,
+    base: String,
+    header: (&'static str, String),
+}
+
+impl Authed {
+    /// Requests through `c` to `base` (`http://host:port`), each with `header`.
+    pub fn new(c: &reqwest::Client, base: String, header: (&'static str, String)) -> Authed {
+        Authed {
+            c: c.clone(),
+            base,
+            header,
+        }
+    }
+
+    /// `GET {base}{path}`.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let r = self.c.get(format!("{}{path}", self.base));
+        r.header(self.header.0, self.header.1.clone())
+    }
+
+    /// `POST {base}{path}` with `body`.
+    pub fn post(&self, path: &str, body: &'static str) -> reqwest::RequestBuilder {
+        let r = self.c.post(format!("{}{path}", self.base));
+        r.header(self.header.0, self.header.1.clone()).body(body)
+    }
+}

@@ -327,14 +327,17 @@ impl Drop for Server {
     }
 }
 
+/// Starts `cmd` with no stdin and its stdout and stderr piped (panics, naming it, if it cannot).
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    let cmd = cmd.stdin(Stdio::null());
+    let cmd = cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
 /// Runs a command with a timeout; returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = spawn_piped(cmd);
     exit_within(&mut child, timeout);
     let out = child.wait_with_output().expect("wait");
     (

@@ -92,6 +92,21 @@ impl Opts {
     }
 }
 
+/// Topic filters that break the filter syntax, with the MQTT 5 DISCONNECT reason a SUBSCRIBE
+/// with one gets: empty (MQTT-4.7.3-1), `#` not alone or not last, `+` not a whole level
+/// (MQTT-4.7.1-1/2): malformed; `$share/` without share name or inner filter (MQTT-4.8.2-1/2):
+/// a protocol error.
+pub const MALFORMED_FILTERS: [(&str, DisconnectReasonCode); 8] = [
+    ("a/#/b", DisconnectReasonCode::MalformedPacket),
+    ("a+", DisconnectReasonCode::MalformedPacket),
+    ("a/b#", DisconnectReasonCode::MalformedPacket),
+    ("#/a", DisconnectReasonCode::MalformedPacket),
+    ("+a/b", DisconnectReasonCode::MalformedPacket),
+    ("", DisconnectReasonCode::MalformedPacket),
+    ("$share/g", DisconnectReasonCode::ProtocolError),
+    ("$share//a", DisconnectReasonCode::ProtocolError),
+];
+
 /// A filter with options.
 pub fn filter(path: &str, qos: QoS) -> Filter {
     Filter::new(path, qos)
@@ -173,6 +188,18 @@ impl Client {
             "CONNACK for {id}: {a:?}"
         );
         c
+    }
+
+    /// A clean-start client with default options, subscribed to `filter` at `qos`.
+    pub fn subscribed(port: u16, v: V, id: &str, filter: &str, qos: QoS) -> Client {
+        let mut c = Client::new(port, v, id);
+        c.subscribe(filter, qos);
+        c
+    }
+
+    /// A clean-start MQTT 5 client whose CONNECT carries the properties `f` sets.
+    pub fn v5_with(port: u16, id: &str, f: impl FnOnce(&mut ConnectProperties)) -> Client {
+        Client::connect(port, V::V5, Opts::new(id).props(f))
     }
 
     /// A clean-start client with default options.
@@ -389,6 +416,11 @@ impl Client {
     /// Packets other than PUBLISH received and not yet taken (in order).
     pub fn unread(&self) -> impl Iterator<Item = &Packet> {
         self.other.iter()
+    }
+
+    /// Asserts that no packet read but not taken is one `pred` picks (`what` says which).
+    pub fn assert_unread_none(&self, pred: impl Fn(&Packet) -> bool, what: &str) {
+        assert!(!self.unread().any(pred), "{what}");
     }
 
     /// Is the connection closed (by the broker)? Only known after a read saw it.
@@ -825,6 +857,11 @@ pub fn raw_publish(topic: &[u8], payload: &[u8], v5: bool) -> Vec<u8> {
 /// An MQTT 5 client connected as `id`.
 pub fn v5(s: &super::Server, id: &str) -> Client {
     Client::new(s.mqtt, V::V5, id)
+}
+
+/// An MQTT 5 client connected as `id` and subscribed to `filter` at `qos`.
+pub fn v5_subscribed(s: &super::Server, id: &str, filter: &str, qos: QoS) -> Client {
+    Client::subscribed(s.mqtt, V::V5, id, filter, qos)
 }
 
 pub fn payload(p: &Publish) -> String {

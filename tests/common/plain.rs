@@ -212,36 +212,81 @@ pub fn subscribe5(pkid: u16, filter: &str, qos: Q5) -> v5::Packet {
     })
 }
 
+/// Connecting, subscribing and receiving, the same for [`C4`] and [`C5`] over their own packet module
+/// `$m` (`v4` or `v5`; QoS `$q`), CONNECT made by `$connect`, PUBACK by `$puback`.
+macro_rules! hello_and_suback {
+    ($client:ident, $m:ident, $q:ident, $connect:ident, $puback:expr) => {
+        impl $client {
+            /// Sends `connect` and returns the CONNACK (or what happened instead).
+            pub async fn hello(
+                io: Box<dyn Io>,
+                connect: $m::Packet,
+            ) -> ($client, Got<$m::ConnAck>) {
+                let mut c = $client::new(io);
+                c.send(connect).await.expect("send CONNECT");
+                let got = c
+                    .find(WAIT, |p| match p {
+                        $m::Packet::ConnAck(a) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .await;
+                (c, got)
+            }
+
+            /// Connects and insists on CONNACK success.
+            pub async fn open(io: Box<dyn Io>, id: &str) -> $client {
+                let (c, ack) = $client::hello(io, $connect(id, 30, None)).await;
+                let ack = ack.packet("CONNACK");
+                assert_eq!(ack.code, $m::ConnectReturnCode::Success, "{id}: {ack:?}");
+                c
+            }
+
+            /// The SUBACK for `pkid` (or what happened instead).
+            pub async fn suback(&mut self, pkid: u16) -> Got<$m::SubAck> {
+                self.find(WAIT, |p| match p {
+                    $m::Packet::SubAck(s) if s.pkid == pkid => Some(s.clone()),
+                    _ => None,
+                })
+                .await
+            }
+
+            /// Waits for the PUBACK of `pkid`.
+            pub async fn puback(&mut self, pkid: u16) {
+                self.find(WAIT, |p| match p {
+                    $m::Packet::PubAck(a) if a.pkid == pkid => Some(()),
+                    _ => None,
+                })
+                .await
+                .packet("PUBACK");
+            }
+
+            /// The next PUBLISH within `wait` (acknowledged at QoS 1).
+            pub async fn next_publish(&mut self, wait: Duration) -> Got<$m::Publish> {
+                let got = self
+                    .find(wait, |p| match p {
+                        $m::Packet::Publish(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .await;
+                if let Got::Packet(p) = &got {
+                    if p.qos == $q::AtLeastOnce {
+                        let _ = self.send($puback(p.pkid)).await;
+                    }
+                }
+                got
+            }
+        }
+    };
+}
+
+hello_and_suback!(C5, v5, Q5, connect5, |id| v5::Packet::PubAck(
+    v5::PubAck::new(id, None)
+));
+hello_and_suback!(C4, v4, Q4, connect4, |id| v4::Packet::PubAck(
+    v4::PubAck::new(id)
+));
+
 impl C5 {
-    /// Sends `connect` and returns the CONNACK (or what happened instead).
-    pub async fn hello(io: Box<dyn Io>, connect: v5::Packet) -> (C5, Got<v5::ConnAck>) {
-        let mut c = C5::new(io);
-        c.send(connect).await.expect("send CONNECT");
-        let got = c
-            .find(WAIT, |p| match p {
-                v5::Packet::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await;
-        (c, got)
-    }
-
-    /// Connects and insists on CONNACK success.
-    pub async fn open(io: Box<dyn Io>, id: &str) -> C5 {
-        let (c, ack) = C5::hello(io, connect5(id, 30, None)).await;
-        let ack = ack.packet("CONNACK");
-        assert_eq!(ack.code, v5::ConnectReturnCode::Success, "{id}: {ack:?}");
-        c
-    }
-
-    pub async fn suback(&mut self, pkid: u16) -> Got<v5::SubAck> {
-        self.find(WAIT, |p| match p {
-            v5::Packet::SubAck(s) if s.pkid == pkid => Some(s.clone()),
-            _ => None,
-        })
-        .await
-    }
-
     pub async fn subscribe(&mut self, pkid: u16, filter: &str, qos: Q5) -> v5::SubAck {
         self.send(subscribe5(pkid, filter, qos))
             .await
@@ -256,12 +301,7 @@ impl C5 {
             .await
             .expect("send PUBLISH");
         if qos == Q5::AtLeastOnce {
-            self.find(WAIT, |p| match p {
-                v5::Packet::PubAck(a) if a.pkid == pkid => Some(()),
-                _ => None,
-            })
-            .await
-            .packet("PUBACK");
+            self.puback(pkid).await;
         }
         if qos == Q5::ExactlyOnce {
             self.find(WAIT, |p| match p {
@@ -280,24 +320,6 @@ impl C5 {
             .await
             .packet("PUBCOMP");
         }
-    }
-
-    /// The next PUBLISH within `wait` (acknowledged at QoS 1).
-    pub async fn next_publish(&mut self, wait: Duration) -> Got<v5::Publish> {
-        let got = self
-            .find(wait, |p| match p {
-                v5::Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
-        if let Got::Packet(p) = &got {
-            if p.qos == Q5::AtLeastOnce {
-                let _ = self
-                    .send(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None)))
-                    .await;
-            }
-        }
-        got
     }
 
     /// Is the connection still served? (PINGREQ answered by PINGRESP.)
@@ -331,33 +353,6 @@ pub fn connect4(id: &str, keep_alive: u16, login: Option<(&str, &str)>) -> v4::P
 }
 
 impl C4 {
-    pub async fn hello(io: Box<dyn Io>, connect: v4::Packet) -> (C4, Got<v4::ConnAck>) {
-        let mut c = C4::new(io);
-        c.send(connect).await.expect("send CONNECT");
-        let got = c
-            .find(WAIT, |p| match p {
-                v4::Packet::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await;
-        (c, got)
-    }
-
-    pub async fn open(io: Box<dyn Io>, id: &str) -> C4 {
-        let (c, ack) = C4::hello(io, connect4(id, 30, None)).await;
-        let ack = ack.packet("CONNACK");
-        assert_eq!(ack.code, v4::ConnectReturnCode::Success, "{id}: {ack:?}");
-        c
-    }
-
-    pub async fn suback(&mut self, pkid: u16) -> Got<v4::SubAck> {
-        self.find(WAIT, |p| match p {
-            v4::Packet::SubAck(s) if s.pkid == pkid => Some(s.clone()),
-            _ => None,
-        })
-        .await
-    }
-
     pub async fn subscribe(&mut self, pkid: u16, filter: &str, qos: Q4) -> v4::SubAck {
         let mut s = v4::Subscribe::new(filter, qos);
         s.pkid = pkid;
@@ -375,28 +370,8 @@ impl C4 {
             .await
             .expect("send PUBLISH");
         if qos == Q4::AtLeastOnce {
-            self.find(WAIT, |p| match p {
-                v4::Packet::PubAck(a) if a.pkid == pkid => Some(()),
-                _ => None,
-            })
-            .await
-            .packet("PUBACK");
+            self.puback(pkid).await;
         }
-    }
-
-    pub async fn next_publish(&mut self, wait: Duration) -> Got<v4::Publish> {
-        let got = self
-            .find(wait, |p| match p {
-                v4::Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
-        if let Got::Packet(p) = &got {
-            if p.qos == Q4::AtLeastOnce {
-                let _ = self.send(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await;
-            }
-        }
-        got
     }
 
     pub async fn alive(&mut self) -> bool {
