@@ -36,25 +36,20 @@ fn will(topic: &str, body: &str) -> LastWill {
 /// once or for it to have the value 0." The server answers CONNACK 0x82 and closes (§4.13).
 /// (The same holds for Maximum Packet Size 0, §3.1.2.11.4, and for a will whose Response Topic
 /// has wildcards, MQTT-3.3.2-14.) 3.1.1 has no properties.
+/// An MQTT 5 CONNECT with `opts` gets CONNACK 0x82 (Protocol Error), then the close.
+fn refused_as_protocol_error(s: &Server, opts: Opts) {
+    let (mut c, ack) = Client::try_connect(s.mqtt, V::V5, opts);
+    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
+    c.expect_closed(WAIT);
+}
+
 #[test]
 fn receive_maximum_zero_is_a_protocol_error() {
     let s = Server::start();
-    let (mut c, ack) = Client::try_connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-rm0").props(|p| p.receive_maximum = Some(0)),
-    );
-    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
-    c.expect_closed(WAIT);
-
-    let (mut c, ack) = Client::try_connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-mps0").props(|p| p.max_packet_size = Some(0)),
-    );
-    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
-    c.expect_closed(WAIT);
-
+    let opts = Opts::new("cf-rm0").props(|p| p.receive_maximum = Some(0));
+    refused_as_protocol_error(&s, opts);
+    let opts = Opts::new("cf-mps0").props(|p| p.max_packet_size = Some(0));
+    refused_as_protocol_error(&s, opts);
     // A will whose Response Topic has a wildcard: the will would be published with it.
     let props = LastWillProperties {
         delay_interval: None,
@@ -65,9 +60,8 @@ fn receive_maximum_zero_is_a_protocol_error() {
         correlation_data: None,
         user_properties: Vec::new(),
     };
-    let (mut c, ack) = Client::try_connect(
-        s.mqtt,
-        V::V5,
+    refused_as_protocol_error(
+        &s,
         Opts::new("cf-wrt").will(LastWill::new(
             "cf/will",
             b"gone".to_vec(),
@@ -76,8 +70,6 @@ fn receive_maximum_zero_is_a_protocol_error() {
             Some(props),
         )),
     );
-    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
-    c.expect_closed(WAIT);
 
     // Receive Maximum 1 is fine.
     let mut c = Client::v5_with(s.mqtt, "cf-rm1", |p| p.receive_maximum = Some(1));
@@ -163,10 +155,10 @@ fn response_topic_with_wildcards_is_a_protocol_error() {
 #[test]
 fn topic_aliases_towards_the_client() {
     let s = Server::start();
-    let mut aliased = Client::v5_with(s.mqtt, "cf-al", |p| p.topic_alias_max = Some(2));
-    aliased.subscribe("cf/al/#", QoS::AtLeastOnce);
     let mut plain = Client::subscribed(s.mqtt, V::V5, "cf-al-plain", "cf/al/#", QoS::AtLeastOnce);
     let mut old = Client::subscribed(s.mqtt, V::V311, "cf-al-311", "cf/al/#", QoS::AtLeastOnce);
+    let mut aliased = Client::v5_with(s.mqtt, "cf-al", |p| p.topic_alias_max = Some(2));
+    aliased.subscribe("cf/al/#", QoS::AtLeastOnce);
 
     let sent = [
         "cf/al/a", "cf/al/a", "cf/al/b", "cf/al/c", "cf/al/a", "cf/al/b",
@@ -306,8 +298,7 @@ fn server_keep_alive_default_and_configured_cap() {
 /// good filter sent with it either.
 #[test]
 fn subscribe_with_a_malformed_filter_closes_the_connection() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         for (bad, code) in MALFORMED_FILTERS {
             let mut c = Client::new(s.mqtt, v, "cf-sub-bad");
             let pkid = c.pkid();
@@ -323,7 +314,7 @@ fn subscribe_with_a_malformed_filter_closes_the_connection() {
             let what = format!("{v:?} {bad:?}: SUBACK for a malformed SUBSCRIBE");
             c.assert_unread_none(|p| matches!(p, Packet::SubAck(_)), &what);
         }
-    }
+    });
 }
 
 /// A filter that is correctly formed but that the server does not serve (`$` topics other than
@@ -331,8 +322,7 @@ fn subscribe_with_a_malformed_filter_closes_the_connection() {
 /// packet's other filters stay.
 #[test]
 fn subscribe_with_a_refused_filter_gets_0x8f() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let mut c = Client::new(s.mqtt, v, "cf-sub-refused");
         let codes = c.subscribe_with(
             vec![
@@ -350,7 +340,7 @@ fn subscribe_with_a_refused_filter_gets_0x8f() {
             vec![refused, SubscribeReasonCode::Success(QoS::AtLeastOnce)]
         );
         c.ping();
-    }
+    });
 }
 
 /// An UNSUBSCRIBE body: packet id, (MQTT 5) an empty property block, then `filters` as MQTT
@@ -411,8 +401,7 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
 /// published while it was away (bounded by the core's per-filter log).
 #[test]
 fn note_qos0_messages_for_an_offline_session() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let id = format!("cf-q0-{v:?}");
         let o = Opts::new(&id)
             .clean(false)
@@ -436,7 +425,7 @@ fn note_qos0_messages_for_an_offline_session() {
             Some((QoS::AtMostOnce, Bytes::from_static(b"while away"))),
             "{v:?}"
         );
-    }
+    });
 }
 
 /// Shared subscriptions (MQTT 5 §4.8.2): each message goes to one member of the group, round

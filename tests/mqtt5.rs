@@ -54,35 +54,31 @@ fn subscription_identifiers() {
 #[test]
 fn no_local() {
     let s = Server::start();
-    let mut c = v5(&s, "nl-self");
-    let mut f = filter("nl/t", QoS::AtLeastOnce);
-    f.nolocal = true;
-    c.subscribe_with(vec![f], None);
+    let mut c = v5_subscribed_with(&s, "nl-self", "nl/t", QoS::AtLeastOnce, |f| {
+        f.nolocal = true
+    });
     c.subscribe("nl/marker", QoS::AtLeastOnce);
     c.publish("nl/t", QoS::AtLeastOnce, b"mine");
     c.publish("nl/marker", QoS::AtLeastOnce, b"m1");
     recv_msg(&mut c, "nl/marker", "m1");
 
     let mut o = v5(&s, "nl-other");
-    o.publish("nl/t", QoS::AtLeastOnce, b"theirs");
-    recv_msg(&mut c, "nl/t", "theirs");
+    relay(&mut o, &mut c, "nl/t", "theirs");
 
     // A second, overlapping subscription without no-local delivers own messages once.
     c.subscribe("nl/#", QoS::AtLeastOnce);
     c.publish("nl/t", QoS::AtLeastOnce, b"mine2");
     recv_msg(&mut c, "nl/t", "mine2");
-    o.publish("nl/t", QoS::AtLeastOnce, b"theirs2");
-    recv_msg(&mut c, "nl/t", "theirs2");
+    relay(&mut o, &mut c, "nl/t", "theirs2");
     c.assert_no_publish();
 }
 
 #[test]
 fn retain_as_published() {
     let s = Server::start();
-    let mut rap = v5(&s, "rap-yes");
-    let mut f = filter("rap/t", QoS::AtLeastOnce);
-    f.preserve_retain = true;
-    rap.subscribe_with(vec![f], None);
+    let mut rap = v5_subscribed_with(&s, "rap-yes", "rap/t", QoS::AtLeastOnce, |f| {
+        f.preserve_retain = true
+    });
     let mut plain = v5_subscribed(&s, "rap-no", "rap/t", QoS::AtLeastOnce);
 
     let mut p = v5(&s, "rap-pub");
@@ -136,17 +132,14 @@ fn retain_handling() {
     let mut c = v5(&s, "rh-2");
     sub(&mut c, RetainForwardRule::Never);
     c.assert_no_publish();
-    p.publish("rh/x", QoS::AtLeastOnce, b"live");
-    recv_msg(&mut c, "rh/x", "live");
+    relay(&mut p, &mut c, "rh/x", "live");
 }
 
 // ---- properties ----
 
 #[test]
 fn payload_format_indicator() {
-    let s = Server::start();
-    let mut c = v5_subscribed(&s, "pfi-sub", "pfi/#", QoS::AtLeastOnce);
-    let mut p = v5(&s, "pfi-pub");
+    let (_s, mut c, mut p) = v5_pair("pfi-sub", "pfi/#", QoS::AtLeastOnce, "pfi-pub");
     let utf8 = |body: &[u8], qos| {
         Publish::new(
             "pfi/t",
@@ -176,9 +169,7 @@ fn payload_format_indicator() {
 
 #[test]
 fn user_properties_round_trip() {
-    let s = Server::start();
-    let mut c = v5_subscribed(&s, "up-sub", "up/#", QoS::ExactlyOnce);
-    let mut p = v5(&s, "up-pub");
+    let (_s, mut c, mut p) = v5_pair("up-sub", "up/#", QoS::ExactlyOnce, "up-pub");
     let props = vec![
         ("a".to_string(), "1".to_string()),
         ("b".to_string(), "two words".to_string()),
@@ -275,8 +266,7 @@ fn assigned_client_identifier() {
     f.nolocal = true;
     a.subscribe_with(vec![f], None);
     a.publish("aci/t", QoS::AtLeastOnce, b"mine");
-    b.publish("aci/t", QoS::AtLeastOnce, b"theirs");
-    recv_msg(&mut a, "aci/t", "theirs");
+    relay(&mut b, &mut a, "aci/t", "theirs");
 
     // A named client is not assigned one.
     let c = v5(&s, "aci-named");
@@ -420,8 +410,7 @@ fn maximum_packet_size_towards_client() {
             ..Default::default()
         },
     );
-    p.publish("mps/t", QoS::AtLeastOnce, b"last");
-    recv_msg(&mut c, "mps/t", "last");
+    relay(&mut p, &mut c, "mps/t", "last");
     c.assert_no_publish();
 }
 
@@ -456,9 +445,7 @@ fn maximum_packet_size_from_client() {
 
 #[test]
 fn topic_alias_from_client() {
-    let s = Server::start();
-    let mut sub = v5_subscribed(&s, "ta-sub", "ta/#", QoS::AtLeastOnce);
-    let mut c = v5(&s, "ta-pub");
+    let (s, mut sub, mut c) = v5_pair("ta-sub", "ta/#", QoS::AtLeastOnce, "ta-pub");
     let max = c
         .connack_props()
         .topic_alias_max
@@ -529,11 +516,13 @@ fn topic_aliases_disabled() {
 
 #[test]
 fn overlapping_subscriptions_deliver_once_at_max_qos() {
-    let s = Server::start();
-    for v in BOTH {
-        let mut c = Client::new(s.mqtt, v, &format!("ov-sub-{v:?}"));
-        c.subscribe("ov/#", QoS::ExactlyOnce);
-        c.subscribe("ov/+", QoS::AtLeastOnce);
+    on_both_versions(|s, v| {
+        let mut c = Client::subscribed_to(
+            s.mqtt,
+            v,
+            &format!("ov-sub-{v:?}"),
+            &[("ov/#", QoS::ExactlyOnce), ("ov/+", QoS::AtLeastOnce)],
+        );
         c.subscribe("ov/x", QoS::AtMostOnce);
         c.subscribe("low/#", QoS::AtMostOnce);
         c.subscribe("low/x", QoS::AtLeastOnce);
@@ -553,16 +542,19 @@ fn overlapping_subscriptions_deliver_once_at_max_qos() {
         }
         let extra = c.drain(QUIET);
         assert!(extra.is_empty(), "{v:?}: duplicate copies {extra:?}");
-    }
+    });
 }
 
 #[test]
 fn dollar_topics_not_matched_by_wildcards() {
     let s = Server::builder().env("SYS__INTERVAL_SECS", 1).start();
     for v in BOTH {
-        let mut all = Client::new(s.mqtt, v, &format!("dollar-all-{v:?}"));
-        all.subscribe("#", QoS::AtMostOnce);
-        all.subscribe("+/broker/#", QoS::AtMostOnce);
+        let mut all = Client::subscribed_to(
+            s.mqtt,
+            v,
+            &format!("dollar-all-{v:?}"),
+            &[("#", QoS::AtMostOnce), ("+/broker/#", QoS::AtMostOnce)],
+        );
         all.subscribe("+/+/+", QoS::AtMostOnce);
         let mut sys = Client::new(s.mqtt, v, &format!("dollar-sys-{v:?}"));
         sys.subscribe("$SYS/#", QoS::AtMostOnce);
@@ -586,14 +578,12 @@ fn dollar_topics_not_matched_by_wildcards() {
 
 #[test]
 fn unsubscribe() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let mut c = Client::new(s.mqtt, v, &format!("un-sub-{v:?}"));
         c.subscribe("un/a", QoS::AtLeastOnce);
         c.subscribe("un/marker", QoS::AtLeastOnce);
         let mut p = Client::new(s.mqtt, v, &format!("un-pub-{v:?}"));
-        p.publish("un/a", QoS::AtLeastOnce, b"1");
-        recv_msg(&mut c, "un/a", "1");
+        relay(&mut p, &mut c, "un/a", "1");
 
         let ack = c.unsubscribe(&["un/a", "un/never"]);
         if v == V::V5 {
@@ -606,8 +596,7 @@ fn unsubscribe() {
             );
         }
         p.publish("un/a", QoS::AtLeastOnce, b"2");
-        p.publish("un/marker", QoS::AtLeastOnce, b"m");
-        recv_msg(&mut c, "un/marker", "m");
+        relay(&mut p, &mut c, "un/marker", "m");
         c.assert_no_publish();
 
         // Only a filter never subscribed: UNSUBACK (0x11 in MQTT 5), connection fine.
@@ -616,7 +605,7 @@ fn unsubscribe() {
             assert_eq!(ack.reasons, vec![UnsubAckReason::NoSubscriptionExisted]);
         }
         c.ping();
-    }
+    });
 }
 
 #[test]
@@ -650,8 +639,7 @@ fn delivered_qos_is_min_of_publish_and_subscription() {
 
 #[test]
 fn pipelined_packets_after_connect() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let mut c = Client::tcp(s.mqtt, v);
         let id = format!("pipe-{v:?}");
         let mut bytes = c.encode(&Packet::Connect(
@@ -676,7 +664,7 @@ fn pipelined_packets_after_connect() {
         );
         c.expect(WAIT, |p| matches!(p, Packet::SubAck(_)));
         c.expect(WAIT, |p| matches!(p, Packet::PingResp(_)));
-    }
+    });
 }
 
 /// The same features through Eclipse Paho (paho-mqtt 2.1, `tests/paho5/features.py`).
@@ -714,13 +702,11 @@ fn shared_subscription_survives_a_dropped_persistent_member() {
     drop(c); // unacknowledged
              // The node still routes for everyone else.
     let mut other = v5_subscribed(&s, "share-other", "plain/t", QoS::AtLeastOnce);
-    p.publish("plain/t", QoS::AtLeastOnce, b"still up");
-    recv_msg(&mut other, "plain/t", "still up");
+    relay(&mut p, &mut other, "plain/t", "still up");
     // The member comes back: the unacknowledged message again, then new ones.
     let mut c = Client::connect(s.mqtt, V::V5, o(false));
     assert!(c.connack.as_ref().unwrap().session_present);
     let again = recv_msg(&mut c, "sh/t", "one");
     assert_eq!(again.pkid, first.pkid);
-    p.publish("sh/t", QoS::AtLeastOnce, b"two");
-    recv_msg(&mut c, "sh/t", "two");
+    relay(&mut p, &mut c, "sh/t", "two");
 }

@@ -48,8 +48,7 @@ fn session_opts(id: &str, v: V, clean: bool) -> Opts {
 
 #[test]
 fn session_survives_disconnect_within_expiry() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let id = format!("se-keep-{v:?}");
         // MQTT 5: a session expiry interval; 3.1.1: clean session 0.
         let o = |clean| session_opts(&id, v, clean);
@@ -71,8 +70,7 @@ fn session_survives_disconnect_within_expiry() {
         );
         recv_msg(&mut c, "se/keep", "while away");
         // The subscriptions themselves survived too, with their options.
-        p.publish("se/keep", QoS::AtLeastOnce, b"after");
-        recv_msg(&mut c, "se/keep", "after");
+        relay(&mut p, &mut c, "se/keep", "after");
         if v == V::V5 {
             c.publish("se/own", QoS::AtLeastOnce, b"mine");
             p.publish("se/own", QoS::AtLeastOnce, b"theirs");
@@ -85,7 +83,7 @@ fn session_survives_disconnect_within_expiry() {
         assert!(!c.connack.as_ref().unwrap().session_present);
         p.publish("se/keep", QoS::AtLeastOnce, b"forgotten");
         c.assert_no_publish();
-    }
+    });
 }
 
 /// Retained messages sent on subscribe come from the edge, not the core, so the edge itself
@@ -210,8 +208,7 @@ fn persistent_sessions_survive_a_restart() {
             assert_eq!(sub_ids(&got[0]), vec![9], "subscription identifier kept");
             // No-local kept: its own message does not come back, the other one does.
             c.publish("restart/b/x", QoS::AtLeastOnce, b"own");
-            p.publish("restart/b/x", QoS::AtLeastOnce, b"other");
-            recv_msg(&mut c, "restart/b/x", "other");
+            relay(&mut p, &mut c, "restart/b/x", "other");
         }
         c.assert_no_publish();
         c.disconnect();
@@ -257,8 +254,7 @@ fn session_is_gone_after_expiry() {
     let mut p = v5(&s, "se-pub");
     p.publish("se/exp", QoS::AtLeastOnce, b"nobody");
     c.subscribe("se/marker", QoS::AtLeastOnce);
-    p.publish("se/marker", QoS::AtLeastOnce, b"marker");
-    recv_msg(&mut c, "se/marker", "marker");
+    relay(&mut p, &mut c, "se/marker", "marker");
     c.assert_no_publish();
 }
 
@@ -342,9 +338,7 @@ fn retained_message_expiry_counts_down() {
 
 #[test]
 fn live_message_keeps_its_expiry() {
-    let s = Server::start();
-    let mut c = v5_subscribed(&s, "me-sub", "me/live", QoS::AtLeastOnce);
-    let mut p = v5(&s, "me-pub");
+    let (_s, mut c, mut p) = v5_pair("me-sub", "me/live", QoS::AtLeastOnce, "me-pub");
     p.publish_props("me/live", QoS::AtLeastOnce, b"x", expiring(30));
     let got = recv_msg(&mut c, "me/live", "x");
     let e = got.properties.and_then(|x| x.message_expiry_interval);

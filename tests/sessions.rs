@@ -295,12 +295,19 @@ async fn retained_will() {
     assert_no_user_properties(&r);
 }
 
+/// Connects `id` (MQTT 5) with a will on `topic` delayed `delay` s and session expiry `expiry` s,
+/// then drops the connection without DISCONNECT; returns when.
+async fn leave_with_will(s: &Server, id: &str, topic: &str, delay: u32, expiry: u32) -> Instant {
+    let (c, _) = V5::connect(delayed_will_options(s, id, topic, delay, expiry)).await;
+    let t0 = Instant::now();
+    drop(c);
+    t0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_sent_after_the_delay() {
     let (s, mut watch) = watching_wills("dwill/#", q4(1)).await;
-    let (c, _) = V5::connect(delayed_will_options(&s, "late-will", "dwill/late", 2, 60)).await;
-    let t0 = Instant::now();
-    drop(c);
+    let t0 = leave_with_will(&s, "late-will", "dwill/late", 2, 60).await;
     let w = watch.publish_in(T).await;
     let waited = t0.elapsed();
     assert_eq!(
@@ -317,16 +324,7 @@ async fn v5_will_delay_sent_after_the_delay() {
 async fn v5_will_delay_capped_by_session_expiry() {
     let (s, mut watch) = watching_wills("dwill/#", q4(1)).await;
     // Will delay 60 s, but the session ends after 1 s: the will goes when the session ends.
-    let (c, _) = V5::connect(delayed_will_options(
-        &s,
-        "short-session",
-        "dwill/short",
-        60,
-        1,
-    ))
-    .await;
-    let t0 = Instant::now();
-    drop(c);
+    let t0 = leave_with_will(&s, "short-session", "dwill/short", 60, 1).await;
     let w = watch.publish_in(T).await;
     assert_eq!(w.topic, "dwill/short");
     assert!(
@@ -340,9 +338,7 @@ async fn v5_will_delay_capped_by_session_expiry() {
 async fn v5_will_delay_not_sent_when_client_reconnects_in_time() {
     let (s, mut watch) = watching_wills("dwill/#", q4(1)).await;
     // A will delay long enough that the reconnect below lands inside it on any machine.
-    let (c, _) = V5::connect(delayed_will_options(&s, "comes-back", "dwill/back", 5, 60)).await;
-    let t0 = Instant::now();
-    drop(c);
+    let t0 = leave_with_will(&s, "comes-back", "dwill/back", 5, 60).await;
     // Back within the delay, resuming the session.
     let (mut back, ack) =
         V5::connect(delayed_will_options(&s, "comes-back", "dwill/back", 5, 60)).await;
@@ -352,13 +348,7 @@ async fn v5_will_delay_not_sent_when_client_reconnects_in_time() {
     assert_next_is_marker(&s, &mut watch, "dwill/marker").await;
     // The reconnected client works.
     back.subscribe("dwill/echo", q5(1)).await;
-    // Its own message comes back (not waiting for the PUBACK first: the broker may deliver the
-    // message before it acknowledges it, and waiting would pass over it).
-    back.client
-        .publish("dwill/echo", q5(1), false, b"hi".to_vec())
-        .await
-        .expect("publish");
-    let p = back.publish_in(T).await;
+    let p = back.echo("dwill/echo", b"hi").await;
     assert_eq!(&p.payload[..], b"hi");
 }
 
@@ -437,12 +427,18 @@ async fn v5_session_expiry_queues_qos1_while_offline() {
     }
 }
 
+/// An MQTT 5 client connected with `opts` and subscribed to `filter` at QoS 1.
+async fn subscribed5(opts: rumqttc::v5::MqttOptions, filter: &str) -> V5 {
+    let (mut c, _) = V5::connect(opts).await;
+    c.subscribe(filter, q5(1)).await;
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_session_expiry_zero_keeps_nothing() {
     let s = Server::start();
     let opts = |expiry: u32| persistent_v5_options(&s, "ephemeral5", expiry);
-    let (mut c, _) = V5::connect(opts(0)).await;
-    c.subscribe("eph/#", q5(1)).await;
+    let c = subscribed5(opts(0), "eph/#").await;
     c.disconnect().await;
     let (mut publ, _) = V4::connect(v4_options(&s, Tr::Tcp, "eph-pub")).await;
     publ.send("eph/t", q4(1), false, b"nobody keeps this").await;
@@ -458,8 +454,7 @@ async fn v5_session_expiry_zero_keeps_nothing() {
 async fn v5_session_expires_after_its_interval() {
     let s = Server::start();
     let opts = |expiry: u32| persistent_v5_options(&s, "short5", expiry);
-    let (mut c, _) = V5::connect(opts(1)).await;
-    c.subscribe("short/#", q5(1)).await;
+    let c = subscribed5(opts(1), "short/#").await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_c, ack) = V5::connect(opts(60)).await;
@@ -472,19 +467,28 @@ async fn v5_session_expires_after_its_interval() {
 // ---------------------------------------------------------------------------------------------
 // Client id takeover
 
+/// A rumqttc `$client` (options from `$options`) connects over TCP as `$id`; a second one with
+/// the same id, over `$second`, takes its session over. Returns the server, the second client
+/// and how the first connection ended.
+macro_rules! take_over {
+    ($client:ident, $options:ident, $id:literal, $second:expr) => {{
+        let s = Server::start();
+        let (mut first, _) = $client::connect($options(&s, Tr::Tcp, $id)).await;
+        let (second, _) = $client::connect($options(&s, $second, $id)).await;
+        let err = first.closed(T).await;
+        (s, second, err)
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_takeover_v5() {
-    let s = Server::start();
-    let (mut first, _) = V5::connect(v5_options(&s, Tr::Tcp, "same-id")).await;
-    let (mut second, _) = V5::connect(v5_options(&s, Tr::Tcp, "same-id")).await;
-    let err = first.closed(T).await;
+    let (_s, mut second, err) = take_over!(V5, v5_options, "same-id", Tr::Tcp);
     assert!(
         err.contains("SessionTakenOver"),
         "first connection ended with {err}"
     );
     second.subscribe("take/#", q5(1)).await;
-    second.send("take/x", q5(1), false, b"works", None).await;
-    assert_eq!(&second.publish_in(T).await.payload[..], b"works");
+    assert_eq!(&second.echo("take/x", b"works").await.payload[..], b"works");
 }
 
 /// The same on the wire: exactly DISCONNECT 0x8E, then the close; the new connection works.
@@ -530,15 +534,11 @@ fn client_id_takeover_raw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_takeover_v311() {
-    let s = Server::start();
-    let (mut first, _) = V4::connect(v4_options(&s, Tr::Tcp, "same-id4")).await;
     // Across transports and versions: the second arrives over WebSocket.
-    let (mut second, _) = V4::connect(v4_options(&s, Tr::Ws, "same-id4")).await;
-    let err = first.closed(T).await;
+    let (_s, mut second, err) = take_over!(V4, v4_options, "same-id4", Tr::Ws);
     assert!(!err.is_empty());
     second.subscribe("take/#", q4(1)).await;
-    second.send("take/y", q4(1), false, b"works").await;
-    assert_eq!(&second.publish_in(T).await.payload[..], b"works");
+    assert_eq!(&second.echo("take/y", b"works").await.payload[..], b"works");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -763,9 +763,7 @@ async fn zero_length_client_id_v5_is_assigned() {
 #[test]
 fn keep_alive_enforced_v311() {
     let s = Server::start();
-    let mut raw = Raw::open(s.mqtt, false);
-    raw.send4(connect4("sleepy4", true, 1));
-    assert_eq!(raw.connack4().code, v4::ConnectReturnCode::Success);
+    let mut raw = Raw::connected4(s.mqtt, "sleepy4", true, 1);
     let t0 = Instant::now();
     // Silence: the broker must close within 1.5 × keep-alive (plus scheduling slack).
     let r = raw.recv(Duration::from_secs(5));
@@ -830,9 +828,7 @@ fn keep_alive_traffic_keeps_the_connection() {
 #[test]
 fn keep_alive_zero_is_accepted() {
     let s = Server::start();
-    let mut r4 = Raw::open(s.mqtt, false);
-    r4.send4(connect4("no-ka4", true, 0));
-    assert_eq!(r4.connack4().code, v4::ConnectReturnCode::Success);
+    let mut r4 = Raw::connected4(s.mqtt, "no-ka4", true, 0);
     let mut r5 = Raw::open(s.mqtt, true);
     r5.send5(connect5("no-ka5", true, 0, None));
     match r5.recv5(T) {

@@ -529,6 +529,16 @@ macro_rules! rumqttc_client {
                 }
             }
 
+            /// Publishes `payload` at QoS 1 on `topic`, which this client is subscribed to, and
+            /// returns the message as it comes back. (The PUBACK is not waited for first: the
+            /// broker may deliver the message before it, and waiting would pass over it.)
+            pub async fn echo(&mut self, topic: &str, payload: &[u8]) -> $m::Publish {
+                let qos = $m::QoS::AtLeastOnce;
+                let publish = self.client.publish(topic, qos, false, payload.to_vec());
+                publish.await.expect("publish");
+                self.publish_in(T).await
+            }
+
             /// Receives the next messages: their payloads must be `payloads`, in that order, each
             /// at `qos`. Returns them.
             pub async fn expect_payloads(
@@ -702,6 +712,20 @@ impl Raw {
             c: super::mqtt::Client::tcp(port, if v5 { V::V5 } else { V::V311 }),
             v5,
         }
+    }
+
+    /// A 3.1.1 connection: CONNECT (client `id`, clean session as `clean`, `keep_alive` s), which
+    /// must be accepted.
+    pub fn connected4(port: u16, id: &str, clean: bool, keep_alive: u16) -> Raw {
+        let mut raw = Raw::open(port, false);
+        raw.send4(connect4(id, clean, keep_alive));
+        let code = raw.connack4().code;
+        assert_eq!(
+            code,
+            rumqttc::mqttbytes::v4::ConnectReturnCode::Success,
+            "{id}"
+        );
+        raw
     }
 
     /// Bytes received but not (yet) part of a whole packet.

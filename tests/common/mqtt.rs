@@ -31,6 +31,14 @@ pub enum V {
 
 pub const BOTH: [V; 2] = [V::V311, V::V5];
 
+/// Starts a server and runs `case` on it for each protocol version, 3.1.1 first.
+pub fn on_both_versions(case: impl Fn(&super::Server, V)) {
+    let s = super::Server::start();
+    for v in BOTH {
+        case(&s, v);
+    }
+}
+
 /// What one read gave.
 #[derive(Debug)]
 pub enum Got {
@@ -194,6 +202,15 @@ impl Client {
     pub fn subscribed(port: u16, v: V, id: &str, filter: &str, qos: QoS) -> Client {
         let mut c = Client::new(port, v, id);
         c.subscribe(filter, qos);
+        c
+    }
+
+    /// A clean-start client with default options, subscribed (one SUBSCRIBE each) to `subs`.
+    pub fn subscribed_to(port: u16, v: V, id: &str, subs: &[(&str, QoS)]) -> Client {
+        let mut c = Client::new(port, v, id);
+        for (filter, qos) in subs {
+            c.subscribe(filter, *qos);
+        }
         c
     }
 
@@ -864,6 +881,36 @@ pub fn v5_subscribed(s: &super::Server, id: &str, filter: &str, qos: QoS) -> Cli
     Client::subscribed(s.mqtt, V::V5, id, filter, qos)
 }
 
+/// An MQTT 5 client connected as `id` and subscribed to `filter` at `qos` with the subscription
+/// options `set` sets.
+pub fn v5_subscribed_with(
+    s: &super::Server,
+    id: &str,
+    path: &str,
+    qos: QoS,
+    set: impl FnOnce(&mut Filter),
+) -> Client {
+    let mut c = v5(s, id);
+    let mut f = filter(path, qos);
+    set(&mut f);
+    c.subscribe_with(vec![f], None);
+    c
+}
+
+/// A server with an MQTT 5 subscriber (`sub_id`, to `filter` at `qos`) and an MQTT 5 publisher
+/// (`pub_id`) on it.
+pub fn v5_pair(
+    sub_id: &str,
+    filter: &str,
+    qos: QoS,
+    pub_id: &str,
+) -> (super::Server, Client, Client) {
+    let s = super::Server::start();
+    let sub = v5_subscribed(&s, sub_id, filter, qos);
+    let publisher = v5(&s, pub_id);
+    (s, sub, publisher)
+}
+
 pub fn payload(p: &Publish) -> String {
     String::from_utf8_lossy(&p.payload).into_owned()
 }
@@ -890,6 +937,12 @@ pub fn user_props(p: &Publish) -> Vec<(String, String)> {
 }
 
 /// Receives the next message and checks its topic and payload.
+/// `p` publishes `body` on `t` at QoS 1 and `c` receives it next ([`recv_msg`]).
+pub fn relay(p: &mut Client, c: &mut Client, t: &str, body: &str) -> Publish {
+    p.publish(t, QoS::AtLeastOnce, body.as_bytes());
+    recv_msg(c, t, body)
+}
+
 pub fn recv_msg(c: &mut Client, t: &str, body: &str) -> Publish {
     let p = c.recv();
     assert_eq!(
