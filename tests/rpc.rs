@@ -241,6 +241,33 @@ impl Responder {
     }
 }
 
+/// A server with the MQTT 5 echo answering `/rpc/…`, subscribed: the server, the echo, an HTTP
+/// client and the server's base URL.
+async fn with_echo5() -> (Server, Kid, reqwest::Client, String) {
+    let s = Server::start();
+    let echo = echo(&s, false);
+    let (c, base) = (http(), s.http_base());
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    (s, echo, c, base)
+}
+
+/// A server with [`routes_config`] `name` and the 3.1.1 echo answering `/svc/…`, subscribed.
+async fn with_echo311(name: &str) -> (Config, Server, Kid, reqwest::Client, String) {
+    let (cfg, s) = routes_server(name);
+    let echo = echo(&s, true);
+    let (c, base) = (http(), s.http_base());
+    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    (cfg, s, echo, c, base)
+}
+
+/// Asks the echo for status `code` (`x-echo-status`), body "status {code}": the answer has it.
+async fn with_status(req: reqwest::RequestBuilder, code: u16) -> reqwest::Response {
+    let req = req.header("x-echo-status", code.to_string());
+    let r = req.body(format!("status {code}")).send_ok().await;
+    assert_eq!(r.status().as_u16(), code);
+    r
+}
+
 /// `POST url` with `body`, on a task of its own.
 fn spawn_post(
     c: &reqwest::Client,
@@ -295,10 +322,7 @@ fn user_props(p: &Publish) -> HashMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_echo_round_trip_status_headers_content_type_binary() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let (c, base) = (http(), s.http_base());
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (_s, _echo, c, base) = with_echo5().await;
 
     // Default status 200; headers, content type, method and path come back.
     let r = c
@@ -336,13 +360,7 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
 
     // Responder-chosen statuses, body still echoed.
     for code in [404u16, 418, 503] {
-        let r = c
-            .put(format!("{base}/rpc/demo/status"))
-            .header("x-echo-status", code.to_string())
-            .body(format!("status {code}"))
-            .send_ok()
-            .await;
-        assert_eq!(r.status().as_u16(), code);
+        let r = with_status(c.put(format!("{base}/rpc/demo/status")), code).await;
         assert_eq!(header(&r, "x-echo-method").as_deref(), Some("PUT"));
         assert_eq!(r.text().await.unwrap(), format!("status {code}"));
     }
@@ -376,10 +394,7 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_echo_through_topic_routes_with_and_without_envelope() {
-    let (_cfg, s) = routes_server("v311");
-    let _echo = echo(&s, true);
-    let (c, base) = (http(), s.http_base());
-    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    let (_cfg, _s, _echo, c, base) = with_echo311("v311").await;
 
     // Raw (no envelope): the body round-trips, the status is 200 whatever the headers say.
     let sizes = [0usize, 5, 9_000, 100_000, 900_000];
@@ -406,13 +421,7 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
 
     // Envelope: responder-chosen statuses.
     for code in [404u16, 418] {
-        let r = c
-            .delete(format!("{base}/env/y/z"))
-            .header("x-echo-status", code.to_string())
-            .body(format!("status {code}"))
-            .send_ok()
-            .await;
-        assert_eq!(r.status().as_u16(), code);
+        let r = with_status(c.delete(format!("{base}/env/y/z")), code).await;
         assert_eq!(r.text().await.unwrap(), format!("status {code}"));
     }
 
@@ -566,10 +575,7 @@ async fn over_max_inflight_is_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_timeouts_are_400() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let (c, base) = (http(), s.http_base());
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (_s, _echo, c, base) = with_echo5().await;
     for q in ["61", "3600", "-1", "1.5", "abc", ""] {
         let msg = c
             .post(format!("{base}/rpc/demo/x?timeout={q}"))
@@ -643,10 +649,7 @@ async fn many_calls(c: &reqwest::Client, url: &str, n: usize, conc: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_each_get_their_own_answer_v5() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let (c, base) = (http(), s.http_base());
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (_s, _echo, c, base) = with_echo5().await;
     let t0 = Instant::now();
     many_calls(&c, &format!("{base}/rpc/many"), 1000, 200).await;
     eprintln!("1000 v5 calls, 200 at a time: {:?}", t0.elapsed());
@@ -654,13 +657,50 @@ async fn thousand_concurrent_calls_each_get_their_own_answer_v5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_each_get_their_own_answer_v311() {
-    let (_cfg, s) = routes_server("many");
-    let _echo = echo(&s, true);
-    let (c, base) = (http(), s.http_base());
-    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    let (_cfg, _s, _echo, c, base) = with_echo311("many").await;
     let t0 = Instant::now();
     many_calls(&c, &format!("{base}/svc/many"), 1000, 200).await;
     eprintln!("1000 3.1.1 calls, 200 at a time: {:?}", t0.elapsed());
+}
+
+/// How a responder answers: MQTT 5 (response topic, correlation data) or the topic convention.
+#[derive(Clone, Copy)]
+enum Convention {
+    V5,
+    Topic,
+}
+
+impl Responder {
+    /// Answers `req` with `body` in `convention`.
+    async fn reply(&self, convention: Convention, req: &Publish, body: &'static str) {
+        match convention {
+            Convention::V5 => self.answer(req, body).await,
+            Convention::Topic => self.answer_topic(req, body).await,
+        }
+    }
+}
+
+/// A: a call to `{url}/a` is held past its 1 s timeout (504). B: the late reply to A arrives
+/// first, then B's own reply, then a duplicate of it: B's caller gets its own answer. Returns
+/// the requests A and B as the responder got them.
+async fn late_and_duplicate(
+    resp: &mut Responder,
+    convention: Convention,
+    c: &reqwest::Client,
+    url: &str,
+) -> (Publish, Publish) {
+    let call_a = c.post(format!("{url}/a?timeout=1")).body("A");
+    call_a.send_error(504).await;
+    let req_a = resp.next_with(b"A").await;
+    let call_b = spawn_post(c, format!("{url}/b?timeout=10"), "B");
+    let req_b = resp.next_with(b"B").await;
+    resp.reply(convention, &req_a, "late answer to A").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    resp.reply(convention, &req_b, "answer to B").await;
+    resp.reply(convention, &req_b, "duplicate answer to B")
+        .await;
+    expect_answer(call_b, "answer to B").await;
+    (req_a, req_b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -670,21 +710,8 @@ async fn late_and_duplicate_replies_are_dropped_v5() {
     let (c, base) = (http(), s.http_base());
     let before = rpc_stats(&c, &base).await;
 
-    // A: the responder holds it past its 1 s timeout.
-    c.post(format!("{base}/rpc/late/a?timeout=1"))
-        .body("A")
-        .send_error(504)
-        .await;
-    let req_a = resp.next_with(b"A").await;
-
-    // B: the late reply to A arrives first, then B's own reply, then a duplicate of it.
-    let call_b = spawn_post(&c, format!("{base}/rpc/late/b?timeout=10"), "B");
-    let req_b = resp.next_with(b"B").await;
-    resp.answer(&req_a, "late answer to A").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    resp.answer(&req_b, "answer to B").await;
-    resp.answer(&req_b, "duplicate answer to B").await;
-    expect_answer(call_b, "answer to B").await;
+    let late_url = format!("{base}/rpc/late");
+    let (req_a, req_b) = late_and_duplicate(&mut resp, Convention::V5, &c, &late_url).await;
 
     // C: A's and B's replies again before C's own; C still gets its own.
     let call_c = spawn_post(&c, format!("{base}/rpc/late/c?timeout=10"), "C");
@@ -715,11 +742,8 @@ async fn late_and_duplicate_replies_are_dropped_topic_convention() {
     let mut resp = Responder::start(&s, "req/late/#").await;
     let (c, base) = (http(), s.http_base());
 
-    c.post(format!("{base}/late/a?timeout=1"))
-        .body("A")
-        .send_error(504)
-        .await;
-    let req_a = resp.next_with(b"A").await;
+    let late_url = format!("{base}/late");
+    let (req_a, req_b) = late_and_duplicate(&mut resp, Convention::Topic, &c, &late_url).await;
     let topic_a = String::from_utf8(req_a.topic.to_vec()).unwrap();
     let corr = topic_a.rsplit('/').next().unwrap();
     assert!(
@@ -728,14 +752,6 @@ async fn late_and_duplicate_replies_are_dropped_topic_convention() {
             && corr.chars().all(|c| c.is_ascii_hexdigit()),
         "{topic_a}"
     );
-
-    let call_b = spawn_post(&c, format!("{base}/late/b?timeout=10"), "B");
-    let req_b = resp.next_with(b"B").await;
-    resp.answer_topic(&req_a, "late answer to A").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    resp.answer_topic(&req_b, "answer to B").await;
-    resp.answer_topic(&req_b, "duplicate answer to B").await;
-    expect_answer(call_b, "answer to B").await;
 
     let call_c = spawn_post(&c, format!("{base}/late/c?timeout=10"), "C");
     let req_c = resp.next().await;
@@ -867,11 +883,8 @@ async fn shared_subscription_responders_answer_each_call_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_seen_by_the_bridge_alone() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let (c, base) = (http(), s.http_base());
     // The echo first (the snooper's `#` would make the probe pass on its own).
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (s, _echo, c, base) = with_echo5().await;
     let mut snoop = Responder::start(&s, "#").await;
     for i in 0..5 {
         assert_eq!(

@@ -250,6 +250,25 @@ macro_rules! hello_and_suback {
                 .await
             }
 
+            /// Connects over TCP to `port` as `id` and insists on CONNACK success.
+            pub async fn on_tcp(port: u16, id: &str) -> $client {
+                $client::open(tcp(port).await, id).await
+            }
+
+            /// The next PUBLISH within `wait` ([`Self::next_publish`]); fails, naming `what`,
+            /// without one.
+            pub async fn publish_within(&mut self, wait: Duration, what: &str) -> $m::Publish {
+                self.next_publish(wait).await.packet(what)
+            }
+
+            /// The next PUBLISH (within `WAIT`), which must carry `payload` (`what` says what it
+            /// means if not).
+            pub async fn expect_payload(&mut self, payload: &[u8], what: &str) -> $m::Publish {
+                let p = self.publish_within(WAIT, "PUBLISH").await;
+                assert_eq!(&p.payload[..], payload, "{what}: {p:?}");
+                p
+            }
+
             /// Waits for the PUBACK of `pkid`.
             pub async fn puback(&mut self, pkid: u16) {
                 self.find(WAIT, |p| match p {
@@ -292,6 +311,20 @@ impl C5 {
             .await
             .expect("send SUBSCRIBE");
         self.suback(pkid).await.packet("SUBACK")
+    }
+
+    /// Sends the QoS 1 PUBLISH `p` and returns the reason of its PUBACK.
+    pub async fn puback_reason(&mut self, p: v5::Publish) -> v5::PubAckReason {
+        let pkid = p.pkid;
+        self.send(v5::Packet::Publish(p))
+            .await
+            .expect("send PUBLISH");
+        self.find(WAIT, |p| match p {
+            v5::Packet::PubAck(a) if a.pkid == pkid => Some(a.reason),
+            _ => None,
+        })
+        .await
+        .packet("PUBACK")
     }
 
     /// Publishes; at QoS 1 waits for the PUBACK.
