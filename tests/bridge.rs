@@ -162,6 +162,16 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `PUT {base}{path}` with `body` (the topic's retained state): the status.
+async fn put(base: &str, path: &str, body: &'static str) -> u16 {
+    let r = http()
+        .put(format!("{base}{path}"))
+        .body(body)
+        .send_ok()
+        .await;
+    r.status().as_u16()
+}
+
 async fn post(base: &str, path_and_query: &str, body: impl Into<reqwest::Body>) -> u16 {
     http()
         .post(format!("{base}{path_and_query}"))
@@ -378,11 +388,7 @@ async fn sse_sends_retained_first_once_and_not_when_asked() {
     with.expect_quiet(Duration::from_millis(500)).await;
     live_only.expect_quiet(Duration::from_millis(100)).await;
     // Overlapping filters: each retained message once, whichever filters match it.
-    http()
-        .put(format!("{base}/topics/b/r/y"))
-        .body("other")
-        .send_expect(200)
-        .await;
+    assert_eq!(put(&base, "/topics/b/r/y", "other").await, 200);
     let mut both = Sse::open(&base, "topic=b/r/%23&topic=b/r/x&topic=b/%2B/x", None).await;
     let mut got = vec![
         both.expect("retained 1").await.payload(),
@@ -418,11 +424,7 @@ async fn last_event_id_replays_exactly_the_missed_messages() {
     let s = Server::start();
     let base = s.http_base();
     // A retained message on the topic: a resumed stream must not repeat it.
-    http()
-        .put(format!("{base}/topics/b/le/state"))
-        .body("retained")
-        .send_expect(200)
-        .await;
+    assert_eq!(put(&base, "/topics/b/le/state", "retained").await, 200);
     let q = "topic=b/le/%2B&retained=false";
     let mut sse = Sse::open(&base, q, None).await;
     assert_eq!(post(&base, "/topics/b/le/a", "m1").await, 200);
@@ -840,115 +842,46 @@ async fn user_properties_both_ways() {
 async fn bad_inputs_are_json_4xx_that_say_what_was_wrong() {
     let s = Server::builder().env("BRIDGE__MAX_BODY", 100).start();
     let (base, c) = (s.http_base(), http());
+    use reqwest::Method as M;
+    // A request for `path` on this server.
+    let at = |method: M, path: &str| c.request(method, format!("{base}{path}"));
+    #[rustfmt::skip]
     let cases: Vec<(reqwest::RequestBuilder, u16, &[&str])> = vec![
-        (c.post(format!("{base}/topics/a/+/b")), 400, &["+ or #"]),
-        (c.post(format!("{base}/topics/a/%2B")), 400, &["+ or #"]),
-        (c.post(format!("{base}/topics/a/%23")), 400, &["+ or #"]),
-        (
-            c.put(format!("{base}/topics/a/%23")).body("x"),
-            400,
-            &["+ or #"],
-        ),
-        (c.delete(format!("{base}/topics/a/+")), 400, &["+ or #"]),
-        (c.get(format!("{base}/topics/a/+")), 400, &["+ or #"]),
-        (c.post(format!("{base}/topics/a/%FF")), 400, &["UTF-8"]),
-        (c.get(format!("{base}/topics/a/%C3")), 400, &["UTF-8"]),
-        (c.post(format!("{base}/topics/a/%00")), 400, &["U+0000"]),
-        (c.post(format!("{base}/topics/$SYS/x")), 400, &["$"]),
-        (c.post(format!("{base}/topics")), 400, &["topic is missing"]),
-        (
-            c.post(format!("{base}/topics/")),
-            400,
-            &["topic is missing"],
-        ),
-        (
-            c.post(format!("{base}/topics/a?qos=3")),
-            400,
-            &["qos", "\"3\""],
-        ),
-        (c.post(format!("{base}/topics/a?qos=x")), 400, &["qos"]),
-        (
-            c.post(format!("{base}/topics/a?retain=maybe")),
-            400,
-            &["retain"],
-        ),
-        (
-            c.post(format!("{base}/topics/a?expiry=0")),
-            400,
-            &["expiry"],
-        ),
-        (
-            c.post(format!("{base}/topics/a?expiry=-5")),
-            400,
-            &["expiry"],
-        ),
-        (
-            c.post(format!("{base}/topics/a")).body(vec![b'x'; 101]),
-            413,
-            &["100 bytes"],
-        ),
-        (
-            c.put(format!("{base}/topics/a")).body(vec![b'x'; 5000]),
-            413,
-            &["100 bytes"],
-        ),
-        (
-            c.post(format!("{base}/topics/a"))
-                .header("MQTT-Response-Topic", "a/+"),
-            400,
-            &["MQTT-Response-Topic"],
-        ),
-        (c.get(format!("{base}/events")), 400, &["topic="]),
-        (
-            c.get(format!("{base}/events?topic=a/%23/b")),
-            400,
-            &["invalid filter"],
-        ),
-        (
-            c.get(format!("{base}/events?topic=a%2Bb")),
-            400,
-            &["invalid filter"],
-        ),
-        (
-            c.get(format!("{base}/events?topic=%24SYS/%23")),
-            400,
-            &["$"],
-        ),
-        (c.get(format!("{base}/poll")), 400, &["topic="]),
-        (
-            c.get(format!("{base}/poll?topic=a&timeout=999")),
-            400,
-            &["timeout"],
-        ),
-        (
-            c.get(format!("{base}/poll?topic=a&timeout=soon")),
-            400,
-            &["timeout"],
-        ),
-        (c.get(format!("{base}/nope")), 404, &["no such route"]),
-        (c.get(format!("{base}/topicsx/a")), 404, &["no such route"]),
-        (
-            c.patch(format!("{base}/topics/a")),
-            405,
-            &["method not allowed"],
-        ),
-        (
-            c.post(format!("{base}/events?topic=a")),
-            405,
-            &["method not allowed"],
-        ),
-        (
-            c.delete(format!("{base}/poll?topic=a")),
-            405,
-            &["method not allowed"],
-        ),
-        (
-            c.put(format!("{base}/healthz")),
-            405,
-            &["method not allowed"],
-        ),
-        (c.post(format!("{base}/mqtt")), 405, &["method not allowed"]),
-        (c.get(format!("{base}/mqtt")), 400, &["WebSocket"]),
+        (at(M::POST, "/topics/a/+/b"), 400, &["+ or #"]),
+        (at(M::POST, "/topics/a/%2B"), 400, &["+ or #"]),
+        (at(M::POST, "/topics/a/%23"), 400, &["+ or #"]),
+        (at(M::PUT, "/topics/a/%23").body("x"), 400, &["+ or #"]),
+        (at(M::DELETE, "/topics/a/+"), 400, &["+ or #"]),
+        (at(M::GET, "/topics/a/+"), 400, &["+ or #"]),
+        (at(M::POST, "/topics/a/%FF"), 400, &["UTF-8"]),
+        (at(M::GET, "/topics/a/%C3"), 400, &["UTF-8"]),
+        (at(M::POST, "/topics/a/%00"), 400, &["U+0000"]),
+        (at(M::POST, "/topics/$SYS/x"), 400, &["$"]),
+        (at(M::POST, "/topics"), 400, &["topic is missing"]),
+        (at(M::POST, "/topics/"), 400, &["topic is missing"]),
+        (at(M::POST, "/topics/a?qos=3"), 400, &["qos", "\"3\""]),
+        (at(M::POST, "/topics/a?qos=x"), 400, &["qos"]),
+        (at(M::POST, "/topics/a?retain=maybe"), 400, &["retain"]),
+        (at(M::POST, "/topics/a?expiry=0"), 400, &["expiry"]),
+        (at(M::POST, "/topics/a?expiry=-5"), 400, &["expiry"]),
+        (at(M::POST, "/topics/a").body(vec![b'x'; 101]), 413, &["100 bytes"]),
+        (at(M::PUT, "/topics/a").body(vec![b'x'; 5000]), 413, &["100 bytes"]),
+        (at(M::POST, "/topics/a").header("MQTT-Response-Topic", "a/+"), 400, &["MQTT-Response-Topic"]),
+        (at(M::GET, "/events"), 400, &["topic="]),
+        (at(M::GET, "/events?topic=a/%23/b"), 400, &["invalid filter"]),
+        (at(M::GET, "/events?topic=a%2Bb"), 400, &["invalid filter"]),
+        (at(M::GET, "/events?topic=%24SYS/%23"), 400, &["$"]),
+        (at(M::GET, "/poll"), 400, &["topic="]),
+        (at(M::GET, "/poll?topic=a&timeout=999"), 400, &["timeout"]),
+        (at(M::GET, "/poll?topic=a&timeout=soon"), 400, &["timeout"]),
+        (at(M::GET, "/nope"), 404, &["no such route"]),
+        (at(M::GET, "/topicsx/a"), 404, &["no such route"]),
+        (at(M::PATCH, "/topics/a"), 405, &["method not allowed"]),
+        (at(M::POST, "/events?topic=a"), 405, &["method not allowed"]),
+        (at(M::DELETE, "/poll?topic=a"), 405, &["method not allowed"]),
+        (at(M::PUT, "/healthz"), 405, &["method not allowed"]),
+        (at(M::POST, "/mqtt"), 405, &["method not allowed"]),
+        (at(M::GET, "/mqtt"), 400, &["WebSocket"]),
     ];
     for (req, status, words) in cases {
         let req = req.build().unwrap();
