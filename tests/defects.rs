@@ -49,8 +49,7 @@ fn publish_with_properties(topic: &str) -> v5::Publish {
 #[tokio::test]
 async fn d1_plain_v311_subscriber_dropped_by_v5_properties() {
     let mut b = Plain::start();
-    let mut sub = C4::on_tcp(b.v4, "d1-sub").await;
-    sub.subscribe(1, "d1/#", Q4::AtMostOnce).await;
+    let mut sub = C4::subscribed_on(b.v4, "d1-sub", "d1/#", Q4::AtMostOnce).await;
     let mut publ = C5::on_tcp(b.v5, "d1-pub").await;
     publ.publish(publish_with_properties("d1/x")).await;
 
@@ -73,8 +72,7 @@ async fn d1_plain_v311_subscriber_dropped_by_v5_properties() {
 #[tokio::test]
 async fn d1_fixed_v311_subscriber_gets_v5_message_with_properties() {
     let s = Server::start();
-    let mut sub = C4::on_tcp(s.mqtt, "d1-sub").await;
-    sub.subscribe(1, "d1/#", Q4::AtLeastOnce).await;
+    let mut sub = C4::subscribed_on(s.mqtt, "d1-sub", "d1/#", Q4::AtLeastOnce).await;
     let mut publ = C5::on_tcp(s.mqtt, "d1-pub").await;
     publ.publish(publish_with_properties("d1/x")).await;
     let p = sub.publish_within(WAIT, "PUBLISH").await;
@@ -83,15 +81,14 @@ async fn d1_fixed_v311_subscriber_gets_v5_message_with_properties() {
         ("d1/x", &b"with-props"[..])
     );
     // Still connected and still served.
-    assert!(sub.alive().await, "the 3.1.1 subscriber was dropped");
+    sub.assert_alive("the 3.1.1 subscriber was dropped").await;
     publ.publish(pub5("d1/y", Q5::AtMostOnce, "second", 0))
         .await;
     let p = sub.publish_within(WAIT, "second PUBLISH").await;
     assert_eq!(&p.payload[..], b"second");
 
     // The same at QoS 2, and as a retained message delivered on subscribe (the edge's own path).
-    let mut sub2 = C4::on_tcp(s.mqtt, "d1-sub2").await;
-    sub2.subscribe(1, "d1/q2", Q4::ExactlyOnce).await;
+    let mut sub2 = C4::subscribed_on(s.mqtt, "d1-sub2", "d1/q2", Q4::ExactlyOnce).await;
     let mut q2 = publish_with_properties("d1/q2");
     (q2.qos, q2.pkid) = (Q5::ExactlyOnce, 2);
     publ.publish(q2).await;
@@ -119,8 +116,7 @@ async fn d1_fixed_v311_subscriber_gets_v5_message_with_properties() {
     let mut r = publish_with_properties("d1/ret");
     (r.retain, r.pkid) = (true, 3);
     publ.publish(r).await;
-    let mut late = C4::on_tcp(s.mqtt, "d1-late").await;
-    late.subscribe(1, "d1/ret", Q4::AtLeastOnce).await;
+    let mut late = C4::subscribed_on(s.mqtt, "d1-late", "d1/ret", Q4::AtLeastOnce).await;
     let p = late.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!((&p.payload[..], p.retain), (&b"with-props"[..], true));
     assert!(late.alive().await);
@@ -410,11 +406,7 @@ async fn d3_fixed_auth_refusals_and_topic_authorization_in_process() {
         sa.return_codes,
         vec![v5::SubscribeReasonCode::NotAuthorized]
     );
-    let sa = c.subscribe(2, "public/#", Q5::AtLeastOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v5::SubscribeReasonCode::Success(Q5::AtLeastOnce)]
-    );
+    c.subscribe_granted(2, "public/#", Q5::AtLeastOnce).await;
     let ack = c
         .puback_reason(pub5("private/x", Q5::AtLeastOnce, "no", 3))
         .await;
@@ -433,8 +425,7 @@ async fn d3_fixed_auth_refusals_and_topic_authorization_in_process() {
 #[tokio::test]
 async fn d4_plain_delivers_at_subscription_qos() {
     let b = Plain::start();
-    let mut sub = C4::on_tcp(b.v4, "d4-sub").await;
-    sub.subscribe(1, "d4/#", Q4::AtLeastOnce).await;
+    let mut sub = C4::subscribed_on(b.v4, "d4-sub", "d4/#", Q4::AtLeastOnce).await;
     let mut publ = C4::on_tcp(b.v4, "d4-pub").await;
     publ.publish("d4/x", Q4::AtMostOnce, false, b"q0", 0).await;
     let p = sub.publish_within(WAIT, "PUBLISH").await;
@@ -446,10 +437,8 @@ async fn d4_plain_delivers_at_subscription_qos() {
 #[tokio::test]
 async fn d4_fixed_delivers_at_min_qos() {
     let s = Server::start();
-    let mut sub4 = C4::on_tcp(s.mqtt, "d4-sub4").await;
-    sub4.subscribe(1, "d4/#", Q4::AtLeastOnce).await;
-    let mut sub5 = C5::on_tcp(s.mqtt, "d4-sub5").await;
-    sub5.subscribe(1, "d4/#", Q5::ExactlyOnce).await;
+    let mut sub4 = C4::subscribed_on(s.mqtt, "d4-sub4", "d4/#", Q4::AtLeastOnce).await;
+    let mut sub5 = C5::subscribed_on(s.mqtt, "d4-sub5", "d4/#", Q5::ExactlyOnce).await;
     let mut publ = C4::on_tcp(s.mqtt, "d4-pub").await;
     publ.publish("d4/x", Q4::AtMostOnce, false, b"q0", 0).await;
     let p = sub4.publish_within(WAIT, "PUBLISH").await;
@@ -468,8 +457,7 @@ async fn d4_fixed_delivers_at_min_qos() {
     assert_eq!((&p.payload[..], p.qos), (&b"q2"[..], Q4::AtLeastOnce));
     // A retained QoS 0 message, to a new QoS 1 subscription: QoS 0.
     publ.publish("d4/r", Q4::AtMostOnce, true, b"r0", 0).await;
-    let mut late = C4::on_tcp(s.mqtt, "d4-late").await;
-    late.subscribe(1, "d4/r", Q4::AtLeastOnce).await;
+    let mut late = C4::subscribed_on(s.mqtt, "d4-late", "d4/r", Q4::AtLeastOnce).await;
     let p = late.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"r0"[..], Q4::AtMostOnce));
 }
@@ -499,17 +487,12 @@ async fn live_comes_next(publ: &mut C4, sub: &mut C4, topic: &str, pkid: u16, wh
 async fn d5_plain_retained_not_resent_on_resubscribe() {
     let b = Plain::start();
     let mut publ = retained_kept(b.v4, "d5-pub", "d5/r").await;
-    let mut sub = C4::on_tcp(b.v4, "d5-sub").await;
-    sub.subscribe(1, "d5/r", Q4::AtLeastOnce).await;
+    let mut sub = C4::subscribed_on(b.v4, "d5-sub", "d5/r", Q4::AtLeastOnce).await;
     let p = sub.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!(&p.payload[..], b"kept");
 
     // Same subscription again: MQTT (3.3.1.3 / 3.8.4) wants the retained message re-sent.
-    let sa = sub.subscribe(2, "d5/r", Q4::AtLeastOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v4::SubscribeReasonCode::Success(Q4::AtLeastOnce)]
-    );
+    sub.subscribe_granted(2, "d5/r", Q4::AtLeastOnce).await;
     // The next message is the live one: the retained one was not re-sent.
     live_comes_next(&mut publ, &mut sub, "d5/r", 2, "retained re-sent").await;
 }
@@ -520,8 +503,7 @@ async fn d5_plain_zero_length_non_retained_publish_deletes_retained() {
     let mut publ = retained_kept(b.v4, "d5-pub", "d5/z").await;
     // An empty payload WITHOUT the retain flag must not touch the retained message (3.3.1.3).
     publ.publish("d5/z", Q4::AtLeastOnce, false, b"", 2).await;
-    let mut sub = C4::on_tcp(b.v4, "d5-sub").await;
-    sub.subscribe(1, "d5/z", Q4::AtLeastOnce).await;
+    let mut sub = C4::subscribed_on(b.v4, "d5-sub", "d5/z", Q4::AtLeastOnce).await;
     live_comes_next(&mut publ, &mut sub, "d5/z", 3, "retained message survived").await;
 }
 
@@ -533,8 +515,7 @@ async fn d5_fixed_retained_resent_and_kept() {
         .await;
     publ.publish("d5/z", Q4::AtLeastOnce, false, b"", 3).await;
 
-    let mut sub = C4::on_tcp(s.mqtt, "d5-sub").await;
-    sub.subscribe(1, "d5/r", Q4::AtLeastOnce).await;
+    let mut sub = C4::subscribed_on(s.mqtt, "d5-sub", "d5/r", Q4::AtLeastOnce).await;
     let p = sub.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
     sub.subscribe(2, "d5/r", Q4::AtLeastOnce).await;
@@ -547,8 +528,7 @@ async fn d5_fixed_retained_resent_and_kept() {
     assert_eq!((&p.payload[..], p.retain), (&b"kept-z"[..], true));
 
     // A v5 subscriber sees the same.
-    let mut sub5 = C5::on_tcp(s.mqtt, "d5-sub5").await;
-    sub5.subscribe(1, "d5/z", Q5::AtLeastOnce).await;
+    let mut sub5 = C5::subscribed_on(s.mqtt, "d5-sub5", "d5/z", Q5::AtLeastOnce).await;
     let p = sub5.publish_within(WAIT, "retained PUBLISH (v5)").await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept-z"[..], true));
     // ...but not on a re-subscribe that asks for retained messages only on new subscriptions.
@@ -567,8 +547,7 @@ async fn d5_fixed_retained_resent_and_kept() {
     publ.publish("d5/z", Q4::AtLeastOnce, true, b"", 4).await;
     let p = sub5.publish_within(WAIT, "empty PUBLISH").await;
     assert!(p.payload.is_empty(), "retained re-sent after all: {p:?}");
-    let mut late = C4::on_tcp(s.mqtt, "d5-late").await;
-    late.subscribe(1, "d5/z", Q4::AtLeastOnce).await;
+    let mut late = C4::subscribed_on(s.mqtt, "d5-late", "d5/z", Q4::AtLeastOnce).await;
     publ.publish("d5/z", Q4::AtLeastOnce, false, b"live", 5)
         .await;
     let p = late.publish_within(WAIT, "PUBLISH").await;
@@ -623,15 +602,9 @@ async fn d6_fixed_dollar_subscription_refused_and_sys_served() {
     let mut c4 = C4::on_tcp(s.mqtt, "d6-4").await;
     let sa = c4.subscribe(1, "$foo/#", Q4::AtMostOnce).await;
     assert_eq!(sa.return_codes, vec![v4::SubscribeReasonCode::Failure]);
-    assert!(
-        c4.alive().await,
-        "3.1.1 connection dropped after a $ subscription"
-    );
-    let sa = c4.subscribe(2, "$SYS/#", Q4::AtMostOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v4::SubscribeReasonCode::Success(Q4::AtMostOnce)]
-    );
+    c4.assert_alive("3.1.1 connection dropped after a $ subscription")
+        .await;
+    c4.subscribe_granted(2, "$SYS/#", Q4::AtMostOnce).await;
     let p = c4.publish_within(WAIT, "$SYS PUBLISH").await;
     assert!(p.topic.starts_with("$SYS/"), "{p:?}");
 
@@ -641,15 +614,9 @@ async fn d6_fixed_dollar_subscription_refused_and_sys_served() {
         !matches!(sa.return_codes[..], [v5::SubscribeReasonCode::Success(_)]),
         "{sa:?}"
     );
-    assert!(
-        c5.alive().await,
-        "MQTT 5 connection dropped after a $ subscription"
-    );
-    let sa = c5.subscribe(2, "$SYS/#", Q5::AtMostOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v5::SubscribeReasonCode::Success(Q5::AtMostOnce)]
-    );
+    c5.assert_alive("MQTT 5 connection dropped after a $ subscription")
+        .await;
+    c5.subscribe_granted(2, "$SYS/#", Q5::AtMostOnce).await;
     let p = c5.publish_within(WAIT, "$SYS PUBLISH").await;
     assert!(p.topic.starts_with(b"$SYS/"), "{p:?}");
     // Publishing to a `$` topic is refused, not a reason to disconnect either.
@@ -658,8 +625,7 @@ async fn d6_fixed_dollar_subscription_refused_and_sys_served() {
         .await;
     assert_eq!(r, v5::PubAckReason::TopicNameInvalid);
     // `#` does not match `$SYS` topics (MQTT 4.7.2).
-    let mut all = C5::on_tcp(s.mqtt, "d6-all").await;
-    all.subscribe(1, "#", Q5::AtMostOnce).await;
+    let mut all = C5::subscribed_on(s.mqtt, "d6-all", "#", Q5::AtMostOnce).await;
     // Periodic updates too, not just the snapshot on subscribe.
     let (more, _) = c5.drain(Duration::from_secs(3)).await;
     assert!(
@@ -684,37 +650,23 @@ async fn d6_fixed_dollar_subscription_refused_and_sys_served() {
 async fn d7_plain_no_unsuback_for_unknown_filter() {
     let b = Plain::start();
     let mut c4 = C4::on_tcp(b.v4, "d7-4").await;
-    let mut u = v4::Unsubscribe::new("never/subscribed");
-    u.pkid = 5;
-    c4.send(v4::Packet::Unsubscribe(u)).await.unwrap();
-    let got = c4
-        .find(QUIET, |p| {
-            matches!(p, v4::Packet::UnsubAck(_)).then_some(())
-        })
-        .await;
+    c4.send_unsubscribe(5, "never/subscribed").await;
+    let got = c4.unsuback_within(QUIET).await;
     assert!(matches!(got, Got::Nothing), "3.1.1: {got:?}");
-    assert!(c4.alive().await, "the connection is otherwise served");
+    c4.assert_alive("the connection is otherwise served").await;
 
     let mut c5 = C5::on_tcp(b.v5, "d7-5").await;
-    let mut u = v5::Unsubscribe::new("never/subscribed", None);
-    u.pkid = 5;
-    c5.send(v5::Packet::Unsubscribe(u)).await.unwrap();
-    let got = c5
-        .find(QUIET, |p| {
-            matches!(p, v5::Packet::UnsubAck(_)).then_some(())
-        })
-        .await;
+    c5.send_unsubscribe(5, "never/subscribed").await;
+    let got = c5.unsuback_within(QUIET).await;
     assert!(matches!(got, Got::Nothing), "5: {got:?}");
-    assert!(c5.alive().await, "the connection is otherwise served");
+    c5.assert_alive("the connection is otherwise served").await;
 }
 
 #[tokio::test]
 async fn d7_plain_keep_alive_zero_refused_without_connack() {
     let b = Plain::start();
-    let (_c, ack) = C4::hello(tcp(b.v4).await, connect4("d7-ka4", 0, None)).await;
-    assert!(matches!(ack, Got::Closed), "3.1.1: {ack:?}");
-    let (_c, ack) = C5::hello(tcp(b.v5).await, connect5("d7-ka5", 0, None)).await;
-    assert!(matches!(ack, Got::Closed), "5: {ack:?}");
+    C4::closed_at_connect(b.v4, connect4("d7-ka4", 0, None), "3.1.1").await;
+    C5::closed_at_connect(b.v5, connect5("d7-ka5", 0, None), "5").await;
 }
 
 /// Resolves broker→client topic aliases as a client must (MQTT 5 §3.3.2.3.4).
@@ -771,9 +723,7 @@ async fn d7_fixed_unsuback_keepalive_zero_and_aliases() {
     let s = Server::start();
     // UNSUBACK for a filter never subscribed.
     let mut c4 = C4::on_tcp(s.mqtt, "d7-4").await;
-    let mut u = v4::Unsubscribe::new("never/subscribed");
-    u.pkid = 5;
-    c4.send(v4::Packet::Unsubscribe(u)).await.unwrap();
+    c4.send_unsubscribe(5, "never/subscribed").await;
     let got = c4
         .find(WAIT, |p| match p {
             v4::Packet::UnsubAck(a) => Some(a.pkid),
@@ -783,9 +733,7 @@ async fn d7_fixed_unsuback_keepalive_zero_and_aliases() {
     assert_eq!(got.packet("3.1.1 UNSUBACK"), 5);
 
     let mut c5 = C5::on_tcp(s.mqtt, "d7-5").await;
-    let mut u = v5::Unsubscribe::new("never/subscribed", None);
-    u.pkid = 5;
-    c5.send(v5::Packet::Unsubscribe(u)).await.unwrap();
+    c5.send_unsubscribe(5, "never/subscribed").await;
     let got = c5
         .find(WAIT, |p| match p {
             v5::Packet::UnsubAck(a) => Some(a.clone()),
@@ -855,10 +803,8 @@ async fn d7_fixed_unsubscribe_right_behind_subscribe() {
 async fn d8_plain_needs_a_port_per_version_and_ws_is_v311_only() {
     let b = Plain::start();
     // MQTT 5 CONNECT on the 3.1.1 port, and 3.1.1 CONNECT on the MQTT 5 port: closed, no CONNACK.
-    let (_c, ack) = C5::hello(tcp(b.v4).await, connect5("d8-5on4", 30, None)).await;
-    assert!(matches!(ack, Got::Closed), "5 on the 3.1.1 port: {ack:?}");
-    let (_c, ack) = C4::hello(tcp(b.v5).await, connect4("d8-4on5", 30, None)).await;
-    assert!(matches!(ack, Got::Closed), "3.1.1 on the 5 port: {ack:?}");
+    C5::closed_at_connect(b.v4, connect5("d8-5on4", 30, None), "5 on the 3.1.1 port").await;
+    C4::closed_at_connect(b.v5, connect4("d8-4on5", 30, None), "3.1.1 on the 5 port").await;
 
     // WebSocket: 3.1.1 works, MQTT 5 is closed without CONNACK.
     C4::open(ws(b.ws).await, "d8-ws4").await;

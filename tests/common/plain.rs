@@ -250,6 +250,20 @@ macro_rules! hello_and_suback {
                 .await
             }
 
+            /// A CONNECT (`connect`) over TCP to `port` is answered by closing the connection,
+            /// without CONNACK (`what` says which CONNECT if not).
+            pub async fn closed_at_connect(port: u16, connect: $m::Packet, what: &str) {
+                let (_c, ack) = $client::hello(tcp(port).await, connect).await;
+                assert!(matches!(ack, Got::Closed), "{what}: {ack:?}");
+            }
+
+            /// [`Self::on_tcp`], then SUBSCRIBE (packet id 1) to `filter` at `qos`.
+            pub async fn subscribed_on(port: u16, id: &str, filter: &str, qos: $q) -> $client {
+                let mut c = $client::on_tcp(port, id).await;
+                c.subscribe(1, filter, qos).await;
+                c
+            }
+
             /// Connects over TCP to `port` as `id` and insists on CONNACK success.
             pub async fn on_tcp(port: u16, id: &str) -> $client {
                 $client::open(tcp(port).await, id).await
@@ -267,6 +281,30 @@ macro_rules! hello_and_suback {
                 let p = self.publish_within(WAIT, "PUBLISH").await;
                 assert_eq!(&p.payload[..], payload, "{what}: {p:?}");
                 p
+            }
+
+            /// SUBSCRIBE (`pkid`) to `filter` at `qos`, which must be granted as asked; the SUBACK.
+            pub async fn subscribe_granted(
+                &mut self,
+                pkid: u16,
+                filter: &str,
+                qos: $q,
+            ) -> $m::SubAck {
+                let sa = self.subscribe(pkid, filter, qos).await;
+                let granted = vec![$m::SubscribeReasonCode::Success(qos)];
+                assert_eq!(sa.return_codes, granted, "{filter}");
+                sa
+            }
+
+            /// Asserts that the connection is still served ([`Self::alive`]); `what` if not.
+            pub async fn assert_alive(&mut self, what: &str) {
+                assert!(self.alive().await, "{what}");
+            }
+
+            /// An UNSUBACK within `wait` (or what came instead).
+            pub async fn unsuback_within(&mut self, wait: Duration) -> Got<()> {
+                self.find(wait, |p| matches!(p, $m::Packet::UnsubAck(_)).then_some(()))
+                    .await
             }
 
             /// Waits for the PUBACK of `pkid`.
@@ -306,6 +344,15 @@ hello_and_suback!(C4, v4, Q4, connect4, |id| v4::Packet::PubAck(
 ));
 
 impl C5 {
+    /// Sends UNSUBSCRIBE (`pkid`) from `filter`.
+    pub async fn send_unsubscribe(&mut self, pkid: u16, filter: &str) {
+        let mut u = v5::Unsubscribe::new(filter, None);
+        u.pkid = pkid;
+        self.send(v5::Packet::Unsubscribe(u))
+            .await
+            .expect("send UNSUBSCRIBE");
+    }
+
     pub async fn subscribe(&mut self, pkid: u16, filter: &str, qos: Q5) -> v5::SubAck {
         self.send(subscribe5(pkid, filter, qos))
             .await
@@ -386,6 +433,15 @@ pub fn connect4(id: &str, keep_alive: u16, login: Option<(&str, &str)>) -> v4::P
 }
 
 impl C4 {
+    /// Sends UNSUBSCRIBE (`pkid`) from `filter`.
+    pub async fn send_unsubscribe(&mut self, pkid: u16, filter: &str) {
+        let mut u = v4::Unsubscribe::new(filter);
+        u.pkid = pkid;
+        self.send(v4::Packet::Unsubscribe(u))
+            .await
+            .expect("send UNSUBSCRIBE");
+    }
+
     pub async fn subscribe(&mut self, pkid: u16, filter: &str, qos: Q4) -> v4::SubAck {
         let mut s = v4::Subscribe::new(filter, qos);
         s.pkid = pkid;
