@@ -158,13 +158,25 @@ async fn upload(
     (r, s)
 }
 
+/// [`upload`] of `n` MiB to the `files` example as `name`: the file's URL, the response and
+/// the body's sum.
+async fn upload_file(
+    c: &reqwest::Client,
+    base: &str,
+    name: &str,
+    n: usize,
+    seed: u64,
+) -> (String, reqwest::Response, String) {
+    let url = format!("{base}/rpc/files/{name}");
+    let (r, sum) = upload(c, &url, n, seed).await;
+    (url, r, sum)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_upload_and_download_arrive_byte_exact() {
     let (s, dir, _files) = files_server("files");
     let (c, base) = (http(), s.http_base());
-    let url = format!("{base}/rpc/files/big.bin");
-
-    let (r, sent) = upload(&c, &url, 200, 17).await;
+    let (url, r, sent) = upload_file(&c, &base, "big.bin", 200, 17).await;
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["bytes"], 200 * MIB as u64, "{v}");
@@ -245,8 +257,7 @@ async fn a_responder_that_stops_mid_upload_gives_a_clean_error() {
 async fn a_responder_that_stops_mid_download_cuts_the_body() {
     let (s, _dir, files_proc) = files_server("files-stop-down");
     let (c, base) = (http(), s.http_base());
-    let url = format!("{base}/rpc/files/movie.bin");
-    let (r, _) = upload(&c, &url, 64, 5).await;
+    let (url, r, _) = upload_file(&c, &base, "movie.bin", 64, 5).await;
     assert_eq!(r.status(), 201);
 
     let r = c
