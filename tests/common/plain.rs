@@ -537,12 +537,13 @@ pub fn plain_bin() -> &'static Path {
 /// A plain rumqttd process: MQTT 3.1.1, MQTT 5 and WebSocket listeners (and optionally 3.1.1
 /// over TLS and one username/password). Killed on drop.
 pub struct Plain {
-    pub child: Option<Child>,
+    child: Option<Child>,
     pub v4: u16,
     pub v5: u16,
     pub ws: u16,
     pub tls: Option<u16>,
-    pub log: PathBuf,
+    /// Where the process's output goes (kept for the failure messages).
+    log: PathBuf,
 }
 
 impl Plain {
