@@ -5,11 +5,10 @@
 //! and after must keep exchanging messages.
 
 mod common;
-mod rawmqtt;
 
 use bytes::Bytes;
+use common::mqtt::*;
 use common::*;
-use rawmqtt::*;
 
 /// Well-behaved clients watching a broker while others misbehave.
 struct Bystanders {
@@ -24,10 +23,14 @@ struct Bystanders {
 
 impl Bystanders {
     fn new(s: &Server) -> Bystanders {
-        let mut sub = Client::new(s.mqtt, V::V5, "bystander-sub");
-        sub.subscribe("bystander/#", QoS::AtLeastOnce);
-        let mut all = Client::new(s.mqtt, V::V311, "bystander-all");
-        all.subscribe("#", QoS::AtLeastOnce);
+        let sub = Client::subscribed(
+            s.mqtt,
+            V::V5,
+            "bystander-sub",
+            "bystander/#",
+            QoS::AtLeastOnce,
+        );
+        let all = Client::subscribed(s.mqtt, V::V311, "bystander-all", "#", QoS::AtLeastOnce);
         let publisher = Client::new(s.mqtt, V::V311, "bystander-pub");
         Bystanders {
             sub,
@@ -35,6 +38,21 @@ impl Bystanders {
             publisher,
             n: 0,
         }
+    }
+
+    /// [`expect_refused`] (client `id` of version `v` sends `bytes`, refused with `code`), then
+    /// [`Bystanders::check`] that everyone else carries on after `what` (version added).
+    fn refused(
+        &mut self,
+        s: &mut Server,
+        v: V,
+        id: &str,
+        bytes: &[u8],
+        code: DisconnectReasonCode,
+        what: &str,
+    ) {
+        expect_refused(s, v, id, bytes, code);
+        self.check(s, &format!("{what} ({v:?})"));
     }
 
     /// The process is up, the clients from before still work, and a new client works too.
@@ -61,6 +79,20 @@ impl Bystanders {
     }
 }
 
+/// `s`, and bystanders watching it.
+fn watched(s: Server) -> (Server, Bystanders) {
+    let b = Bystanders::new(&s);
+    (s, b)
+}
+
+/// Starts a server with bystanders watching it and runs `case` for each protocol version.
+fn each_version_watched(mut case: impl FnMut(&mut Server, &mut Bystanders, V)) {
+    let (mut s, mut b) = watched(Server::start());
+    for v in BOTH {
+        case(&mut s, &mut b, v);
+    }
+}
+
 fn connected(s: &Server, v: V, id: &str) -> Client {
     Client::new(s.mqtt, v, id)
 }
@@ -77,8 +109,7 @@ fn expect_refused(s: &Server, v: V, id: &str, bytes: &[u8], code: DisconnectReas
 
 #[test]
 fn garbage_after_connect() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
+    let (mut s, mut b) = watched(Server::start());
     let garbage: [(&str, &[u8]); 3] = [
         ("reserved packet type 0", &[0x00, 0x02, 0xde, 0xad]),
         ("packet type 15 with flags", &[0xff, 0x03, 0x01, 0x02, 0x03]),
@@ -87,14 +118,14 @@ fn garbage_after_connect() {
     for v in BOTH {
         for (what, bytes) in garbage {
             // In its own write, after CONNACK.
-            expect_refused(
-                &s,
+            b.refused(
+                &mut s,
                 v,
                 "garbage",
                 bytes,
                 DisconnectReasonCode::MalformedPacket,
+                what,
             );
-            b.check(&mut s, &format!("{what} ({v:?})"));
 
             // In the same write as CONNECT.
             let mut c = Client::tcp(s.mqtt, v);
@@ -122,38 +153,37 @@ fn garbage_after_connect() {
 
 #[test]
 fn bad_remaining_length() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
+    let (mut s, mut b) = watched(Server::start());
     for v in BOTH {
         // Five length bytes: the encoding allows four.
-        expect_refused(
-            &s,
+        b.refused(
+            &mut s,
             v,
             "badlen",
             &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00],
             DisconnectReasonCode::MalformedPacket,
+            "5-byte remaining length",
         );
-        b.check(&mut s, &format!("5-byte remaining length ({v:?})"));
 
         // A remaining length shorter than the topic length inside it.
-        expect_refused(
-            &s,
+        b.refused(
+            &mut s,
             v,
             "badlen",
             &[0x30, 0x03, 0x00, 0x0a, b'a'],
             DisconnectReasonCode::MalformedPacket,
+            "topic crossing the packet end",
         );
-        b.check(&mut s, &format!("topic crossing the packet end ({v:?})"));
 
         // A SUBSCRIBE too short for its packet identifier.
-        expect_refused(
-            &s,
+        b.refused(
+            &mut s,
             v,
             "badlen",
             &[0x82, 0x01, 0x00],
             DisconnectReasonCode::MalformedPacket,
+            "truncated SUBSCRIBE",
         );
-        b.check(&mut s, &format!("truncated SUBSCRIBE ({v:?})"));
     }
     // As the very first packet: no CONNACK (the version is unknown), just a close.
     let mut c = Client::tcp(s.mqtt, V::V311);
@@ -164,8 +194,7 @@ fn bad_remaining_length() {
 
 #[test]
 fn packet_before_connect() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
+    let (mut s, mut b) = watched(Server::start());
     for (what, bytes) in [
         ("PUBLISH", raw_publish(b"bystander/x", b"sneaky", false)),
         ("SUBSCRIBE", frame(0x82, &[0, 1, 0, 1, b'#', 0])),
@@ -180,10 +209,22 @@ fn packet_before_connect() {
 
 // ---- CONNECT ----
 
+/// A CONNECT with protocol `name` and `level` gets the 3.1.1 refusal CONNACK 0x01 (unacceptable
+/// protocol version), then the close.
+fn expect_version_refused(s: &Server, name: &str, level: u8, id: &str) {
+    let mut c = Client::tcp(s.mqtt, V::V311);
+    c.send_raw(&raw_connect(name, level, id));
+    let answer = c.read_to_close(WAIT);
+    assert_eq!(
+        answer,
+        [0x20, 0x02, 0x00, 0x01],
+        "protocol {name:?} level {level}"
+    );
+}
+
 #[test]
 fn wrong_protocol_name() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
+    let (mut s, mut b) = watched(Server::start());
     // Level 5: an MQTT 5 CONNACK 0x84 (Unsupported Protocol Version).
     let mut c = Client::tcp(s.mqtt, V::V5);
     c.send_raw(&raw_connect("MQTX", 5, "badname"));
@@ -195,39 +236,24 @@ fn wrong_protocol_name() {
     b.check(&mut s, "protocol name MQTX level 5");
     // Otherwise the 3.1.1 refusal: 0x01 (unacceptable protocol version).
     for (name, level) in [("MQTX", 4), ("MQIsdp", 3), ("mqtt", 4), ("", 4)] {
-        let mut c = Client::tcp(s.mqtt, V::V311);
-        c.send_raw(&raw_connect(name, level, "badname"));
-        assert_eq!(
-            c.read_to_close(WAIT),
-            vec![0x20, 0x02, 0x00, 0x01],
-            "protocol name {name:?} level {level}"
-        );
+        expect_version_refused(&s, name, level, "badname");
         b.check(&mut s, &format!("protocol name {name:?}"));
     }
 }
 
 #[test]
 fn wrong_protocol_level() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
+    let (mut s, mut b) = watched(Server::start());
     for level in [0u8, 3, 6, 255] {
-        let mut c = Client::tcp(s.mqtt, V::V311);
-        c.send_raw(&raw_connect("MQTT", level, "badlevel"));
-        assert_eq!(
-            c.read_to_close(WAIT),
-            vec![0x20, 0x02, 0x00, 0x01],
-            "protocol level {level}"
-        );
+        expect_version_refused(&s, "MQTT", level, "badlevel");
         b.check(&mut s, &format!("protocol level {level}"));
     }
 }
 
 #[test]
 fn second_connect() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
-    for v in BOTH {
-        let mut c = connected(&s, v, "twice");
+    each_version_watched(|s, b, v| {
+        let mut c = connected(s, v, "twice");
         let again = c.encode(&Packet::Connect(
             Connect {
                 keep_alive: 60,
@@ -240,18 +266,19 @@ fn second_connect() {
         ));
         c.send_raw(&again);
         c.expect_disconnect(DisconnectReasonCode::ProtocolError);
-        b.check(&mut s, &format!("second CONNECT ({v:?})"));
-    }
+        b.check(s, &format!("second CONNECT ({v:?})"));
+    });
 }
 
 // ---- size ----
 
 #[test]
 fn packet_over_maximum_size() {
-    let mut s = Server::builder()
-        .env("LIMITS__MAX_PACKET_SIZE", 1000)
-        .start();
-    let mut b = Bystanders::new(&s);
+    let (mut s, mut b) = watched(
+        Server::builder()
+            .env("LIMITS__MAX_PACKET_SIZE", 1000)
+            .start(),
+    );
     for v in BOTH {
         let mut c = connected(&s, v, "big");
         c.send(&Packet::Publish(Publish::new(
@@ -308,84 +335,65 @@ fn packet_over_maximum_size() {
 
 #[test]
 fn wildcards_in_publish_topic() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
-    for v in BOTH {
+    each_version_watched(|s, b, v| {
         for t in ["bystander/+", "bystander/#", "+", "#", "bystander/a+b"] {
-            expect_refused(
-                &s,
+            b.refused(
+                s,
                 v,
                 "wild",
                 &raw_publish(t.as_bytes(), b"wild", v == V::V5),
                 DisconnectReasonCode::TopicNameInvalid,
+                &format!("PUBLISH to {t:?}"),
             );
-            b.check(&mut s, &format!("PUBLISH to {t:?} ({v:?})"));
         }
-    }
+    });
 }
 
 #[test]
 fn nul_in_publish_topic() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
-    for v in BOTH {
+    each_version_watched(|s, b, v| {
         // MQTT 5 §1.5.4: U+0000 in a UTF-8 string makes the packet malformed.
-        expect_refused(
-            &s,
+        b.refused(
+            s,
             v,
             "nul",
             &raw_publish(b"bystander/a\0b", b"nul", v == V::V5),
             DisconnectReasonCode::MalformedPacket,
+            "U+0000 in topic",
         );
-        b.check(&mut s, &format!("U+0000 in topic ({v:?})"));
-    }
+    });
 }
 
 #[test]
 fn invalid_utf8_in_topic() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
-    for v in BOTH {
+    each_version_watched(|s, b, v| {
         for (what, t) in [
             ("0xff", &b"bystander/\xff"[..]),
             ("overlong NUL", &b"bystander/\xc0\x80"[..]),
             ("surrogate", &b"bystander/\xed\xa0\x80"[..]),
             ("truncated sequence", &b"bystander/\xe2\x82"[..]),
         ] {
-            expect_refused(
-                &s,
+            b.refused(
+                s,
                 v,
                 "utf8",
                 &raw_publish(t, b"bad", v == V::V5),
                 DisconnectReasonCode::MalformedPacket,
+                &format!("{what} in topic"),
             );
-            b.check(&mut s, &format!("{what} in topic ({v:?})"));
         }
-    }
+    });
 }
 
 #[test]
 fn empty_topic_without_alias() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
-    // 3.1.1: a zero-length topic name is not allowed.
-    expect_refused(
-        &s,
-        V::V311,
-        "empty",
-        &raw_publish(b"", b"x", false),
-        DisconnectReasonCode::ProtocolError,
-    );
-    b.check(&mut s, "empty topic (3.1.1)");
-    // MQTT 5: allowed only with a topic alias (§3.3.2.1): a protocol error.
-    expect_refused(
-        &s,
-        V::V5,
-        "empty",
-        &raw_publish(b"", b"x", true),
-        DisconnectReasonCode::ProtocolError,
-    );
-    b.check(&mut s, "empty topic (5)");
+    // 3.1.1: a zero-length topic name is not allowed. MQTT 5: allowed only with a topic alias
+    // (§3.3.2.1). Either way a protocol error.
+    each_version_watched(|s, b, v| {
+        let empty = raw_publish(b"", b"x", v == V::V5);
+        let code = DisconnectReasonCode::ProtocolError;
+        b.refused(s, v, "empty", &empty, code, "empty topic");
+    });
 }
 
 /// A SUBSCRIBE with a filter that breaks the filter syntax is malformed (MQTT-4.7.1-1/2,
@@ -395,19 +403,9 @@ fn empty_topic_without_alias() {
 /// with the connection kept (`tests/conformance.rs`).
 #[test]
 fn invalid_subscribe_filters() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
-    for v in BOTH {
-        for (bad, code) in [
-            ("a/#/b", DisconnectReasonCode::MalformedPacket),
-            ("a+", DisconnectReasonCode::MalformedPacket),
-            ("a/b#", DisconnectReasonCode::MalformedPacket),
-            ("#/a", DisconnectReasonCode::MalformedPacket),
-            ("+a/b", DisconnectReasonCode::MalformedPacket),
-            ("$share/g", DisconnectReasonCode::ProtocolError),
-            ("$share//a", DisconnectReasonCode::ProtocolError),
-        ] {
-            let mut c = connected(&s, v, "badfilter");
+    each_version_watched(|s, b, v| {
+        for (bad, code) in MALFORMED_FILTERS {
+            let mut c = connected(s, v, "badfilter");
             let pkid = c.pkid();
             c.send(&Packet::Subscribe(Subscribe {
                 pkid,
@@ -424,98 +422,50 @@ fn invalid_subscribe_filters() {
         for watcher in [&mut b.sub, &mut b.all] {
             assert_eq!(&watcher.recv().payload[..], b"ok");
         }
-        b.check(&mut s, &format!("invalid filters ({v:?})"));
-    }
+        b.check(s, &format!("invalid filters ({v:?})"));
+    });
 }
 
 // ---- other malformed packets ----
 
 #[test]
 fn malformed_fields() {
-    let mut s = Server::start();
-    let mut b = Bystanders::new(&s);
+    use DisconnectReasonCode::{MalformedPacket as Malformed, ProtocolError};
+    let (mut s, mut b) = watched(Server::start());
     for v in BOTH {
         let props = if v == V::V5 { &[0u8][..] } else { &[][..] };
+        // A packet of type and flags `first`: `head`, the property block (MQTT 5), `tail`.
+        let packet =
+            |first: u8, head: &[u8], tail: &[u8]| frame(first, &[head, props, tail].concat());
+        // 3.1.1 CONNACK has no property block.
+        let connack = if v == V::V5 {
+            vec![0x20, 0x03, 0x00, 0x00, 0x00]
+        } else {
+            vec![0x20, 0x02, 0x00, 0x00]
+        };
+        #[rustfmt::skip]
         let cases: Vec<(&str, Vec<u8>, DisconnectReasonCode)> = vec![
-            (
-                "PUBLISH with QoS 3",
-                frame(0x36, &[&[0, 1, b'a', 0, 1][..], props, b"x"].concat()),
-                DisconnectReasonCode::MalformedPacket,
-            ),
-            (
-                "QoS 1 PUBLISH with packet id 0",
-                frame(0x32, &[&[0, 1, b'a', 0, 0][..], props, b"x"].concat()),
-                DisconnectReasonCode::MalformedPacket,
-            ),
-            (
-                "SUBSCRIBE with reserved flags 0",
-                frame(0x80, &[&[0, 1][..], props, &[0, 1, b'a', 0]].concat()),
-                DisconnectReasonCode::MalformedPacket,
-            ),
-            (
-                "SUBSCRIBE without filters",
-                frame(0x82, &[&[0, 1][..], props].concat()),
-                DisconnectReasonCode::ProtocolError,
-            ),
-            (
-                "SUBSCRIBE with QoS 3",
-                frame(0x82, &[&[0, 1][..], props, &[0, 1, b'a', 3]].concat()),
-                DisconnectReasonCode::MalformedPacket,
-            ),
-            (
-                "UNSUBSCRIBE without filters",
-                frame(0xa2, &[&[0, 1][..], props].concat()),
-                DisconnectReasonCode::ProtocolError,
-            ),
-            (
-                "CONNACK from a client",
-                vec![0x20, 0x03, 0x00, 0x00, 0x00],
-                DisconnectReasonCode::ProtocolError,
-            ),
-            (
-                "SUBACK from a client",
-                frame(0x90, &[&[0, 1][..], props, &[0]].concat()),
-                DisconnectReasonCode::ProtocolError,
-            ),
+            ("PUBLISH with QoS 3", packet(0x36, &[0, 1, b'a', 0, 1], b"x"), Malformed),
+            ("QoS 1 PUBLISH with packet id 0", packet(0x32, &[0, 1, b'a', 0, 0], b"x"), Malformed),
+            ("SUBSCRIBE with reserved flags 0", packet(0x80, &[0, 1], &[0, 1, b'a', 0]), Malformed),
+            ("SUBSCRIBE without filters", packet(0x82, &[0, 1], &[]), ProtocolError),
+            ("SUBSCRIBE with QoS 3", packet(0x82, &[0, 1], &[0, 1, b'a', 3]), Malformed),
+            ("UNSUBSCRIBE without filters", packet(0xa2, &[0, 1], &[]), ProtocolError),
+            ("CONNACK from a client", connack, ProtocolError),
+            ("SUBACK from a client", packet(0x90, &[0, 1], &[0]), ProtocolError),
         ];
         for (what, bytes, code) in cases {
-            // 3.1.1 CONNACK has no property block: 0x20 0x02 0x00 0x00.
-            let bytes = if v == V::V311 && what.starts_with("CONNACK") {
-                vec![0x20, 0x02, 0x00, 0x00]
-            } else {
-                bytes
-            };
-            expect_refused(&s, v, "malformed", &bytes, code);
-            b.check(&mut s, &format!("{what} ({v:?})"));
+            b.refused(&mut s, v, "malformed", &bytes, code, what);
         }
     }
     // MQTT 5 only: property blocks.
+    #[rustfmt::skip]
     let cases: Vec<(&str, Vec<u8>, DisconnectReasonCode)> = vec![
-        (
-            "unknown property id",
-            frame(0x30, &[0, 1, b'a', 2, 0x7f, 0, b'x']),
-            DisconnectReasonCode::MalformedPacket,
-        ),
-        (
-            "property length past the packet end",
-            frame(0x30, &[0, 1, b'a', 50, 0x01, 1]),
-            DisconnectReasonCode::MalformedPacket,
-        ),
-        (
-            "subscription options with retain handling 3",
-            frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x30]),
-            DisconnectReasonCode::MalformedPacket,
-        ),
-        (
-            "subscription identifier 0",
-            frame(0x82, &[0, 1, 2, 0x0b, 0, 0, 1, b'a', 0]),
-            DisconnectReasonCode::ProtocolError,
-        ),
-        (
-            "DISCONNECT with an unknown reason code",
-            vec![0xe0, 0x01, 0x03],
-            DisconnectReasonCode::MalformedPacket,
-        ),
+        ("unknown property id", frame(0x30, &[0, 1, b'a', 2, 0x7f, 0, b'x']), Malformed),
+        ("property length past the packet end", frame(0x30, &[0, 1, b'a', 50, 0x01, 1]), Malformed),
+        ("subscription options with retain handling 3", frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x30]), Malformed),
+        ("subscription identifier 0", frame(0x82, &[0, 1, 2, 0x0b, 0, 0, 1, b'a', 0]), ProtocolError),
+        ("DISCONNECT with an unknown reason code", vec![0xe0, 0x01, 0x03], Malformed),
     ];
     for (what, bytes, code) in cases {
         expect_refused(&s, V::V5, "malformed5", &bytes, code);

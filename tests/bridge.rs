@@ -12,6 +12,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use common::http::expect_error;
+use common::http::SendOk;
 use common::sse::{id_seq, Sse};
 use common::*;
 use serde_json::Value;
@@ -159,6 +160,16 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
         .filter(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
         .collect()
+}
+
+/// `PUT {base}{path}` with `body` (the topic's retained state): the status.
+async fn put(base: &str, path: &str, body: &'static str) -> u16 {
+    let r = http()
+        .put(format!("{base}{path}"))
+        .body(body)
+        .send_ok()
+        .await;
+    r.status().as_u16()
 }
 
 async fn post(base: &str, path_and_query: &str, body: impl Into<reqwest::Body>) -> u16 {
@@ -352,14 +363,12 @@ async fn sse_several_filters_and_overlaps_deliver_once() {
 async fn sse_sends_retained_first_once_and_not_when_asked() {
     let s = Server::start();
     let base = s.http_base();
-    let res = http()
+    http()
         .put(format!("{base}/topics/b/r/x"))
         .header("content-type", "text/plain")
         .body("state")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     // retained=false: the first filter subscription must not leak the retained message.
     let mut live_only = Sse::open(&base, "topic=b/r/%2B&retained=false", None).await;
     // Default: the retained message first, marked, without an id; exactly once.
@@ -379,13 +388,7 @@ async fn sse_sends_retained_first_once_and_not_when_asked() {
     with.expect_quiet(Duration::from_millis(500)).await;
     live_only.expect_quiet(Duration::from_millis(100)).await;
     // Overlapping filters: each retained message once, whichever filters match it.
-    let res = http()
-        .put(format!("{base}/topics/b/r/y"))
-        .body("other")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(put(&base, "/topics/b/r/y", "other").await, 200);
     let mut both = Sse::open(&base, "topic=b/r/%23&topic=b/r/x&topic=b/%2B/x", None).await;
     let mut got = vec![
         both.expect("retained 1").await.payload(),
@@ -399,20 +402,15 @@ async fn sse_sends_retained_first_once_and_not_when_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_message_expiry() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let url = format!("{base}/topics/b/exp/x");
-    let res = c
-        .put(format!("{url}?expiry=1"))
+    c.put(format!("{url}?expiry=1"))
         .body("brief")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+        .send_expect(200)
+        .await;
+    assert_eq!(c.get(&url).send_ok().await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let res = c.get(&url).send().await.unwrap();
-    expect_error(res, 404, &["expired"]).await;
+    c.get(&url).send_refused(404, &["expired"]).await;
     // Nor is it sent to a new stream.
     let mut sse = Sse::open(&base, "topic=b/exp/x", None).await;
     sse.expect_quiet(Duration::from_millis(300)).await;
@@ -426,13 +424,7 @@ async fn last_event_id_replays_exactly_the_missed_messages() {
     let s = Server::start();
     let base = s.http_base();
     // A retained message on the topic: a resumed stream must not repeat it.
-    let res = http()
-        .put(format!("{base}/topics/b/le/state"))
-        .body("retained")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(put(&base, "/topics/b/le/state", "retained").await, 200);
     let q = "topic=b/le/%2B&retained=false";
     let mut sse = Sse::open(&base, q, None).await;
     assert_eq!(post(&base, "/topics/b/le/a", "m1").await, 200);
@@ -551,14 +543,12 @@ async fn binary_payloads_arrive_base64_marked() {
     assert_eq!(j["encoding"], "base64", "{j}");
     assert_eq!(j["payload"], "/wD+gA==");
     // The same bytes by HTTP, and back by GET, byte for byte.
-    let res = http()
+    http()
         .post(format!("{base}/topics/b/bin/http"))
         .header("content-type", "application/octet-stream")
         .body(bin.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let j = sse.expect("binary 2").await.json();
     assert_eq!(
         (j["encoding"].as_str(), j["payload"].as_str()),
@@ -567,10 +557,8 @@ async fn binary_payloads_arrive_base64_marked() {
     assert_eq!(j["content_type"], "application/octet-stream");
     let res = http()
         .get(format!("{base}/topics/b/bin/mqtt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(res.bytes().await.unwrap().as_ref(), bin);
 }
 
@@ -582,7 +570,7 @@ async fn long_poll_returns_a_message_published_during_the_wait() {
     let s = Server::start();
     let base = s.http_base();
     let url = format!("{base}/poll?topic=b/lp/%2B&timeout=20");
-    let waiting = tokio::spawn(async move { http().get(url).send().await.unwrap() });
+    let waiting = tokio::spawn(async move { http().get(url).send_ok().await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let port = s.mqtt;
     blocking(move || mosq_pub(port, &["-q", "1", "-t", "b/lp/x", "-m", "during"])).await;
@@ -601,11 +589,10 @@ async fn long_poll_returns_a_message_published_during_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_since_returns_the_history() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     // A first poll to get an id.
     let url = format!("{base}/poll?topic=b/lh/x&timeout=20");
-    let first = tokio::spawn(async move { http().get(url).send().await.unwrap() });
+    let first = tokio::spawn(async move { http().get(url).send_ok().await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(post(&base, "/topics/b/lh/x", "p1").await, 200);
     let j: Value = first.await.unwrap().json().await.unwrap();
@@ -624,10 +611,8 @@ async fn long_poll_since_returns_the_history() {
         assert!(polls <= 5, "3 messages not caught up in 5 polls: {got:?}");
         let res = c
             .get(format!("{base}/poll?topic=b/lh/x&since={cursor}&timeout=5"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
+            .send_expect(200)
+            .await;
         let j: Value = res.json().await.unwrap();
         assert!(j.get("gap").is_none(), "{j}");
         for e in j["events"].as_array().unwrap() {
@@ -643,10 +628,8 @@ async fn long_poll_since_returns_the_history() {
         .get(format!(
             "{base}/poll?topic=b/lh/x&since=00000000-1&timeout=5"
         ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let j: Value = res.json().await.unwrap();
     assert!(j["gap"].is_string(), "{j}");
 }
@@ -660,9 +643,8 @@ async fn long_poll_times_out_with_204() {
             "{}/poll?topic=b/quiet/%23&timeout=1",
             s.http_base()
         ))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     let took = t0.elapsed();
     assert_eq!(res.status(), 204);
     assert!(res.bytes().await.unwrap().is_empty());
@@ -676,24 +658,21 @@ async fn long_poll_times_out_with_204() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_state_put_get_delete_also_seen_by_mqtt() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let url = format!("{base}/topics/b/state/lamp");
-    let res = c.get(&url).send().await.unwrap();
-    expect_error(res, 404, &["no retained message", "b/state/lamp"]).await;
+    c.get(&url)
+        .send_refused(404, &["no retained message", "b/state/lamp"])
+        .await;
     let res = c
         .put(&url)
         .header("content-type", "application/json")
         .header("MQTT-User-Property", "src=http")
         .body(r#"{"on":true}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let ack: Value = res.json().await.unwrap();
     assert_eq!(ack["retain"], true);
-    let res = c.get(&url).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    let res = c.get(&url).send_expect(200).await;
     assert_eq!(res.headers()["content-type"], "application/json");
     assert_eq!(res.headers()["mqtt-user-property"], "src=http");
     assert!(res.headers().get("etag").is_some());
@@ -716,29 +695,25 @@ async fn retained_state_put_get_delete_also_seen_by_mqtt() {
     let res = c
         .post(format!("{url}?retain=true&qos=2"))
         .body("v2")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     let ack: Value = res.json().await.unwrap();
     assert_eq!(
         (ack["retain"].as_bool(), ack["qos"].as_u64()),
         (Some(true), Some(2))
     );
-    let res = c.get(&url).send().await.unwrap();
+    let res = c.get(&url).send_ok().await;
     assert_eq!(res.headers()["content-type"], "application/octet-stream");
     assert_eq!(res.text().await.unwrap(), "v2");
     // A plain POST does not touch the state.
     assert_eq!(post(&base, "/topics/b/state/lamp", "transient").await, 200);
-    assert_eq!(
-        c.get(&url).send().await.unwrap().text().await.unwrap(),
-        "v2"
-    );
+    assert_eq!(c.get(&url).send_ok().await.text().await.unwrap(), "v2");
     // DELETE clears it, for HTTP and for new MQTT subscribers.
-    let res = c.delete(&url).send().await.unwrap();
-    assert_eq!(res.status(), 204);
+    let res = c.delete(&url).send_expect(204).await;
     assert!(res.bytes().await.unwrap().is_empty());
-    let res = c.get(&url).send().await.unwrap();
-    expect_error(res, 404, &["no retained message"]).await;
+    c.get(&url)
+        .send_refused(404, &["no retained message"])
+        .await;
     let got = blocking(move || {
         MosqSub::start(port, &["-V", "mqttv5", "-t", "b/state/#", "-F", "%t %p %r"])
             .messages(1, Duration::from_millis(1500))
@@ -746,10 +721,12 @@ async fn retained_state_put_get_delete_also_seen_by_mqtt() {
     .await;
     assert!(got.is_empty(), "a new subscriber got {got:?}");
     // DELETE of nothing is fine too.
-    assert_eq!(c.delete(&url).send().await.unwrap().status(), 204);
+    assert_eq!(c.delete(&url).send_ok().await.status(), 204);
     // PUT with an empty body is refused (it would clear the state).
-    let res = c.put(&url).body("").send().await.unwrap();
-    expect_error(res, 400, &["empty body", "DELETE"]).await;
+    c.put(&url)
+        .body("")
+        .send_refused(400, &["empty body", "DELETE"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,8 +734,8 @@ async fn etag_and_if_none_match() {
     let s = Server::start();
     let c = http();
     let url = format!("{}/topics/b/etag/x", s.http_base());
-    assert_eq!(c.put(&url).body("one").send().await.unwrap().status(), 200);
-    let res = c.get(&url).send().await.unwrap();
+    assert_eq!(c.put(&url).body("one").send_ok().await.status(), 200);
+    let res = c.get(&url).send_ok().await;
     let etag = res.headers()["etag"].to_str().unwrap().to_string();
     assert!(
         etag.starts_with('"') && etag.ends_with('"'),
@@ -766,7 +743,7 @@ async fn etag_and_if_none_match() {
     );
     assert_eq!(res.text().await.unwrap(), "one");
     // Same etag on a second read.
-    let res = c.get(&url).send().await.unwrap();
+    let res = c.get(&url).send_ok().await;
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
     for inm in [
         etag.clone(),
@@ -774,32 +751,22 @@ async fn etag_and_if_none_match() {
         format!("W/{etag}"),
         "*".to_string(),
     ] {
-        let res = c
-            .get(&url)
-            .header("if-none-match", &inm)
-            .send()
-            .await
-            .unwrap();
+        let res = c.get(&url).header("if-none-match", &inm).send_ok().await;
         assert_eq!(res.status(), 304, "If-None-Match: {inm}");
         assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
         assert!(res.bytes().await.unwrap().is_empty());
     }
-    let res = c
-        .get(&url)
+    c.get(&url)
         .header("if-none-match", "\"other\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     // A new value: a new etag, and the old one no longer matches.
-    assert_eq!(c.put(&url).body("two").send().await.unwrap().status(), 200);
+    assert_eq!(c.put(&url).body("two").send_ok().await.status(), 200);
     let res = c
         .get(&url)
         .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     assert_ne!(res.headers()["etag"].to_str().unwrap(), etag);
     assert_eq!(res.text().await.unwrap(), "two");
 }
@@ -850,26 +817,22 @@ async fn user_properties_both_ways() {
     let sub =
         blocking(move || MosqSub::start(port, &["-V", "mqttv5", "-t", "b/up/y", "-F", "%t %p %P"]))
             .await;
-    let res = http()
+    http()
         .post(format!("{base}/topics/b/up/y"))
         .header("MQTT-User-Property", "k=v")
         .header("MQTT-User-Property", "trace = 7")
         .body("from http")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let got = blocking(move || sub.messages(1, T)).await;
     assert_eq!(got, ["b/up/y from http k:v trace:7"]);
     // A malformed header is refused.
-    let res = http()
+    http()
         .post(format!("{base}/topics/b/up/y"))
         .header("MQTT-User-Property", "no-equals-sign")
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 400, &["MQTT-User-Property", "name=value"]).await;
+        .send_refused(400, &["MQTT-User-Property", "name=value"])
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -878,117 +841,47 @@ async fn user_properties_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_json_4xx_that_say_what_was_wrong() {
     let s = Server::builder().env("BRIDGE__MAX_BODY", 100).start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
+    use reqwest::Method as M;
+    // A request for `path` on this server.
+    let at = |method: M, path: &str| c.request(method, format!("{base}{path}"));
+    #[rustfmt::skip]
     let cases: Vec<(reqwest::RequestBuilder, u16, &[&str])> = vec![
-        (c.post(format!("{base}/topics/a/+/b")), 400, &["+ or #"]),
-        (c.post(format!("{base}/topics/a/%2B")), 400, &["+ or #"]),
-        (c.post(format!("{base}/topics/a/%23")), 400, &["+ or #"]),
-        (
-            c.put(format!("{base}/topics/a/%23")).body("x"),
-            400,
-            &["+ or #"],
-        ),
-        (c.delete(format!("{base}/topics/a/+")), 400, &["+ or #"]),
-        (c.get(format!("{base}/topics/a/+")), 400, &["+ or #"]),
-        (c.post(format!("{base}/topics/a/%FF")), 400, &["UTF-8"]),
-        (c.get(format!("{base}/topics/a/%C3")), 400, &["UTF-8"]),
-        (c.post(format!("{base}/topics/a/%00")), 400, &["U+0000"]),
-        (c.post(format!("{base}/topics/$SYS/x")), 400, &["$"]),
-        (c.post(format!("{base}/topics")), 400, &["topic is missing"]),
-        (
-            c.post(format!("{base}/topics/")),
-            400,
-            &["topic is missing"],
-        ),
-        (
-            c.post(format!("{base}/topics/a?qos=3")),
-            400,
-            &["qos", "\"3\""],
-        ),
-        (c.post(format!("{base}/topics/a?qos=x")), 400, &["qos"]),
-        (
-            c.post(format!("{base}/topics/a?retain=maybe")),
-            400,
-            &["retain"],
-        ),
-        (
-            c.post(format!("{base}/topics/a?expiry=0")),
-            400,
-            &["expiry"],
-        ),
-        (
-            c.post(format!("{base}/topics/a?expiry=-5")),
-            400,
-            &["expiry"],
-        ),
-        (
-            c.post(format!("{base}/topics/a")).body(vec![b'x'; 101]),
-            413,
-            &["100 bytes"],
-        ),
-        (
-            c.put(format!("{base}/topics/a")).body(vec![b'x'; 5000]),
-            413,
-            &["100 bytes"],
-        ),
-        (
-            c.post(format!("{base}/topics/a"))
-                .header("MQTT-Response-Topic", "a/+"),
-            400,
-            &["MQTT-Response-Topic"],
-        ),
-        (c.get(format!("{base}/events")), 400, &["topic="]),
-        (
-            c.get(format!("{base}/events?topic=a/%23/b")),
-            400,
-            &["invalid filter"],
-        ),
-        (
-            c.get(format!("{base}/events?topic=a%2Bb")),
-            400,
-            &["invalid filter"],
-        ),
-        (
-            c.get(format!("{base}/events?topic=%24SYS/%23")),
-            400,
-            &["$"],
-        ),
-        (c.get(format!("{base}/poll")), 400, &["topic="]),
-        (
-            c.get(format!("{base}/poll?topic=a&timeout=999")),
-            400,
-            &["timeout"],
-        ),
-        (
-            c.get(format!("{base}/poll?topic=a&timeout=soon")),
-            400,
-            &["timeout"],
-        ),
-        (c.get(format!("{base}/nope")), 404, &["no such route"]),
-        (c.get(format!("{base}/topicsx/a")), 404, &["no such route"]),
-        (
-            c.patch(format!("{base}/topics/a")),
-            405,
-            &["method not allowed"],
-        ),
-        (
-            c.post(format!("{base}/events?topic=a")),
-            405,
-            &["method not allowed"],
-        ),
-        (
-            c.delete(format!("{base}/poll?topic=a")),
-            405,
-            &["method not allowed"],
-        ),
-        (
-            c.put(format!("{base}/healthz")),
-            405,
-            &["method not allowed"],
-        ),
-        (c.post(format!("{base}/mqtt")), 405, &["method not allowed"]),
-        (c.get(format!("{base}/mqtt")), 400, &["WebSocket"]),
+        (at(M::POST, "/topics/a/+/b"), 400, &["+ or #"]),
+        (at(M::POST, "/topics/a/%2B"), 400, &["+ or #"]),
+        (at(M::POST, "/topics/a/%23"), 400, &["+ or #"]),
+        (at(M::PUT, "/topics/a/%23").body("x"), 400, &["+ or #"]),
+        (at(M::DELETE, "/topics/a/+"), 400, &["+ or #"]),
+        (at(M::GET, "/topics/a/+"), 400, &["+ or #"]),
+        (at(M::POST, "/topics/a/%FF"), 400, &["UTF-8"]),
+        (at(M::GET, "/topics/a/%C3"), 400, &["UTF-8"]),
+        (at(M::POST, "/topics/a/%00"), 400, &["U+0000"]),
+        (at(M::POST, "/topics/$SYS/x"), 400, &["$"]),
+        (at(M::POST, "/topics"), 400, &["topic is missing"]),
+        (at(M::POST, "/topics/"), 400, &["topic is missing"]),
+        (at(M::POST, "/topics/a?qos=3"), 400, &["qos", "\"3\""]),
+        (at(M::POST, "/topics/a?qos=x"), 400, &["qos"]),
+        (at(M::POST, "/topics/a?retain=maybe"), 400, &["retain"]),
+        (at(M::POST, "/topics/a?expiry=0"), 400, &["expiry"]),
+        (at(M::POST, "/topics/a?expiry=-5"), 400, &["expiry"]),
+        (at(M::POST, "/topics/a").body(vec![b'x'; 101]), 413, &["100 bytes"]),
+        (at(M::PUT, "/topics/a").body(vec![b'x'; 5000]), 413, &["100 bytes"]),
+        (at(M::POST, "/topics/a").header("MQTT-Response-Topic", "a/+"), 400, &["MQTT-Response-Topic"]),
+        (at(M::GET, "/events"), 400, &["topic="]),
+        (at(M::GET, "/events?topic=a/%23/b"), 400, &["invalid filter"]),
+        (at(M::GET, "/events?topic=a%2Bb"), 400, &["invalid filter"]),
+        (at(M::GET, "/events?topic=%24SYS/%23"), 400, &["$"]),
+        (at(M::GET, "/poll"), 400, &["topic="]),
+        (at(M::GET, "/poll?topic=a&timeout=999"), 400, &["timeout"]),
+        (at(M::GET, "/poll?topic=a&timeout=soon"), 400, &["timeout"]),
+        (at(M::GET, "/nope"), 404, &["no such route"]),
+        (at(M::GET, "/topicsx/a"), 404, &["no such route"]),
+        (at(M::PATCH, "/topics/a"), 405, &["method not allowed"]),
+        (at(M::POST, "/events?topic=a"), 405, &["method not allowed"]),
+        (at(M::DELETE, "/poll?topic=a"), 405, &["method not allowed"]),
+        (at(M::PUT, "/healthz"), 405, &["method not allowed"]),
+        (at(M::POST, "/mqtt"), 405, &["method not allowed"]),
+        (at(M::GET, "/mqtt"), 400, &["WebSocket"]),
     ];
     for (req, status, words) in cases {
         let req = req.build().unwrap();
@@ -1026,9 +919,8 @@ async fn max_body_is_the_only_body_limit() {
     let res = http()
         .post(format!("{}/topics/b/big", s.http_base()))
         .body(vec![0u8; 3 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     expect_error(res, 413, &["1048576 bytes"]).await;
     let s = Server::builder()
         .env("BRIDGE__MAX_BODY", 4 * 1024 * 1024)
@@ -1038,18 +930,16 @@ async fn max_body_is_the_only_body_limit() {
     let res = http()
         .post(format!("{}/topics/b/big", s.http_base()))
         .body(vec![b'a'; 3 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     let e = sse.expect("3 MiB message").await;
     assert_eq!(e.payload().len(), 3 * 1024 * 1024);
     let res = http()
         .post(format!("{}/topics/b/big", s.http_base()))
         .body(vec![b'a'; 4 * 1024 * 1024 + 1])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     expect_error(res, 413, &["4194304 bytes"]).await;
 }
 
@@ -1064,18 +954,14 @@ async fn slow_sse_consumer_gets_a_gap_not_unbounded_buffering() {
         .env("BRIDGE__STREAM_BUFFER", 4)
         .env("BRIDGE__HISTORY_SIZE", 16)
         .start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let filler = "y".repeat(SIZE - 8);
     let burst = |c: reqwest::Client, base: String, filler: String| async move {
         for i in 0..N {
-            let res = c
-                .post(format!("{base}/topics/b/slow/x?qos=0"))
+            c.post(format!("{base}/topics/b/slow/x?qos=0"))
                 .body(format!("{i:07} {filler}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
+                .send_expect(200)
+                .await;
         }
     };
     // Warm-up: the same burst to a stream that reads (the broker's message log for the topic
@@ -1093,8 +979,7 @@ async fn slow_sse_consumer_gets_a_gap_not_unbounded_buffering() {
     burst(c.clone(), base.clone(), filler.clone()).await;
     let rss1 = vmrss_kib(s.pid());
     // The server stays healthy while the consumer is stuck.
-    let res = c.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    c.get(format!("{base}/healthz")).send_expect(200).await;
     // A fresh stream sees a marker published after the burst: the whole burst went by.
     let mut fresh = Sse::open(&base, "topic=b/slow/x&retained=false", None).await;
     assert_eq!(post(&base, "/topics/b/slow/x", "marker").await, 200);

@@ -22,8 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::browser::*;
 use common::*;
-use serde_json::Value;
 
 /// `target/` (this test binary is `target/debug/deps/browser-…`).
 fn target_dir() -> PathBuf {
@@ -79,11 +79,7 @@ fn server_spki_sha256() -> String {
 
 #[test]
 fn browser_example_and_dashboard() {
-    if !prerequisites(
-        "browser_example_and_dashboard",
-        &["node"],
-        &[PLAYWRIGHT, MQTT_JS],
-    ) {
+    if !page_prerequisites("browser_example_and_dashboard") {
         return;
     }
     let s = Server::builder()
@@ -99,7 +95,7 @@ fn browser_example_and_dashboard() {
     let _ = std::fs::remove_file(&shot);
     let script = root().join("tests/browser/run.mjs");
     let started = Instant::now();
-    let (code, out, err) = run(
+    let ran = run(
         Command::new("node")
             .arg(&script)
             .args(["--http", &s.http.to_string()])
@@ -110,17 +106,8 @@ fn browser_example_and_dashboard() {
             .current_dir(root().join("tests/browser")),
         Duration::from_secs(200),
     );
-    eprintln!("{err}");
-    let line = out.lines().rev().find(|l| l.starts_with('{'));
-    let summary: Value = match line.map(serde_json::from_str) {
-        Some(Ok(v)) => v,
-        _ => panic!(
-            "run.mjs printed no JSON summary (exit {code:?}, {:?})\nstdout:\n{out}\nstderr:\n{err}",
-            started.elapsed()
-        ),
-    };
-    let pretty = serde_json::to_string_pretty(&summary).unwrap();
-    eprintln!("run.mjs summary:\n{pretty}");
+    let (summary, pretty) = script_summary("run.mjs", &ran, started);
+    let code = ran.0;
     assert_eq!(
         summary["ok"], true,
         "the browser run failed: {}\n{pretty}",

@@ -7,15 +7,14 @@
 //! property the publisher set, and never the broker's internal `$rtw` stamp.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use common::clients::*;
 use common::*;
-use support::*;
 
 /// What a subscriber saw, keyed by payload: (topic, QoS, retain).
 type Seen = BTreeMap<String, (String, u8, bool)>;
@@ -166,93 +165,75 @@ fn q5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
     rumqttc::v5::mqttbytes::qos(q).unwrap()
 }
 
+/// QoS 0, 1 and 2 round trips over every transport with rumqttc client `$client` (`V4` or
+/// `V5`, connected with `$options`, QoS from `$q`, SUBACK `$granted` for QoS 2); `$check` looks
+/// at each message received.
+macro_rules! qos_0_1_2_on_every_transport {
+    ($client:ident, $options:ident, $q:ident, $v:literal, $granted:expr, $check:expr) => {{
+        let s = tls_server();
+        for tr in ALL_TRANSPORTS {
+            let (mut sub, _) =
+                $client::connect($options(&s, tr, &format!("v{}sub-{tr:?}", $v))).await;
+            let topic = format!("r{}/{tr:?}", $v);
+            assert_eq!(
+                sub.subscribe(&format!("{topic}/#"), $q(2)).await,
+                vec![$granted]
+            );
+            let (mut publ, _) =
+                $client::connect($options(&s, tr, &format!("v{}pub-{tr:?}", $v))).await;
+            for q in 0..3 {
+                let (topic, payload) = (format!("{topic}/q{q}"), format!("m{q}"));
+                publ.publish_acked(&topic, $q(q), payload.as_bytes()).await;
+            }
+            let mut got: Seen = BTreeMap::new();
+            for _ in 0..3 {
+                let p = sub.publish_in(T).await;
+                $check(&p);
+                let topic = String::from_utf8(AsRef::<[u8]>::as_ref(&p.topic).to_vec()).unwrap();
+                let payload = String::from_utf8(p.payload.to_vec()).unwrap();
+                got.insert(payload, (topic, p.qos as u8, p.retain));
+            }
+            let want: Seen = (0..3)
+                .map(|q| (format!("m{q}"), (format!("{topic}/q{q}"), q, false)))
+                .collect();
+            assert_eq!(got, want, "over {tr:?}");
+            publ.disconnect().await;
+            sub.disconnect().await;
+        }
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_v4_qos_0_1_2_on_every_transport() {
-    let s = tls_server();
-    for tr in ALL_TRANSPORTS {
-        let (mut sub, _) = V4::connect(v4_options(&s, tr, &format!("v4sub-{tr:?}"))).await;
-        let topic = format!("r4/{tr:?}");
-        assert_eq!(
-            sub.subscribe(&format!("{topic}/#"), q4(2)).await,
-            vec![rumqttc::SubscribeReasonCode::Success(q4(2))]
-        );
-        let (mut publ, _) = V4::connect(v4_options(&s, tr, &format!("v4pub-{tr:?}"))).await;
-        for q in 0..3 {
-            publ.send(
-                &format!("{topic}/q{q}"),
-                q4(q),
-                false,
-                format!("m{q}").as_bytes(),
-            )
-            .await;
-        }
-        let mut got: Seen = BTreeMap::new();
-        for _ in 0..3 {
-            let p = sub.publish_in(T).await;
-            got.insert(
-                String::from_utf8(p.payload.to_vec()).unwrap(),
-                (p.topic.clone(), p.qos as u8, p.retain),
-            );
-        }
-        let want: Seen = (0..3)
-            .map(|q| (format!("m{q}"), (format!("{topic}/q{q}"), q, false)))
-            .collect();
-        assert_eq!(got, want, "over {tr:?}");
-        publ.disconnect().await;
-        sub.disconnect().await;
-    }
+    let granted = rumqttc::SubscribeReasonCode::Success(q4(2));
+    qos_0_1_2_on_every_transport!(V4, v4_options, q4, 4, granted, |_: &rumqttc::Publish| {});
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_v5_qos_0_1_2_on_every_transport() {
-    let s = tls_server();
-    for tr in ALL_TRANSPORTS {
-        let (mut sub, _) = V5::connect(v5_options(&s, tr, &format!("v5sub-{tr:?}"))).await;
-        let topic = format!("r5/{tr:?}");
-        assert_eq!(
-            sub.subscribe(&format!("{topic}/#"), q5(2)).await,
-            vec![p5::SubscribeReasonCode::Success(q5(2))]
-        );
-        let (mut publ, _) = V5::connect(v5_options(&s, tr, &format!("v5pub-{tr:?}"))).await;
-        for q in 0..3 {
-            publ.send(
-                &format!("{topic}/q{q}"),
-                q5(q),
-                false,
-                format!("m{q}").as_bytes(),
-                None,
-            )
-            .await;
-        }
-        let mut got: Seen = BTreeMap::new();
-        for _ in 0..3 {
-            let p = sub.publish_in(T).await;
-            assert!(
-                p.properties
-                    .as_ref()
-                    .is_none_or(|pr| pr.user_properties.is_empty()),
-                "unexpected user properties: {p:?}"
-            );
-            got.insert(
-                String::from_utf8(p.payload.to_vec()).unwrap(),
-                (
-                    String::from_utf8(p.topic.to_vec()).unwrap(),
-                    p.qos as u8,
-                    p.retain,
-                ),
-            );
-        }
-        let want: Seen = (0..3)
-            .map(|q| (format!("m{q}"), (format!("{topic}/q{q}"), q, false)))
-            .collect();
-        assert_eq!(got, want, "over {tr:?}");
-        publ.disconnect().await;
-        sub.disconnect().await;
-    }
+    let granted = p5::SubscribeReasonCode::Success(q5(2));
+    qos_0_1_2_on_every_transport!(V5, v5_options, q5, 5, granted, assert_no_user_properties);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Cross-version delivery with MQTT 5 properties.
+
+/// A paho subscriber (protocol `version`) to `filter` at `qos` that exits after `count`
+/// messages; returned once it has subscribed.
+fn paho_sub(s: &Server, version: &str, filter: &str, qos: u8, count: u32) -> Proc {
+    let (qos, count) = (qos.to_string(), count.to_string());
+    let args = ["--topic", filter, "--qos", &qos, "--count", &count];
+    let mut sub = Proc::spawn(paho("sub", s, Tr::Tcp, version).args(args));
+    sub.wait_event("ready", T);
+    sub
+}
+
+/// What mosquitto_sub `msub` printed: `PROPS_PAYLOAD`, then "after", both QoS 1 on `topic`.
+fn assert_mosquitto_got_both(msub: Proc, topic: &str) {
+    let lines = msub.success(T);
+    let want = [PROPS_PAYLOAD, "after"].map(|p| (topic.to_string(), 1, false, p.to_string()));
+    assert_eq!(mosquitto_msgs(&lines), want);
+}
 
 const PROPS_PAYLOAD: &str = "héllo, wörld: {\"json\": [1, 2, 3]}";
 
@@ -293,21 +274,11 @@ fn v5_properties_to_v311_subscribers() {
             .args(["-t", "props/#", "-q", "1", "-C", "2", "-W", "15"]),
     );
     mosquitto_ready(&mut msub);
-    let mut psub = Proc::spawn(
-        paho("sub", &s, Tr::Tcp, "311").args(["--topic", "props/#", "--qos", "1", "--count", "2"]),
-    );
-    psub.wait_event("ready", T);
+    let psub = paho_sub(&s, "311", "props/#", 1, 2);
 
     paho_publish_with_props(&s, "props/a");
 
-    let lines = msub.success(T);
-    assert_eq!(
-        mosquitto_msgs(&lines),
-        vec![
-            ("props/a".to_string(), 1, false, PROPS_PAYLOAD.to_string()),
-            ("props/a".to_string(), 1, false, "after".to_string()),
-        ]
-    );
+    assert_mosquitto_got_both(msub, "props/a");
     let lines = psub.success(T);
     let msgs = events(&lines, "msg");
     assert_eq!(msgs.len(), 2, "{lines:?}");
@@ -329,10 +300,7 @@ fn v5_properties_to_v311_subscribers() {
 #[test]
 fn v5_properties_to_v5_subscriber_without_internal_stamp() {
     let s = Server::start();
-    let mut psub = Proc::spawn(
-        paho("sub", &s, Tr::Tcp, "5").args(["--topic", "props/#", "--qos", "1", "--count", "2"]),
-    );
-    psub.wait_event("ready", T);
+    let psub = paho_sub(&s, "5", "props/#", 1, 2);
     let mut msub = Proc::spawn(
         mosquitto_sub(&s, false, "mqttv5")
             .args(["-t", "props/#", "-q", "1", "-C", "2", "-W", "15"]),
@@ -372,23 +340,13 @@ fn v5_properties_to_v5_subscriber_without_internal_stamp() {
         vec![json!({"event": "disconnected", "reason": 0})]
     );
 
-    let lines = msub.success(T);
-    assert_eq!(
-        mosquitto_msgs(&lines),
-        vec![
-            ("props/b".to_string(), 1, false, PROPS_PAYLOAD.to_string()),
-            ("props/b".to_string(), 1, false, "after".to_string()),
-        ]
-    );
+    assert_mosquitto_got_both(msub, "props/b");
 }
 
 #[test]
 fn v311_publisher_to_v5_subscriber() {
     let s = Server::start();
-    let mut psub = Proc::spawn(
-        paho("sub", &s, Tr::Tcp, "5").args(["--topic", "old/#", "--qos", "2", "--count", "2"]),
-    );
-    psub.wait_event("ready", T);
+    let psub = paho_sub(&s, "5", "old/#", 2, 2);
     run_ok(mosquitto_pub(&s, false, "mqttv311").args(["-t", "old/a", "-q", "2", "-m", "from 311"]));
     let out = Proc::spawn(paho("pub", &s, Tr::Tcp, "311").args([
         "--topic",
@@ -428,10 +386,8 @@ fn v311_publisher_to_v5_subscriber() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_cross_version_properties() {
     let s = Server::start();
-    let (mut s4, _) = V4::connect(v4_options(&s, Tr::Tcp, "x-sub4")).await;
-    s4.subscribe("cv/#", q4(1)).await;
-    let (mut s5, _) = V5::connect(v5_options(&s, Tr::Tcp, "x-sub5")).await;
-    s5.subscribe("cv/#", q5(1)).await;
+    let mut s4 = V4::subscribed(&s, "x-sub4", "cv/#", q4(1)).await;
+    let mut s5 = V5::subscribed(&s, "x-sub5", "cv/#", q5(1)).await;
 
     let (mut p5c, _) = V5::connect(v5_options(&s, Tr::Tcp, "x-pub5")).await;
     let props = p5::PublishProperties {
@@ -484,18 +440,10 @@ async fn rumqttc_cross_version_properties() {
     assert!(got.user_properties.iter().all(|(k, _)| !is_internal(k)));
     let b = s5.publish_in(T).await;
     assert_eq!(&b.payload[..], b"from four");
-    assert!(
-        b.properties
-            .as_ref()
-            .is_none_or(|p| p.user_properties.is_empty()),
-        "{b:?}"
-    );
+    assert_no_user_properties(&b);
     let c = s5.publish_in(T).await;
     assert_eq!(&c.payload[..], b"still connected");
-    assert!(c
-        .properties
-        .as_ref()
-        .is_none_or(|p| p.user_properties.is_empty()));
+    assert_no_user_properties(&c);
 }
 
 fn hex(b: &[u8]) -> String {

@@ -3,14 +3,15 @@
 //! `broker/src/cluster/` and the README's "Cluster" section.
 
 mod common;
-mod support;
 
 use std::time::Duration;
 
+use common::clients::{
+    p5, persistent_v5_options, set_v4_will, v4_options, v5_options, Tr, T, V4, V5,
+};
 use common::nats::Nats;
 use common::Server;
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use support::{p5, v4_options, v5_options, Tr, T, V4, V5};
 
 /// A node named `name` joined to `nats`.
 fn node(nats: &Nats, name: &str) -> Server {
@@ -39,15 +40,12 @@ async fn publish_on_one_node_reaches_subscribers_on_every_node() {
     let [n1, n2, n3] = three(&nats);
 
     // n2: MQTT 5, overlapping filters (one copy expected per message).
-    let (mut s2, _) = V5::connect(v5_options(&n2, Tr::Tcp, "sub-n2")).await;
-    s2.subscribe("c/#", Q5::ExactlyOnce).await;
+    let mut s2 = V5::subscribed(&n2, "sub-n2", "c/#", Q5::ExactlyOnce).await;
     s2.subscribe("c/+/x", Q5::AtLeastOnce).await;
     // n3: MQTT 3.1.1.
-    let (mut s3, _) = V4::connect(v4_options(&n3, Tr::Tcp, "sub-n3")).await;
-    s3.subscribe("c/#", rumqttc::QoS::ExactlyOnce).await;
+    let mut s3 = V4::subscribed(&n3, "sub-n3", "c/#", rumqttc::QoS::ExactlyOnce).await;
     // n1, the publisher's own node: one copy too (nothing comes back from NATS twice).
-    let (mut s1, _) = V4::connect(v4_options(&n1, Tr::Tcp, "sub-n1")).await;
-    s1.subscribe("c/#", rumqttc::QoS::ExactlyOnce).await;
+    let mut s1 = V4::subscribed(&n1, "sub-n1", "c/#", rumqttc::QoS::ExactlyOnce).await;
 
     let (mut p, _) = V5::connect(v5_options(&n1, Tr::Tcp, "pub-n1")).await;
     let props = p5::PublishProperties {
@@ -72,14 +70,8 @@ async fn publish_on_one_node_reaches_subscribers_on_every_node() {
     }
     // Order per publisher and topic: 50 more at QoS 1.
     for i in 0..50 {
-        p.send(
-            "c/seq",
-            Q5::AtLeastOnce,
-            false,
-            format!("{i}").as_bytes(),
-            None,
-        )
-        .await;
+        p.publish_acked("c/seq", Q5::AtLeastOnce, format!("{i}").as_bytes())
+            .await;
     }
 
     let got = drain5(&mut s2, Duration::from_secs(2)).await;
@@ -129,23 +121,24 @@ fn every_legal_topic_crosses_between_mosquitto_clients() {
         "_~7E/x",
     ];
     for v in ["mqttv311", "mqttv5"] {
-        let mut sub = support::Proc::spawn(support::mosquitto_sub(&n2, false, v).args([
-            "-t",
-            "#",
-            "-q",
-            "1",
-            "-i",
-            &format!("ms-{v}"),
-        ]));
-        support::mosquitto_ready(&mut sub);
+        let mut sub =
+            common::clients::Proc::spawn(common::clients::mosquitto_sub(&n2, false, v).args([
+                "-t",
+                "#",
+                "-q",
+                "1",
+                "-i",
+                &format!("ms-{v}"),
+            ]));
+        common::clients::mosquitto_ready(&mut sub);
         for t in topics {
-            support::run_ok(
-                support::mosquitto_pub(&n1, false, v).args(["-t", t, "-m", t, "-q", "1"]),
+            common::clients::run_ok(
+                common::clients::mosquitto_pub(&n1, false, v).args(["-t", t, "-m", t, "-q", "1"]),
             );
         }
         for t in topics {
             let line = sub.wait_line(T, |l| l.starts_with("MSG|"));
-            let msgs = support::mosquitto_msgs(&[line]);
+            let msgs = common::clients::mosquitto_msgs(&[line]);
             assert_eq!(msgs[0].0, t, "{v}");
             assert_eq!(msgs[0].3, t);
         }
@@ -153,8 +146,8 @@ fn every_legal_topic_crosses_between_mosquitto_clients() {
 }
 
 /// `curl -N` on `GET /events?…` (a real SSE client), its header lines and events as lines.
-fn sse(s: &Server, query: &str) -> support::Proc {
-    let mut p = support::Proc::spawn(std::process::Command::new("curl").args([
+fn sse(s: &Server, query: &str) -> common::clients::Proc {
+    let mut p = common::clients::Proc::spawn(std::process::Command::new("curl").args([
         "-sN",
         "-D",
         "-",
@@ -166,7 +159,7 @@ fn sse(s: &Server, query: &str) -> support::Proc {
 }
 
 fn curl(args: &[&str]) -> String {
-    support::run_ok(std::process::Command::new("curl").arg("-s").args(args))
+    common::clients::run_ok(std::process::Command::new("curl").arg("-s").args(args))
 }
 
 #[test]
@@ -198,7 +191,7 @@ fn rpc_caller_and_responder_on_different_nodes() {
     let nats = Nats::start();
     let [n1, n2, _n3] = three(&nats);
     // The echo example (MQTT 5 responder on `rpc/#`) on n2; the HTTP caller on n1.
-    let mut echo = support::Proc::spawn(
+    let mut echo = common::clients::Proc::spawn(
         std::process::Command::new(common::example_bin("echo")).args([
             "--port",
             &n2.mqtt.to_string(),
@@ -259,19 +252,21 @@ fn retained_messages_are_one_state_kept_across_restarts() {
     let mut nats = Nats::start();
     let [mut n1, mut n2, mut n3] = three(&nats);
     // Set on n1 (MQTT 3.1.1), read over HTTP on n2, delivered on subscribe on n3.
-    support::run_ok(support::mosquitto_pub(&n1, false, "mqttv311").args([
-        "-t",
-        "state/lamp",
-        "-m",
-        "on",
-        "-r",
-        "-q",
-        "1",
-    ]));
+    common::clients::run_ok(
+        common::clients::mosquitto_pub(&n1, false, "mqttv311").args([
+            "-t",
+            "state/lamp",
+            "-m",
+            "on",
+            "-r",
+            "-q",
+            "1",
+        ]),
+    );
     assert_eq!(wait_topic(&n2, "state/lamp", "200"), "on");
     wait_topic(&n3, "state/lamp", "200");
-    let mut sub = support::Proc::spawn(
-        support::mosquitto_sub(&n3, false, "mqttv5").args(["-t", "state/#", "-q", "1"]),
+    let mut sub = common::clients::Proc::spawn(
+        common::clients::mosquitto_sub(&n3, false, "mqttv5").args(["-t", "state/#", "-q", "1"]),
     );
     let line = sub.wait_line(T, |l| l.starts_with("MSG|"));
     assert_eq!(line, "MSG|state/lamp|1|1|on");
@@ -333,10 +328,7 @@ fn retained_messages_are_one_state_kept_across_restarts() {
 }
 
 fn persistent(s: &Server, id: &str) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(s, Tr::Tcp, id);
-    o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(300));
-    o
+    persistent_v5_options(s, id, 300)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,14 +356,8 @@ async fn a_client_id_is_unique_across_nodes_and_its_session_follows_it() {
     // Away from n2, messages queue there; back on n1, they are handed over.
     second.disconnect().await;
     for i in 0..3 {
-        p.send(
-            "roam/q",
-            Q5::AtLeastOnce,
-            false,
-            format!("q{i}").as_bytes(),
-            None,
-        )
-        .await;
+        p.publish_acked("roam/q", Q5::AtLeastOnce, format!("q{i}").as_bytes())
+            .await;
     }
     let (mut third, ack) = V5::connect(persistent(&n1, "roamer")).await;
     assert!(ack.session_present);
@@ -397,27 +383,18 @@ async fn a_client_id_is_unique_across_nodes_and_its_session_follows_it() {
 async fn a_share_group_over_two_nodes_gets_each_message_exactly_once() {
     let nats = Nats::start();
     let [n1, n2, n3] = three(&nats);
-    let (mut a, _) = V5::connect(v5_options(&n1, Tr::Tcp, "member-n1")).await;
-    a.subscribe("$share/g/jobs/#", Q5::AtLeastOnce).await;
-    let (mut b, _) = V5::connect(v5_options(&n2, Tr::Tcp, "member-n2")).await;
-    b.subscribe("$share/g/jobs/#", Q5::AtLeastOnce).await;
+    let mut a = V5::subscribed(&n1, "member-n1", "$share/g/jobs/#", Q5::AtLeastOnce).await;
+    let mut b = V5::subscribed(&n2, "member-n2", "$share/g/jobs/#", Q5::AtLeastOnce).await;
     // A plain subscriber on n1 gets every message (the group is a copy of its own).
-    let (mut all, _) = V4::connect(v4_options(&n1, Tr::Tcp, "plain-n1")).await;
-    all.subscribe("jobs/#", rumqttc::QoS::AtLeastOnce).await;
+    let mut all = V4::subscribed(&n1, "plain-n1", "jobs/#", rumqttc::QoS::AtLeastOnce).await;
     // Publishers on n3 (no member) and on n1 (a member's node).
     let (mut p3, _) = V5::connect(v5_options(&n3, Tr::Tcp, "pub-n3")).await;
     let (mut p1, _) = V5::connect(v5_options(&n1, Tr::Tcp, "pub-n1")).await;
     const N: usize = 1000;
     for i in 0..N {
         let p = if i % 2 == 0 { &mut p3 } else { &mut p1 };
-        p.send(
-            "jobs/x",
-            Q5::AtLeastOnce,
-            false,
-            format!("{i}").as_bytes(),
-            None,
-        )
-        .await;
+        p.publish_acked("jobs/x", Q5::AtLeastOnce, format!("{i}").as_bytes())
+            .await;
     }
     let mut seen = vec![0u32; N];
     let (mut got_a, mut got_b) = (0, 0);
@@ -469,8 +446,7 @@ fn wait_ready(s: &Server, code: &str) {
 async fn a_killed_node_costs_only_its_own_connections() {
     let nats = Nats::start();
     let [mut n1, n2, n3] = three(&nats);
-    let (mut s2, _) = V5::connect(v5_options(&n2, Tr::Tcp, "s2")).await;
-    s2.subscribe("k/#", Q5::AtLeastOnce).await;
+    let mut s2 = V5::subscribed(&n2, "s2", "k/#", Q5::AtLeastOnce).await;
     let (mut victim, _) = V5::connect(persistent(&n1, "victim")).await;
     victim.subscribe("k/#", Q5::AtLeastOnce).await;
     let (mut p, _) = V5::connect(v5_options(&n3, Tr::Tcp, "p3")).await;
@@ -499,10 +475,8 @@ async fn nats_restarted_under_load_is_survived() {
     let mut nats = Nats::start();
     let n1 = node(&nats, "n1");
     let n2 = node(&nats, "n2");
-    let (mut far, _) = V5::connect(v5_options(&n2, Tr::Tcp, "far")).await;
-    far.subscribe("load/#", Q5::AtLeastOnce).await;
-    let (mut near, _) = V4::connect(v4_options(&n1, Tr::Tcp, "near")).await;
-    near.subscribe("load/#", rumqttc::QoS::AtLeastOnce).await;
+    let mut far = V5::subscribed(&n2, "far", "load/#", Q5::AtLeastOnce).await;
+    let mut near = V4::subscribed(&n1, "near", "load/#", rumqttc::QoS::AtLeastOnce).await;
     // Load: a QoS 1 publisher on n1 that never stops while NATS goes away and comes back.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
@@ -511,14 +485,8 @@ async fn nats_restarted_under_load_is_survived() {
         tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                p.send(
-                    "load/x",
-                    Q5::AtLeastOnce,
-                    false,
-                    format!("{i}").as_bytes(),
-                    None,
-                )
-                .await;
+                p.publish_acked("load/x", Q5::AtLeastOnce, format!("{i}").as_bytes())
+                    .await;
                 i += 1;
             }
             i
@@ -582,16 +550,10 @@ async fn wills_and_sys_span_the_cluster() {
         .env("SYS__INTERVAL_SECS", 1)
         .start();
     let n2 = node(&nats, "n2");
-    let (mut s2, _) = V5::connect(v5_options(&n2, Tr::Tcp, "watcher")).await;
-    s2.subscribe("wills/#", Q5::AtLeastOnce).await;
+    let mut s2 = V5::subscribed(&n2, "watcher", "wills/#", Q5::AtLeastOnce).await;
     // A 3.1.1 client on n1 with a will, dropped without DISCONNECT: the will reaches n2.
     let mut o = v4_options(&n1, Tr::Tcp, "mortal");
-    o.set_last_will(rumqttc::LastWill::new(
-        "wills/mortal",
-        "gone",
-        rumqttc::QoS::AtLeastOnce,
-        false,
-    ));
+    set_v4_will(&mut o, "wills/mortal", "gone");
     let (c, _) = V4::connect(o).await;
     drop(c);
     let w = s2.publish_in(T).await;
@@ -600,8 +562,9 @@ async fn wills_and_sys_span_the_cluster() {
         (&b"wills/mortal"[..], &b"gone"[..])
     );
     // `$SYS` on n1 names the node and sees n2 in the cluster summary.
-    let mut sys = support::Proc::spawn(
-        support::mosquitto_sub(&n1, false, "mqttv311").args(["-t", "$SYS/broker/cluster/#"]),
+    let mut sys = common::clients::Proc::spawn(
+        common::clients::mosquitto_sub(&n1, false, "mqttv311")
+            .args(["-t", "$SYS/broker/cluster/#"]),
     );
     let line = sys.wait_line(T, |l| {
         l.starts_with("MSG|$SYS/broker/cluster/nodes|") && l.ends_with("n1,n2")
@@ -645,11 +608,9 @@ async fn only_subscribed_filters_cross_the_wire() {
         v.sort();
         v
     };
-    let (mut a, _) = V5::connect(v5_options(&n1, Tr::Tcp, "a")).await;
-    a.subscribe("room 1/+/t.c", Q5::AtMostOnce).await;
+    let mut a = V5::subscribed(&n1, "a", "room 1/+/t.c", Q5::AtMostOnce).await;
     a.subscribe("$share/g/jobs/#", Q5::AtMostOnce).await;
-    let (mut b, _) = V5::connect(v5_options(&n1, Tr::Tcp, "b")).await;
-    b.subscribe("room 1/+/t.c", Q5::AtMostOnce).await;
+    let b = V5::subscribed(&n1, "b", "room 1/+/t.c", Q5::AtMostOnce).await;
     let want = with(&[
         "rtw.m._jobs [rtw-g~~jobs~2F~23]",
         "rtw.m._jobs.> [rtw-g~~jobs~2F~23]",

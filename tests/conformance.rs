@@ -4,13 +4,12 @@
 //! reason code and property the broker answers with.
 
 mod common;
-mod rawmqtt;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use common::mqtt::*;
 use common::*;
-use rawmqtt::*;
 
 fn topic_of(p: &Publish) -> String {
     String::from_utf8_lossy(&p.topic).into_owned()
@@ -37,25 +36,20 @@ fn will(topic: &str, body: &str) -> LastWill {
 /// once or for it to have the value 0." The server answers CONNACK 0x82 and closes (§4.13).
 /// (The same holds for Maximum Packet Size 0, §3.1.2.11.4, and for a will whose Response Topic
 /// has wildcards, MQTT-3.3.2-14.) 3.1.1 has no properties.
+/// An MQTT 5 CONNECT with `opts` gets CONNACK 0x82 (Protocol Error), then the close.
+fn refused_as_protocol_error(s: &Server, opts: Opts) {
+    let (mut c, ack) = Client::try_connect(s.mqtt, V::V5, opts);
+    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
+    c.expect_closed(WAIT);
+}
+
 #[test]
 fn receive_maximum_zero_is_a_protocol_error() {
     let s = Server::start();
-    let (mut c, ack) = Client::try_connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-rm0").props(|p| p.receive_maximum = Some(0)),
-    );
-    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
-    c.expect_closed(WAIT);
-
-    let (mut c, ack) = Client::try_connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-mps0").props(|p| p.max_packet_size = Some(0)),
-    );
-    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
-    c.expect_closed(WAIT);
-
+    let opts = Opts::new("cf-rm0").props(|p| p.receive_maximum = Some(0));
+    refused_as_protocol_error(&s, opts);
+    let opts = Opts::new("cf-mps0").props(|p| p.max_packet_size = Some(0));
+    refused_as_protocol_error(&s, opts);
     // A will whose Response Topic has a wildcard: the will would be published with it.
     let props = LastWillProperties {
         delay_interval: None,
@@ -66,9 +60,8 @@ fn receive_maximum_zero_is_a_protocol_error() {
         correlation_data: None,
         user_properties: Vec::new(),
     };
-    let (mut c, ack) = Client::try_connect(
-        s.mqtt,
-        V::V5,
+    refused_as_protocol_error(
+        &s,
         Opts::new("cf-wrt").will(LastWill::new(
             "cf/will",
             b"gone".to_vec(),
@@ -77,15 +70,9 @@ fn receive_maximum_zero_is_a_protocol_error() {
             Some(props),
         )),
     );
-    assert_eq!(ack.code, ConnectReturnCode::ProtocolError, "{ack:?}");
-    c.expect_closed(WAIT);
 
     // Receive Maximum 1 is fine.
-    let mut c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-rm1").props(|p| p.receive_maximum = Some(1)),
-    );
+    let mut c = Client::v5_with(s.mqtt, "cf-rm1", |p| p.receive_maximum = Some(1));
     c.ping();
 }
 
@@ -98,8 +85,7 @@ fn receive_maximum_zero_is_a_protocol_error() {
 #[test]
 fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
     let s = Server::start();
-    let mut c = Client::new(s.mqtt, V::V5, "cf-se");
-    c.subscribe("cf/se", QoS::AtLeastOnce);
+    let mut c = Client::subscribed(s.mqtt, V::V5, "cf-se", "cf/se", QoS::AtLeastOnce);
     c.send(&Packet::Disconnect(Disconnect {
         reason_code: DisconnectReasonCode::NormalDisconnection,
         properties: Some(DisconnectProperties {
@@ -133,8 +119,8 @@ fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
 #[test]
 fn response_topic_with_wildcards_is_a_protocol_error() {
     let s = Server::start();
-    let mut watcher = Client::new(s.mqtt, V::V311, "cf-rt-watch");
-    watcher.subscribe("cf/rt/#", QoS::AtLeastOnce);
+    let mut watcher =
+        Client::subscribed(s.mqtt, V::V311, "cf-rt-watch", "cf/rt/#", QoS::AtLeastOnce);
     for (i, rt) in ["cf/+/reply", "cf/reply/#"].into_iter().enumerate() {
         let id = format!("cf-rt-{i}");
         let mut c = Client::connect(s.mqtt, V::V5, Opts::new(&id).will(will("cf/rt/will", &id)));
@@ -169,16 +155,10 @@ fn response_topic_with_wildcards_is_a_protocol_error() {
 #[test]
 fn topic_aliases_towards_the_client() {
     let s = Server::start();
-    let mut aliased = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("cf-al").props(|p| p.topic_alias_max = Some(2)),
-    );
+    let mut plain = Client::subscribed(s.mqtt, V::V5, "cf-al-plain", "cf/al/#", QoS::AtLeastOnce);
+    let mut old = Client::subscribed(s.mqtt, V::V311, "cf-al-311", "cf/al/#", QoS::AtLeastOnce);
+    let mut aliased = Client::v5_with(s.mqtt, "cf-al", |p| p.topic_alias_max = Some(2));
     aliased.subscribe("cf/al/#", QoS::AtLeastOnce);
-    let mut plain = Client::new(s.mqtt, V::V5, "cf-al-plain");
-    plain.subscribe("cf/al/#", QoS::AtLeastOnce);
-    let mut old = Client::new(s.mqtt, V::V311, "cf-al-311");
-    old.subscribe("cf/al/#", QoS::AtLeastOnce);
 
     let sent = [
         "cf/al/a", "cf/al/a", "cf/al/b", "cf/al/c", "cf/al/a", "cf/al/b",
@@ -318,19 +298,8 @@ fn server_keep_alive_default_and_configured_cap() {
 /// good filter sent with it either.
 #[test]
 fn subscribe_with_a_malformed_filter_closes_the_connection() {
-    let s = Server::start();
-    let cases = [
-        ("a/#/b", DisconnectReasonCode::MalformedPacket),
-        ("a+", DisconnectReasonCode::MalformedPacket),
-        ("a/b#", DisconnectReasonCode::MalformedPacket),
-        ("#/a", DisconnectReasonCode::MalformedPacket),
-        ("+a/b", DisconnectReasonCode::MalformedPacket),
-        ("", DisconnectReasonCode::MalformedPacket),
-        ("$share/g", DisconnectReasonCode::ProtocolError),
-        ("$share//a", DisconnectReasonCode::ProtocolError),
-    ];
-    for v in BOTH {
-        for (bad, code) in cases {
+    on_both_versions(|s, v| {
+        for (bad, code) in MALFORMED_FILTERS {
             let mut c = Client::new(s.mqtt, v, "cf-sub-bad");
             let pkid = c.pkid();
             c.send(&Packet::Subscribe(Subscribe {
@@ -342,12 +311,10 @@ fn subscribe_with_a_malformed_filter_closes_the_connection() {
                 properties: None,
             }));
             c.expect_disconnect(code);
-            assert!(
-                !c.unread().any(|p| matches!(p, Packet::SubAck(_))),
-                "{v:?} {bad:?}: SUBACK for a malformed SUBSCRIBE"
-            );
+            let what = format!("{v:?} {bad:?}: SUBACK for a malformed SUBSCRIBE");
+            c.assert_unread_none(|p| matches!(p, Packet::SubAck(_)), &what);
         }
-    }
+    });
 }
 
 /// A filter that is correctly formed but that the server does not serve (`$` topics other than
@@ -355,8 +322,7 @@ fn subscribe_with_a_malformed_filter_closes_the_connection() {
 /// packet's other filters stay.
 #[test]
 fn subscribe_with_a_refused_filter_gets_0x8f() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let mut c = Client::new(s.mqtt, v, "cf-sub-refused");
         let codes = c.subscribe_with(
             vec![
@@ -374,7 +340,7 @@ fn subscribe_with_a_refused_filter_gets_0x8f() {
             vec![refused, SubscribeReasonCode::Success(QoS::AtLeastOnce)]
         );
         c.ping();
-    }
+    });
 }
 
 /// An UNSUBSCRIBE body: packet id, (MQTT 5) an empty property block, then `filters` as MQTT
@@ -414,8 +380,7 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
     ];
     for v in BOTH {
         for (filters, code) in cases {
-            let mut c = Client::new(s.mqtt, v, "cf-unsub-bad");
-            c.subscribe("cf/uns", QoS::AtLeastOnce);
+            let mut c = Client::subscribed(s.mqtt, v, "cf-unsub-bad", "cf/uns", QoS::AtLeastOnce);
             c.send_raw(&raw_unsubscribe(v, filters));
             let d = c.expect_closed(WAIT);
             let what = format!("{v:?} UNSUBSCRIBE {filters:?}");
@@ -423,10 +388,8 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
                 V::V5 => assert_eq!(d.map(|d| d.reason_code), Some(code), "{what}"),
                 V::V311 => assert!(d.is_none(), "{what}"),
             }
-            assert!(
-                !c.unread().any(|p| matches!(p, Packet::UnsubAck(_))),
-                "{what}: UNSUBACK for a malformed UNSUBSCRIBE"
-            );
+            let what = format!("{what}: UNSUBACK for a malformed UNSUBSCRIBE");
+            c.assert_unread_none(|p| matches!(p, Packet::UnsubAck(_)), &what);
         }
     }
 }
@@ -438,8 +401,7 @@ fn unsubscribe_with_an_invalid_payload_closes_the_connection() {
 /// published while it was away (bounded by the core's per-filter log).
 #[test]
 fn note_qos0_messages_for_an_offline_session() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let id = format!("cf-q0-{v:?}");
         let o = Opts::new(&id)
             .clean(false)
@@ -463,7 +425,7 @@ fn note_qos0_messages_for_an_offline_session() {
             Some((QoS::AtMostOnce, Bytes::from_static(b"while away"))),
             "{v:?}"
         );
-    }
+    });
 }
 
 /// Shared subscriptions (MQTT 5 §4.8.2): each message goes to one member of the group, round
@@ -475,10 +437,20 @@ fn note_shared_subscriptions() {
     let s = Server::start();
     let mut p = Client::new(s.mqtt, V::V5, "cf-sh-pub");
     p.publish_retained("cf/sh/r", QoS::AtLeastOnce, b"retained");
-    let mut a = Client::new(s.mqtt, V::V5, "cf-sh-a");
-    a.subscribe("$share/g/cf/sh/#", QoS::AtLeastOnce);
-    let mut b = Client::new(s.mqtt, V::V5, "cf-sh-b");
-    b.subscribe("$share/g/cf/sh/#", QoS::AtLeastOnce);
+    let mut a = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "cf-sh-a",
+        "$share/g/cf/sh/#",
+        QoS::AtLeastOnce,
+    );
+    let mut b = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "cf-sh-b",
+        "$share/g/cf/sh/#",
+        QoS::AtLeastOnce,
+    );
     a.assert_no_publish();
     b.assert_no_publish();
     for i in 0..4 {
@@ -487,8 +459,13 @@ fn note_shared_subscriptions() {
     let (ga, gb) = (a.drain(QUIET), b.drain(QUIET));
     assert_eq!((ga.len(), gb.len()), (2, 2), "a: {ga:?}\nb: {gb:?}");
 
-    let mut both = Client::new(s.mqtt, V::V5, "cf-sh-both");
-    both.subscribe("$share/h/cf/sh2/#", QoS::AtLeastOnce);
+    let mut both = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "cf-sh-both",
+        "$share/h/cf/sh2/#",
+        QoS::AtLeastOnce,
+    );
     both.subscribe("cf/sh2/#", QoS::AtLeastOnce);
     p.publish("cf/sh2/t", QoS::AtLeastOnce, b"x");
     // Two subscriptions, two copies: the share group's and the plain subscription's.

@@ -3,14 +3,12 @@
 //! duplicates from overlapping subscriptions): real clients over real sockets.
 
 mod common;
-mod reliability;
-mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::reliability::*;
 use common::Server;
-use reliability::*;
 
 /// A value from the Prometheus text of `/metrics`.
 fn metric(port: u16, name: &str) -> i64 {
@@ -150,7 +148,7 @@ fn no_client_can_take_over_the_bridge_sessions() {
     for id in ["rtw-bridge", "rtw-rpc", "rtw-bridge-0", "rtw-rpc-node"] {
         impostors.push(Mqtt::connect(s.mqtt, true, id));
     }
-    let mut sse = support::Proc::spawn(
+    let mut sse = common::clients::Proc::spawn(
         std::process::Command::new("curl")
             .args(["-sN", &format!("{}/events?topic=imp/%23", s.http_base())]),
     );
@@ -205,40 +203,19 @@ fn a_persistent_session_belongs_to_the_identity_that_made_it() {
             session_expiry_interval: Some(3600),
             ..ConnectProperties::new()
         });
-        let login = |t: &str| Some(("u".to_string(), t.to_string()));
-        let l = login(&alice);
-        let (mut c, ack) = Mqtt::try_connect_as(
-            s.mqtt,
-            v5,
-            &id,
-            true,
-            props.clone(),
-            l.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-        );
+        // CONNECT as `token`'s identity (the user name is not what counts).
+        let connect = |id: &str, clean: bool, props: Option<ConnectProperties>, token: &str| {
+            Mqtt::try_connect_as(s.mqtt, v5, id, clean, props, Some(("u", token)))
+        };
+        let (mut c, ack) = connect(&id, true, props.clone(), &alice);
         assert_eq!(ack.code, ConnectReturnCode::Success);
         c.subscribe("alice/inbox", QoS::AtLeastOnce);
         c.disconnect();
         // Queued for alice while she is away.
-        let l = login(&alice);
-        let (mut p, _) = Mqtt::try_connect_as(
-            s.mqtt,
-            v5,
-            &format!("alice-laptop-{v5}"),
-            true,
-            None,
-            l.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-        );
+        let (mut p, _) = connect(&format!("alice-laptop-{v5}"), true, None, &alice);
         assert_eq!(p.publish_acked("alice/inbox", false, b"secret"), Some(0));
         // Mallory claims alice's client id and asks to resume: a fresh session, nothing of hers.
-        let l = login(&mallory);
-        let (mut m, ack) = Mqtt::try_connect_as(
-            s.mqtt,
-            v5,
-            &id,
-            false,
-            props.clone(),
-            l.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-        );
+        let (mut m, ack) = connect(&id, false, props.clone(), &mallory);
         assert_eq!(ack.code, ConnectReturnCode::Success);
         assert!(
             !ack.session_present,

@@ -20,15 +20,18 @@
 //! missing, like `tests/browser.rs`; under CI it always runs.
 
 mod common;
-mod rawmqtt;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::browser::script_summary;
+use common::http::SendOk;
+use common::mqtt::{
+    Client, Connect, ConnectReturnCode, DisconnectReasonCode, Login, Packet, QoS, V,
+};
 use common::*;
-use rawmqtt::{Client, Connect, ConnectReturnCode, DisconnectReasonCode, Login, Packet, QoS, V};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -49,7 +52,7 @@ async fn get_json(c: &reqwest::Client, url: &str, token: Option<&str>) -> (Statu
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let res = req.send().await.unwrap();
+    let res = req.send_ok().await;
     let status = res.status();
     let text = res.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: not JSON: {text}"));
@@ -72,6 +75,14 @@ async fn until(c: &reqwest::Client, url: &str, what: &str, done: impl Fn(&Value)
 
 // ---------------------------------------------------------------------------------------------
 // The page, in Chromium.
+
+/// The string `field` of each element of the JSON array `v`.
+fn each_str<'a>(v: &'a Value, field: &'a str) -> impl Iterator<Item = &'a str> {
+    let items = v.as_array().expect("an array");
+    items
+        .iter()
+        .map(move |x| x[field].as_str().expect("a string"))
+}
 
 #[test]
 fn dashboard_in_chromium() {
@@ -103,8 +114,8 @@ fn dashboard_in_chromium() {
     assert_eq!(code, Some(0), "curl PUT: {out} {err}");
     // An MQTT 5 responder for the page's RPC traffic (`POST /rpc/dash/echo`), until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut responder = Client::new(s.mqtt, V::V5, "dash-rpc");
-    responder.subscribe("rpc/dash/#", QoS::AtLeastOnce);
+    let mut responder =
+        Client::subscribed(s.mqtt, V::V5, "dash-rpc", "rpc/dash/#", QoS::AtLeastOnce);
     let responder = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -126,7 +137,7 @@ fn dashboard_in_chromium() {
                     &to,
                     QoS::AtLeastOnce,
                     &req.payload,
-                    rawmqtt::PublishProperties {
+                    common::mqtt::PublishProperties {
                         correlation_data: props.correlation_data,
                         ..Default::default()
                     },
@@ -139,7 +150,7 @@ fn dashboard_in_chromium() {
     let out_dir = target_dir().join("test-output").join("dashboard");
     let _ = std::fs::remove_dir_all(&out_dir);
     let started = Instant::now();
-    let (code, out, err) = run(
+    let ran = run(
         Command::new("node")
             .arg(root().join("tests/browser/dashboard.mjs"))
             .args(["--http", &s.http.to_string()])
@@ -155,17 +166,8 @@ fn dashboard_in_chromium() {
     let _ = sub.wait();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answered = responder.join().unwrap();
-    eprintln!("{err}");
-    let line = out.lines().rev().find(|l| l.starts_with('{'));
-    let summary: Value = match line.map(serde_json::from_str) {
-        Some(Ok(v)) => v,
-        _ => panic!(
-            "dashboard.mjs printed no JSON summary (exit {code:?}, {:?})\nstdout:\n{out}\nstderr:\n{err}",
-            started.elapsed()
-        ),
-    };
-    let pretty = serde_json::to_string_pretty(&summary).unwrap();
-    eprintln!("dashboard.mjs summary:\n{pretty}");
+    let (summary, pretty) = script_summary("dashboard.mjs", &ran, started);
+    let code = ran.0;
     assert_eq!(summary["ok"], true, "{}\n{pretty}", summary["error"]);
     assert_eq!(code, Some(0), "{pretty}");
     // The page polls once a second at most: never more figure or chart requests than seconds.
@@ -212,8 +214,7 @@ fn token(subject: &str, admin: bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_apis_need_an_admin_token() {
     let s = Server::builder().env("AUTH__JWT_SECRET", SECRET).start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let admin = token("ops", true);
     let user = token("alice", false);
     // A client to look at and disconnect (token in the password field).
@@ -228,7 +229,7 @@ async fn operator_apis_need_an_admin_token() {
         None,
         Some(Login::new("ops", admin.clone())),
     ));
-    match watched.expect(rawmqtt::WAIT, |p| matches!(p, Packet::ConnAck(_))) {
+    match watched.expect(common::mqtt::WAIT, |p| matches!(p, Packet::ConnAck(_))) {
         Packet::ConnAck(a) => assert_eq!(a.code, ConnectReturnCode::Success, "{a:?}"),
         _ => unreachable!(),
     }
@@ -243,7 +244,7 @@ async fn operator_apis_need_an_admin_token() {
     for (m, path) in routes {
         let url = format!("{base}{path}");
         let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
-        let res = c.request(method.clone(), &url).send().await.unwrap();
+        let res = c.request(method.clone(), &url).send_ok().await;
         assert_eq!(res.status(), 401, "{m} {path} without credentials");
         assert!(res.headers().contains_key("www-authenticate"), "{m} {path}");
         let v: Value = res.json().await.unwrap();
@@ -251,18 +252,12 @@ async fn operator_apis_need_an_admin_token() {
         let res = c
             .request(method.clone(), &url)
             .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(res.status(), 403, "{m} {path} with a non-admin token");
         let v: Value = res.json().await.unwrap();
         assert_eq!(v["error"]["status"], 403);
-        let res = c
-            .request(method, &url)
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
+        let res = c.request(method, &url).bearer_auth(&admin).send_ok().await;
         let want = if m == "DELETE" { 204 } else { 200 };
         assert_eq!(res.status(), want, "{m} {path} with an admin token");
     }
@@ -277,7 +272,7 @@ async fn operator_apis_need_an_admin_token() {
         "/assets/uPlot.min.css",
         "/assets/uPlot.LICENSE.txt",
     ] {
-        let res = c.get(format!("{base}{path}")).send().await.unwrap();
+        let res = c.get(format!("{base}{path}")).send_ok().await;
         assert_eq!(res.status(), 200, "{path}");
         total += res.bytes().await.unwrap().len();
     }
@@ -286,7 +281,7 @@ async fn operator_apis_need_an_admin_token() {
         "the dashboard's assets weigh {total} bytes"
     );
     // What the page loads is exactly what is served under /assets/.
-    let page = c.get(format!("{base}/")).send().await.unwrap();
+    let page = c.get(format!("{base}/")).send_ok().await;
     let html = page.text().await.unwrap();
     assert!(html.contains("src=\"/assets/uPlot.iife.min.js\""));
     assert!(html.contains("href=\"/assets/uPlot.min.css\""));
@@ -298,13 +293,16 @@ async fn operator_apis_need_an_admin_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_api_lists_details_and_disconnects() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
-    let mut five = Client::new(s.mqtt, V::V5, "api-five");
-    five.subscribe("sensors/+/temp", QoS::AtLeastOnce);
+    let (base, c) = (s.http_base(), http());
+    let mut five = Client::subscribed(
+        s.mqtt,
+        V::V5,
+        "api-five",
+        "sensors/+/temp",
+        QoS::AtLeastOnce,
+    );
     five.subscribe("$share/g/jobs/#", QoS::AtMostOnce);
-    let mut old = Client::new(s.mqtt, V::V311, "api-three");
-    old.subscribe("alerts/#", QoS::ExactlyOnce);
+    let mut old = Client::subscribed(s.mqtt, V::V311, "api-three", "alerts/#", QoS::ExactlyOnce);
     five.ping();
     old.ping();
 
@@ -314,12 +312,7 @@ async fn clients_api_lists_details_and_disconnects() {
         v["total"], 2,
         "the bridge's own sessions are not listed: {v}"
     );
-    let ids: Vec<&str> = v["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["client_id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = each_str(&v["clients"], "client_id").collect();
     assert_eq!(ids, ["api-five", "api-three"], "sorted by client id");
 
     let (st, v) = get_json(&c, &format!("{base}/api/clients?search=THREE"), None).await;
@@ -336,12 +329,7 @@ async fn clients_api_lists_details_and_disconnects() {
     let (st, d) = get_json(&c, &format!("{base}/api/clients/api-five"), None).await;
     assert_eq!(st, 200, "{d}");
     assert_eq!(d["protocol_version"], "5");
-    let filters: BTreeSet<&str> = d["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["filter"].as_str().unwrap())
-        .collect();
+    let filters: BTreeSet<&str> = each_str(&d["subscriptions"], "filter").collect();
     assert_eq!(
         filters,
         BTreeSet::from(["sensors/+/temp", "$share/g/jobs/#"])
@@ -367,28 +355,19 @@ async fn clients_api_lists_details_and_disconnects() {
     assert_eq!(st, 404, "{v}");
 
     // Disconnect: MQTT 5 gets DISCONNECT 0x98, 3.1.1 is closed; both leave the list.
-    let res = c
-        .delete(format!("{base}/api/clients/api-five"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    c.delete(format!("{base}/api/clients/api-five"))
+        .send_expect(204)
+        .await;
     five.expect_disconnect(DisconnectReasonCode::AdministrativeAction);
-    let res = c
-        .delete(format!("{base}/api/clients/api-three"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    c.delete(format!("{base}/api/clients/api-three"))
+        .send_expect(204)
+        .await;
     old.expect_disconnect(DisconnectReasonCode::AdministrativeAction);
     let (_, v) = get_json(&c, &format!("{base}/api/clients"), None).await;
     assert_eq!(v["total"], 0, "{v}");
-    let res = c
-        .delete(format!("{base}/api/clients/api-five"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    c.delete(format!("{base}/api/clients/api-five"))
+        .send_expect(404)
+        .await;
     // A client id that needs escaping in a path.
     let odd = "odd id ü";
     let _odd = Client::new(s.mqtt, V::V5, odd);
@@ -402,7 +381,7 @@ fn connect_bytes(id: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
     body.extend_from_slice(&(id.len() as u16).to_be_bytes());
     body.extend_from_slice(id.as_bytes());
-    rawmqtt::frame(0x10, &body)
+    common::mqtt::frame(0x10, &body)
 }
 
 /// Connects `id` and waits for its CONNACK (accepted).
@@ -452,8 +431,7 @@ async fn clients_paging_over_ten_thousand_connections() {
     let s = Server::builder()
         .env("LIMITS__MAX_CONNECTIONS_PER_IP", 20_000)
         .start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let mut conns = Vec::with_capacity(n);
     let started = Instant::now();
     let mut next = 0;
@@ -506,12 +484,7 @@ async fn clients_paging_over_ten_thousand_connections() {
         .collect();
     let (_, v) = get_json(&c, &format!("{base}/api/clients?search={needle}"), None).await;
     assert_eq!(v["total"], hits.len(), "search {needle}");
-    let found: Vec<&str> = v["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["client_id"].as_str().unwrap())
-        .collect();
+    let found: Vec<&str> = each_str(&v["clients"], "client_id").collect();
     assert_eq!(found, hits);
     // Half of them leave; the list follows.
     conns.truncate(n / 2);
@@ -534,8 +507,7 @@ async fn clients_paging_over_ten_thousand_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_api_walks_the_retained_tree() {
     let s = Server::start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let (_, empty) = get_json(&c, &format!("{base}/api/topics"), None).await;
     assert_eq!(empty["total"], 0, "{empty}");
     assert_eq!(empty["entries"].as_array().unwrap().len(), 0);
@@ -551,9 +523,8 @@ async fn topics_api_walks_the_retained_tree() {
             .put(format!("{base}/topics/{t}"))
             .header("content-type", ct)
             .body(body)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(res.status(), 200, "PUT {t}");
     }
     // Retained over MQTT too, with a binary payload.
@@ -607,12 +578,9 @@ async fn topics_api_walks_the_retained_tree() {
     assert_eq!(raw["value"]["preview"], "ff0010");
 
     // A delete through the bridge's own route leaves the tree at once; emptied levels go.
-    let res = c
-        .delete(format!("{base}/topics/garden/rain"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    c.delete(format!("{base}/topics/garden/rain"))
+        .send_expect(204)
+        .await;
     m.publish_retained("garden/raw", QoS::AtLeastOnce, b"");
     let (_, top) = get_json(&c, &format!("{base}/api/topics"), None).await;
     assert_eq!(top["total"], 4, "{top}");
@@ -650,8 +618,7 @@ fn series_sum(h: &Value, key: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_api_charts_traffic_and_drops() {
     let s = Server::builder().env("LIMITS__MAX_PUBLISH_RATE", 5).start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     let first = until(&c, &format!("{base}/api/history"), "no sample", |h| {
         !h["t"].as_array().unwrap().is_empty()
     })
@@ -668,12 +635,11 @@ async fn history_api_charts_traffic_and_drops() {
     // Traffic: 40 QoS 1 publishes at once from one client, 5 a second allowed, the rest
     // refused (PUBACK 0x97) and counted as rate-limit drops; and a subscriber receiving the
     // allowed ones.
-    let mut sub = Client::new(s.mqtt, V::V5, "hist-sub");
-    sub.subscribe("hist/#", QoS::AtMostOnce);
+    let _sub = Client::subscribed(s.mqtt, V::V5, "hist-sub", "hist/#", QoS::AtMostOnce);
     let mut p = Client::new(s.mqtt, V::V5, "hist-pub");
     let mut refused = 0;
     for i in 0..40 {
-        let code = p.publish_msg(rawmqtt::Publish::new(
+        let code = p.publish_msg(common::mqtt::Publish::new(
             "hist/x",
             QoS::AtLeastOnce,
             bytes::Bytes::from(format!("m{i}")),
@@ -684,13 +650,10 @@ async fn history_api_charts_traffic_and_drops() {
         }
     }
     assert!(refused > 0, "the rate limit refused nothing");
-    let res = c
-        .post(format!("{base}/topics/hist/http"))
+    c.post(format!("{base}/topics/hist/http"))
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let since = format!("{base}/api/history?since={t0}");
     let h = until(&c, &since, "the samples never showed the traffic", |h| {
         series_sum(h, "drops_rate_limit") > 0.0
@@ -715,11 +678,11 @@ async fn history_api_charts_traffic_and_drops() {
         );
     }
     // One RPC call, answered by an MQTT 5 responder: a call and its latency in the samples.
-    let mut responder = Client::new(s.mqtt, V::V5, "hist-responder");
-    responder.subscribe("rpc/#", QoS::AtLeastOnce);
+    let mut responder =
+        Client::subscribed(s.mqtt, V::V5, "hist-responder", "rpc/#", QoS::AtLeastOnce);
     let answer = std::thread::spawn(move || {
         let req = responder
-            .next_publish(rawmqtt::WAIT)
+            .next_publish(common::mqtt::WAIT)
             .expect("the RPC request");
         let props = req.properties.expect("request properties");
         let to = props.response_topic.expect("response topic");
@@ -727,21 +690,15 @@ async fn history_api_charts_traffic_and_drops() {
             &to,
             QoS::AtLeastOnce,
             b"pong",
-            rawmqtt::PublishProperties {
+            common::mqtt::PublishProperties {
                 correlation_data: props.correlation_data,
                 ..Default::default()
             },
         );
         responder
     });
-    let res = c
-        .post(format!("{base}/rpc/demo/ping"))
-        .body("ping")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.text().await.unwrap(), "pong");
+    let ping = c.post(format!("{base}/rpc/demo/ping"));
+    assert_eq!(ping.body("ping").send_text().await, "pong");
     let _responder = answer.join().unwrap();
     let h = until(&c, &since, "the RPC call never reached the samples", |h| {
         series_sum(h, "rpc_calls") > 0.0
@@ -769,9 +726,8 @@ async fn history_api_charts_traffic_and_drops() {
     assert_eq!(st["messages"]["dropped_rate_limit"], refused, "{st}");
     let metrics = c
         .get(format!("{base}/metrics"))
-        .send()
+        .send_ok()
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -789,8 +745,7 @@ async fn drops_are_counted_by_cause() {
         .env("LIMITS__MAX_QUEUED", 2)
         .env("LIMITS__MAX_PACKET_SIZE", 4096)
         .start();
-    let base = s.http_base();
-    let c = http();
+    let (base, c) = (s.http_base(), http());
     // Queue full: ten retained messages, delivered by the edge itself on subscribe to a client
     // that reads but never acknowledges, one message in flight at a time.
     let mut p = Client::new(s.mqtt, V::V5, "dropper");
@@ -800,7 +755,7 @@ async fn drops_are_counted_by_cause() {
     let mut slow = Client::connect(
         s.mqtt,
         V::V5,
-        rawmqtt::Opts::new("slow").props(|p| p.receive_maximum = Some(1)),
+        common::mqtt::Opts::new("slow").props(|p| p.receive_maximum = Some(1)),
     );
     slow.auto_ack = false;
     slow.subscribe("drops/q/#", QoS::AtLeastOnce);
@@ -808,13 +763,13 @@ async fn drops_are_counted_by_cause() {
     let mut small = Client::connect(
         s.mqtt,
         V::V5,
-        rawmqtt::Opts::new("small").props(|p| p.max_packet_size = Some(100)),
+        common::mqtt::Opts::new("small").props(|p| p.max_packet_size = Some(100)),
     );
     small.subscribe("drops/big", QoS::AtMostOnce);
     p.publish("drops/big", QoS::AtMostOnce, &[b'x'; 300]);
     // And a packet over limits.max_packet_size from a client: closed with 0x95, counted too.
     let mut big = Client::new(s.mqtt, V::V5, "too-big");
-    big.send(&Packet::Publish(rawmqtt::Publish::new(
+    big.send(&Packet::Publish(common::mqtt::Publish::new(
         "drops/huge",
         QoS::AtMostOnce,
         vec![0u8; 8192],

@@ -49,9 +49,8 @@ fn publish_with_properties(topic: &str) -> v5::Publish {
 #[tokio::test]
 async fn d1_plain_v311_subscriber_dropped_by_v5_properties() {
     let mut b = Plain::start();
-    let mut sub = C4::open(tcp(b.v4).await, "d1-sub").await;
-    sub.subscribe(1, "d1/#", Q4::AtMostOnce).await;
-    let mut publ = C5::open(tcp(b.v5).await, "d1-pub").await;
+    let mut sub = C4::subscribed_on(b.v4, "d1-sub", "d1/#", Q4::AtMostOnce).await;
+    let mut publ = C5::on_tcp(b.v5, "d1-pub").await;
     publ.publish(publish_with_properties("d1/x")).await;
 
     // rumqttd's v4 encoder hits `unreachable!` for a PUBLISH with properties: the subscriber's
@@ -73,29 +72,27 @@ async fn d1_plain_v311_subscriber_dropped_by_v5_properties() {
 #[tokio::test]
 async fn d1_fixed_v311_subscriber_gets_v5_message_with_properties() {
     let s = Server::start();
-    let mut sub = C4::open(tcp(s.mqtt).await, "d1-sub").await;
-    sub.subscribe(1, "d1/#", Q4::AtLeastOnce).await;
-    let mut publ = C5::open(tcp(s.mqtt).await, "d1-pub").await;
+    let mut sub = C4::subscribed_on(s.mqtt, "d1-sub", "d1/#", Q4::AtLeastOnce).await;
+    let mut publ = C5::on_tcp(s.mqtt, "d1-pub").await;
     publ.publish(publish_with_properties("d1/x")).await;
-    let p = sub.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub.publish_within(WAIT, "PUBLISH").await;
     assert_eq!(
         (p.topic.as_str(), &p.payload[..]),
         ("d1/x", &b"with-props"[..])
     );
     // Still connected and still served.
-    assert!(sub.alive().await, "the 3.1.1 subscriber was dropped");
+    sub.assert_alive("the 3.1.1 subscriber was dropped").await;
     publ.publish(pub5("d1/y", Q5::AtMostOnce, "second", 0))
         .await;
-    let p = sub.next_publish(WAIT).await.packet("second PUBLISH");
+    let p = sub.publish_within(WAIT, "second PUBLISH").await;
     assert_eq!(&p.payload[..], b"second");
 
     // The same at QoS 2, and as a retained message delivered on subscribe (the edge's own path).
-    let mut sub2 = C4::open(tcp(s.mqtt).await, "d1-sub2").await;
-    sub2.subscribe(1, "d1/q2", Q4::ExactlyOnce).await;
+    let mut sub2 = C4::subscribed_on(s.mqtt, "d1-sub2", "d1/q2", Q4::ExactlyOnce).await;
     let mut q2 = publish_with_properties("d1/q2");
     (q2.qos, q2.pkid) = (Q5::ExactlyOnce, 2);
     publ.publish(q2).await;
-    let p = sub2.next_publish(WAIT).await.packet("QoS 2 PUBLISH");
+    let p = sub2.publish_within(WAIT, "QoS 2 PUBLISH").await;
     assert_eq!(
         (&p.payload[..], p.qos),
         (&b"with-props"[..], Q4::ExactlyOnce)
@@ -119,9 +116,8 @@ async fn d1_fixed_v311_subscriber_gets_v5_message_with_properties() {
     let mut r = publish_with_properties("d1/ret");
     (r.retain, r.pkid) = (true, 3);
     publ.publish(r).await;
-    let mut late = C4::open(tcp(s.mqtt).await, "d1-late").await;
-    late.subscribe(1, "d1/ret", Q4::AtLeastOnce).await;
-    let p = late.next_publish(WAIT).await.packet("retained PUBLISH");
+    let mut late = C4::subscribed_on(s.mqtt, "d1-late", "d1/ret", Q4::AtLeastOnce).await;
+    let p = late.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!((&p.payload[..], p.retain), (&b"with-props"[..], true));
     assert!(late.alive().await);
 }
@@ -269,12 +265,9 @@ async fn d2_fixed_thousands_of_silent_sockets_block_nobody() {
     tls_client
         .publish(pub5("d2/ws", Q5::AtLeastOnce, "from-tls", 2))
         .await;
-    let p = tls_client
-        .next_publish(WAIT)
-        .await
-        .packet("PUBLISH over TLS");
+    let p = tls_client.publish_within(WAIT, "PUBLISH over TLS").await;
     assert_eq!(&p.payload[..], b"from-ws");
-    let p = ws_client.next_publish(WAIT).await.packet("PUBLISH over WS");
+    let p = ws_client.publish_within(WAIT, "PUBLISH over WS").await;
     assert_eq!(&p.payload[..], b"from-tls");
 
     // The silent TLS sockets were really still pending on the server the whole time.
@@ -413,29 +406,13 @@ async fn d3_fixed_auth_refusals_and_topic_authorization_in_process() {
         sa.return_codes,
         vec![v5::SubscribeReasonCode::NotAuthorized]
     );
-    let sa = c.subscribe(2, "public/#", Q5::AtLeastOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v5::SubscribeReasonCode::Success(Q5::AtLeastOnce)]
-    );
-    c.send(v5::Packet::Publish(pub5(
-        "private/x",
-        Q5::AtLeastOnce,
-        "no",
-        3,
-    )))
-    .await
-    .unwrap();
+    c.subscribe_granted(2, "public/#", Q5::AtLeastOnce).await;
     let ack = c
-        .find(WAIT, |p| match p {
-            v5::Packet::PubAck(a) if a.pkid == 3 => Some(a.reason),
-            _ => None,
-        })
-        .await
-        .packet("PUBACK");
+        .puback_reason(pub5("private/x", Q5::AtLeastOnce, "no", 3))
+        .await;
     assert_eq!(ack, v5::PubAckReason::NotAuthorized);
     c.publish(pub5("public/x", Q5::AtLeastOnce, "yes", 4)).await;
-    let p = c.next_publish(WAIT).await.packet("PUBLISH");
+    let p = c.publish_within(WAIT, "PUBLISH").await;
     assert_eq!(&p.payload[..], b"yes");
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -448,11 +425,10 @@ async fn d3_fixed_auth_refusals_and_topic_authorization_in_process() {
 #[tokio::test]
 async fn d4_plain_delivers_at_subscription_qos() {
     let b = Plain::start();
-    let mut sub = C4::open(tcp(b.v4).await, "d4-sub").await;
-    sub.subscribe(1, "d4/#", Q4::AtLeastOnce).await;
-    let mut publ = C4::open(tcp(b.v4).await, "d4-pub").await;
+    let mut sub = C4::subscribed_on(b.v4, "d4-sub", "d4/#", Q4::AtLeastOnce).await;
+    let mut publ = C4::on_tcp(b.v4, "d4-pub").await;
     publ.publish("d4/x", Q4::AtMostOnce, false, b"q0", 0).await;
-    let p = sub.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub.publish_within(WAIT, "PUBLISH").await;
     assert_eq!(&p.payload[..], b"q0");
     // Published at QoS 0, delivered at QoS 1 (the subscription's).
     assert_eq!(p.qos, Q4::AtLeastOnce);
@@ -461,32 +437,46 @@ async fn d4_plain_delivers_at_subscription_qos() {
 #[tokio::test]
 async fn d4_fixed_delivers_at_min_qos() {
     let s = Server::start();
-    let mut sub4 = C4::open(tcp(s.mqtt).await, "d4-sub4").await;
-    sub4.subscribe(1, "d4/#", Q4::AtLeastOnce).await;
-    let mut sub5 = C5::open(tcp(s.mqtt).await, "d4-sub5").await;
-    sub5.subscribe(1, "d4/#", Q5::ExactlyOnce).await;
-    let mut publ = C4::open(tcp(s.mqtt).await, "d4-pub").await;
+    let mut sub4 = C4::subscribed_on(s.mqtt, "d4-sub4", "d4/#", Q4::AtLeastOnce).await;
+    let mut sub5 = C5::subscribed_on(s.mqtt, "d4-sub5", "d4/#", Q5::ExactlyOnce).await;
+    let mut publ = C4::on_tcp(s.mqtt, "d4-pub").await;
     publ.publish("d4/x", Q4::AtMostOnce, false, b"q0", 0).await;
-    let p = sub4.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub4.publish_within(WAIT, "PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"q0"[..], Q4::AtMostOnce));
-    let p = sub5.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub5.publish_within(WAIT, "PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"q0"[..], Q5::AtMostOnce));
     publ.publish("d4/y", Q4::AtLeastOnce, false, b"q1", 7).await;
-    let p = sub5.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub5.publish_within(WAIT, "PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"q1"[..], Q5::AtLeastOnce));
     // QoS 2 to the QoS 1 subscription: QoS 1.
-    let mut p5 = C5::open(tcp(s.mqtt).await, "d4-pub5").await;
+    let mut p5 = C5::on_tcp(s.mqtt, "d4-pub5").await;
     p5.publish(pub5("d4/z", Q5::ExactlyOnce, "q2", 8)).await;
-    let p = sub4.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub4.publish_within(WAIT, "PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"q1"[..], Q4::AtLeastOnce));
-    let p = sub4.next_publish(WAIT).await.packet("PUBLISH");
+    let p = sub4.publish_within(WAIT, "PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"q2"[..], Q4::AtLeastOnce));
     // A retained QoS 0 message, to a new QoS 1 subscription: QoS 0.
     publ.publish("d4/r", Q4::AtMostOnce, true, b"r0", 0).await;
-    let mut late = C4::open(tcp(s.mqtt).await, "d4-late").await;
-    late.subscribe(1, "d4/r", Q4::AtLeastOnce).await;
-    let p = late.next_publish(WAIT).await.packet("retained PUBLISH");
+    let mut late = C4::subscribed_on(s.mqtt, "d4-late", "d4/r", Q4::AtLeastOnce).await;
+    let p = late.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!((&p.payload[..], p.qos), (&b"r0"[..], Q4::AtMostOnce));
+}
+
+/// A 3.1.1 publisher `id` on `port` that has left a retained "kept" (QoS 1, packet id 1) on
+/// `topic`.
+async fn retained_kept(port: u16, id: &str, topic: &str) -> C4 {
+    let mut publ = C4::on_tcp(port, id).await;
+    publ.publish(topic, Q4::AtLeastOnce, true, b"kept", 1).await;
+    publ
+}
+
+/// After a quiet moment, `publ` publishes "live" on `topic` (QoS 1, packet id `pkid`) and it
+/// is the next message `sub` gets (`what` says what it would mean if not).
+async fn live_comes_next(publ: &mut C4, sub: &mut C4, topic: &str, pkid: u16, what: &str) {
+    tokio::time::sleep(QUIET).await;
+    publ.publish(topic, Q4::AtLeastOnce, false, b"live", pkid)
+        .await;
+    sub.expect_payload(b"live", what).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,81 +486,50 @@ async fn d4_fixed_delivers_at_min_qos() {
 #[tokio::test]
 async fn d5_plain_retained_not_resent_on_resubscribe() {
     let b = Plain::start();
-    let mut publ = C4::open(tcp(b.v4).await, "d5-pub").await;
-    publ.publish("d5/r", Q4::AtLeastOnce, true, b"kept", 1)
-        .await;
-    let mut sub = C4::open(tcp(b.v4).await, "d5-sub").await;
-    sub.subscribe(1, "d5/r", Q4::AtLeastOnce).await;
-    let p = sub.next_publish(WAIT).await.packet("retained PUBLISH");
+    let mut publ = retained_kept(b.v4, "d5-pub", "d5/r").await;
+    let mut sub = C4::subscribed_on(b.v4, "d5-sub", "d5/r", Q4::AtLeastOnce).await;
+    let p = sub.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!(&p.payload[..], b"kept");
 
     // Same subscription again: MQTT (3.3.1.3 / 3.8.4) wants the retained message re-sent.
-    let sa = sub.subscribe(2, "d5/r", Q4::AtLeastOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v4::SubscribeReasonCode::Success(Q4::AtLeastOnce)]
-    );
-    tokio::time::sleep(QUIET).await;
-    publ.publish("d5/r", Q4::AtLeastOnce, false, b"live", 2)
-        .await;
+    sub.subscribe_granted(2, "d5/r", Q4::AtLeastOnce).await;
     // The next message is the live one: the retained one was not re-sent.
-    let p = sub.next_publish(WAIT).await.packet("PUBLISH");
-    assert_eq!(&p.payload[..], b"live", "retained re-sent: {p:?}");
+    live_comes_next(&mut publ, &mut sub, "d5/r", 2, "retained re-sent").await;
 }
 
 #[tokio::test]
 async fn d5_plain_zero_length_non_retained_publish_deletes_retained() {
     let b = Plain::start();
-    let mut publ = C4::open(tcp(b.v4).await, "d5-pub").await;
-    publ.publish("d5/z", Q4::AtLeastOnce, true, b"kept", 1)
-        .await;
+    let mut publ = retained_kept(b.v4, "d5-pub", "d5/z").await;
     // An empty payload WITHOUT the retain flag must not touch the retained message (3.3.1.3).
     publ.publish("d5/z", Q4::AtLeastOnce, false, b"", 2).await;
-    let mut sub = C4::open(tcp(b.v4).await, "d5-sub").await;
-    sub.subscribe(1, "d5/z", Q4::AtLeastOnce).await;
-    tokio::time::sleep(QUIET).await;
-    publ.publish("d5/z", Q4::AtLeastOnce, false, b"live", 3)
-        .await;
-    let p = sub.next_publish(WAIT).await.packet("PUBLISH");
-    assert_eq!(&p.payload[..], b"live", "retained message survived: {p:?}");
+    let mut sub = C4::subscribed_on(b.v4, "d5-sub", "d5/z", Q4::AtLeastOnce).await;
+    live_comes_next(&mut publ, &mut sub, "d5/z", 3, "retained message survived").await;
 }
 
 #[tokio::test]
 async fn d5_fixed_retained_resent_and_kept() {
     let s = Server::start();
-    let mut publ = C4::open(tcp(s.mqtt).await, "d5-pub").await;
-    publ.publish("d5/r", Q4::AtLeastOnce, true, b"kept", 1)
-        .await;
+    let mut publ = retained_kept(s.mqtt, "d5-pub", "d5/r").await;
     publ.publish("d5/z", Q4::AtLeastOnce, true, b"kept-z", 2)
         .await;
     publ.publish("d5/z", Q4::AtLeastOnce, false, b"", 3).await;
 
-    let mut sub = C4::open(tcp(s.mqtt).await, "d5-sub").await;
-    sub.subscribe(1, "d5/r", Q4::AtLeastOnce).await;
-    let p = sub.next_publish(WAIT).await.packet("retained PUBLISH");
+    let mut sub = C4::subscribed_on(s.mqtt, "d5-sub", "d5/r", Q4::AtLeastOnce).await;
+    let p = sub.publish_within(WAIT, "retained PUBLISH").await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
     sub.subscribe(2, "d5/r", Q4::AtLeastOnce).await;
-    let p = sub
-        .next_publish(WAIT)
-        .await
-        .packet("retained PUBLISH again");
+    let p = sub.publish_within(WAIT, "retained PUBLISH again").await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
 
     // The zero-length non-retained publish left the retained message alone.
     sub.subscribe(3, "d5/z", Q4::AtLeastOnce).await;
-    let p = sub
-        .next_publish(WAIT)
-        .await
-        .packet("retained PUBLISH on d5/z");
+    let p = sub.publish_within(WAIT, "retained PUBLISH on d5/z").await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept-z"[..], true));
 
     // A v5 subscriber sees the same.
-    let mut sub5 = C5::open(tcp(s.mqtt).await, "d5-sub5").await;
-    sub5.subscribe(1, "d5/z", Q5::AtLeastOnce).await;
-    let p = sub5
-        .next_publish(WAIT)
-        .await
-        .packet("retained PUBLISH (v5)");
+    let mut sub5 = C5::subscribed_on(s.mqtt, "d5-sub5", "d5/z", Q5::AtLeastOnce).await;
+    let p = sub5.publish_within(WAIT, "retained PUBLISH (v5)").await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept-z"[..], true));
     // ...but not on a re-subscribe that asks for retained messages only on new subscriptions.
     let mut f = v5::Filter::new("d5/z", Q5::AtLeastOnce);
@@ -586,13 +545,12 @@ async fn d5_fixed_retained_resent_and_kept() {
 
     // A zero-length RETAINED publish does delete it; live subscribers get the empty message.
     publ.publish("d5/z", Q4::AtLeastOnce, true, b"", 4).await;
-    let p = sub5.next_publish(WAIT).await.packet("empty PUBLISH");
+    let p = sub5.publish_within(WAIT, "empty PUBLISH").await;
     assert!(p.payload.is_empty(), "retained re-sent after all: {p:?}");
-    let mut late = C4::open(tcp(s.mqtt).await, "d5-late").await;
-    late.subscribe(1, "d5/z", Q4::AtLeastOnce).await;
+    let mut late = C4::subscribed_on(s.mqtt, "d5-late", "d5/z", Q4::AtLeastOnce).await;
     publ.publish("d5/z", Q4::AtLeastOnce, false, b"live", 5)
         .await;
-    let p = late.next_publish(WAIT).await.packet("PUBLISH");
+    let p = late.publish_within(WAIT, "PUBLISH").await;
     assert_eq!(
         &p.payload[..],
         b"live",
@@ -608,7 +566,7 @@ async fn d5_fixed_retained_resent_and_kept() {
 async fn d6_plain_dollar_subscription_disconnects() {
     let b = Plain::start();
     for filter in ["$foo/#", "$SYS/#"] {
-        let mut c = C4::open(tcp(b.v4).await, "d6-4").await;
+        let mut c = C4::on_tcp(b.v4, "d6-4").await;
         c.send(v4::Packet::Subscribe({
             let mut s = v4::Subscribe::new(filter, Q4::AtMostOnce);
             s.pkid = 1;
@@ -626,7 +584,7 @@ async fn d6_plain_dollar_subscription_disconnects() {
             "3.1.1 {filter}: expected the connection to be closed"
         );
 
-        let mut c = C5::open(tcp(b.v5).await, "d6-5").await;
+        let mut c = C5::on_tcp(b.v5, "d6-5").await;
         c.send(subscribe5(1, filter, Q5::AtMostOnce)).await.unwrap();
         let (got, closed) = c.drain(WAIT).await;
         assert!(
@@ -641,58 +599,33 @@ async fn d6_plain_dollar_subscription_disconnects() {
 async fn d6_fixed_dollar_subscription_refused_and_sys_served() {
     let s = Server::builder().env("SYS__INTERVAL_SECS", 1).start();
 
-    let mut c4 = C4::open(tcp(s.mqtt).await, "d6-4").await;
+    let mut c4 = C4::on_tcp(s.mqtt, "d6-4").await;
     let sa = c4.subscribe(1, "$foo/#", Q4::AtMostOnce).await;
     assert_eq!(sa.return_codes, vec![v4::SubscribeReasonCode::Failure]);
-    assert!(
-        c4.alive().await,
-        "3.1.1 connection dropped after a $ subscription"
-    );
-    let sa = c4.subscribe(2, "$SYS/#", Q4::AtMostOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v4::SubscribeReasonCode::Success(Q4::AtMostOnce)]
-    );
-    let p = c4.next_publish(WAIT).await.packet("$SYS PUBLISH");
+    c4.assert_alive("3.1.1 connection dropped after a $ subscription")
+        .await;
+    c4.subscribe_granted(2, "$SYS/#", Q4::AtMostOnce).await;
+    let p = c4.publish_within(WAIT, "$SYS PUBLISH").await;
     assert!(p.topic.starts_with("$SYS/"), "{p:?}");
 
-    let mut c5 = C5::open(tcp(s.mqtt).await, "d6-5").await;
+    let mut c5 = C5::on_tcp(s.mqtt, "d6-5").await;
     let sa = c5.subscribe(1, "$foo/#", Q5::AtMostOnce).await;
     assert!(
         !matches!(sa.return_codes[..], [v5::SubscribeReasonCode::Success(_)]),
         "{sa:?}"
     );
-    assert!(
-        c5.alive().await,
-        "MQTT 5 connection dropped after a $ subscription"
-    );
-    let sa = c5.subscribe(2, "$SYS/#", Q5::AtMostOnce).await;
-    assert_eq!(
-        sa.return_codes,
-        vec![v5::SubscribeReasonCode::Success(Q5::AtMostOnce)]
-    );
-    let p = c5.next_publish(WAIT).await.packet("$SYS PUBLISH");
+    c5.assert_alive("MQTT 5 connection dropped after a $ subscription")
+        .await;
+    c5.subscribe_granted(2, "$SYS/#", Q5::AtMostOnce).await;
+    let p = c5.publish_within(WAIT, "$SYS PUBLISH").await;
     assert!(p.topic.starts_with(b"$SYS/"), "{p:?}");
     // Publishing to a `$` topic is refused, not a reason to disconnect either.
-    c5.send(v5::Packet::Publish(pub5(
-        "$foo/x",
-        Q5::AtLeastOnce,
-        "no",
-        3,
-    )))
-    .await
-    .unwrap();
     let r = c5
-        .find(WAIT, |p| match p {
-            v5::Packet::PubAck(a) if a.pkid == 3 => Some(a.reason),
-            _ => None,
-        })
-        .await
-        .packet("PUBACK");
+        .puback_reason(pub5("$foo/x", Q5::AtLeastOnce, "no", 3))
+        .await;
     assert_eq!(r, v5::PubAckReason::TopicNameInvalid);
     // `#` does not match `$SYS` topics (MQTT 4.7.2).
-    let mut all = C5::open(tcp(s.mqtt).await, "d6-all").await;
-    all.subscribe(1, "#", Q5::AtMostOnce).await;
+    let mut all = C5::subscribed_on(s.mqtt, "d6-all", "#", Q5::AtMostOnce).await;
     // Periodic updates too, not just the snapshot on subscribe.
     let (more, _) = c5.drain(Duration::from_secs(3)).await;
     assert!(
@@ -716,38 +649,24 @@ async fn d6_fixed_dollar_subscription_refused_and_sys_served() {
 #[tokio::test]
 async fn d7_plain_no_unsuback_for_unknown_filter() {
     let b = Plain::start();
-    let mut c4 = C4::open(tcp(b.v4).await, "d7-4").await;
-    let mut u = v4::Unsubscribe::new("never/subscribed");
-    u.pkid = 5;
-    c4.send(v4::Packet::Unsubscribe(u)).await.unwrap();
-    let got = c4
-        .find(QUIET, |p| {
-            matches!(p, v4::Packet::UnsubAck(_)).then_some(())
-        })
-        .await;
+    let mut c4 = C4::on_tcp(b.v4, "d7-4").await;
+    c4.send_unsubscribe(5, "never/subscribed").await;
+    let got = c4.unsuback_within(QUIET).await;
     assert!(matches!(got, Got::Nothing), "3.1.1: {got:?}");
-    assert!(c4.alive().await, "the connection is otherwise served");
+    c4.assert_alive("the connection is otherwise served").await;
 
-    let mut c5 = C5::open(tcp(b.v5).await, "d7-5").await;
-    let mut u = v5::Unsubscribe::new("never/subscribed", None);
-    u.pkid = 5;
-    c5.send(v5::Packet::Unsubscribe(u)).await.unwrap();
-    let got = c5
-        .find(QUIET, |p| {
-            matches!(p, v5::Packet::UnsubAck(_)).then_some(())
-        })
-        .await;
+    let mut c5 = C5::on_tcp(b.v5, "d7-5").await;
+    c5.send_unsubscribe(5, "never/subscribed").await;
+    let got = c5.unsuback_within(QUIET).await;
     assert!(matches!(got, Got::Nothing), "5: {got:?}");
-    assert!(c5.alive().await, "the connection is otherwise served");
+    c5.assert_alive("the connection is otherwise served").await;
 }
 
 #[tokio::test]
 async fn d7_plain_keep_alive_zero_refused_without_connack() {
     let b = Plain::start();
-    let (_c, ack) = C4::hello(tcp(b.v4).await, connect4("d7-ka4", 0, None)).await;
-    assert!(matches!(ack, Got::Closed), "3.1.1: {ack:?}");
-    let (_c, ack) = C5::hello(tcp(b.v5).await, connect5("d7-ka5", 0, None)).await;
-    assert!(matches!(ack, Got::Closed), "5: {ack:?}");
+    C4::closed_at_connect(b.v4, connect4("d7-ka4", 0, None), "3.1.1").await;
+    C5::closed_at_connect(b.v5, connect5("d7-ka5", 0, None), "5").await;
 }
 
 /// Resolves broker→client topic aliases as a client must (MQTT 5 §3.3.2.3.4).
@@ -776,12 +695,12 @@ async fn alias_scenario(v5_port: u16, pub_port: u16) -> (Vec<String>, Vec<v5::Pu
     let (mut sub, ack) = C5::hello(tcp(v5_port).await, connect5("d7-alias", 30, Some(props))).await;
     assert_eq!(ack.packet("CONNACK").code, v5::ConnectReturnCode::Success);
     sub.subscribe(1, "a/+", Q5::AtMostOnce).await;
-    let mut publ = C5::open(tcp(pub_port).await, "d7-alias-pub").await;
+    let mut publ = C5::on_tcp(pub_port, "d7-alias-pub").await;
     let mut aliases = HashMap::new();
     let (mut topics, mut raw) = (Vec::new(), Vec::new());
     for (t, m) in [("a/x", "to-x"), ("a/y", "to-y")] {
         publ.publish(pub5(t, Q5::AtMostOnce, m, 0)).await;
-        let p = sub.next_publish(WAIT).await.packet("PUBLISH");
+        let p = sub.publish_within(WAIT, "PUBLISH").await;
         assert_eq!(std::str::from_utf8(&p.payload).unwrap(), m);
         topics.push(resolve(&mut aliases, &p));
         raw.push(p);
@@ -803,10 +722,8 @@ async fn d7_plain_broken_topic_aliases() {
 async fn d7_fixed_unsuback_keepalive_zero_and_aliases() {
     let s = Server::start();
     // UNSUBACK for a filter never subscribed.
-    let mut c4 = C4::open(tcp(s.mqtt).await, "d7-4").await;
-    let mut u = v4::Unsubscribe::new("never/subscribed");
-    u.pkid = 5;
-    c4.send(v4::Packet::Unsubscribe(u)).await.unwrap();
+    let mut c4 = C4::on_tcp(s.mqtt, "d7-4").await;
+    c4.send_unsubscribe(5, "never/subscribed").await;
     let got = c4
         .find(WAIT, |p| match p {
             v4::Packet::UnsubAck(a) => Some(a.pkid),
@@ -815,10 +732,8 @@ async fn d7_fixed_unsuback_keepalive_zero_and_aliases() {
         .await;
     assert_eq!(got.packet("3.1.1 UNSUBACK"), 5);
 
-    let mut c5 = C5::open(tcp(s.mqtt).await, "d7-5").await;
-    let mut u = v5::Unsubscribe::new("never/subscribed", None);
-    u.pkid = 5;
-    c5.send(v5::Packet::Unsubscribe(u)).await.unwrap();
+    let mut c5 = C5::on_tcp(s.mqtt, "d7-5").await;
+    c5.send_unsubscribe(5, "never/subscribed").await;
     let got = c5
         .find(WAIT, |p| match p {
             v5::Packet::UnsubAck(a) => Some(a.clone()),
@@ -850,7 +765,7 @@ async fn d7_fixed_unsuback_keepalive_zero_and_aliases() {
 #[tokio::test]
 async fn d7_fixed_unsubscribe_right_behind_subscribe() {
     let s = Server::start();
-    let mut c = C5::open(tcp(s.mqtt).await, "d7-pipe").await;
+    let mut c = C5::on_tcp(s.mqtt, "d7-pipe").await;
     let mut out = BytesMut::new();
     P5::encode(&subscribe5(1, "d7/pipe", Q5::AtLeastOnce), &mut out);
     let mut u = v5::Unsubscribe::new("d7/pipe", None);
@@ -870,15 +785,14 @@ async fn d7_fixed_unsubscribe_right_behind_subscribe() {
         .await
         .packet("UNSUBACK");
     assert_eq!(ua, vec![v5::UnsubAckReason::Success]);
-    let mut publ = C5::open(tcp(s.mqtt).await, "d7-pipe-pub").await;
+    let mut publ = C5::on_tcp(s.mqtt, "d7-pipe-pub").await;
     publ.publish(pub5("d7/pipe", Q5::AtLeastOnce, "gone", 1))
         .await;
     // A marker on a second subscription proves delivery ran; nothing came for the first.
     c.subscribe(3, "d7/marker", Q5::AtLeastOnce).await;
     publ.publish(pub5("d7/marker", Q5::AtLeastOnce, "marker", 2))
         .await;
-    let p = c.next_publish(WAIT).await.packet("PUBLISH");
-    assert_eq!(&p.payload[..], b"marker", "still subscribed: {p:?}");
+    c.expect_payload(b"marker", "still subscribed").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -889,10 +803,8 @@ async fn d7_fixed_unsubscribe_right_behind_subscribe() {
 async fn d8_plain_needs_a_port_per_version_and_ws_is_v311_only() {
     let b = Plain::start();
     // MQTT 5 CONNECT on the 3.1.1 port, and 3.1.1 CONNECT on the MQTT 5 port: closed, no CONNACK.
-    let (_c, ack) = C5::hello(tcp(b.v4).await, connect5("d8-5on4", 30, None)).await;
-    assert!(matches!(ack, Got::Closed), "5 on the 3.1.1 port: {ack:?}");
-    let (_c, ack) = C4::hello(tcp(b.v5).await, connect4("d8-4on5", 30, None)).await;
-    assert!(matches!(ack, Got::Closed), "3.1.1 on the 5 port: {ack:?}");
+    C5::closed_at_connect(b.v4, connect5("d8-5on4", 30, None), "5 on the 3.1.1 port").await;
+    C4::closed_at_connect(b.v5, connect4("d8-4on5", 30, None), "3.1.1 on the 5 port").await;
 
     // WebSocket: 3.1.1 works, MQTT 5 is closed without CONNACK.
     C4::open(ws(b.ws).await, "d8-ws4").await;
@@ -903,8 +815,8 @@ async fn d8_plain_needs_a_port_per_version_and_ws_is_v311_only() {
 #[tokio::test]
 async fn d8_fixed_one_port_both_versions_and_v5_over_websocket() {
     let s = Server::start();
-    let mut s4 = C4::open(tcp(s.mqtt).await, "d8-4").await;
-    let mut s5 = C5::open(tcp(s.mqtt).await, "d8-5").await;
+    let mut s4 = C4::on_tcp(s.mqtt, "d8-4").await;
+    let mut s5 = C5::on_tcp(s.mqtt, "d8-5").await;
     let mut w5 = C5::open(ws(s.http).await, "d8-ws5").await;
     let mut w4 = C4::open(ws(s.http).await, "d8-ws4").await;
     s4.subscribe(1, "d8/4", Q4::AtLeastOnce).await;
@@ -916,14 +828,11 @@ async fn d8_fixed_one_port_both_versions_and_v5_over_websocket() {
         .await;
     w4.publish("d8/w5", Q4::AtLeastOnce, false, b"ws4-to-ws5", 2)
         .await;
-    let p = s4.next_publish(WAIT).await.packet("PUBLISH to 3.1.1");
+    let p = s4.publish_within(WAIT, "PUBLISH to 3.1.1").await;
     assert_eq!(&p.payload[..], b"5-to-4");
-    let p = s5.next_publish(WAIT).await.packet("PUBLISH to 5");
+    let p = s5.publish_within(WAIT, "PUBLISH to 5").await;
     assert_eq!(&p.payload[..], b"4-to-5");
-    let p = w5
-        .next_publish(WAIT)
-        .await
-        .packet("PUBLISH to 5 over WebSocket");
+    let p = w5.publish_within(WAIT, "PUBLISH to 5 over WebSocket").await;
     assert_eq!(&p.payload[..], b"ws4-to-ws5");
 }
 
@@ -949,6 +858,6 @@ async fn d8_fixed_v5_over_secure_websocket() {
     c.subscribe(1, "d8/wss", Q5::AtLeastOnce).await;
     c.publish(pub5("d8/wss", Q5::AtLeastOnce, "over-wss", 2))
         .await;
-    let p = c.next_publish(WAIT).await.packet("PUBLISH over WSS");
+    let p = c.publish_within(WAIT, "PUBLISH over WSS").await;
     assert_eq!(&p.payload[..], b"over-wss");
 }

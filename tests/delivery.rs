@@ -8,16 +8,15 @@
 //! replayed).
 
 mod common;
-mod reliability;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::reliability::*;
 use common::Server;
 use rand::{Rng, SeedableRng};
-use reliability::*;
 
 const TOPICS: [&str; 2] = ["dlv/a", "dlv/b"];
 

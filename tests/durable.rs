@@ -7,15 +7,14 @@
 //! exchange, reqwest for HTTP publishes).
 
 mod common;
-mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4;
 
+use common::clients::*;
 use common::*;
-use support::*;
 
 fn q4(q: u8) -> rumqttc::QoS {
     rumqttc::qos(q).expect("qos")
@@ -59,35 +58,33 @@ fn options4(s: &Server, id: &str) -> rumqttc::MqttOptions {
 }
 
 fn options5(s: &Server, id: &str, expiry: u32) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(s, Tr::Tcp, id);
-    o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(expiry));
-    o
+    persistent_v5_options(s, id, expiry)
+}
+
+/// A client that hands over the payloads of the messages it receives (3.1.1 or MQTT 5).
+trait Payloads {
+    async fn payload_in(&mut self, timeout: Duration) -> bytes::Bytes;
+}
+
+impl Payloads for V4 {
+    async fn payload_in(&mut self, timeout: Duration) -> bytes::Bytes {
+        self.publish_in(timeout).await.payload
+    }
+}
+
+impl Payloads for V5 {
+    async fn payload_in(&mut self, timeout: Duration) -> bytes::Bytes {
+        self.publish_in(timeout).await.payload
+    }
 }
 
 /// Which of `{prefix}0 … {prefix}{n-1}` never arrived, reading until all did (bounded).
-async fn missing4(c: &mut V4, prefix: &str, n: usize) -> Vec<usize> {
+async fn missing(c: &mut impl Payloads, prefix: &str, n: usize) -> Vec<usize> {
     let mut seen = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + BACKLOG;
     while seen.len() < n && tokio::time::Instant::now() < deadline {
-        let p = c.publish_in(BACKLOG).await;
-        if let Some(i) = std::str::from_utf8(&p.payload)
-            .ok()
-            .and_then(|t| t.strip_prefix(prefix))
-            .and_then(|t| t.parse::<usize>().ok())
-        {
-            seen.insert(i);
-        }
-    }
-    (0..n).filter(|i| !seen.contains(i)).collect()
-}
-
-async fn missing5(c: &mut V5, prefix: &str, n: usize) -> Vec<usize> {
-    let mut seen = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + BACKLOG;
-    while seen.len() < n && tokio::time::Instant::now() < deadline {
-        let p = c.publish_in(BACKLOG).await;
-        if let Some(i) = std::str::from_utf8(&p.payload)
+        let payload = c.payload_in(BACKLOG).await;
+        if let Some(i) = std::str::from_utf8(&payload)
             .ok()
             .and_then(|t| t.strip_prefix(prefix))
             .and_then(|t| t.parse::<usize>().ok())
@@ -125,10 +122,10 @@ async fn sigkill_keeps_every_acknowledged_message_of_offline_sessions() {
 
     let (mut c4, ack) = V4::connect(options4(&s, "dur-311")).await;
     assert!(ack.session_present, "3.1.1 session lost");
-    assert_eq!(missing4(&mut c4, "m", N).await, Vec::<usize>::new());
+    assert_eq!(missing(&mut c4, "m", N).await, Vec::<usize>::new());
     let (mut c5, ack) = V5::connect(options5(&s, "dur-5", 3600)).await;
     assert!(ack.session_present, "MQTT 5 session lost");
-    assert_eq!(missing5(&mut c5, "m", N).await, Vec::<usize>::new());
+    assert_eq!(missing(&mut c5, "m", N).await, Vec::<usize>::new());
 }
 
 /// The same through the HTTP bridge: `POST /topics/…` (QoS 1) answers 200 only once the
@@ -152,31 +149,20 @@ async fn sigkill_keeps_every_http_publish_answered_200() {
     s.restart();
     let (mut c4, ack) = V4::connect(options4(&s, "dur-http-311")).await;
     assert!(ack.session_present);
-    assert_eq!(missing4(&mut c4, "h", N).await, Vec::<usize>::new());
+    assert_eq!(missing(&mut c4, "h", N).await, Vec::<usize>::new());
     let (mut c5, ack) = V5::connect(options5(&s, "dur-http-5", 3600)).await;
     assert!(ack.session_present);
-    assert_eq!(missing5(&mut c5, "h", N).await, Vec::<usize>::new());
+    assert_eq!(missing(&mut c5, "h", N).await, Vec::<usize>::new());
 }
 
 // ---------------------------------------------------------------------------------------------
 // QoS 2 across a kill.
 
+/// The CONNACK `r` gets, which must accept: is a session present?
 fn connack_present4(r: &mut Raw) -> bool {
-    match r.recv4(T) {
-        v4::Packet::ConnAck(a) => {
-            assert_eq!(a.code, v4::ConnectReturnCode::Success);
-            a.session_present
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
-fn subscribe4(r: &mut Raw, filter: &str, qos: u8) {
-    r.send4(v4::Packet::Subscribe(v4::Subscribe::new(filter, q4(qos))));
-    match r.recv4(T) {
-        v4::Packet::SubAck(_) => {}
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
+    let a = r.connack4();
+    assert_eq!(a.code, v4::ConnectReturnCode::Success);
+    a.session_present
 }
 
 fn publish4(topic: &str, qos: u8, pkid: u16, payload: &str, dup: bool) -> v4::Packet {
@@ -184,6 +170,23 @@ fn publish4(topic: &str, qos: u8, pkid: u16, payload: &str, dup: bool) -> v4::Pa
     p.pkid = pkid;
     p.dup = dup;
     v4::Packet::Publish(p)
+}
+
+/// Publishes `payload` on `topic` at QoS 2 under `pkid` and completes the exchange (PUBREC,
+/// PUBREL, PUBCOMP).
+fn publish_qos2(publ: &mut Raw, topic: &str, pkid: u16, payload: &str) {
+    publ.send4(publish4(topic, 2, pkid, payload, false));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == pkid));
+    publ.send4(v4::Packet::PubRel(v4::PubRel::new(pkid)));
+    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == pkid));
+}
+
+/// The packet id of the next packet `sub` receives, which must be a PUBLISH of `payload`.
+fn received_id(sub: &mut Raw, payload: &str) -> u16 {
+    match sub.recv4(T) {
+        v4::Packet::Publish(p) if p.payload == payload.as_bytes() => p.pkid,
+        other => panic!("expected {payload}, got {other:?}"),
+    }
 }
 
 /// Every packet that comes within `quiet` of the previous one.
@@ -212,37 +215,22 @@ fn qos2_half_acknowledged_before_sigkill_is_delivered_exactly_once() {
     let mut sub = Raw::open(s.mqtt, false);
     sub.send4(connect4("dur-q2-sub", false, 60));
     assert!(!connack_present4(&mut sub));
-    subscribe4(&mut sub, "q2/#", 2);
+    sub.subscribe4("q2/#", q4(2));
 
     let mut publ = Raw::open(s.mqtt, false);
     publ.send4(connect4("dur-q2-pub", false, 60));
     connack_present4(&mut publ);
     // a: the subscriber PUBRECs, the server PUBRELs, no PUBCOMP.
-    publ.send4(publish4("q2/a", 2, 1, "a", false));
-    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 1));
-    publ.send4(v4::Packet::PubRel(v4::PubRel::new(1)));
-    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 1));
-    let a_id = match sub.recv4(T) {
-        v4::Packet::Publish(p) if &p.payload[..] == b"a" => p.pkid,
-        other => panic!("expected a, got {other:?}"),
-    };
+    publish_qos2(&mut publ, "q2/a", 1, "a");
+    let a_id = received_id(&mut sub, "a");
     sub.send4(v4::Packet::PubRec(v4::PubRec::new(a_id)));
     assert!(matches!(sub.recv4(T), v4::Packet::PubRel(r) if r.pkid == a_id));
     // b: the subscriber receives it and says nothing.
-    publ.send4(publish4("q2/b", 2, 2, "b", false));
-    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 2));
-    publ.send4(v4::Packet::PubRel(v4::PubRel::new(2)));
-    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 2));
-    let b_id = match sub.recv4(T) {
-        v4::Packet::Publish(p) if &p.payload[..] == b"b" => p.pkid,
-        other => panic!("expected b, got {other:?}"),
-    };
+    publish_qos2(&mut publ, "q2/b", 2, "b");
+    let b_id = received_id(&mut sub, "b");
     // The subscriber goes away; d is published while it is.
     drop(sub);
-    publ.send4(publish4("q2/d", 2, 4, "d", false));
-    assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 4));
-    publ.send4(v4::Packet::PubRel(v4::PubRel::new(4)));
-    assert!(matches!(publ.recv4(T), v4::Packet::PubComp(c) if c.pkid == 4));
+    publish_qos2(&mut publ, "q2/d", 4, "d");
     // c: PUBREC received, no PUBREL.
     publ.send4(publish4("q2/c", 2, 3, "c", false));
     assert!(matches!(publ.recv4(T), v4::Packet::PubRec(r) if r.pkid == 3));
@@ -367,11 +355,11 @@ async fn hundred_sessions_survive_three_kills_and_expiry_counts_the_outage() {
         let missing = if i % 2 == 0 {
             let (mut c, ack) = V4::connect(options4(&s, &id)).await;
             assert!(ack.session_present, "{id} lost");
-            missing4(&mut c, "n", EACH).await
+            missing(&mut c, "n", EACH).await
         } else {
             let (mut c, ack) = V5::connect(options5(&s, &id, 3600)).await;
             assert!(ack.session_present, "{id} lost");
-            missing5(&mut c, "n", EACH).await
+            missing(&mut c, "n", EACH).await
         };
         assert_eq!(missing, Vec::<usize>::new(), "{id}");
     }
@@ -548,23 +536,7 @@ async fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
 // Wills across a kill.
 
 fn will5(s: &Server, id: &str, topic: &str, delay: u32) -> rumqttc::v5::MqttOptions {
-    let mut o = options5(s, id, 3600);
-    o.set_last_will(p5::LastWill::new(
-        topic,
-        format!("{id} is gone"),
-        q5(1),
-        false,
-        Some(p5::LastWillProperties {
-            delay_interval: Some(delay),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        }),
-    ));
-    o
+    delayed_will_options(s, id, topic, delay, 3600)
 }
 
 /// Wills of persistent sessions are kept with them: a delayed will whose delay passed while the
@@ -584,12 +556,7 @@ async fn wills_due_during_the_outage_are_published_after_a_kill() {
     let (_b, _) = V5::connect(will5(&s, "will-b", "dwill/b", 1)).await;
     // c: 3.1.1, connected at the kill, will without delay.
     let mut o = options4(&s, "will-c");
-    o.set_last_will(rumqttc::LastWill::new(
-        "dwill/c",
-        "will-c is gone",
-        q4(1),
-        false,
-    ));
+    set_v4_will(&mut o, "dwill/c", "will-c is gone");
     let (_c, _) = V4::connect(o).await;
     // Let the server see a's socket close before it dies.
     tokio::time::sleep(Duration::from_millis(300)).await;

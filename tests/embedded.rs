@@ -3,12 +3,11 @@
 //! it, and its output says what it did.
 
 mod common;
-mod support;
 
 use std::process::Command;
 
+use common::clients::{Proc, T, V4};
 use common::{example_bin, free_port};
-use support::{Proc, T, V4};
 
 /// Starts the example on free ports; returns it once it says it is ready, with its MQTT and
 /// HTTP ports.

@@ -4,7 +4,6 @@
 //! of the server down.
 
 mod common;
-mod reliability;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::files::temp_dir;
+use common::reliability::*;
 use common::Server;
-use reliability::*;
 
 // ---------------------------------------------------------------------------------------------
 // SIGKILL during a stream of retained updates.
@@ -171,16 +171,6 @@ impl Drop for Immutable {
     fn drop(&mut self) {
         let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rtw-faults-{tag}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Runs the server with `storage` as its storage directory; it must exit non-zero, saying why.

@@ -33,29 +33,25 @@ fn replay(target: &str, run: fn(&[u8])) {
     eprintln!("{target}: {} inputs replayed", files.len());
 }
 
-#[test]
-fn mqtt_decode_corpus() {
-    replay("mqtt_decode", broker::fuzzing::mqtt_decode);
+/// One test a fuzz target: `#[test] name: "target" => function;` replays `fuzz/corpus/target`
+/// through `function`.
+macro_rules! corpus_tests {
+    ($(#[$attr:meta] $name:ident: $target:literal => $run:path;)*) => {
+        $(
+            #[$attr]
+            fn $name() {
+                replay($target, $run);
+            }
+        )*
+    };
 }
 
-#[test]
-fn mqtt_translate_corpus() {
-    replay("mqtt_translate", broker::fuzzing::mqtt_translate);
-}
-
-#[test]
-fn http_topic_corpus() {
-    replay("http_topic", bridge::fuzzing::http_topic);
-}
-
-#[test]
-fn jwt_corpus() {
-    replay("jwt", broker::fuzzing::jwt);
-}
-
-#[test]
-fn config_corpus() {
-    replay("config", settings::fuzz_config);
+corpus_tests! {
+    #[test] mqtt_decode_corpus: "mqtt_decode" => broker::fuzzing::mqtt_decode;
+    #[test] mqtt_translate_corpus: "mqtt_translate" => broker::fuzzing::mqtt_translate;
+    #[test] http_topic_corpus: "http_topic" => bridge::fuzzing::http_topic;
+    #[test] jwt_corpus: "jwt" => broker::fuzzing::jwt;
+    #[test] config_corpus: "config" => settings::fuzz_config;
 }
 
 /// The corpora exist for exactly the targets `fuzz/Cargo.toml` declares.

@@ -10,32 +10,19 @@
 //! the memory and latency side of these findings is measured by `bench/abuse.sh`.
 
 mod common;
-mod rawmqtt;
-mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::files::temp_dir;
+use common::mqtt::*;
 use common::*;
-use jsonwebtoken::{EncodingKey, Header};
-use rawmqtt::*;
 use serde_json::{json, Value};
 
 const SECRET: &str = "hardening-secret-Vb3Xq9Lm2Rt7Yk5P";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rtw-hardening-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -45,34 +32,12 @@ fn now() -> u64 {
 }
 
 fn token(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::auth::hs256_with(SECRET, claims)
 }
 
 /// CONNECT with a user name and password; the CONNACK code as a byte (3.1.1 codes as sent).
 fn login(port: u16, v: V, id: &str, user: &str, pass: &str) -> (Client, u8, Option<String>) {
-    let mut c = Client::tcp(port, v);
-    c.send(&Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: id.into(),
-            clean_start: true,
-            properties: None,
-        },
-        None,
-        Some(Login {
-            username: user.into(),
-            password: pass.into(),
-        }),
-    ));
-    let ack = match c.expect(WAIT, |p| matches!(p, Packet::ConnAck(_))) {
-        Packet::ConnAck(a) => a,
-        _ => unreachable!(),
-    };
+    let (c, ack) = Client::try_connect(port, v, Opts::new(id).keep_alive(30).login(user, pass));
     let reason = ack.properties.and_then(|p| p.reason_string);
     (c, connack_byte(v, ack.code), reason)
 }
@@ -288,15 +253,7 @@ fn repeated_password_failures_are_throttled_and_successes_cached() {
     let (_c, code, _) = login(s.mqtt, V::V311, "m-v4", "alice", "guess");
     assert_eq!(code, 5);
     // HTTP Basic for the throttled user: 429 with Retry-After.
-    let r = http_exchange(
-        s.http,
-        &format!(
-            "GET /topics/x HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Basic {}",
-            basic("alice", "guess")
-        ),
-        b"",
-        WAIT,
-    );
+    let r = basic_exchange(s.http, "GET /topics/x", ("alice", "guess"), "", b"");
     assert_eq!(status_of(&r), 429, "{r}");
     assert!(r.to_ascii_lowercase().contains("retry-after:"), "{r}");
 
@@ -304,47 +261,39 @@ fn repeated_password_failures_are_throttled_and_successes_cached() {
     // another user, who was never throttled.
     let (_a2, code, _) = login(s.mqtt, V::V5, "alice-2", "alice", "alice-pw");
     assert_eq!(code, 0);
-    let r = http_exchange(
-        s.http,
-        &format!(
-            "GET /topics/x HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Basic {}",
-            basic("alice", "alice-pw")
-        ),
-        b"",
-        WAIT,
-    );
+    let r = basic_exchange(s.http, "GET /topics/x", ("alice", "alice-pw"), "", b"");
     assert_eq!(status_of(&r), 404, "{r}");
     let (_b, code, _) = login(s.mqtt, V::V311, "bob-1", "bob", "bob-pw");
     assert_eq!(code, 0);
 }
 
+/// A raw HTTP/1.1 exchange: `request` ("METHOD /path") with HTTP Basic `(user, password)`,
+/// further `headers` (each after a CRLF), then `body`; the raw answer.
+fn basic_exchange(
+    port: u16,
+    request: &str,
+    login: (&str, &str),
+    headers: &str,
+    body: &[u8],
+) -> String {
+    let auth = basic(login.0, login.1);
+    let head =
+        format!("{request} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Basic {auth}{headers}");
+    http_exchange(port, &head, body, WAIT)
+}
+
 #[test]
 fn http_basic_is_checked_before_the_body_is_read() {
     let s = password_server("basic-body");
-    // A wrong Basic password with a body that never arrives: 401 at once.
-    let r = http_exchange(
-        s.http,
-        &format!(
-            "POST /topics/t HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Basic {}\r\n\
-             content-length: 1000",
-            basic("bob", "nope")
-        ),
-        b"only-a-little",
-        WAIT,
-    );
-    assert_eq!(status_of(&r), 401, "{r}");
-    // The right one, with the whole body: published.
-    let r = http_exchange(
-        s.http,
-        &format!(
-            "POST /topics/t HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Basic {}\r\n\
-             content-length: 2",
-            basic("bob", "bob-pw")
-        ),
-        b"hi",
-        WAIT,
-    );
-    assert_eq!(status_of(&r), 200, "{r}");
+    // A wrong Basic password with a body that never arrives: 401 at once. The right one, with
+    // the whole body: published.
+    let wrong: (_, _, &[u8], _) = (("bob", "nope"), 1000, b"only-a-little", 401);
+    let right: (_, _, &[u8], _) = (("bob", "bob-pw"), 2, b"hi", 200);
+    for (login, length, body, status) in [wrong, right] {
+        let length = format!("\r\ncontent-length: {length}");
+        let r = basic_exchange(s.http, "POST /topics/t", login, &length, body);
+        assert_eq!(status_of(&r), status, "{r}");
+    }
 }
 
 // =============================================================================================
@@ -396,35 +345,24 @@ fn http_connections_per_address_are_limited() {
         .map(|_| TcpStream::connect(("127.0.0.1", s.http)).unwrap())
         .collect();
     // The connections are counted once accepted: wait until a 4th is refused.
-    let deadline = Instant::now() + WAIT;
-    let refused = loop {
-        let r = http_exchange(
-            s.http,
-            "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1",
-            b"",
-            WAIT,
-        );
-        if status_of(&r) == 429 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "4th connection served: {r}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let refused = healthz_until(s.http, "", 429, "4th connection served");
     assert!(refused.contains("too many HTTP connections"), "{refused}");
     // Once one closes, requests are served again.
     drop(held);
+    healthz_until(s.http, "\r\nconnection: close", 200, "not served again");
+}
+
+/// Asks `GET /healthz` (with further `headers`) every 50 ms until the answer has `status`, for
+/// `WAIT` at most (then fails saying `what`); that answer.
+fn healthz_until(port: u16, headers: &str, status: u16, what: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        let r = http_exchange(
-            s.http,
-            "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close",
-            b"",
-            WAIT,
-        );
-        if status_of(&r) == 200 {
-            break;
+        let head = format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1{headers}");
+        let r = http_exchange(port, &head, b"", WAIT);
+        if status_of(&r) == status {
+            return r;
         }
-        assert!(Instant::now() < deadline, "not served again: {r}");
+        assert!(Instant::now() < deadline, "{what}: {r}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -13,7 +13,6 @@
 //! | request body too large | `bridge.max_body` | 413 with a JSON error, body not buffered |
 
 mod common;
-mod reliability;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::reliability::*;
 use common::Server;
-use reliability::*;
 
 /// Connect timeout used by these tests (the default is 10 s).
 const CONNECT_TIMEOUT: u64 = 2;
@@ -431,17 +430,10 @@ fn upload(port: u16, head: &str, total: usize, chunked: bool) -> (u16, String, u
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body, sent)
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    (status.unwrap_or(0), body.to_string(), sent)
 }
 
 #[test]

@@ -13,27 +13,28 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::auth::{hs256_with, now};
+use common::clients::{mosquitto_msgs, mosquitto_ready, mosquitto_sub, Proc};
 use common::*;
 use serde_json::{json, Value};
 
 const KEY: &str = "mercure-test-key-8Hq2Zt5Lw9Rc3Vn6";
 
 fn hs256(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
-    )
-    .expect("sign")
+    hs256_with(KEY, claims)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+/// A server whose hub takes publishers' tokens signed with `KEY` and has `setting` on; the
+/// hub's URL.
+fn hub_with(setting: &str) -> (Server, String) {
+    let s = Server::builder()
+        .env("MERCURE__PUBLISHER_JWT_KEY", KEY)
+        .env(setting, "true")
+        .start();
+    let hub = format!("http://127.0.0.1:{}/.well-known/mercure", s.http);
+    (s, hub)
 }
 
 /// A curl SSE stream whose lines arrive on a channel.
@@ -127,11 +128,7 @@ fn status(args: &[&str]) -> (String, String) {
 
 #[test]
 fn subscription_events_token_expiry_and_anonymous() {
-    let s = Server::builder()
-        .env("MERCURE__PUBLISHER_JWT_KEY", KEY)
-        .env("MERCURE__SUBSCRIPTIONS", "true")
-        .start();
-    let hub = format!("http://127.0.0.1:{}/.well-known/mercure", s.http);
+    let (_s, hub) = hub_with("MERCURE__SUBSCRIPTIONS");
     let (code, body) = status(&["-m", "3", &format!("{hub}?topic=urn:a")]);
     assert_eq!(code, "401", "{body}");
     assert!(body.contains("anonymous"), "{body}");
@@ -201,37 +198,8 @@ fn subscription_events_token_expiry_and_anonymous() {
 
 #[test]
 fn replay_gap_and_earliest() {
-    let s = Server::builder()
-        .env("MERCURE__PUBLISHER_JWT_KEY", KEY)
-        .env("MERCURE__ANONYMOUS", "true")
-        .start();
-    let hub = format!("http://127.0.0.1:{}/.well-known/mercure", s.http);
+    let (s, hub) = hub_with("MERCURE__ANONYMOUS");
     let publisher = hs256(&json!({ "mercure": { "publish": ["*"] } }));
-    // An MQTT client on the mapped topic of `https://example.com/a+b#c` (`+` and `#` escaped).
-    let mut mqtt = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &s.mqtt.to_string(),
-            "-V",
-            "5",
-            "-v",
-            "-C",
-            "1",
-        ])
-        .args(["-t", "mercure/https://example.com/a%2Bb%23c", "-W", "30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub");
-    let out = mqtt.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
     let publish = |topic: &str, data: &str| {
         let (code, body) = status(&[
             "-H",
@@ -244,21 +212,18 @@ fn replay_gap_and_earliest() {
         ]);
         assert_eq!(code, "200", "{body}");
     };
-    // mosquitto_sub says nothing when it has subscribed: publish until it hears one (bounded).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let line = loop {
-        publish("https://example.com/a+b#c", "first");
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
-            break l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto_sub never got the update"
-        );
-    };
-    assert_eq!(line, "mercure/https://example.com/a%2Bb%23c first");
-    let _ = mqtt.kill();
-    let _ = mqtt.wait();
+    // An MQTT client on the mapped topic of `https://example.com/a+b#c` (`+` and `#` escaped).
+    let mapped = "mercure/https://example.com/a%2Bb%23c";
+    let mut mqtt = Proc::spawn(mosquitto_sub(&s, false, "mqttv5").args(["-C", "1", "-t", mapped]));
+    mosquitto_ready(&mut mqtt);
+    publish("https://example.com/a+b#c", "first");
+    let line = mqtt.wait_line(Duration::from_secs(15), |l| l.starts_with("MSG|"));
+    let got: Vec<_> = mosquitto_msgs(&[line])
+        .into_iter()
+        .map(|(topic, _, _, payload)| (topic, payload))
+        .collect();
+    assert_eq!(got, [(mapped.to_string(), "first".to_string())]);
+    drop(mqtt);
     publish("https://example.com/x", "second");
     let mut gap = Stream::open(
         &format!("{hub}?topic=*&lastEventID=urn:uuid:not-seen"),

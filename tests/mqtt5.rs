@@ -54,37 +54,32 @@ fn subscription_identifiers() {
 #[test]
 fn no_local() {
     let s = Server::start();
-    let mut c = v5(&s, "nl-self");
-    let mut f = filter("nl/t", QoS::AtLeastOnce);
-    f.nolocal = true;
-    c.subscribe_with(vec![f], None);
+    let mut c = v5_subscribed_with(&s, "nl-self", "nl/t", QoS::AtLeastOnce, |f| {
+        f.nolocal = true
+    });
     c.subscribe("nl/marker", QoS::AtLeastOnce);
     c.publish("nl/t", QoS::AtLeastOnce, b"mine");
     c.publish("nl/marker", QoS::AtLeastOnce, b"m1");
     recv_msg(&mut c, "nl/marker", "m1");
 
     let mut o = v5(&s, "nl-other");
-    o.publish("nl/t", QoS::AtLeastOnce, b"theirs");
-    recv_msg(&mut c, "nl/t", "theirs");
+    relay(&mut o, &mut c, "nl/t", "theirs");
 
     // A second, overlapping subscription without no-local delivers own messages once.
     c.subscribe("nl/#", QoS::AtLeastOnce);
     c.publish("nl/t", QoS::AtLeastOnce, b"mine2");
     recv_msg(&mut c, "nl/t", "mine2");
-    o.publish("nl/t", QoS::AtLeastOnce, b"theirs2");
-    recv_msg(&mut c, "nl/t", "theirs2");
+    relay(&mut o, &mut c, "nl/t", "theirs2");
     c.assert_no_publish();
 }
 
 #[test]
 fn retain_as_published() {
     let s = Server::start();
-    let mut rap = v5(&s, "rap-yes");
-    let mut f = filter("rap/t", QoS::AtLeastOnce);
-    f.preserve_retain = true;
-    rap.subscribe_with(vec![f], None);
-    let mut plain = v5(&s, "rap-no");
-    plain.subscribe("rap/t", QoS::AtLeastOnce);
+    let mut rap = v5_subscribed_with(&s, "rap-yes", "rap/t", QoS::AtLeastOnce, |f| {
+        f.preserve_retain = true
+    });
+    let mut plain = v5_subscribed(&s, "rap-no", "rap/t", QoS::AtLeastOnce);
 
     let mut p = v5(&s, "rap-pub");
     p.publish_retained("rap/t", QoS::AtLeastOnce, b"live");
@@ -100,8 +95,7 @@ fn retain_as_published() {
     assert!(!recv_msg(&mut rap, "rap/t", "plain").retain);
 
     // Retained messages sent because of a subscribe always have the flag.
-    let mut late = v5(&s, "rap-late");
-    late.subscribe("rap/#", QoS::AtLeastOnce);
+    let mut late = v5_subscribed(&s, "rap-late", "rap/#", QoS::AtLeastOnce);
     assert!(recv_msg(&mut late, "rap/t", "live").retain);
 }
 
@@ -138,18 +132,14 @@ fn retain_handling() {
     let mut c = v5(&s, "rh-2");
     sub(&mut c, RetainForwardRule::Never);
     c.assert_no_publish();
-    p.publish("rh/x", QoS::AtLeastOnce, b"live");
-    recv_msg(&mut c, "rh/x", "live");
+    relay(&mut p, &mut c, "rh/x", "live");
 }
 
 // ---- properties ----
 
 #[test]
 fn payload_format_indicator() {
-    let s = Server::start();
-    let mut c = v5(&s, "pfi-sub");
-    c.subscribe("pfi/#", QoS::AtLeastOnce);
-    let mut p = v5(&s, "pfi-pub");
+    let (_s, mut c, mut p) = v5_pair("pfi-sub", "pfi/#", QoS::AtLeastOnce, "pfi-pub");
     let utf8 = |body: &[u8], qos| {
         Publish::new(
             "pfi/t",
@@ -179,10 +169,7 @@ fn payload_format_indicator() {
 
 #[test]
 fn user_properties_round_trip() {
-    let s = Server::start();
-    let mut c = v5(&s, "up-sub");
-    c.subscribe("up/#", QoS::ExactlyOnce);
-    let mut p = v5(&s, "up-pub");
+    let (_s, mut c, mut p) = v5_pair("up-sub", "up/#", QoS::ExactlyOnce, "up-pub");
     let props = vec![
         ("a".to_string(), "1".to_string()),
         ("b".to_string(), "two words".to_string()),
@@ -217,10 +204,8 @@ fn user_properties_round_trip() {
 #[test]
 fn request_response() {
     let s = Server::start();
-    let mut responder = v5(&s, "rr-responder");
-    responder.subscribe("rr/req", QoS::AtLeastOnce);
-    let mut requester = v5(&s, "rr-requester");
-    requester.subscribe("rr/resp/requester", QoS::AtLeastOnce);
+    let mut responder = v5_subscribed(&s, "rr-responder", "rr/req", QoS::AtLeastOnce);
+    let mut requester = v5_subscribed(&s, "rr-requester", "rr/resp/requester", QoS::AtLeastOnce);
     let corr = Bytes::from_static(&[0, 1, 2, 0xff, 0xfe]);
     requester.publish_props(
         "rr/req",
@@ -249,8 +234,7 @@ fn request_response() {
     assert_eq!(resp.properties.unwrap().correlation_data, Some(corr));
 
     // A 3.1.1 subscriber gets the same message without the properties.
-    let mut old = Client::new(s.mqtt, V::V311, "rr-old");
-    old.subscribe("rr/req", QoS::AtLeastOnce);
+    let mut old = Client::subscribed(s.mqtt, V::V311, "rr-old", "rr/req", QoS::AtLeastOnce);
     requester.publish_props(
         "rr/req",
         QoS::AtLeastOnce,
@@ -282,8 +266,7 @@ fn assigned_client_identifier() {
     f.nolocal = true;
     a.subscribe_with(vec![f], None);
     a.publish("aci/t", QoS::AtLeastOnce, b"mine");
-    b.publish("aci/t", QoS::AtLeastOnce, b"theirs");
-    recv_msg(&mut a, "aci/t", "theirs");
+    relay(&mut b, &mut a, "aci/t", "theirs");
 
     // A named client is not assigned one.
     let c = v5(&s, "aci-named");
@@ -329,11 +312,7 @@ fn server_keep_alive_is_enforced() {
 #[test]
 fn receive_maximum_limits_messages_in_flight_to_client() {
     let s = Server::start();
-    let mut c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("rm-sub").props(|p| p.receive_maximum = Some(2)),
-    );
+    let mut c = Client::v5_with(s.mqtt, "rm-sub", |p| p.receive_maximum = Some(2));
     c.auto_ack = false;
     c.subscribe("rm/t", QoS::AtLeastOnce);
     let mut p = v5(&s, "rm-pub");
@@ -412,11 +391,7 @@ fn receive_maximum_exceeded_by_client() {
 #[test]
 fn maximum_packet_size_towards_client() {
     let s = Server::start();
-    let mut c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("mps-small").props(|p| p.max_packet_size = Some(100)),
-    );
+    let mut c = Client::v5_with(s.mqtt, "mps-small", |p| p.max_packet_size = Some(100));
     c.subscribe("mps/#", QoS::ExactlyOnce);
     let mut p = v5(&s, "mps-pub");
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -435,8 +410,7 @@ fn maximum_packet_size_towards_client() {
             ..Default::default()
         },
     );
-    p.publish("mps/t", QoS::AtLeastOnce, b"last");
-    recv_msg(&mut c, "mps/t", "last");
+    relay(&mut p, &mut c, "mps/t", "last");
     c.assert_no_publish();
 }
 
@@ -445,8 +419,7 @@ fn maximum_packet_size_from_client() {
     let s = Server::builder()
         .env("LIMITS__MAX_PACKET_SIZE", 1000)
         .start();
-    let mut sub = v5(&s, "mps-sub");
-    sub.subscribe("mps/#", QoS::AtLeastOnce);
+    let mut sub = v5_subscribed(&s, "mps-sub", "mps/#", QoS::AtLeastOnce);
     let mut c = v5(&s, "mps-big");
     assert_eq!(c.connack_props().max_packet_size, Some(1000));
     // The limit is on the whole packet, header included: exactly 1000 bytes pass.
@@ -472,10 +445,7 @@ fn maximum_packet_size_from_client() {
 
 #[test]
 fn topic_alias_from_client() {
-    let s = Server::start();
-    let mut sub = v5(&s, "ta-sub");
-    sub.subscribe("ta/#", QoS::AtLeastOnce);
-    let mut c = v5(&s, "ta-pub");
+    let (s, mut sub, mut c) = v5_pair("ta-sub", "ta/#", QoS::AtLeastOnce, "ta-pub");
     let max = c
         .connack_props()
         .topic_alias_max
@@ -546,11 +516,13 @@ fn topic_aliases_disabled() {
 
 #[test]
 fn overlapping_subscriptions_deliver_once_at_max_qos() {
-    let s = Server::start();
-    for v in BOTH {
-        let mut c = Client::new(s.mqtt, v, &format!("ov-sub-{v:?}"));
-        c.subscribe("ov/#", QoS::ExactlyOnce);
-        c.subscribe("ov/+", QoS::AtLeastOnce);
+    on_both_versions(|s, v| {
+        let mut c = Client::subscribed_to(
+            s.mqtt,
+            v,
+            &format!("ov-sub-{v:?}"),
+            &[("ov/#", QoS::ExactlyOnce), ("ov/+", QoS::AtLeastOnce)],
+        );
         c.subscribe("ov/x", QoS::AtMostOnce);
         c.subscribe("low/#", QoS::AtMostOnce);
         c.subscribe("low/x", QoS::AtLeastOnce);
@@ -570,16 +542,19 @@ fn overlapping_subscriptions_deliver_once_at_max_qos() {
         }
         let extra = c.drain(QUIET);
         assert!(extra.is_empty(), "{v:?}: duplicate copies {extra:?}");
-    }
+    });
 }
 
 #[test]
 fn dollar_topics_not_matched_by_wildcards() {
     let s = Server::builder().env("SYS__INTERVAL_SECS", 1).start();
     for v in BOTH {
-        let mut all = Client::new(s.mqtt, v, &format!("dollar-all-{v:?}"));
-        all.subscribe("#", QoS::AtMostOnce);
-        all.subscribe("+/broker/#", QoS::AtMostOnce);
+        let mut all = Client::subscribed_to(
+            s.mqtt,
+            v,
+            &format!("dollar-all-{v:?}"),
+            &[("#", QoS::AtMostOnce), ("+/broker/#", QoS::AtMostOnce)],
+        );
         all.subscribe("+/+/+", QoS::AtMostOnce);
         let mut sys = Client::new(s.mqtt, v, &format!("dollar-sys-{v:?}"));
         sys.subscribe("$SYS/#", QoS::AtMostOnce);
@@ -603,14 +578,12 @@ fn dollar_topics_not_matched_by_wildcards() {
 
 #[test]
 fn unsubscribe() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let mut c = Client::new(s.mqtt, v, &format!("un-sub-{v:?}"));
         c.subscribe("un/a", QoS::AtLeastOnce);
         c.subscribe("un/marker", QoS::AtLeastOnce);
         let mut p = Client::new(s.mqtt, v, &format!("un-pub-{v:?}"));
-        p.publish("un/a", QoS::AtLeastOnce, b"1");
-        recv_msg(&mut c, "un/a", "1");
+        relay(&mut p, &mut c, "un/a", "1");
 
         let ack = c.unsubscribe(&["un/a", "un/never"]);
         if v == V::V5 {
@@ -623,8 +596,7 @@ fn unsubscribe() {
             );
         }
         p.publish("un/a", QoS::AtLeastOnce, b"2");
-        p.publish("un/marker", QoS::AtLeastOnce, b"m");
-        recv_msg(&mut c, "un/marker", "m");
+        relay(&mut p, &mut c, "un/marker", "m");
         c.assert_no_publish();
 
         // Only a filter never subscribed: UNSUBACK (0x11 in MQTT 5), connection fine.
@@ -633,7 +605,7 @@ fn unsubscribe() {
             assert_eq!(ack.reasons, vec![UnsubAckReason::NoSubscriptionExisted]);
         }
         c.ping();
-    }
+    });
 }
 
 #[test]
@@ -667,8 +639,7 @@ fn delivered_qos_is_min_of_publish_and_subscription() {
 
 #[test]
 fn pipelined_packets_after_connect() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let mut c = Client::tcp(s.mqtt, v);
         let id = format!("pipe-{v:?}");
         let mut bytes = c.encode(&Packet::Connect(
@@ -693,7 +664,7 @@ fn pipelined_packets_after_connect() {
         );
         c.expect(WAIT, |p| matches!(p, Packet::SubAck(_)));
         c.expect(WAIT, |p| matches!(p, Packet::PingResp(_)));
-    }
+    });
 }
 
 /// The same features through Eclipse Paho (paho-mqtt 2.1, `tests/paho5/features.py`).
@@ -730,15 +701,12 @@ fn shared_subscription_survives_a_dropped_persistent_member() {
     let first = recv_msg(&mut c, "sh/t", "one");
     drop(c); // unacknowledged
              // The node still routes for everyone else.
-    let mut other = v5(&s, "share-other");
-    other.subscribe("plain/t", QoS::AtLeastOnce);
-    p.publish("plain/t", QoS::AtLeastOnce, b"still up");
-    recv_msg(&mut other, "plain/t", "still up");
+    let mut other = v5_subscribed(&s, "share-other", "plain/t", QoS::AtLeastOnce);
+    relay(&mut p, &mut other, "plain/t", "still up");
     // The member comes back: the unacknowledged message again, then new ones.
     let mut c = Client::connect(s.mqtt, V::V5, o(false));
     assert!(c.connack.as_ref().unwrap().session_present);
     let again = recv_msg(&mut c, "sh/t", "one");
     assert_eq!(again.pkid, first.pkid);
-    p.publish("sh/t", QoS::AtLeastOnce, b"two");
-    recv_msg(&mut c, "sh/t", "two");
+    relay(&mut p, &mut c, "sh/t", "two");
 }

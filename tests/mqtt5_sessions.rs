@@ -34,22 +34,24 @@ fn session_expiry_is_capped_and_echoed() {
     );
     let e = ack.properties.and_then(|p| p.session_expiry_interval);
     assert!(
-        e.is_none() || e == Some(50),
+        matches!(e, None | Some(50)),
         "expiry 50 answered with {e:?}"
     );
 }
 
+/// Options for a session kept 60 s after the connection ends (MQTT 5: clean start as `clean`
+/// says; 3.1.1: clean session 0 always).
+fn session_opts(id: &str, v: V, clean: bool) -> Opts {
+    let opts = Opts::new(id).clean(clean && v == V::V5);
+    opts.props(|p| p.session_expiry_interval = Some(60))
+}
+
 #[test]
 fn session_survives_disconnect_within_expiry() {
-    let s = Server::start();
-    for v in BOTH {
+    on_both_versions(|s, v| {
         let id = format!("se-keep-{v:?}");
         // MQTT 5: a session expiry interval; 3.1.1: clean session 0.
-        let o = |clean| {
-            Opts::new(&id)
-                .clean(clean && v == V::V5)
-                .props(|p| p.session_expiry_interval = Some(60))
-        };
+        let o = |clean| session_opts(&id, v, clean);
         let mut c = Client::connect(s.mqtt, v, o(true));
         assert!(!c.connack.as_ref().unwrap().session_present);
         c.subscribe("se/keep", QoS::AtLeastOnce);
@@ -68,8 +70,7 @@ fn session_survives_disconnect_within_expiry() {
         );
         recv_msg(&mut c, "se/keep", "while away");
         // The subscriptions themselves survived too, with their options.
-        p.publish("se/keep", QoS::AtLeastOnce, b"after");
-        recv_msg(&mut c, "se/keep", "after");
+        relay(&mut p, &mut c, "se/keep", "after");
         if v == V::V5 {
             c.publish("se/own", QoS::AtLeastOnce, b"mine");
             p.publish("se/own", QoS::AtLeastOnce, b"theirs");
@@ -82,7 +83,7 @@ fn session_survives_disconnect_within_expiry() {
         assert!(!c.connack.as_ref().unwrap().session_present);
         p.publish("se/keep", QoS::AtLeastOnce, b"forgotten");
         c.assert_no_publish();
-    }
+    });
 }
 
 /// Retained messages sent on subscribe come from the edge, not the core, so the edge itself
@@ -97,11 +98,7 @@ fn retained_deliveries_resume_with_the_session() {
     p.publish_msg(retained_msg("rr/c", QoS::AtLeastOnce, "c"));
     for v in BOTH {
         let id = format!("rr-sub-{v:?}");
-        let o = |clean| {
-            Opts::new(&id)
-                .clean(clean && v == V::V5)
-                .props(|p| p.session_expiry_interval = Some(60))
-        };
+        let o = |clean| session_opts(&id, v, clean);
         let mut c = Client::connect(s.mqtt, v, o(true));
         c.auto_ack = false;
         c.subscribe("rr/#", QoS::ExactlyOnce);
@@ -172,8 +169,13 @@ fn persistent_sessions_survive_a_restart() {
     );
     short.subscribe("restart/+/x", QoS::AtLeastOnce);
     short.disconnect();
-    let mut clean = Client::new(s.mqtt, V::V311, "restart-clean");
-    clean.subscribe("restart/+/x", QoS::AtLeastOnce);
+    let clean = Client::subscribed(
+        s.mqtt,
+        V::V311,
+        "restart-clean",
+        "restart/+/x",
+        QoS::AtLeastOnce,
+    );
     clean.disconnect();
 
     s.restart();
@@ -206,8 +208,7 @@ fn persistent_sessions_survive_a_restart() {
             assert_eq!(sub_ids(&got[0]), vec![9], "subscription identifier kept");
             // No-local kept: its own message does not come back, the other one does.
             c.publish("restart/b/x", QoS::AtLeastOnce, b"own");
-            p.publish("restart/b/x", QoS::AtLeastOnce, b"other");
-            recv_msg(&mut c, "restart/b/x", "other");
+            relay(&mut p, &mut c, "restart/b/x", "other");
         }
         c.assert_no_publish();
         c.disconnect();
@@ -230,13 +231,19 @@ fn retained_msg(t: &str, qos: QoS, body: &str) -> Publish {
     m
 }
 
+/// Connects with `opts`, subscribes to `filter` (QoS 1) and says DISCONNECT: a session left
+/// for as long as its expiry says.
+fn leave_subscribed(s: &Server, opts: Opts, filter: &str) {
+    let mut c = Client::connect(s.mqtt, V::V5, opts);
+    c.subscribe(filter, QoS::AtLeastOnce);
+    c.disconnect();
+}
+
 #[test]
 fn session_is_gone_after_expiry() {
     let s = Server::start();
     let o = || Opts::new("se-exp").props(|p| p.session_expiry_interval = Some(1));
-    let mut c = Client::connect(s.mqtt, V::V5, o());
-    c.subscribe("se/exp", QoS::AtLeastOnce);
-    c.disconnect();
+    leave_subscribed(&s, o(), "se/exp");
     std::thread::sleep(Duration::from_millis(2500));
 
     let mut c = Client::connect(s.mqtt, V::V5, o().clean(false));
@@ -247,16 +254,14 @@ fn session_is_gone_after_expiry() {
     let mut p = v5(&s, "se-pub");
     p.publish("se/exp", QoS::AtLeastOnce, b"nobody");
     c.subscribe("se/marker", QoS::AtLeastOnce);
-    p.publish("se/marker", QoS::AtLeastOnce, b"marker");
-    recv_msg(&mut c, "se/marker", "marker");
+    relay(&mut p, &mut c, "se/marker", "marker");
     c.assert_no_publish();
 }
 
 #[test]
 fn session_expiry_zero_ends_with_connection() {
     let s = Server::start();
-    let mut c = v5(&s, "se-zero");
-    c.subscribe("se/zero", QoS::AtLeastOnce);
+    let c = v5_subscribed(&s, "se-zero", "se/zero", QoS::AtLeastOnce);
     c.disconnect();
     let c = Client::connect(s.mqtt, V::V5, Opts::new("se-zero").clean(false));
     assert!(!c.connack.as_ref().unwrap().session_present);
@@ -264,25 +269,35 @@ fn session_expiry_zero_ends_with_connection() {
 
 // ---- message expiry ----
 
+/// Properties with a message expiry interval of `secs`.
+fn expiring(secs: u32) -> PublishProperties {
+    PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    }
+}
+
+/// A retained PUBLISH of `payload` on `topic` that expires after `secs`.
+fn retained_expiring(topic: &str, qos: QoS, payload: &'static [u8], secs: u32) -> Publish {
+    let mut m = Publish::new(
+        topic,
+        qos,
+        Bytes::from_static(payload),
+        Some(expiring(secs)),
+    );
+    m.retain = true;
+    m
+}
+
 #[test]
 fn retained_message_expires() {
     let s = Server::start();
     let mut p = v5(&s, "me-pub");
-    let mut m = Publish::new(
-        "me/short",
-        QoS::AtLeastOnce,
-        Bytes::from_static(b"short"),
-        Some(PublishProperties {
-            message_expiry_interval: Some(1),
-            ..Default::default()
-        }),
-    );
-    m.retain = true;
+    let m = retained_expiring("me/short", QoS::AtLeastOnce, b"short", 1);
     let t0 = Instant::now();
     assert_eq!(p.publish_msg(m), 0);
 
-    let mut c = v5(&s, "me-early");
-    c.subscribe("me/short", QoS::AtLeastOnce);
+    let mut c = v5_subscribed(&s, "me-early", "me/short", QoS::AtLeastOnce);
     match c.next_publish(QUIET) {
         Some(got) => {
             assert!(got.retain && &got.payload[..] == b"short", "{got:?}");
@@ -297,8 +312,7 @@ fn retained_message_expires() {
     }
 
     std::thread::sleep(Duration::from_millis(2100));
-    let mut c = v5(&s, "me-late");
-    c.subscribe("me/short", QoS::AtLeastOnce);
+    let mut c = v5_subscribed(&s, "me-late", "me/short", QoS::AtLeastOnce);
     c.assert_no_publish();
 }
 
@@ -306,21 +320,11 @@ fn retained_message_expires() {
 fn retained_message_expiry_counts_down() {
     let s = Server::start();
     let mut p = v5(&s, "me-pub");
-    let mut m = Publish::new(
-        "me/long",
-        QoS::AtMostOnce,
-        Bytes::from_static(b"long"),
-        Some(PublishProperties {
-            message_expiry_interval: Some(60),
-            ..Default::default()
-        }),
-    );
-    m.retain = true;
+    let m = retained_expiring("me/long", QoS::AtMostOnce, b"long", 60);
     p.publish_msg(m);
     p.ping();
     std::thread::sleep(Duration::from_millis(2100));
-    let mut c = v5(&s, "me-sub");
-    c.subscribe("me/#", QoS::AtMostOnce);
+    let mut c = v5_subscribed(&s, "me-sub", "me/#", QoS::AtMostOnce);
     let got = recv_msg(&mut c, "me/long", "long");
     let e = got
         .properties
@@ -334,19 +338,8 @@ fn retained_message_expiry_counts_down() {
 
 #[test]
 fn live_message_keeps_its_expiry() {
-    let s = Server::start();
-    let mut c = v5(&s, "me-sub");
-    c.subscribe("me/live", QoS::AtLeastOnce);
-    let mut p = v5(&s, "me-pub");
-    p.publish_props(
-        "me/live",
-        QoS::AtLeastOnce,
-        b"x",
-        PublishProperties {
-            message_expiry_interval: Some(30),
-            ..Default::default()
-        },
-    );
+    let (_s, mut c, mut p) = v5_pair("me-sub", "me/live", QoS::AtLeastOnce, "me-pub");
+    p.publish_props("me/live", QoS::AtLeastOnce, b"x", expiring(30));
     let got = recv_msg(&mut c, "me/live", "x");
     let e = got.properties.and_then(|x| x.message_expiry_interval);
     assert!(matches!(e, Some(29 | 30)), "expiry forwarded: {e:?}");
@@ -356,17 +349,11 @@ fn live_message_keeps_its_expiry() {
 fn queued_message_expiry_counts_down_and_expires() {
     let s = Server::start();
     let o = || Opts::new("me-away").props(|p| p.session_expiry_interval = Some(60));
-    let mut c = Client::connect(s.mqtt, V::V5, o());
-    c.subscribe("me/q/#", QoS::AtLeastOnce);
-    c.disconnect();
+    leave_subscribed(&s, o(), "me/q/#");
 
     let mut p = v5(&s, "me-pub");
-    let exp = |n| PublishProperties {
-        message_expiry_interval: Some(n),
-        ..Default::default()
-    };
-    p.publish_props("me/q/short", QoS::AtLeastOnce, b"short", exp(1));
-    p.publish_props("me/q/long", QoS::AtLeastOnce, b"long", exp(60));
+    p.publish_props("me/q/short", QoS::AtLeastOnce, b"short", expiring(1));
+    p.publish_props("me/q/long", QoS::AtLeastOnce, b"long", expiring(60));
     std::thread::sleep(Duration::from_millis(2100));
 
     let mut c = Client::connect(s.mqtt, V::V5, o().clean(false));
@@ -399,19 +386,27 @@ fn will(topic: &str, body: &str, delay: Option<u32>) -> LastWill {
     )
 }
 
+/// An MQTT 5 client watching `will/#`.
+fn will_watch(s: &Server) -> Client {
+    let mut w = v5(s, "will-watch");
+    w.subscribe("will/#", QoS::AtLeastOnce);
+    w
+}
+
+/// Options for client `id` with session expiry `expiry` s and `will`.
+fn expiring_with_will(id: &str, expiry: u32, will: LastWill) -> Opts {
+    let opts = Opts::new(id).props(|p| p.session_expiry_interval = Some(expiry));
+    opts.will(will)
+}
+
 #[test]
 fn will_delay() {
     let s = Server::start();
-    let mut w = v5(&s, "will-watch");
-    w.subscribe("will/#", QoS::AtLeastOnce);
+    let mut w = will_watch(&s);
 
-    let c = Client::connect(
-        s.mqtt,
-        V::V5,
-        Opts::new("will-delayed")
-            .props(|p| p.session_expiry_interval = Some(60))
-            .will(will("will/delayed", "gone", Some(2))),
-    );
+    let opts = expiring_with_will("will-delayed", 60, will("will/delayed", "gone", Some(2)));
+
+    let c = Client::connect(s.mqtt, V::V5, opts);
     let t = Instant::now();
     c.drop_connection();
     assert!(
@@ -430,13 +425,8 @@ fn will_delay() {
 #[test]
 fn will_delay_cancelled_by_reconnect() {
     let s = Server::start();
-    let mut w = v5(&s, "will-watch");
-    w.subscribe("will/#", QoS::AtLeastOnce);
-    let o = || {
-        Opts::new("will-back")
-            .props(|p| p.session_expiry_interval = Some(60))
-            .will(will("will/back", "gone", Some(2)))
-    };
+    let mut w = will_watch(&s);
+    let o = || expiring_with_will("will-back", 60, will("will/back", "gone", Some(2)));
     Client::connect(s.mqtt, V::V5, o()).drop_connection();
     std::thread::sleep(Duration::from_millis(300));
     let c = Client::connect(s.mqtt, V::V5, o().clean(false));
@@ -450,14 +440,15 @@ fn will_delay_cancelled_by_reconnect() {
 #[test]
 fn will_delay_capped_by_session_expiry() {
     let s = Server::start();
-    let mut w = v5(&s, "will-watch");
-    w.subscribe("will/#", QoS::AtLeastOnce);
+    let mut w = will_watch(&s);
     let c = Client::connect(
         s.mqtt,
         V::V5,
-        Opts::new("will-short")
-            .props(|p| p.session_expiry_interval = Some(1))
-            .will(will("will/short", "session over", Some(60))),
+        expiring_with_will(
+            "will-short",
+            1,
+            will("will/short", "session over", Some(60)),
+        ),
     );
     c.drop_connection();
     recv_msg(&mut w, "will/short", "session over");
@@ -466,8 +457,7 @@ fn will_delay_capped_by_session_expiry() {
 #[test]
 fn will_on_normal_and_will_disconnect() {
     let s = Server::start();
-    let mut w = v5(&s, "will-watch");
-    w.subscribe("will/#", QoS::AtLeastOnce);
+    let mut w = will_watch(&s);
     // Normal DISCONNECT: no will.
     Client::connect(
         s.mqtt,

@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::http::SendOk;
 use common::*;
 use reqwest::Method;
 use serde_json::Value;
@@ -72,10 +73,8 @@ async fn served_document_is_the_repository_document() {
     let s = server();
     let res = http()
         .get(format!("{}/openapi.json", s.http_base()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     let ct = res.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("application/json"), "{ct}");
     let served: Value = res.json().await.unwrap();
@@ -84,10 +83,8 @@ async fn served_document_is_the_repository_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_exists() {
-    let doc = document();
-    let s = server();
-    let base = s.http_base();
-    let c = http();
+    let (doc, s) = (document(), server());
+    let (base, c) = (s.http_base(), http());
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         // PUT before GET (so there is a retained message to read), DELETE last.
@@ -101,7 +98,7 @@ async fn every_documented_operation_exists() {
             if let Some(b) = body_for(op) {
                 req = req.body(b);
             }
-            let res = req.send().await.unwrap();
+            let res = req.send_ok().await;
             let status = res.status().as_u16();
             let documented: BTreeSet<String> = op["responses"]
                 .as_object()
@@ -130,18 +127,13 @@ async fn every_documented_operation_exists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undocumented_methods_are_405_with_allow() {
-    let doc = document();
-    let s = server();
-    let base = s.http_base();
-    let c = http();
+    let (doc, s) = (document(), server());
+    let (base, c) = (s.http_base(), http());
     // A retained message, so that HEAD on the topic finds something (a 404 would be ambiguous).
-    let res = c
-        .put(format!("{base}/topics/openapi/check/x"))
+    c.put(format!("{base}/topics/openapi/check/x"))
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .send_expect(200)
+        .await;
     for (path, item) in doc["paths"].as_object().unwrap() {
         let documented: BTreeSet<&str> = METHODS
             .iter()
@@ -155,7 +147,7 @@ async fn undocumented_methods_are_405_with_allow() {
             }
             let url = url_for(&base, path, item, None);
             let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap();
-            let res = c.request(method, &url).body("x").send().await.unwrap();
+            let res = c.request(method, &url).body("x").send_ok().await;
             let status = res.status().as_u16();
             let allow = res
                 .headers()
@@ -182,9 +174,8 @@ async fn undocumented_methods_are_405_with_allow() {
         // HEAD is answered wherever GET is documented, and only there.
         let res = c
             .head(url_for(&base, path, item, item.get("get")))
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         if documented.contains("get") {
             // 404 only where GET documents it (`/api/clients/{id}`: no such client).
             let may_404 = item["get"]["responses"].get("404").is_some();
@@ -222,9 +213,8 @@ async fn routes_outside_the_document_are_404() {
         for m in [Method::GET, Method::POST] {
             let res = c
                 .request(m.clone(), format!("{}{p}", s.http_base()))
-                .send()
-                .await
-                .unwrap();
+                .send_ok()
+                .await;
             let status = res.status().as_u16();
             let text = res.text().await.unwrap();
             assert_eq!(status, 404, "{m} {p}: {text}");

@@ -9,12 +9,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::http::error_message;
+use common::files::Config;
+use common::http::SendOk;
+use common::rpc::*;
 use common::*;
 use futures_util::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -78,56 +79,25 @@ async fn wait_subscribed(c: &reqwest::Client, url: &str) {
     }
 }
 
-/// The bridge's RPC counters (`/api/stats` → `rpc`).
-async fn rpc_stats(c: &reqwest::Client, base: &str) -> Value {
-    let r = c.get(format!("{base}/api/stats")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "/api/stats");
-    let v: Value = r.json().await.unwrap();
-    v["rpc"].clone()
-}
-
-/// Waits until `rpc.in_flight` is `n` (it lags the HTTP answer by a moment).
-async fn wait_in_flight(c: &reqwest::Client, base: &str, n: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let st = rpc_stats(c, base).await;
-        if st["in_flight"] == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "in_flight stays at {st}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
         .get(name)
         .map(|v| v.to_str().expect("header value").to_string())
 }
 
-/// A config file in its own temporary directory, removed on drop (even when a test fails).
-struct Config(PathBuf);
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 /// A TOML config with `[[rpc.routes]]` for the 3.1.1 echo (topic convention).
 fn routes_config(name: &str) -> Config {
-    let dir = std::env::temp_dir().join(format!(
-        "rtw-rpc-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        r#"
+    Config::new(&format!("rpc-{name}"), ROUTES)
+}
+
+/// A server with [`routes_config`] (keep the config for as long as the server).
+fn routes_server(name: &str) -> (Config, Server) {
+    let cfg = routes_config(name);
+    let s = Server::builder().config_file(&cfg.0).start();
+    (cfg, s)
+}
+
+const ROUTES: &str = r#"
 [[rpc.routes]]
 path = "/svc/{name...}"
 topic = "req/svc/{name}"
@@ -156,11 +126,7 @@ timeout_secs = 1
 path = "/late/{x}"
 topic = "req/late/{x}"
 convention = "topic"
-"#,
-    )
-    .expect("write config");
-    Config(path)
-}
+"#;
 
 // ---------------------------------------------------------------------------------------------
 // A programmable MQTT 5 responder (rumqttc).
@@ -220,6 +186,13 @@ impl Responder {
         Responder { client, rx, task }
     }
 
+    /// The next request, which must carry `payload`.
+    async fn next_with(&mut self, payload: &[u8]) -> Publish {
+        let req = self.next().await;
+        assert_eq!(&req.payload[..], payload);
+        req
+    }
+
     async fn next(&mut self) -> Publish {
         tokio::time::timeout(T, self.rx.recv())
             .await
@@ -268,6 +241,75 @@ impl Responder {
     }
 }
 
+/// A server with the MQTT 5 echo answering `/rpc/…`, subscribed: the server, the echo, an HTTP
+/// client and the server's base URL.
+async fn with_echo5() -> (Server, Kid, reqwest::Client, String) {
+    let s = Server::start();
+    let echo = echo(&s, false);
+    let (c, base) = (http(), s.http_base());
+    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    (s, echo, c, base)
+}
+
+/// A server with [`routes_config`] `name` and the 3.1.1 echo answering `/svc/…`, subscribed.
+async fn with_echo311(name: &str) -> (Config, Server, Kid, reqwest::Client, String) {
+    let (cfg, s) = routes_server(name);
+    let echo = echo(&s, true);
+    let (c, base) = (http(), s.http_base());
+    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    (cfg, s, echo, c, base)
+}
+
+/// Asks the echo for status `code` (`x-echo-status`), body "status {code}": the answer has it.
+async fn with_status(req: reqwest::RequestBuilder, code: u16) -> reqwest::Response {
+    let req = req.header("x-echo-status", code.to_string());
+    let r = req.body(format!("status {code}")).send_ok().await;
+    assert_eq!(r.status().as_u16(), code);
+    r
+}
+
+/// `POST url` with `body`, on a task of its own.
+fn spawn_post(
+    c: &reqwest::Client,
+    url: String,
+    body: &'static str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    tokio::spawn(c.post(url).body(body).send_ok())
+}
+
+/// The response of a call from [`spawn_post`]: 200 with `text`.
+async fn expect_answer(call: tokio::task::JoinHandle<reqwest::Response>, text: &str) {
+    let r = call.await.expect("call task");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), text);
+}
+
+/// Random bodies of each size in `sizes`, sent as `req` builds them, come back with 200 byte for
+/// byte (and with `content_type` when given).
+async fn binary_round_trips(
+    sizes: &[usize],
+    content_type: Option<&str>,
+    req: impl Fn(Vec<u8>) -> reqwest::RequestBuilder,
+) {
+    for &n in sizes {
+        let body = random_bytes(n);
+        let r = req(body.clone()).send_ok().await;
+        assert_eq!(r.status(), 200, "{n} bytes");
+        if let Some(ct) = content_type {
+            assert_eq!(header(&r, "content-type").as_deref(), Some(ct), "{n} bytes");
+        }
+        let got = r.bytes().await.unwrap();
+        assert_eq!(got.len(), n, "{n} bytes: length");
+        assert!(got[..] == body[..], "{n} bytes: content differs");
+    }
+}
+
+/// A route still answers after a refused or very large call: "still here" comes back from `url`.
+async fn still_serves(c: &reqwest::Client, url: String) {
+    let answer = c.post(url).body("still here").send_text().await;
+    assert_eq!(answer, "still here");
+}
+
 fn user_props(p: &Publish) -> HashMap<String, String> {
     p.properties
         .as_ref()
@@ -280,11 +322,7 @@ fn user_props(p: &Publish) -> HashMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_echo_round_trip_status_headers_content_type_binary() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let c = http();
-    let base = s.http_base();
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (_s, _echo, c, base) = with_echo5().await;
 
     // Default status 200; headers, content type, method and path come back.
     let r = c
@@ -295,9 +333,8 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
         .header("authorization", "Bearer nope")
         .header("RTW-Timeout", "5")
         .body("hello")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "content-type").as_deref(),
@@ -315,47 +352,27 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
     // GET without a body or content type: empty body, no content type.
     let r = c
         .get(format!("{base}/rpc/demo/get?timeout=5"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(header(&r, "x-echo-method").as_deref(), Some("GET"));
     assert_eq!(header(&r, "content-type"), None);
     assert!(r.bytes().await.unwrap().is_empty());
 
     // Responder-chosen statuses, body still echoed.
     for code in [404u16, 418, 503] {
-        let r = c
-            .put(format!("{base}/rpc/demo/status"))
-            .header("x-echo-status", code.to_string())
-            .body(format!("status {code}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), code);
+        let r = with_status(c.put(format!("{base}/rpc/demo/status")), code).await;
         assert_eq!(header(&r, "x-echo-method").as_deref(), Some("PUT"));
         assert_eq!(r.text().await.unwrap(), format!("status {code}"));
     }
 
     // Binary bodies of several sizes, byte for byte.
-    for n in [1usize, 1000, 9_000, 100_000, 900_000] {
-        let body = random_bytes(n);
-        let r = c
-            .post(format!("{base}/rpc/demo/binary"))
+    let sizes = [1usize, 1000, 9_000, 100_000, 900_000];
+    let req = |body: Vec<u8>| {
+        c.post(format!("{base}/rpc/demo/binary"))
             .header("content-type", "application/octet-stream")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{n} bytes");
-        assert_eq!(
-            header(&r, "content-type").as_deref(),
-            Some("application/octet-stream")
-        );
-        let got = r.bytes().await.unwrap();
-        assert_eq!(got.len(), n, "{n} bytes: length");
-        assert!(got[..] == body[..], "{n} bytes: content differs");
-    }
+            .body(body)
+    };
+    binary_round_trips(&sizes, Some("application/octet-stream"), req).await;
 
     // A body of 1 MiB (over `rpc.chunk_size`; as one message it would be over the broker's
     // packet limit) goes to the MQTT 5 echo in chunks and comes back streamed, byte for byte
@@ -364,52 +381,29 @@ async fn v5_echo_round_trip_status_headers_content_type_binary() {
     let r = c
         .post(format!("{base}/rpc/demo/huge"))
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     let got = r.bytes().await.unwrap();
     assert!(got[..] == body[..], "1 MiB through chunks: content differs");
-    let r = c
-        .post(format!("{base}/rpc/demo/after-huge"))
-        .body("still here")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "still here");
-    let r = c.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    still_serves(&c, format!("{base}/rpc/demo/after-huge")).await;
+    c.get(format!("{base}/readyz")).send_expect(200).await;
 
     // A topic that cannot be published to is a 400, before anything is sent.
-    let r = c.post(format!("{base}/rpc/demo/%23")).send().await.unwrap();
-    error_message(r, 400).await;
+    c.post(format!("{base}/rpc/demo/%23")).send_error(400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_echo_through_topic_routes_with_and_without_envelope() {
-    let cfg = routes_config("v311");
-    let s = Server::builder().config_file(&cfg.0).start();
-    let _echo = echo(&s, true);
-    let c = http();
-    let base = s.http_base();
-    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    let (_cfg, _s, _echo, c, base) = with_echo311("v311").await;
 
     // Raw (no envelope): the body round-trips, the status is 200 whatever the headers say.
-    for n in [0usize, 5, 9_000, 100_000, 900_000] {
-        let body = random_bytes(n);
-        let r = c
-            .post(format!("{base}/svc/a/b?timeout=5"))
+    let sizes = [0usize, 5, 9_000, 100_000, 900_000];
+    let req = |body: Vec<u8>| {
+        c.post(format!("{base}/svc/a/b?timeout=5"))
             .header("x-echo-status", "418")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{n} bytes");
-        let got = r.bytes().await.unwrap();
-        assert_eq!(got.len(), n, "{n} bytes: length");
-        assert!(got[..] == body[..], "{n} bytes: content differs");
-    }
+            .body(body)
+    };
+    binary_round_trips(&sizes, None, req).await;
 
     // Envelope: default 200, headers and content type come back.
     let r = c
@@ -418,10 +412,8 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
         .header("x-custom", "abc")
         .header("cookie", "secret=1")
         .body("hi there")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(header(&r, "content-type").as_deref(), Some("text/plain"));
     assert_eq!(header(&r, "x-custom").as_deref(), Some("abc"));
     assert_eq!(header(&r, "cookie"), None);
@@ -429,61 +421,30 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
 
     // Envelope: responder-chosen statuses.
     for code in [404u16, 418] {
-        let r = c
-            .delete(format!("{base}/env/y/z"))
-            .header("x-echo-status", code.to_string())
-            .body(format!("status {code}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), code);
+        let r = with_status(c.delete(format!("{base}/env/y/z")), code).await;
         assert_eq!(r.text().await.unwrap(), format!("status {code}"));
     }
 
     // Envelope: binary bodies (base64 inside the JSON envelope).
-    for n in [1usize, 1000, 100_000, 700_000] {
-        let body = random_bytes(n);
-        let r = c
-            .put(format!("{base}/env/bin"))
+    let sizes = [1usize, 1000, 100_000, 700_000];
+    let req = |body: Vec<u8>| {
+        c.put(format!("{base}/env/bin"))
             .header("content-type", "application/octet-stream")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{n} bytes");
-        assert_eq!(
-            header(&r, "content-type").as_deref(),
-            Some("application/octet-stream")
-        );
-        let got = r.bytes().await.unwrap();
-        assert_eq!(got.len(), n, "{n} bytes: length");
-        assert!(got[..] == body[..], "{n} bytes: content differs");
-    }
+            .body(body)
+    };
+    binary_round_trips(&sizes, Some("application/octet-stream"), req).await;
 
     // An envelope is bigger than its body (base64): 900 kB binary is over the broker's 1 MiB
     // packet limit once wrapped, so 413, and the route keeps working.
-    let r = c
-        .post(format!("{base}/env/huge"))
+    c.post(format!("{base}/env/huge"))
         .body(random_bytes(900_000))
-        .send()
-        .await
-        .unwrap();
-    let msg = error_message(r, 413).await;
-    assert!(msg.contains("maximum packet size"), "{msg}");
-    let r = c
-        .post(format!("{base}/env/after-huge"))
-        .body("still here")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "still here");
+        .send_refused(413, &["maximum packet size"])
+        .await;
+    still_serves(&c, format!("{base}/env/after-huge")).await;
 
     // Route `methods`: GET served, POST refused.
-    let r = c.get(format!("{base}/users/7")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = c.post(format!("{base}/users/7")).send().await.unwrap();
-    error_message(r, 405).await;
+    c.get(format!("{base}/users/7")).send_expect(200).await;
+    c.post(format!("{base}/users/7")).send_error(405).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,85 +452,62 @@ async fn v311_echo_through_topic_routes_with_and_without_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribed_but_silent_is_504() {
-    let cfg = routes_config("504");
-    let s = Server::builder().config_file(&cfg.0).start();
+    let (_cfg, s) = routes_server("504");
     let _sub = silent_sub(&s, "rpc/slow/#");
     let _sub2 = silent_sub(&s, "req/slow/#");
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
     wait_subscribed(&c, &format!("{base}/rpc/slow/probe")).await;
     wait_subscribed(&c, &format!("{base}/slowroute/probe")).await;
 
     // Which timeout applied is in the answer ("no reply on … within N s"), not in a stopwatch.
-    let r = c
-        .post(format!("{base}/rpc/slow/x?timeout=1"))
+    c.post(format!("{base}/rpc/slow/x?timeout=1"))
         .body("anyone?")
-        .send()
-        .await
-        .unwrap();
-    let msg = error_message(r, 504).await;
-    assert!(msg.contains("within 1 s"), "{msg}");
+        .send_refused(504, &["within 1 s"])
+        .await;
 
     // Header form.
-    let r = c
-        .get(format!("{base}/rpc/slow/y"))
+    c.get(format!("{base}/rpc/slow/y"))
         .header("RTW-Timeout", "1")
-        .send()
-        .await
-        .unwrap();
-    let msg = error_message(r, 504).await;
-    assert!(msg.contains("within 1 s"), "{msg}");
+        .send_refused(504, &["within 1 s"])
+        .await;
 
     // A route's own timeout_secs (1) applies without a timeout parameter.
-    let r = c.post(format!("{base}/slowroute/z")).send().await.unwrap();
-    let msg = error_message(r, 504).await;
-    assert!(msg.contains("within 1 s"), "{msg}");
+    c.post(format!("{base}/slowroute/z"))
+        .send_refused(504, &["within 1 s"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_subscribed_is_503_at_once() {
     let s = Server::start();
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
     for m in [reqwest::Method::GET, reqwest::Method::POST] {
         // 503 (not the 504 of a call that waited out its timeout) says it did not wait.
-        let r = c
-            .request(m, format!("{base}/rpc/nobody/home"))
+        c.request(m, format!("{base}/rpc/nobody/home"))
             .body("x")
-            .send()
-            .await
-            .unwrap();
-        let msg = error_message(r, 503).await;
-        assert!(msg.contains("rpc/nobody/home"), "{msg}");
+            .send_refused(503, &["rpc/nobody/home"])
+            .await;
     }
     // A subscriber elsewhere does not count; one on a matching filter does.
     let _other = silent_sub(&s, "rpc/elsewhere/#");
     let _wild = silent_sub(&s, "rpc/+/home");
     wait_subscribed(&c, &format!("{base}/rpc/nobody/home")).await;
-    let r = c
-        .post(format!("{base}/rpc/nobody/else?timeout=0"))
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 503).await;
+    c.post(format!("{base}/rpc/nobody/else?timeout=0"))
+        .send_error(503)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_zero_is_202_and_the_responder_gets_the_request() {
     let s = Server::start();
     let mut resp = Responder::start(&s, "rpc/ff/#").await;
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
 
-    let r = c
-        .post(format!("{base}/rpc/ff/job?timeout=0"))
+    let job = c.post(format!("{base}/rpc/ff/job?timeout=0"));
+    let job = job
         .header("content-type", "text/plain")
-        .header("x-trace", "t1")
-        .body("work")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+        .header("x-trace", "t1");
+    let r = job.body("work").send_expect(202).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["accepted"], true, "{v}");
     assert_eq!(v["topic"], "rpc/ff/job", "{v}");
@@ -588,14 +526,11 @@ async fn timeout_zero_is_202_and_the_responder_gets_the_request() {
     assert_eq!(up.get("header:x-trace").map(String::as_str), Some("t1"));
 
     // Header form.
-    let r = c
-        .put(format!("{base}/rpc/ff/other"))
+    c.put(format!("{base}/rpc/ff/other"))
         .header("RTW-Timeout", "0")
         .body("more")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+        .send_expect(202)
+        .await;
     let p = resp.next().await;
     assert_eq!(&p.topic[..], b"rpc/ff/other");
     assert_eq!(&p.payload[..], b"more");
@@ -609,15 +544,14 @@ async fn timeout_zero_is_202_and_the_responder_gets_the_request() {
 async fn over_max_inflight_is_429() {
     let s = Server::builder().env("RPC__MAX_INFLIGHT", 2).start();
     let _sub = silent_sub(&s, "rpc/slow/#");
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
     wait_subscribed(&c, &format!("{base}/rpc/slow/probe")).await;
 
     let calls = (0..3).map(|i| {
         let c = c.clone();
         let url = format!("{base}/rpc/slow/{i}?timeout=3");
         tokio::spawn(async move {
-            let r = c.post(url).send().await.unwrap();
+            let r = c.post(url).send_ok().await;
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap();
             (status, body)
@@ -634,59 +568,40 @@ async fn over_max_inflight_is_429() {
         assert_eq!(body["error"]["status"], *st, "{body}");
     }
     // The slots come back: the next call waits (504), it is not refused.
-    let r = c
-        .post(format!("{base}/rpc/slow/again?timeout=1"))
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 504).await;
+    c.post(format!("{base}/rpc/slow/again?timeout=1"))
+        .send_error(504)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_timeouts_are_400() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let c = http();
-    let base = s.http_base();
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (_s, _echo, c, base) = with_echo5().await;
     for q in ["61", "3600", "-1", "1.5", "abc", ""] {
-        let r = c
+        let msg = c
             .post(format!("{base}/rpc/demo/x?timeout={q}"))
-            .send()
-            .await
-            .unwrap();
-        let msg = error_message(r, 400).await;
+            .send_error(400)
+            .await;
         assert!(msg.contains("60"), "{q}: {msg}");
     }
-    let r = c
-        .post(format!("{base}/rpc/demo/x"))
+    c.post(format!("{base}/rpc/demo/x"))
         .header("RTW-Timeout", "61")
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 400).await;
+        .send_error(400)
+        .await;
     // The maximum itself is accepted (the echo answers at once).
-    let r = c
-        .post(format!("{base}/rpc/demo/x?timeout=60"))
-        .body("max")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "max");
+    assert_eq!(
+        c.post(format!("{base}/rpc/demo/x?timeout=60"))
+            .body("max")
+            .send_text()
+            .await,
+        "max"
+    );
     // 400 comes before 503: the timeout is checked even with nobody subscribed.
-    let r = c
-        .post(format!("{base}/other/x?timeout=61"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = c
-        .post(format!("{base}/rpc/nobody/x?timeout=61"))
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 400).await;
+    c.post(format!("{base}/other/x?timeout=61"))
+        .send_expect(404)
+        .await;
+    c.post(format!("{base}/rpc/nobody/x?timeout=61"))
+        .send_error(400)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,11 +649,7 @@ async fn many_calls(c: &reqwest::Client, url: &str, n: usize, conc: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_each_get_their_own_answer_v5() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let c = http();
-    let base = s.http_base();
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (_s, _echo, c, base) = with_echo5().await;
     let t0 = Instant::now();
     many_calls(&c, &format!("{base}/rpc/many"), 1000, 200).await;
     eprintln!("1000 v5 calls, 200 at a time: {:?}", t0.elapsed());
@@ -746,108 +657,93 @@ async fn thousand_concurrent_calls_each_get_their_own_answer_v5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_each_get_their_own_answer_v311() {
-    let cfg = routes_config("many");
-    let s = Server::builder().config_file(&cfg.0).start();
-    let _echo = echo(&s, true);
-    let c = http();
-    let base = s.http_base();
-    wait_subscribed(&c, &format!("{base}/svc/probe")).await;
+    let (_cfg, _s, _echo, c, base) = with_echo311("many").await;
     let t0 = Instant::now();
     many_calls(&c, &format!("{base}/svc/many"), 1000, 200).await;
     eprintln!("1000 3.1.1 calls, 200 at a time: {:?}", t0.elapsed());
+}
+
+/// How a responder answers: MQTT 5 (response topic, correlation data) or the topic convention.
+#[derive(Clone, Copy)]
+enum Convention {
+    V5,
+    Topic,
+}
+
+impl Responder {
+    /// Answers `req` with `body` in `convention`.
+    async fn reply(&self, convention: Convention, req: &Publish, body: &'static str) {
+        match convention {
+            Convention::V5 => self.answer(req, body).await,
+            Convention::Topic => self.answer_topic(req, body).await,
+        }
+    }
+}
+
+/// A: a call to `{url}/a` is held past its 1 s timeout (504). B: the late reply to A arrives
+/// first, then B's own reply, then a duplicate of it: B's caller gets its own answer. Returns
+/// the requests A and B as the responder got them.
+async fn late_and_duplicate(
+    resp: &mut Responder,
+    convention: Convention,
+    c: &reqwest::Client,
+    url: &str,
+) -> (Publish, Publish) {
+    let call_a = c.post(format!("{url}/a?timeout=1")).body("A");
+    call_a.send_error(504).await;
+    let req_a = resp.next_with(b"A").await;
+    let call_b = spawn_post(c, format!("{url}/b?timeout=10"), "B");
+    let req_b = resp.next_with(b"B").await;
+    resp.reply(convention, &req_a, "late answer to A").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    resp.reply(convention, &req_b, "answer to B").await;
+    resp.reply(convention, &req_b, "duplicate answer to B")
+        .await;
+    expect_answer(call_b, "answer to B").await;
+    (req_a, req_b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_duplicate_replies_are_dropped_v5() {
     let s = Server::start();
     let mut resp = Responder::start(&s, "rpc/late/#").await;
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
     let before = rpc_stats(&c, &base).await;
 
-    // A: the responder holds it past its 1 s timeout.
-    let r = c
-        .post(format!("{base}/rpc/late/a?timeout=1"))
-        .body("A")
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 504).await;
-    let req_a = resp.next().await;
-    assert_eq!(&req_a.payload[..], b"A");
-
-    // B: the late reply to A arrives first, then B's own reply, then a duplicate of it.
-    let cb = c.clone();
-    let url = format!("{base}/rpc/late/b?timeout=10");
-    let call_b = tokio::spawn(async move { cb.post(url).body("B").send().await.unwrap() });
-    let req_b = resp.next().await;
-    assert_eq!(&req_b.payload[..], b"B");
-    resp.answer(&req_a, "late answer to A").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    resp.answer(&req_b, "answer to B").await;
-    resp.answer(&req_b, "duplicate answer to B").await;
-    let r = call_b.await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "answer to B");
+    let late_url = format!("{base}/rpc/late");
+    let (req_a, req_b) = late_and_duplicate(&mut resp, Convention::V5, &c, &late_url).await;
 
     // C: A's and B's replies again before C's own; C still gets its own.
-    let cc = c.clone();
-    let url = format!("{base}/rpc/late/c?timeout=10");
-    let call_c = tokio::spawn(async move { cc.post(url).body("C").send().await.unwrap() });
-    let req_c = resp.next().await;
-    assert_eq!(&req_c.payload[..], b"C");
+    let call_c = spawn_post(&c, format!("{base}/rpc/late/c?timeout=10"), "C");
+    let req_c = resp.next_with(b"C").await;
     resp.answer(&req_a, "late answer to A, again").await;
     resp.answer(&req_b, "late answer to B, again").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     resp.answer(&req_c, "answer to C").await;
-    let r = call_c.await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "answer to C");
+    expect_answer(call_c, "answer to C").await;
 
     // The bridge's session survived the stray replies: a plain call still works.
-    let cd = c.clone();
-    let url = format!("{base}/rpc/late/d?timeout=10");
-    let call_d = tokio::spawn(async move { cd.post(url).body("D").send().await.unwrap() });
+    let call_d = spawn_post(&c, format!("{base}/rpc/late/d?timeout=10"), "D");
     let req_d = resp.next().await;
     resp.answer(&req_d, "answer to D").await;
-    let r = call_d.await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "answer to D");
+    expect_answer(call_d, "answer to D").await;
 
     // Counted: 4 stray replies (A late, B duplicate, A and B again), 1 timeout, 3 answers.
     let late = |v: &Value| v["late_replies"].as_u64().unwrap();
-    let deadline = Instant::now() + T;
-    let after = loop {
-        let after = rpc_stats(&c, &base).await;
-        if late(&after) - late(&before) >= 4 || Instant::now() > deadline {
-            break after;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = wait_rpc_stats(&c, &base, T, |st| late(st) - late(&before) >= 4).await;
     assert_eq!(late(&after) - late(&before), 4, "{before} → {after}");
-    assert_eq!(after["timeouts"], 1, "{after}");
-    assert_eq!(after["replies"], 3, "{after}");
-    assert_eq!(after["in_flight"], 0, "{after}");
+    assert_counts(&after, &[("timeouts", 1), ("replies", 3), ("in_flight", 0)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_duplicate_replies_are_dropped_topic_convention() {
-    let cfg = routes_config("late");
-    let s = Server::builder().config_file(&cfg.0).start();
+    let (_cfg, s) = routes_server("late");
     // A 3.1.1-style responder: it only looks at topics (rumqttc v5 client, no properties used).
     let mut resp = Responder::start(&s, "req/late/#").await;
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
 
-    let r = c
-        .post(format!("{base}/late/a?timeout=1"))
-        .body("A")
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 504).await;
-    let req_a = resp.next().await;
-    assert_eq!(&req_a.payload[..], b"A");
+    let late_url = format!("{base}/late");
+    let (req_a, req_b) = late_and_duplicate(&mut resp, Convention::Topic, &c, &late_url).await;
     let topic_a = String::from_utf8(req_a.topic.to_vec()).unwrap();
     let corr = topic_a.rsplit('/').next().unwrap();
     assert!(
@@ -857,49 +753,24 @@ async fn late_and_duplicate_replies_are_dropped_topic_convention() {
         "{topic_a}"
     );
 
-    let cb = c.clone();
-    let url = format!("{base}/late/b?timeout=10");
-    let call_b = tokio::spawn(async move { cb.post(url).body("B").send().await.unwrap() });
-    let req_b = resp.next().await;
-    assert_eq!(&req_b.payload[..], b"B");
-    resp.answer_topic(&req_a, "late answer to A").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    resp.answer_topic(&req_b, "answer to B").await;
-    resp.answer_topic(&req_b, "duplicate answer to B").await;
-    let r = call_b.await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "answer to B");
-
-    let cc = c.clone();
-    let url = format!("{base}/late/c?timeout=10");
-    let call_c = tokio::spawn(async move { cc.post(url).body("C").send().await.unwrap() });
+    let call_c = spawn_post(&c, format!("{base}/late/c?timeout=10"), "C");
     let req_c = resp.next().await;
     resp.answer_topic(&req_b, "late answer to B, again").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     resp.answer_topic(&req_c, "answer to C").await;
-    let r = call_c.await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "answer to C");
+    expect_answer(call_c, "answer to C").await;
 
     // Counted: A late, B duplicate, B again.
-    let deadline = Instant::now() + T;
-    let st = loop {
-        let st = rpc_stats(&c, &base).await;
-        if st["late_replies"].as_u64().unwrap() >= 3 || Instant::now() > deadline {
-            break st;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(st["late_replies"], 3, "{st}");
-    assert_eq!(st["in_flight"], 0, "{st}");
+    let late = |st: &Value| st["late_replies"].as_u64().unwrap();
+    let st = wait_rpc_stats(&c, &base, T, |st| late(st) >= 3).await;
+    assert_counts(&st, &[("late_replies", 3), ("in_flight", 0)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_goes_away_leaves_nothing_waiting() {
     let s = Server::start();
     let mut resp = Responder::start(&s, "rpc/gone/#").await;
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
 
     // The caller gives up after 300 ms; the bridge would wait 30 s.
     let r = c
@@ -911,26 +782,21 @@ async fn a_caller_that_goes_away_leaves_nothing_waiting() {
     assert!(r.is_err(), "the call should have been abandoned: {r:?}");
     let req_a = resp.next().await;
     // Nothing waits for it any more (long before the bridge's own timeout).
-    wait_in_flight(&c, &base, 0, Duration::from_secs(5)).await;
+    wait_rpc_stats(&c, &base, Duration::from_secs(5), |st| st["in_flight"] == 0).await;
     // A reply now is a late one.
     resp.answer(&req_a, "too late").await;
-    let deadline = Instant::now() + T;
-    while rpc_stats(&c, &base).await["late_replies"] != 1 {
-        assert!(Instant::now() < deadline, "late reply not counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_rpc_stats(&c, &base, T, |st| st["late_replies"] == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_status_and_headers_are_sanitised() {
     let s = Server::start();
     let mut resp = Responder::start(&s, "rpc/odd/#").await;
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
 
     async fn call(c: &reqwest::Client, url: String) -> tokio::task::JoinHandle<reqwest::Response> {
         let c = c.clone();
-        tokio::spawn(async move { c.get(url).send().await.unwrap() })
+        tokio::spawn(async move { c.get(url).send_ok().await })
     }
 
     // Framing headers from a responder are not passed on; repeated headers are.
@@ -1006,35 +872,28 @@ async fn shared_subscription_responders_answer_each_call_once() {
     };
     let _e1 = spawn_echo("echo-w1");
     let _e2 = spawn_echo("echo-w2");
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
     wait_subscribed(&c, &format!("{base}/rpc/shared/probe")).await;
     many_calls(&c, &format!("{base}/rpc/shared"), 300, 50).await;
     // One answer per call: no duplicates from the second worker.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let st = rpc_stats(&c, &base).await;
-    assert_eq!(st["late_replies"], 0, "{st}");
-    assert_eq!(st["replies"], 300, "{st}");
+    assert_counts(&st, &[("late_replies", 0), ("replies", 300)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_seen_by_the_bridge_alone() {
-    let s = Server::start();
-    let _echo = echo(&s, false);
-    let c = http();
-    let base = s.http_base();
     // The echo first (the snooper's `#` would make the probe pass on its own).
-    wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
+    let (s, _echo, c, base) = with_echo5().await;
     let mut snoop = Responder::start(&s, "#").await;
     for i in 0..5 {
-        let r = c
-            .post(format!("{base}/rpc/private/{i}"))
-            .body(format!("secret {i}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), format!("secret {i}"));
+        assert_eq!(
+            c.post(format!("{base}/rpc/private/{i}"))
+                .body(format!("secret {i}"))
+                .send_text()
+                .await,
+            format!("secret {i}")
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut topics = Vec::new();
@@ -1056,17 +915,15 @@ async fn replies_are_seen_by_the_bridge_alone() {
 /// `bench/rpc.sh`, not asserted here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_round_trips_each_get_their_answer() {
-    let cfg = routes_config("latency");
-    let s = Server::builder().config_file(&cfg.0).start();
+    let (_cfg, s) = routes_server("latency");
     let _e5 = echo(&s, false);
     let _e3 = echo(&s, true);
-    let c = http();
-    let base = s.http_base();
+    let (c, base) = (http(), s.http_base());
     wait_subscribed(&c, &format!("{base}/rpc/probe")).await;
     wait_subscribed(&c, &format!("{base}/svc/probe")).await;
     for url in [format!("{base}/rpc/lat/x"), format!("{base}/svc/lat/x")] {
         for i in 0..30 {
-            let r = c.post(&url).body(format!("{i}")).send().await.unwrap();
+            let r = c.post(&url).body(format!("{i}")).send_ok().await;
             assert_eq!(r.status(), 200, "{url} call {i}");
             assert_eq!(r.text().await.unwrap(), format!("{i}"), "{url} call {i}");
         }

@@ -6,12 +6,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::files::TempDir;
+use common::http::SendOk;
+use common::rpc::*;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -22,27 +25,6 @@ const MIB: usize = 1 << 20;
 
 fn http() -> reqwest::Client {
     common::http::client(Duration::from_secs(300))
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!(
-            "rtw-{what}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).expect("temp dir");
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The `files` example serving `dir`.
@@ -56,6 +38,60 @@ fn files(s: &Server, dir: &Path) -> Kid {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     Kid(cmd.spawn().expect("start files"))
+}
+
+/// A fresh directory (`rtw-{what}-…`, removed on drop) and the `files` example serving it.
+fn files_in(s: &Server, what: &str) -> (TempDir, Kid) {
+    let dir = TempDir::new(what);
+    let kid = files(s, &dir.0);
+    (dir, kid)
+}
+
+/// A server, and [`files_in`] on it.
+fn files_server(what: &str) -> (Server, TempDir, Kid) {
+    let s = Server::start();
+    let (dir, kid) = files_in(&s, what);
+    (s, dir, kid)
+}
+
+/// A request body fed from the returned channel: it ends when the sender is dropped.
+fn piped_body() -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let chunks =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    (tx, reqwest::Body::wrap_stream(chunks))
+}
+
+/// How many entries `dir` has.
+fn entries(dir: &TempDir) -> usize {
+    std::fs::read_dir(&dir.0).unwrap().count()
+}
+
+/// `PUT url` with `body` (willing to wait 20 s for a responder; `RTW-Timeout: timeout` when
+/// given), on a task of its own.
+fn spawn_put(
+    c: &reqwest::Client,
+    url: String,
+    body: reqwest::Body,
+    timeout: Option<&str>,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let mut req = c.put(url).header("RTW-Wait", "20").body(body);
+    if let Some(t) = timeout {
+        req = req.header("RTW-Timeout", t);
+    }
+    tokio::spawn(req.send_ok())
+}
+
+/// Polls `cond` every 20 ms until it holds; fails, saying `what` did not happen, after `T`.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `n` MiB of pseudo-random bytes (xorshift from `seed`), made as they are sent; the SHA-256 of
@@ -87,23 +123,9 @@ fn generated(
     })
 }
 
-async fn rpc_stats(c: &reqwest::Client, base: &str) -> Value {
-    let r = c.get(format!("{base}/api/stats")).send().await.unwrap();
-    let v: Value = r.json().await.unwrap();
-    v["rpc"].clone()
-}
-
 /// Waits until nothing is in flight or waiting (the call's state is gone).
 async fn wait_idle(c: &reqwest::Client, base: &str) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
-        let st = rpc_stats(c, base).await;
-        if st["in_flight"] == 0 && st["waiting"] == 0 {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "still busy: {st}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_rpc_stats(c, base, T, |st| st["in_flight"] == 0 && st["waiting"] == 0).await
 }
 
 fn hex(b: &[u8]) -> String {
@@ -136,15 +158,25 @@ async fn upload(
     (r, s)
 }
 
+/// [`upload`] of `n` MiB to the `files` example as `name`: the file's URL, the response and
+/// the body's sum.
+async fn upload_file(
+    c: &reqwest::Client,
+    base: &str,
+    name: &str,
+    n: usize,
+    seed: u64,
+) -> (String, reqwest::Response, String) {
+    let url = format!("{base}/rpc/files/{name}");
+    let (r, sum) = upload(c, &url, n, seed).await;
+    (url, r, sum)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_upload_and_download_arrive_byte_exact() {
-    let s = Server::start();
-    let dir = TempDir::new("files");
-    let _files = files(&s, &dir.0);
+    let (s, dir, _files) = files_server("files");
     let (c, base) = (http(), s.http_base());
-    let url = format!("{base}/rpc/files/big.bin");
-
-    let (r, sent) = upload(&c, &url, 200, 17).await;
+    let (url, r, sent) = upload_file(&c, &base, "big.bin", 200, 17).await;
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["bytes"], 200 * MIB as u64, "{v}");
@@ -182,40 +214,23 @@ async fn a_200_mb_upload_and_download_arrive_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_that_stops_mid_upload_gives_a_clean_error() {
-    let s = Server::start();
-    let dir = TempDir::new("files-stop-up");
-    let files_proc = files(&s, &dir.0);
+    let (s, dir, files_proc) = files_server("files-stop-up");
     let (c, base) = (http(), s.http_base());
     // The body comes from this channel: some now, the rest after the responder is gone.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let call = {
-        let (c, base) = (c.clone(), base.clone());
-        tokio::spawn(async move {
-            c.put(format!("{base}/rpc/files/partial.bin"))
-                .header("RTW-Wait", "20")
-                .header("RTW-Timeout", "10")
-                .body(reqwest::Body::wrap_stream(futures_util::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-                )))
-                .send()
-                .await
-                .expect("response")
-        })
-    };
+    let (tx, body) = piped_body();
+    let url = format!("{base}/rpc/files/partial.bin");
+    let call = spawn_put(&c, url, body, Some("10"));
     for _ in 0..4 {
         tx.send(Ok(Bytes::from(vec![7u8; MIB]))).await.unwrap();
     }
     // The responder has written some of it…
-    let deadline = Instant::now() + T;
-    while !std::fs::read_dir(&dir.0)
-        .unwrap()
-        .filter_map(Result::ok)
-        .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
-    {
-        assert!(Instant::now() < deadline, "no part file written");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("no part file written", || {
+        std::fs::read_dir(&dir.0)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+    })
+    .await;
     // …and goes away; the caller keeps sending until the bridge answers.
     drop(files_proc);
     let feeder = tokio::spawn(async move {
@@ -240,21 +255,16 @@ async fn a_responder_that_stops_mid_upload_gives_a_clean_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_that_stops_mid_download_cuts_the_body() {
-    let s = Server::start();
-    let dir = TempDir::new("files-stop-down");
-    let files_proc = files(&s, &dir.0);
+    let (s, _dir, files_proc) = files_server("files-stop-down");
     let (c, base) = (http(), s.http_base());
-    let url = format!("{base}/rpc/files/movie.bin");
-    let (r, _) = upload(&c, &url, 64, 5).await;
+    let (url, r, _) = upload_file(&c, &base, "movie.bin", 64, 5).await;
     assert_eq!(r.status(), 201);
 
     let r = c
         .get(&url)
         .header("RTW-Timeout", "10")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     let mut body = r.bytes_stream();
     let mut len = 0usize;
     while len < 2 * MIB {
@@ -284,8 +294,7 @@ async fn a_body_over_max_stream_bytes_is_413() {
     let s = Server::builder()
         .env("RPC__MAX_STREAM_BYTES", 3 * MIB)
         .start();
-    let dir = TempDir::new("files-max");
-    let _files = files(&s, &dir.0);
+    let (dir, _files) = files_in(&s, "files-max");
     let (c, base) = (http(), s.http_base());
     let url = format!("{base}/rpc/files/too-big.bin");
     // Declared length: refused at once.
@@ -293,9 +302,8 @@ async fn a_body_over_max_stream_bytes_is_413() {
         .put(&url)
         .header("RTW-Wait", "20")
         .body(vec![1u8; 4 * MIB])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 413);
     // Chunked (no length): refused once past the limit, and the responder is told (rtw-abort):
     // it removes its partial file. (curl: it reads the early answer while still sending.)
@@ -308,11 +316,7 @@ async fn a_body_over_max_stream_bytes_is_413() {
     let (body, status) = out.rsplit_once('\n').expect("status line");
     assert_eq!(status, "413", "{out}");
     assert!(body.contains("max_stream_bytes"), "{body}");
-    let deadline = Instant::now() + T;
-    while std::fs::read_dir(&dir.0).unwrap().count() > 0 {
-        assert!(Instant::now() < deadline, "the partial upload was kept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the partial upload was kept", || entries(&dir) == 0).await;
     wait_idle(&c, &base).await;
     // Within the limit it works.
     let (r, _) = upload(&c, &url, 2, 3).await;
@@ -321,39 +325,18 @@ async fn a_body_over_max_stream_bytes_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_leaves_mid_upload_frees_the_call_and_the_responder_is_told() {
-    let s = Server::start();
-    let dir = TempDir::new("files-leave");
-    let _files = files(&s, &dir.0);
+    let (s, dir, _files) = files_server("files-leave");
     let (c, base) = (http(), s.http_base());
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let call = {
-        let (c, base) = (c.clone(), base.clone());
-        tokio::spawn(async move {
-            c.put(format!("{base}/rpc/files/left.bin"))
-                .header("RTW-Wait", "20")
-                .body(reqwest::Body::wrap_stream(futures_util::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-                )))
-                .send()
-                .await
-        })
-    };
+    let (tx, body) = piped_body();
+    let call = spawn_put(&c, format!("{base}/rpc/files/left.bin"), body, None);
     for _ in 0..3 {
         tx.send(Ok(Bytes::from(vec![9u8; MIB]))).await.unwrap();
     }
-    let deadline = Instant::now() + T;
-    while std::fs::read_dir(&dir.0).unwrap().count() == 0 {
-        assert!(Instant::now() < deadline, "no part file written");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("no part file written", || entries(&dir) > 0).await;
     // The caller goes away mid-body (its request is dropped; the body never ends).
     call.abort();
     wait_idle(&c, &base).await;
     // The responder got rtw-abort and removed its partial file.
-    while std::fs::read_dir(&dir.0).unwrap().count() > 0 {
-        assert!(Instant::now() < deadline, "the partial upload was kept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the partial upload was kept", || entries(&dir) == 0).await;
     drop(tx);
 }

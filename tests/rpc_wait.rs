@@ -7,48 +7,23 @@
 //! rumqttc clients from `tests/common/clients.rs`.
 
 mod common;
-mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::http::error_message;
+use common::clients::{v5_options, Tr, V5};
+use common::files::Config;
+use common::http::expect_error;
+use common::http::SendOk;
+use common::rpc::*;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use serde_json::Value;
-use support::{v5_options, Tr, V5};
 
 const T: Duration = Duration::from_secs(20);
 
 fn http() -> reqwest::Client {
     common::http::client(Duration::from_secs(70))
-}
-
-/// A config file in its own directory, removed on drop.
-struct Config(PathBuf);
-
-impl Config {
-    fn new(toml: &str) -> Config {
-        let dir = std::env::temp_dir().join(format!(
-            "rtw-rpc-wait-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("config dir");
-        let path = dir.join("config.toml");
-        std::fs::write(&path, toml).expect("write config");
-        Config(path)
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 /// The seed's route, as a new user writes it (with `reply_topic`; `reply_level` is then unused).
@@ -62,24 +37,28 @@ reply_topic = "/$res/realtimeweb/{rest}"
 wait_secs = 15
 "#;
 
-async fn rpc_stats(c: &reqwest::Client, base: &str) -> Value {
-    let r = c.get(format!("{base}/api/stats")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "/api/stats");
-    let v: Value = r.json().await.unwrap();
-    v["rpc"].clone()
+/// Starts `POST {base}/rpc/{path}` with `body`, willing to wait 30 s for a responder (timeout
+/// 40 s), on a task of its own.
+fn waiting_call(
+    c: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: String,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let call = c.post(format!("{base}/rpc/{path}")).body(body);
+    let call = call.header("RTW-Wait", "30").header("RTW-Timeout", "40");
+    tokio::spawn(call.send_ok())
+}
+
+/// The response to a call started by [`waiting_call`], within `T`.
+async fn answer_of(call: tokio::task::JoinHandle<reqwest::Response>) -> reqwest::Response {
+    let r = tokio::time::timeout(T, call).await.expect("answered");
+    r.expect("call task")
 }
 
 /// Waits until `/api/stats` → `rpc.{key}` is `n`.
 async fn wait_stat(c: &reqwest::Client, base: &str, key: &str, n: u64) {
-    let deadline = Instant::now() + T;
-    loop {
-        let st = rpc_stats(c, base).await;
-        if st[key] == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "rpc.{key} stays at {st}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_rpc_stats(c, base, T, |st| st[key] == n).await;
 }
 
 /// Round trips through the seed's route: the calls wait for the echo (`wait_secs`), so no probe
@@ -90,9 +69,8 @@ async fn seed_round_trips(c: &reqwest::Client, base: &str, who: &str) {
         let r = c
             .post(format!("{base}/realtimeweb/chat/room-{i}"))
             .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 200, "{who}, call {i}");
         assert_eq!(r.text().await.unwrap(), body, "{who}, call {i}");
     }
@@ -100,7 +78,7 @@ async fn seed_round_trips(c: &reqwest::Client, base: &str, who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_echo_completes_round_trips_v311_and_v5() {
-    let cfg = Config::new(SEED);
+    let cfg = Config::new("rpc-wait", SEED);
     let s = Server::builder().config_file(&cfg.0).start();
     let (c, base) = (http(), s.http_base());
     let seed = [
@@ -125,6 +103,7 @@ async fn the_seed_echo_completes_round_trips_v311_and_v5() {
 async fn a_reply_filter_that_overlaps_its_requests_is_a_startup_error() {
     // Replies under the requests' own namespace: `svc/replies/x/<corr>` is a request topic too.
     let cfg = Config::new(
+        "rpc-wait",
         r#"
 [[rpc.routes]]
 path = "/svc/{rest...}"
@@ -161,9 +140,8 @@ async fn a_call_made_before_the_responder_starts_succeeds_once_it_does() {
                 .header("RTW-Wait", "20")
                 .header("RTW-Timeout", "30")
                 .body("are you there?")
-                .send()
+                .send_ok()
                 .await
-                .unwrap()
         })
     };
     wait_stat(&c, &base, "waiting", 1).await;
@@ -177,8 +155,7 @@ async fn a_call_made_before_the_responder_starts_succeeds_once_it_does() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "are you there?");
     let st = rpc_stats(&c, &base).await;
-    assert_eq!(st["waited"], 1, "{st}");
-    assert_eq!(st["waiting"], 0, "{st}");
+    assert_counts(&st, &[("waited", 1), ("waiting", 0)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,16 +164,7 @@ async fn waiting_calls_drain_in_arrival_order_and_past_max_waiting_get_429() {
     let (c, base) = (http(), s.http_base());
     let mut calls = Vec::new();
     for i in 0..5u64 {
-        let (c2, base2) = (c.clone(), base.clone());
-        calls.push(tokio::spawn(async move {
-            c2.post(format!("{base2}/rpc/queue/job"))
-                .header("RTW-Wait", "30")
-                .header("RTW-Timeout", "40")
-                .body(format!("job {i}"))
-                .send()
-                .await
-                .unwrap()
-        }));
+        calls.push(waiting_call(&c, &base, "queue/job", format!("job {i}")));
         // Each joins the queue before the next is made: arrival order is this order.
         wait_stat(&c, &base, "waiting", i + 1).await;
     }
@@ -205,17 +173,14 @@ async fn waiting_calls_drain_in_arrival_order_and_past_max_waiting_get_429() {
         .post(format!("{base}/rpc/queue/job"))
         .header("RTW-Wait", "30")
         .body("one too many")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert!(r.headers().contains_key("retry-after"), "Retry-After");
-    let msg = error_message(r, 429).await;
-    assert!(msg.contains("max_waiting"), "{msg}");
+    expect_error(r, 429, &["max_waiting"]).await;
     assert_eq!(rpc_stats(&c, &base).await["rejected_waiting"], 1);
 
     // A responder comes: it gets the five in the order they came.
-    let (mut resp, _) = V5::connect(v5_options(&s, Tr::Tcp, "queue-responder")).await;
-    resp.subscribe("rpc/queue/#", QoS::AtLeastOnce).await;
+    let mut resp = V5::subscribed(&s, "queue-responder", "rpc/queue/#", QoS::AtLeastOnce).await;
     let mut got = Vec::new();
     for _ in 0..5 {
         got.push(resp.publish_in(T).await);
@@ -243,10 +208,7 @@ async fn waiting_calls_drain_in_arrival_order_and_past_max_waiting_get_429() {
         .await;
     }
     for (i, call) in calls.into_iter().enumerate() {
-        let r = tokio::time::timeout(T, call)
-            .await
-            .expect("answered")
-            .unwrap();
+        let r = answer_of(call).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), format!("done: job {i}"));
     }
@@ -262,45 +224,31 @@ async fn waits_are_bounded_by_wait_and_by_the_timeout() {
     let s = Server::builder().env("RPC__MAX_WAIT_SECS", 5).start();
     let (c, base) = (http(), s.http_base());
     // Nobody comes within the wait: 503, and nothing is left waiting.
-    let r = c
-        .post(format!("{base}/rpc/nobody/home"))
+    c.post(format!("{base}/rpc/nobody/home"))
         .header("RTW-Wait", "1")
-        .send()
-        .await
-        .unwrap();
-    let msg = error_message(r, 503).await;
-    assert!(msg.contains("within 1 s"), "{msg}");
+        .send_refused(503, &["within 1 s"])
+        .await;
     // The caller's timeout is shorter than the wait: 504 at the timeout.
-    let r = c
-        .post(format!("{base}/rpc/nobody/home"))
+    c.post(format!("{base}/rpc/nobody/home"))
         .header("RTW-Wait", "5")
         .header("RTW-Timeout", "1")
-        .send()
-        .await
-        .unwrap();
-    let msg = error_message(r, 504).await;
-    assert!(msg.contains("timeout"), "{msg}");
+        .send_refused(504, &["timeout"])
+        .await;
     // Over rpc.max_wait_secs, or not a number: 400.
     for bad in ["6", "soon", "-1"] {
-        let r = c
+        let msg = c
             .post(format!("{base}/rpc/nobody/home"))
             .header("RTW-Wait", bad)
-            .send()
-            .await
-            .unwrap();
-        let msg = error_message(r, 400).await;
+            .send_error(400)
+            .await;
         assert!(msg.contains("rtw-wait"), "{bad}: {msg}");
     }
     // Without a wait, still 503 at once.
-    let r = c
-        .post(format!("{base}/rpc/nobody/home"))
-        .send()
-        .await
-        .unwrap();
-    error_message(r, 503).await;
+    c.post(format!("{base}/rpc/nobody/home"))
+        .send_error(503)
+        .await;
     let st = rpc_stats(&c, &base).await;
-    assert_eq!(st["waiting"], 0, "{st}");
-    assert_eq!(st["in_flight"], 0, "{st}");
+    assert_counts(&st, &[("waiting", 0), ("in_flight", 0)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,16 +257,7 @@ async fn shared_responders_take_one_waiting_request_each() {
     let (c, base) = (http(), s.http_base());
     let mut calls = Vec::new();
     for i in 0..6u64 {
-        let (c2, base2) = (c.clone(), base.clone());
-        calls.push(tokio::spawn(async move {
-            c2.post(format!("{base2}/rpc/pool/work"))
-                .header("RTW-Wait", "30")
-                .header("RTW-Timeout", "40")
-                .body(format!("task {i}"))
-                .send()
-                .await
-                .unwrap()
-        }));
+        calls.push(waiting_call(&c, &base, "pool/work", format!("task {i}")));
     }
     wait_stat(&c, &base, "waiting", 6).await;
     // Two members of one share group; each request goes to one of them, once.
@@ -363,10 +302,7 @@ async fn shared_responders_take_one_waiting_request_each() {
     let want: Vec<String> = (0..6).map(|i| format!("task {i}")).collect();
     assert_eq!(seen, want, "each request delivered to exactly one member");
     for (i, call) in calls.into_iter().enumerate() {
-        let r = tokio::time::timeout(T, call)
-            .await
-            .expect("answered")
-            .unwrap();
+        let r = answer_of(call).await;
         assert_eq!(r.status(), 200);
         let text = r.text().await.unwrap();
         assert!(text.ends_with(&format!("task {i}")), "{text}");

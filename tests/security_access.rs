@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::auth::*;
 use common::clients::{p5, run_ok, v5_options, Tr, T, V5};
+use common::files::{temp_dir, write_config};
 use common::http::json_error;
+use common::http::SendOk;
 use common::*;
 use serde_json::{json, Value};
 
@@ -90,28 +92,13 @@ subscribe = ["everyone/#"]
             S5::NotAuthorized
         ]
     );
-    assert_eq!(
-        v5_puback(&mut bob, "shared/1", "from bob").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut bob, "alice/1", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut bob, "shared/1", "from bob").await;
+    publish_refused(&mut bob, "alice/1", "x").await;
     // (alice publishes on a second connection: waiting for a PUBACK skips messages.)
     let mut alice_pub = v5_with(&s, Tr::Tcp, "alice-pub", "alice", "alice-pw-1").await;
-    assert_eq!(
-        v5_puback(&mut alice_pub, "shared/2", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
-    assert_eq!(
-        v5_puback(&mut alice_pub, "alice/end", "x").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut bob, "shared/end", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_refused(&mut alice_pub, "shared/2", "x").await;
+    publish_allowed(&mut alice_pub, "alice/end", "x").await;
+    publish_allowed(&mut bob, "shared/end", "x").await;
     assert_eq!(
         v5_until_all(&mut alice, &["alice/end", "shared/end"]).await,
         ["shared/1"]
@@ -123,27 +110,22 @@ subscribe = ["everyone/#"]
     // HTTP Basic.
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
-    let r = h
-        .get(url("/topics/alice/x"))
+    h.get(url("/topics/alice/x"))
         .header("authorization", basic("alice", "alice-pw-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+        .send_expect(404)
+        .await;
     let r = h
         .get(url("/topics/alice/x"))
         .header("authorization", basic("alice", "nope"))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, true).await;
     let r = h
         .post(url("/topics/alice/x"))
         .header("authorization", basic("bob", "bob-pw-2"))
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
 
     // SIGHUP reloads the file: a new user gets in, a removed one no longer does.
@@ -166,10 +148,7 @@ subscribe = ["everyone/#"]
         vec![S5::Success(Q5::AtLeastOnce), S5::NotAuthorized]
     );
     // Bob's connection survived the reload.
-    assert_eq!(
-        v5_puback(&mut bob, "shared/4", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut bob, "shared/4", "x").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -177,10 +156,7 @@ subscribe = ["everyone/#"]
 async fn anonymous_only_when_allowed() {
     // Authentication configured: anonymous clients are refused everywhere.
     let s = jwt_server().start();
-    let mut h = Hello {
-        id: "anon",
-        ..Hello::default()
-    };
+    let mut h = Hello::new("anon");
     assert_eq!(connack(s.mqtt, &h), 0x05);
     h.v5 = true;
     assert_eq!(connack(s.mqtt, &h), 0x87);
@@ -191,17 +167,15 @@ async fn anonymous_only_when_allowed() {
     assert_eq!(paho_connack(&ev), 0x87);
     let r = http()
         .get(format!("{}/topics/x", s.http_base()))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, false).await;
     drop(s);
 
     // allow_anonymous = true, with rules for anonymous clients.
     let dir = temp_dir("anon");
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = write_config(
+        &dir,
         r#"
 [[auth.rules]]
 user = "anonymous"
@@ -212,16 +186,12 @@ user = "*"
 publish = ["public/#"]
 subscribe = ["public/#"]
 "#,
-    )
-    .unwrap();
+    );
     let s = jwt_server()
         .env("AUTH__ALLOW_ANONYMOUS", "true")
         .config_file(&cfg)
         .start();
-    let mut h = Hello {
-        id: "anon",
-        ..Hello::default()
-    };
+    let mut h = Hello::new("anon");
     assert_eq!(connack(s.mqtt, &h), 0);
     h.v5 = true;
     assert_eq!(connack(s.mqtt, &h), 0);
@@ -233,45 +203,31 @@ subscribe = ["public/#"]
         v5_subscribe_many(&mut anon, &["public/#", "private/#"]).await,
         vec![S5::Success(Q5::AtLeastOnce), S5::NotAuthorized]
     );
-    assert_eq!(
-        v5_puback(&mut anon, "public/x", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_refused(&mut anon, "public/x", "x").await;
     // A token without grants gets the "*" rule.
     let plain = hs(&json!({"sub": "t", "iss": ISS, "aud": AUD, "exp": now() + 3600}));
     let mut t = v5_with(&s, Tr::Tcp, "plain", "t", &plain).await;
-    assert_eq!(
-        v5_puback(&mut t, "public/y", "y").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut t, "private/y", "y").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut t, "public/y", "y").await;
+    publish_refused(&mut t, "private/y", "y").await;
     let got: Vec<String> = vec![anon.publish_in(T).await]
         .into_iter()
         .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
         .collect();
     assert_eq!(got, ["public/y"]);
     let hc = http();
-    let r = hc
-        .get(format!("{}/topics/public/y", s.http_base()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    hc.get(format!("{}/topics/public/y", s.http_base()))
+        .send_expect(404)
+        .await;
     let r = hc
         .get(format!("{}/topics/private/y", s.http_base()))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
     let r = hc
         .post(format!("{}/topics/public/y", s.http_base()))
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 403).await;
     let _ = std::fs::remove_dir_all(dir);
 }

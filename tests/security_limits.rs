@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, run_ok, v4_options, v5_options, Tr, T, V4, V5};
+use common::files::temp_dir;
 use common::http::json_error;
+use common::http::SendOk;
 use common::*;
 use rumqttc::mqttbytes::v4;
 
@@ -25,21 +27,10 @@ async fn per_ip_connection_limit() {
         .start();
     let mut a = V5::connect(v5_options(&s, Tr::Tcp, "a")).await.0;
     let mut b = V4::connect(v4_options(&s, Tr::Tcp, "b")).await.0;
-    let (_w, code) = raw_connect(
-        s.mqtt,
-        &Hello {
-            v5: true,
-            id: "c",
-            ..Hello::default()
-        },
-    );
+    let (_w, code) = raw_connect(s.mqtt, &Hello::new("c").version5(true));
     assert_eq!(code, 0);
     // The fourth: 0x97 (quota exceeded) on 5, 0x03 (server unavailable) on 3.1.1; WebSocket too.
-    let h = Hello {
-        v5: true,
-        id: "d",
-        ..Hello::default()
-    };
+    let h = Hello::new("d").version5(true);
     assert_eq!(connack(s.mqtt, &h), 0x97);
     assert_eq!(
         connack(
@@ -62,13 +53,11 @@ async fn per_ip_connection_limit() {
     );
     b.send("t/1", Q4::AtLeastOnce, false, b"still here").await;
     assert_eq!(&a.publish_in(T).await.payload[..], b"still here");
-    let r = http()
+    http()
         .post(format!("{}/topics/t/2", s.http_base()))
         .body("http")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(&a.publish_in(T).await.payload[..], b"http");
     // A slot comes free when a client leaves.
     b.disconnect().await;
@@ -111,15 +100,9 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
     assert!(quota >= 10 && ok >= 5, "ok {ok}, quota exceeded {quota}");
     // Another client is served meanwhile, and the bucket refills.
     let mut calm = V5::connect(v5_options(&s, Tr::Tcp, "calm")).await.0;
-    assert_eq!(
-        v5_puback(&mut calm, "calm/1", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut calm, "calm/1", "x").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        v5_puback(&mut fast, "fast/again", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut fast, "fast/again", "x").await;
     let mut seen = Vec::new();
     while seen.len() < ok + 2 {
         let p = watch.publish_in(T).await;
@@ -158,14 +141,7 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
 
     // Max packet size: DISCONNECT 0x95 on 5, the socket closed on 3.1.1.
     for v5 in [true, false] {
-        let (mut w, code) = raw_connect(
-            s.mqtt,
-            &Hello {
-                v5,
-                id: "big",
-                ..Hello::default()
-            },
-        );
+        let (mut w, code) = raw_connect(s.mqtt, &Hello::new("big").version5(v5));
         assert_eq!(code, 0);
         let mut b = BytesMut::new();
         let payload = vec![b'x'; 4000];
@@ -196,24 +172,19 @@ async fn publish_rate_subscriptions_packet_and_body_limits() {
     let r = h
         .post(format!("{}/topics/calm/big", s.http_base()))
         .body(vec![b'x'; 2000])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     json_error(r, 413).await;
     // An MQTT 5 RPC body over one message is streamed (bounded by rpc.max_stream_bytes, not
     // bridge.max_body, issue 17): with nobody subscribed it is 503 at once, body unread.
     let r = h
         .post(format!("{}/rpc/calm", s.http_base()))
         .body(vec![b'x'; 2000])
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 503);
     // Everyone else is still served.
-    assert_eq!(
-        v5_puback(&mut calm, "calm/end", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut calm, "calm/end", "x").await;
     loop {
         let p = watch.publish_in(T).await;
         if &p.topic[..] == b"calm/end" {
@@ -235,10 +206,8 @@ async fn cors_and_websocket_origin() {
     let r = h
         .get(format!("{}/healthz", s.http_base()))
         .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(acao(&r), None);
     let r = h
         .request(
@@ -247,9 +216,8 @@ async fn cors_and_websocket_origin() {
         )
         .header("origin", "https://evil.example")
         .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(acao(&r), None);
     let own = format!("http://127.0.0.1:{}", s.http);
     assert!(ws_handshake(s.http, Some("https://evil.example")).contains(" 403"));
@@ -291,9 +259,8 @@ async fn cors_and_websocket_origin() {
         let r = h
             .get(format!("{}/healthz", s.http_base()))
             .header("origin", origin)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(acao(&r), allowed.then(|| origin.to_string()), "{origin}");
         let r = h
             .request(
@@ -303,9 +270,8 @@ async fn cors_and_websocket_origin() {
             .header("origin", origin)
             .header("access-control-request-method", "POST")
             .header("access-control-request-headers", "authorization")
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(
             acao(&r),
             allowed.then(|| origin.to_string()),
@@ -403,10 +369,7 @@ async fn certificates_reload_on_sighup_without_dropping_connections() {
     p.send("r/1", Q5::AtLeastOnce, false, b"after reload", None)
         .await;
     assert_eq!(&old.publish_in(T).await.payload[..], b"after reload");
-    assert_eq!(
-        v5_puback(&mut old, "r/2", "from old").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut old, "r/2", "from old").await;
     // A client trusting the development CA now fails the handshake (new self-signed cert).
     let mut o = v5_options(&s, Tr::Tls, "new-tls");
     o.set_keep_alive(Duration::from_secs(5));

@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T, V5};
-use common::http::json_error;
+use common::http::SendOk;
+use common::http::{json_error, Authed};
 use common::sse::Sse;
 use common::*;
 use rumqttc::mqttbytes::v4;
@@ -32,14 +33,8 @@ async fn publish_authorization_v5_reason_codes_and_v311_drop() {
 
     // MQTT 5: PUBACK 0x87 / PUBREC 0x87, the connection stays.
     let mut c5 = v5_with(&s, Tr::Tcp, "alice5", "alice", &alice).await;
-    assert_eq!(
-        v5_puback(&mut c5, "a/1", "ok5").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut c5, "b/1", "no5").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut c5, "a/1", "ok5").await;
+    publish_refused(&mut c5, "b/1", "no5").await;
     c5.client
         .publish("b/2", Q5::ExactlyOnce, false, "no5-qos2")
         .await
@@ -52,20 +47,11 @@ async fn publish_authorization_v5_reason_codes_and_v311_drop() {
     }
     c5.send("b/3", Q5::AtMostOnce, false, b"no5-qos0", None)
         .await;
-    assert_eq!(
-        v5_puback(&mut c5, "a/2", "ok5b").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut c5, "a/2", "ok5b").await;
     // Byte-exact: the PUBACK on the wire carries 0x87.
     let (mut w, code) = raw_connect(
         s.mqtt,
-        &Hello {
-            v5: true,
-            id: "raw-pub",
-            user: Some("alice"),
-            pass: Some(&alice),
-            ..Hello::default()
-        },
+        &Hello::new("raw-pub").version5(true).login("alice", &alice),
     );
     assert_eq!(code, 0);
     let mut b = BytesMut::new();
@@ -110,15 +96,7 @@ async fn publish_refusal_disconnects_v311_with_deny_action_disconnect() {
     let e = c4.closed(T).await;
     assert!(!e.is_empty());
     // Over the wire: no PUBACK, the socket closes.
-    let (mut w, code) = raw_connect(
-        s.mqtt,
-        &Hello {
-            id: "raw4",
-            user: Some("alice"),
-            pass: Some(&alice),
-            ..Hello::default()
-        },
-    );
+    let (mut w, code) = raw_connect(s.mqtt, &Hello::new("raw4").login("alice", &alice));
     assert_eq!(code, 0);
     let mut b = BytesMut::new();
     let mut p = v4::Publish::new("b/raw", Q4::AtLeastOnce, "no");
@@ -131,14 +109,8 @@ async fn publish_refusal_disconnects_v311_with_deny_action_disconnect() {
     assert_ne!(code, Some(0));
     // MQTT 5 clients still get a reason code and stay.
     let mut c5 = v5_with(&s, Tr::Tcp, "alice5", "alice", &alice).await;
-    assert_eq!(
-        v5_puback(&mut c5, "b/3", "no").await,
-        p5::PubAckReason::NotAuthorized
-    );
-    assert_eq!(
-        v5_puback(&mut c5, "a/end", "end").await,
-        p5::PubAckReason::Success
-    );
+    publish_refused(&mut c5, "b/3", "no").await;
+    publish_allowed(&mut c5, "a/end", "end").await;
     let got = v5_until(&mut watch, "a/end").await;
     let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(topics, ["a/1"], "{got:?}");
@@ -242,10 +214,7 @@ async fn subscribe_authorization_per_filter_shared_and_sys() {
         vec![S5::NotAuthorized, S5::NotAuthorized]
     );
     // Publishing into $SYS is refused for everyone.
-    assert_eq!(
-        v5_puback(&mut a, "$SYS/fake", "x").await,
-        p5::PubAckReason::TopicNameInvalid
-    );
+    puback_is(&mut a, "$SYS/fake", "x", p5::PubAckReason::TopicNameInvalid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,27 +224,19 @@ async fn will_topic_is_authorized_at_connect() {
     let mut watch = v5_with(&s, Tr::Tcp, "watcher", "admin", &admin_token()).await;
     v5_subscribe_many(&mut watch, &["#"]).await;
     for v5 in [false, true] {
-        let h = Hello {
-            v5,
-            id: "will-no",
-            user: Some("alice"),
-            pass: Some(&alice),
-            will: Some("b/will"),
-            ..Hello::default()
-        };
+        let h = Hello::new("will-no")
+            .version5(v5)
+            .login("alice", &alice)
+            .with_will("b/will");
         assert_eq!(connack(s.mqtt, &h), if v5 { 0x87 } else { 0x05 }, "v5 {v5}");
     }
     // An allowed will is accepted and published when the connection drops.
     let (w, code) = raw_connect(
         s.mqtt,
-        &Hello {
-            v5: true,
-            id: "will-ok",
-            user: Some("alice"),
-            pass: Some(&alice),
-            will: Some("a/will"),
-            ..Hello::default()
-        },
+        &Hello::new("will-ok")
+            .version5(true)
+            .login("alice", &alice)
+            .with_will("a/will"),
     );
     assert_eq!(code, 0);
     drop(w);
@@ -300,9 +261,8 @@ async fn retained_messages_respect_read_permissions() {
             .put(url(&format!("/topics/{t}")))
             .header("authorization", bearer(&admin))
             .body(v)
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 200, "{t}");
     }
 
@@ -328,15 +288,9 @@ async fn retained_messages_respect_read_permissions() {
     // Live messages: the secret one never arrives.
     let mut admin5 = v5_with(&s, Tr::Tcp, "admin5", "admin", &admin).await;
     for t in ["secret/live", "pub/live", "secret/pub/live", "pub/end"] {
-        admin5
-            .send(t, Q5::AtLeastOnce, false, t.as_bytes(), None)
-            .await;
+        publish_own_name(&mut admin5, t).await;
     }
-    let live: Vec<String> = v5_until(&mut c, "pub/end")
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
+    let live = v5_topics_until(&mut c, "pub/end").await;
     assert_eq!(live, ["pub/live"]);
 
     // 3.1.1 mosquitto_sub asking for '#' and 'pub/#': public retained state only.
@@ -381,20 +335,12 @@ async fn retained_messages_respect_read_permissions() {
 
     // HTTP: state, SSE and long poll.
     let auth = ("authorization", bearer(&reader));
-    let r = h
-        .get(url("/topics/pub/news"))
-        .header(auth.0, auth.1.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "public news");
-    let r = h
-        .get(url("/topics/secret/plans"))
-        .header(auth.0, auth.1.clone())
-        .send()
-        .await
-        .unwrap();
+    let with_auth = Authed::new(&h, s.http_base(), auth.clone());
+    assert_eq!(
+        with_auth.get("/topics/pub/news").send_text().await,
+        "public news"
+    );
+    let r = with_auth.get("/topics/secret/plans").send_ok().await;
     json_error(r, 403).await;
     for q in [
         "topic=%23",
@@ -406,14 +352,11 @@ async fn retained_messages_respect_read_permissions() {
         let r = h
             .get(url(&format!("/poll?{q}&timeout=1")))
             .header(auth.0, auth.1.clone())
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         json_error(r, 403).await;
     }
-    let mut sse = Sse::get(&h, &url("/events?topic=pub/%23"), Some(auth.clone()))
-        .await
-        .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
+    let mut sse = Sse::get_ok(&h, &url("/events?topic=pub/%23"), auth.clone()).await;
     let mut first = Vec::new();
     for _ in 0..2 {
         let v = sse.next_json(T).await.expect("retained event");
@@ -450,15 +393,9 @@ async fn resumed_session_keeps_only_what_the_new_credentials_allow() {
     assert!(ack.session_present);
     let mut admin = v5_with(&s, Tr::Tcp, "admin", "admin", &admin_token()).await;
     for t in ["secret/x", "pub/x", "pub/end"] {
-        admin
-            .send(t, Q5::AtLeastOnce, false, t.as_bytes(), None)
-            .await;
+        publish_own_name(&mut admin, t).await;
     }
-    let got: Vec<String> = v5_until(&mut c, "pub/end")
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
+    let got = v5_topics_until(&mut c, "pub/end").await;
     assert_eq!(got, ["pub/x"]);
     // (secret/# is another filter of the core's: no order with pub/#; give it time.)
     v5_quiet(&mut c, Duration::from_secs(2)).await;
@@ -528,61 +465,33 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
     let auth = ("authorization", bearer(&carol));
+    let with_auth = Authed::new(&h, s.http_base(), auth.clone());
     let cookie = ("cookie", format!("rtw_token={carol}"));
 
     // Publish.
-    let r = h
-        .post(url("/topics/s/1"))
-        .header(auth.0, auth.1.clone())
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = h
-        .post(url("/topics/t/1"))
-        .header(auth.0, auth.1.clone())
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    with_auth.post("/topics/s/1", "x").send_expect(200).await;
+    let r = with_auth.post("/topics/t/1", "x").send_ok().await;
     json_error(r, 403).await;
     // State, with the query token (allowed on this server).
-    let r = h
-        .put(url(&format!("/topics/s/state?access_token={carol}")))
+    h.put(url(&format!("/topics/s/state?access_token={carol}")))
         .body("st")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     let r = h
         .get(url(&format!("/topics/s/state?access_token={carol}")))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.text().await.unwrap(), "st");
     let r = h
         .get(url("/topics/s/state?access_token=forged"))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, true).await;
 
     // SSE: bearer and cookie get live messages; no credentials 401; another filter 403.
-    let mut by_bearer = Sse::get(
-        &h,
-        &url("/events?topic=s/live/%23&retained=false"),
-        Some(auth.clone()),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE bearer: HTTP {}", r.status()));
-    let mut by_cookie = Sse::get(
-        &h,
-        &url("/events?topic=s/live/%23&retained=false"),
-        Some(cookie.clone()),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE cookie: HTTP {}", r.status()));
+    let live = url("/events?topic=s/live/%23&retained=false");
+    let mut by_bearer = Sse::get_ok(&h, &live, auth.clone()).await;
+    let mut by_cookie = Sse::get_ok(&h, &live, cookie.clone()).await;
     let r = Sse::get(&h, &url("/events?topic=s/%23"), None).await;
     assert_401(r.err().expect("401"), false).await;
     let expired = hs(&claims("carol", &["s/#"], &["s/#"], -3600));
@@ -601,30 +510,17 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
         let h = h.clone();
         let u = url("/poll?topic=s/live/%23&timeout=20");
         let a = auth.1.clone();
-        tokio::spawn(async move { h.get(u).header("authorization", a).send().await.unwrap() })
+        tokio::spawn(async move { h.get(u).header("authorization", a).send_ok().await })
     };
-    let r = h
-        .get(url("/poll?topic=t/%23&timeout=1"))
-        .header(auth.0, auth.1.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = with_auth.get("/poll?topic=t/%23&timeout=1").send_ok().await;
     json_error(r, 403).await;
-    let r = h
-        .get(url("/poll?topic=s/%23&timeout=1"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.get(url("/poll?topic=s/%23&timeout=1")).send_ok().await;
     assert_401(r, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = h
-        .post(url("/topics/s/live/1"))
-        .header(auth.0, auth.1.clone())
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    with_auth
+        .post("/topics/s/live/1", "hello")
+        .send_expect(200)
+        .await;
     for sse in [&mut by_bearer, &mut by_cookie] {
         let v = sse.next_json(T).await.expect("live event");
         assert_eq!(v["topic"], "s/live/1");
@@ -637,32 +533,16 @@ async fn http_publish_state_sse_poll_and_rpc_are_authorized() {
 
     // RPC: /rpc/x needs publish on rpc/x.
     let _svc = responder(&s, &admin).await;
-    let r = h
-        .post(url("/rpc/ok/ping"))
-        .header(auth.0, auth.1.clone())
-        .body("1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "pong:1");
-    let r = h
-        .post(url("/rpc/other/ping"))
-        .header(auth.0, auth.1.clone())
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        with_auth.post("/rpc/ok/ping", "1").send_text().await,
+        "pong:1"
+    );
+    let r = with_auth.post("/rpc/other/ping", "1").send_ok().await;
     json_error(r, 403).await;
-    let r = h.post(url("/rpc/ok/ping")).body("1").send().await.unwrap();
+    let r = h.post(url("/rpc/ok/ping")).body("1").send_ok().await;
     assert_401(r, false).await;
-    let r = h
-        .post(url("/rpc/ok/ping"))
-        .header("authorization", bearer(&expired))
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    let as_expired = Authed::new(&h, s.http_base(), ("authorization", bearer(&expired)));
+    let r = as_expired.post("/rpc/ok/ping", "1").send_ok().await;
     assert_401(r, true).await;
 }
 
@@ -673,14 +553,9 @@ async fn rpc_replies_never_reach_other_readers() {
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
     let auth = ("authorization", bearer(&admin));
+    let with_auth = Authed::new(&h, s.http_base(), auth.clone());
     // Readers allowed to see everything a filter can name.
-    let mut all = Sse::get(
-        &h,
-        &url("/events?topic=%23&retained=false"),
-        Some(auth.clone()),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE #: HTTP {}", r.status()));
+    let mut all = Sse::get_ok(&h, &url("/events?topic=%23&retained=false"), auth.clone()).await;
     let replies = Sse::get(
         &h,
         &url("/events?topic=rtw/replies/%23&retained=false"),
@@ -690,30 +565,14 @@ async fn rpc_replies_never_reach_other_readers() {
     let mut mqtt = v5_with(&s, Tr::Tcp, "reader", "admin", &admin).await;
     v5_subscribe_many(&mut mqtt, &["#"]).await;
     let _svc = responder(&s, &admin).await;
-    let r = h
-        .post(url("/rpc/x"))
-        .header(auth.0, auth.1.clone())
-        .body("secret-reply")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "pong:secret-reply");
-    let r = h
-        .post(url("/topics/end"))
-        .header(auth.0, auth.1.clone())
-        .body("end")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        with_auth.post("/rpc/x", "secret-reply").send_text().await,
+        "pong:secret-reply"
+    );
+    with_auth.post("/topics/end", "end").send_expect(200).await;
     let seen = all.until("end").await;
     assert_eq!(seen, ["rpc/x"], "SSE '#' saw {seen:?}");
-    let seen: Vec<String> = v5_until(&mut mqtt, "end")
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
+    let seen = v5_topics_until(&mut mqtt, "end").await;
     assert_eq!(seen, ["rpc/x"], "MQTT '#' saw {seen:?}");
     match replies {
         Err(r) => assert_eq!(r.status(), 403),
@@ -733,28 +592,18 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
     let admin = admin_token();
     let reader = cli_token("reader", &[], &["#"], "1h", false);
     let mut ro = v5_with(&s, Tr::Tcp, "read-only", "reader", &reader).await;
-    assert_eq!(
-        v5_puback(&mut ro, "anything", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
-    ro.client
-        .publish("rtw/replies/n1", Q5::AtLeastOnce, true, "injected")
-        .await
-        .unwrap();
-    loop {
-        if let p5::Packet::PubAck(_) = ro.incoming(T).await {
-            break;
-        }
-    }
+    publish_refused(&mut ro, "anything", "x").await;
+    // Retained, QoS 1: sent once the PUBACK is back.
+    ro.send("rtw/replies/n1", Q5::AtLeastOnce, true, b"injected", None)
+        .await;
     let h = http();
     let url = |p: &str| format!("{}{p}", s.http_base());
     let r = h
         .put(url("/topics/rtw/replies/n2"))
         .header("authorization", bearer(&reader))
         .body("injected over http")
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert!(r.status() == 200 || r.status() == 403, "{}", r.status());
     // New subscribers get no retained reply, whatever filter reaches the namespace.
     let mut sub = v5_with(&s, Tr::Tcp, "fresh", "admin", &admin).await;
@@ -772,25 +621,20 @@ async fn reply_namespace_is_no_way_around_publish_rules() {
     let r = h
         .get(url("/topics/rtw/replies/n1"))
         .header("authorization", bearer(&admin))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert!(r.status() == 403 || r.status() == 404, "{}", r.status());
-    let mut sse = Sse::get(
+    let mut sse = Sse::get_ok(
         &h,
         &url("/events?topic=%23"),
-        Some(("authorization", bearer(&admin))),
+        ("authorization", bearer(&admin)),
     )
-    .await
-    .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
-    let r = h
-        .post(url("/topics/end"))
+    .await;
+    h.post(url("/topics/end"))
         .header("authorization", bearer(&admin))
         .body("end")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .send_expect(200)
+        .await;
     assert_eq!(sse.until("end").await, Vec::<String>::new());
 }
 
@@ -834,10 +678,7 @@ async fn resumed_session_with_narrower_grants_leaves_its_share_group() {
             p5::PubAckReason::Success
         );
     }
-    assert_eq!(
-        v5_puback(&mut p, "jobs/end", "end").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut p, "jobs/end", "end").await;
     let got = v5_until(&mut d, "jobs/end").await;
     assert_eq!(
         got.len(),

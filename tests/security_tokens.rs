@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::auth::*;
 use common::clients::{p5, v5_options, Tr, T};
+use common::files::temp_dir;
 use common::http::json_error;
+use common::http::SendOk;
 use common::sse::Sse;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -29,10 +31,7 @@ async fn hs_tokens_on_mqtt311_and_mqtt5() {
         assert_eq!(token_codes(s.mqtt, "mallory", &t), (0x05, 0x86), "{what}");
     }
     // No credentials: 0x05 / 0x87 (not authorized, not bad credentials).
-    let mut h = Hello {
-        id: "nocreds",
-        ..Hello::default()
-    };
+    let mut h = Hello::new("nocreds");
     assert_eq!(connack(s.mqtt, &h), 0x05);
     h.v5 = true;
     assert_eq!(connack(s.mqtt, &h), 0x87);
@@ -59,10 +58,7 @@ async fn hs_tokens_on_mqtt311_and_mqtt5() {
 
     // rumqttc: accepted with the good token, refused with an expired one.
     let mut c = v5_with(&s, Tr::Tcp, "rumqttc-ok", "alice", &alice).await;
-    assert_eq!(
-        v5_puback(&mut c, "a/x", "hi").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut c, "a/x", "hi").await;
     let expired = hs(&claims("alice", &["a/#"], &["a/#"], -3600));
     let mut o = v5_options(&s, Tr::Tcp, "rumqttc-expired");
     o.set_credentials("alice", expired);
@@ -161,26 +157,18 @@ async fn asymmetric_tokens_and_algorithm_confusion() {
         ("alg none", alg_none(&c)),
     ];
     let h = http();
+    let read = |t: &str| {
+        h.get(format!("{}/topics/a/x", s.http_base()))
+            .header("authorization", bearer(t))
+    };
     for (what, t) in &good {
         assert_eq!(token_codes(s.mqtt, "alice", t), (0, 0), "{what}");
         // Authorized over HTTP too: 404 (nothing retained), not 401/403.
-        let r = h
-            .get(format!("{}/topics/a/x", s.http_base()))
-            .header("authorization", bearer(t))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404, "{what}");
+        assert_eq!(read(t).send_ok().await.status(), 404, "{what}");
     }
     for (what, t) in &bad {
         assert_eq!(token_codes(s.mqtt, "alice", t), (0x05, 0x86), "{what}");
-        let r = h
-            .get(format!("{}/topics/a/x", s.http_base()))
-            .header("authorization", bearer(t))
-            .send()
-            .await
-            .unwrap();
-        assert_401(r, true).await;
+        assert_401(read(t).send_ok().await, true).await;
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -201,36 +189,23 @@ async fn websocket_tokens_and_authorization() {
         let want = if v == "5" { 0x87 } else { 0x05 };
         assert_eq!(paho_connack(&ev), want, "{v} anonymous: {ev:?}");
     }
-    // Authorization over WebSocket: SUBACK per filter, PUBACK 0x87.
-    let ev = paho_auth(
-        s.http,
-        true,
-        "5",
-        Some("alice"),
-        Some(&alice),
-        &[
-            "--subscribe",
-            "a/#",
-            "--subscribe",
-            "b/#",
-            "--publish",
-            "b/1",
-        ],
-    );
+    // Authorization over WebSocket (MQTT 5, as alice): SUBACK per filter, PUBACK 0x87.
+    let as_alice = |args: &[&str]| paho_auth(s.http, true, "5", Some("alice"), Some(&alice), args);
+    let ev = as_alice(&[
+        "--subscribe",
+        "a/#",
+        "--subscribe",
+        "b/#",
+        "--publish",
+        "b/1",
+    ]);
     assert_eq!(
         paho_event(&ev, "suback").unwrap()["codes"],
         json!([1, 0x87]),
         "{ev:?}"
     );
     assert_eq!(paho_event(&ev, "puback").unwrap()["reason"], 0x87, "{ev:?}");
-    let ev = paho_auth(
-        s.http,
-        true,
-        "5",
-        Some("alice"),
-        Some(&alice),
-        &["--subscribe", "a/#", "--publish", "a/1"],
-    );
+    let ev = as_alice(&["--subscribe", "a/#", "--publish", "a/1"]);
     assert_eq!(paho_event(&ev, "puback").unwrap()["reason"], 0, "{ev:?}");
     assert!(
         ev.iter()
@@ -260,89 +235,68 @@ async fn http_authentication_401_and_403() {
     let url = |p: &str| format!("{}{p}", s.http_base());
 
     // No credentials: 401 with a plain challenge.
-    let r = h.get(url("/topics/a/x")).send().await.unwrap();
+    let r = h.get(url("/topics/a/x")).send_ok().await;
     assert_401(r, false).await;
-    let r = h.post(url("/topics/a/x")).body("x").send().await.unwrap();
+    let r = h.post(url("/topics/a/x")).body("x").send_ok().await;
     assert_401(r, false).await;
+    // A read of /topics/a/x with header `name: value`.
+    let read_with = |name: &str, value: String| h.get(url("/topics/a/x")).header(name, value);
     // Every bad token: 401 invalid_token, on reads and writes.
     for (what, t) in bad_hs_tokens() {
-        let r = h
-            .get(url("/topics/a/x"))
-            .header("authorization", bearer(&t))
-            .send()
-            .await
-            .unwrap();
+        let r = read_with("authorization", bearer(&t)).send_ok().await;
         assert_401(r, true).await;
-        let r = h
+        let write = h
             .post(url("/topics/a/x"))
-            .header("authorization", bearer(&t))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+            .header("authorization", bearer(&t));
+        let r = write.body("x").send_ok().await;
         assert_eq!(r.status(), 401, "{what}");
         // The cookie is checked the same way.
-        let r = h
-            .get(url("/topics/a/x"))
-            .header("cookie", format!("rtw_token={t}"))
-            .send()
-            .await
-            .unwrap();
+        let r = read_with("cookie", format!("rtw_token={t}"))
+            .send_ok()
+            .await;
         assert_eq!(r.status(), 401, "cookie {what}");
     }
     // An unknown scheme: 401.
-    let r = h
-        .get(url("/topics/a/x"))
-        .header("authorization", format!("Token {alice}"))
-        .send()
-        .await
-        .unwrap();
+    let r = read_with("authorization", format!("Token {alice}"))
+        .send_ok()
+        .await;
     assert_401(r, true).await;
     // The query token is off by default.
     let r = h
         .get(url(&format!("/topics/a/x?access_token={alice}")))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_401(r, false).await;
 
     // Authenticated: allowed (200/404) or 403 with a JSON body.
-    let r = h
-        .put(url("/topics/a/state"))
+    h.put(url("/topics/a/state"))
         .header("authorization", bearer(&alice))
         .body("v1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = h
-        .get(url("/topics/a/state"))
-        .header("authorization", bearer(&alice))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "v1");
-    let r = h
-        .get(url("/topics/a/state"))
-        .header("cookie", format!("other=1; rtw_token={alice}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "cookie");
-    for (m, path) in [
-        ("GET", "/topics/b/state"),
-        ("POST", "/topics/b/x"),
-        ("PUT", "/topics/b/x"),
-        ("DELETE", "/topics/b/x"),
-    ] {
-        let r = h
-            .request(m.parse().unwrap(), url(path))
+        .send_expect(200)
+        .await;
+    assert_eq!(
+        h.get(url("/topics/a/state"))
+            .header("authorization", bearer(&alice))
+            .send_text()
+            .await,
+        "v1"
+    );
+    let cookie = format!("other=1; rtw_token={alice}");
+    let r = h.get(url("/topics/a/state")).header("cookie", cookie);
+    assert_eq!(r.send_ok().await.status(), 200, "cookie");
+    let refused = [
+        ("GET", "state"),
+        ("POST", "x"),
+        ("PUT", "x"),
+        ("DELETE", "x"),
+    ];
+    for (m, leaf) in refused {
+        let req = h.request(m.parse().unwrap(), url(&format!("/topics/b/{leaf}")));
+        let r = req
             .header("authorization", bearer(&alice))
             .body("x")
-            .send()
-            .await
-            .unwrap();
+            .send_ok()
+            .await;
         let (hd, msg) = json_error(r, 403).await;
         assert!(
             hd.get("www-authenticate").is_none(),
@@ -362,9 +316,8 @@ async fn username_claim_binds_the_mqtt_user_name() {
     let r = http()
         .get(format!("{}/topics/a/x", s.http_base()))
         .header("authorization", bearer(&alice))
-        .send()
-        .await
-        .unwrap();
+        .send_ok()
+        .await;
     assert_eq!(r.status(), 404, "{}", r.text().await.unwrap_or_default());
 }
 
@@ -380,10 +333,7 @@ async fn username_placeholder_needs_a_verified_user_name() {
         3600,
     ));
     let mut c = v5_with(&s, Tr::Tcp, "pick-a-name", "alice", &t).await;
-    assert_eq!(
-        v5_puback(&mut c, "u/alice/inbox", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_refused(&mut c, "u/alice/inbox", "x").await;
     assert_eq!(
         v5_subscribe_many(&mut c, &["u/alice/#"]).await,
         vec![p5::SubscribeReasonCode::NotAuthorized]
@@ -392,14 +342,8 @@ async fn username_placeholder_needs_a_verified_user_name() {
     // With username_claim = sub the user name is the token's subject: then it applies.
     let s = jwt_server().env("AUTH__USERNAME_CLAIM", "sub").start();
     let mut c = v5_with(&s, Tr::Tcp, "verified", "mallory", &t).await;
-    assert_eq!(
-        v5_puback(&mut c, "u/mallory/inbox", "x").await,
-        p5::PubAckReason::Success
-    );
-    assert_eq!(
-        v5_puback(&mut c, "u/alice/inbox", "x").await,
-        p5::PubAckReason::NotAuthorized
-    );
+    publish_allowed(&mut c, "u/mallory/inbox", "x").await;
+    publish_refused(&mut c, "u/alice/inbox", "x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,23 +356,14 @@ async fn expired_tokens_end_connections_and_streams() {
     let mut c4 = v4_with(&s, Tr::Tcp, "brief4", "brief", &short).await;
     let (mut raw, code) = raw_connect(
         s.mqtt,
-        &Hello {
-            v5: true,
-            id: "brief-raw",
-            user: Some("brief"),
-            pass: Some(&short),
-            ..Hello::default()
-        },
+        &Hello::new("brief-raw")
+            .version5(true)
+            .login("brief", &short),
     );
     assert_eq!(code, 0);
     let h = http();
-    let mut sse = Sse::get(
-        &h,
-        &format!("{}/events?topic=a/%23", s.http_base()),
-        Some(("cookie", format!("rtw_token={short}"))),
-    )
-    .await
-    .unwrap_or_else(|r| panic!("SSE: HTTP {}", r.status()));
+    let events = format!("{}/events?topic=a/%23", s.http_base());
+    let mut sse = Sse::get_ok(&h, &events, ("cookie", format!("rtw_token={short}"))).await;
     let mut steady = v5_with(&s, Tr::Tcp, "steady", "steady", &long).await;
 
     let e = c5.closed(Duration::from_secs(10)).await;
@@ -446,10 +381,7 @@ async fn expired_tokens_end_connections_and_streams() {
         "SSE still open"
     );
     // Others carry on.
-    assert_eq!(
-        v5_puback(&mut steady, "a/still", "x").await,
-        p5::PubAckReason::Success
-    );
+    publish_allowed(&mut steady, "a/still", "x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,13 @@
 //! first thing the subscriber gets: messages on one subscription arrive in order.
 
 mod common;
-mod support;
 
 use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::v4;
 
+use common::clients::*;
 use common::*;
-use support::*;
 
 fn q4(q: u8) -> rumqttc::QoS {
     rumqttc::qos(q).unwrap()
@@ -44,6 +43,22 @@ async fn assert_next_is_marker(s: &Server, sub: &mut V4, topic: &str) {
     m.disconnect().await;
 }
 
+/// A server and a 3.1.1 client on it that watches the wills published on `filter`.
+async fn watching_wills(filter: &str, qos: rumqttc::QoS) -> (Server, V4) {
+    let s = Server::start();
+    let watch = V4::subscribed(&s, "will-watch", filter, qos).await;
+    (s, watch)
+}
+
+/// Asserts that the next message `c` gets is `payload` on `topic`.
+async fn expect_message(c: &mut V4, topic: &str, payload: &str) {
+    let w = c.publish_in(T).await;
+    assert_eq!(
+        (w.topic.as_str(), &w.payload[..]),
+        (topic, payload.as_bytes())
+    );
+}
+
 async fn assert_next_is_marker5(s: &Server, sub: &mut V5, topic: &str) {
     let (mut m, _) = V4::connect(v4_options(s, Tr::Tcp, "marker-pub5")).await;
     m.send(topic, q4(1), false, b"marker").await;
@@ -66,19 +81,13 @@ async fn retained_set_resubscribe_and_clear() {
     publ.send("ret/a", q4(1), true, b"keep me").await;
 
     // A v5 subscriber gets it flagged retained, without the broker's internal stamp.
-    let (mut sub, _) = V5::connect(v5_options(&s, Tr::Tcp, "ret-sub")).await;
-    sub.subscribe("ret/#", q5(1)).await;
+    let mut sub = V5::subscribed(&s, "ret-sub", "ret/#", q5(1)).await;
     let r = sub.publish_in(T).await;
     assert_eq!(
         (text(&r.topic), text(&r.payload), r.retain),
         ("ret/a".into(), "keep me".into(), true)
     );
-    assert!(
-        r.properties
-            .as_ref()
-            .is_none_or(|p| p.user_properties.is_empty()),
-        "{r:?}"
-    );
+    assert_no_user_properties(&r);
 
     // Subscribing again (same filter) sends it again.
     sub.subscribe("ret/#", q5(1)).await;
@@ -92,8 +101,7 @@ async fn retained_set_resubscribe_and_clear() {
     publ.send("ret/a", q4(1), false, b"").await;
     let live = sub.publish_in(T).await;
     assert_eq!((text(&live.payload), live.retain), (String::new(), false));
-    let (mut sub2, _) = V4::connect(v4_options(&s, Tr::Tcp, "ret-sub2")).await;
-    sub2.subscribe("ret/#", q4(1)).await;
+    let mut sub2 = V4::subscribed(&s, "ret-sub2", "ret/#", q4(1)).await;
     let r = sub2.publish_in(T).await;
     assert_eq!(
         (r.topic.as_str(), &r.payload[..], r.retain),
@@ -103,8 +111,7 @@ async fn retained_set_resubscribe_and_clear() {
 
     // A zero-length retained publish clears it.
     publ.send("ret/a", q4(1), true, b"").await;
-    let (mut sub3, _) = V4::connect(v4_options(&s, Tr::Tcp, "ret-sub3")).await;
-    sub3.subscribe("ret/#", q4(1)).await;
+    let mut sub3 = V4::subscribed(&s, "ret-sub3", "ret/#", q4(1)).await;
     assert_next_is_marker(&s, &mut sub3, "ret/marker").await;
 
     // And it can be set again afterwards.
@@ -112,8 +119,7 @@ async fn retained_set_resubscribe_and_clear() {
     // QoS 0 has no acknowledgement: a QoS 1 message behind it on the same connection is
     // acknowledged only once the broker has handled (and stored) the one before.
     publ.send("sync/ret", q4(1), false, b"").await;
-    let (mut sub4, _) = V4::connect(v4_options(&s, Tr::Tcp, "ret-sub4")).await;
-    sub4.subscribe("ret/a", q4(1)).await;
+    let mut sub4 = V4::subscribed(&s, "ret-sub4", "ret/a", q4(1)).await;
     let r = sub4.publish_in(T).await;
     assert_eq!(
         (&r.payload[..], r.retain, r.qos),
@@ -168,9 +174,7 @@ fn retained_survives_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_sent_when_client_process_is_killed() {
-    let s = Server::start();
-    let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
-    watch.subscribe("will/#", q4(1)).await;
+    let (s, mut watch) = watching_wills("will/#", q4(1)).await;
 
     for version in ["311", "5"] {
         let mut holder = Proc::spawn(paho("hold", &s, Tr::Tcp, version).args([
@@ -221,27 +225,16 @@ async fn will_sent_when_client_process_is_killed() {
     })
     .await
     .unwrap();
-    let w = watch.publish_in(T).await;
-    assert_eq!(
-        (w.topic.as_str(), &w.payload[..]),
-        ("will/mosquitto", &b"mosquitto died"[..])
-    );
+    expect_message(&mut watch, "will/mosquitto", "mosquitto died").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_sent_on_dropped_socket_but_not_after_disconnect() {
-    let s = Server::start();
-    let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
-    watch.subscribe("will/#", q4(2)).await;
+    let (s, mut watch) = watching_wills("will/#", q4(2)).await;
 
     // A client that says DISCONNECT: no will.
     let mut o = v4_options(&s, Tr::Tcp, "polite");
-    o.set_last_will(rumqttc::LastWill::new(
-        "will/polite",
-        "should not be sent",
-        q4(1),
-        false,
-    ));
+    set_v4_will(&mut o, "will/polite", "should not be sent");
     let (polite, _) = V4::connect(o).await;
     polite.disconnect().await;
     // Once the same id connects again, the old session has ended (the registry waits for it).
@@ -273,100 +266,48 @@ async fn will_sent_on_dropped_socket_but_not_after_disconnect() {
 
     // A rumqttc v5 client whose task is dropped (socket closed without DISCONNECT).
     let mut o = v5_options(&s, Tr::Tcp, "v5-dropper");
-    o.set_last_will(p5::LastWill::new(
-        "will/v5",
-        "v5 dropped",
-        q5(1),
-        false,
-        None,
-    ));
+    set_v5_will(&mut o, "will/v5", "v5 dropped", false);
     let (c5, _) = V5::connect(o).await;
     drop(c5);
-    let w = watch.publish_in(T).await;
-    assert_eq!(
-        (w.topic.as_str(), &w.payload[..]),
-        ("will/v5", &b"v5 dropped"[..])
-    );
+    expect_message(&mut watch, "will/v5", "v5 dropped").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_will() {
-    let s = Server::start();
-    let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
-    watch.subscribe("rwill/#", q4(1)).await;
+    let (s, mut watch) = watching_wills("rwill/#", q4(1)).await;
 
     let mut o = v5_options(&s, Tr::Tcp, "rwill-client");
-    o.set_last_will(p5::LastWill::new(
-        "rwill/status",
-        "offline",
-        q5(1),
-        true,
-        None,
-    ));
+    set_v5_will(&mut o, "rwill/status", "offline", true);
     let (c, _) = V5::connect(o).await;
     drop(c);
-    let w = watch.publish_in(T).await;
-    assert_eq!(
-        (w.topic.as_str(), &w.payload[..]),
-        ("rwill/status", &b"offline"[..])
-    );
+    expect_message(&mut watch, "rwill/status", "offline").await;
 
     // A later subscriber gets the will as a retained message (3.1.1 and 5).
-    let (mut late, _) = V4::connect(v4_options(&s, Tr::Tcp, "late4")).await;
-    late.subscribe("rwill/#", q4(1)).await;
+    let mut late = V4::subscribed(&s, "late4", "rwill/#", q4(1)).await;
     let r = late.publish_in(T).await;
     assert_eq!(
         (r.topic.as_str(), &r.payload[..], r.retain),
         ("rwill/status", &b"offline"[..], true)
     );
-    let (mut late5, _) = V5::connect(v5_options(&s, Tr::Tcp, "late5")).await;
-    late5.subscribe("rwill/status", q5(1)).await;
+    let mut late5 = V5::subscribed(&s, "late5", "rwill/status", q5(1)).await;
     let r = late5.publish_in(T).await;
     assert_eq!((&r.payload[..], r.retain), (&b"offline"[..], true));
-    assert!(
-        r.properties
-            .as_ref()
-            .is_none_or(|p| p.user_properties.is_empty()),
-        "{r:?}"
-    );
+    assert_no_user_properties(&r);
 }
 
-fn delayed_will(
-    s: &Server,
-    id: &str,
-    topic: &str,
-    delay: u32,
-    expiry: u32,
-) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(s, Tr::Tcp, id);
-    o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(expiry));
-    o.set_last_will(p5::LastWill::new(
-        topic,
-        format!("{id} is gone"),
-        q5(1),
-        false,
-        Some(p5::LastWillProperties {
-            delay_interval: Some(delay),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        }),
-    ));
-    o
+/// Connects `id` (MQTT 5) with a will on `topic` delayed `delay` s and session expiry `expiry` s,
+/// then drops the connection without DISCONNECT; returns when.
+async fn leave_with_will(s: &Server, id: &str, topic: &str, delay: u32, expiry: u32) -> Instant {
+    let (c, _) = V5::connect(delayed_will_options(s, id, topic, delay, expiry)).await;
+    let t0 = Instant::now();
+    drop(c);
+    t0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_sent_after_the_delay() {
-    let s = Server::start();
-    let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
-    watch.subscribe("dwill/#", q4(1)).await;
-    let (c, _) = V5::connect(delayed_will(&s, "late-will", "dwill/late", 2, 60)).await;
-    let t0 = Instant::now();
-    drop(c);
+    let (s, mut watch) = watching_wills("dwill/#", q4(1)).await;
+    let t0 = leave_with_will(&s, "late-will", "dwill/late", 2, 60).await;
     let w = watch.publish_in(T).await;
     let waited = t0.elapsed();
     assert_eq!(
@@ -381,13 +322,9 @@ async fn v5_will_delay_sent_after_the_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_capped_by_session_expiry() {
-    let s = Server::start();
-    let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
-    watch.subscribe("dwill/#", q4(1)).await;
+    let (s, mut watch) = watching_wills("dwill/#", q4(1)).await;
     // Will delay 60 s, but the session ends after 1 s: the will goes when the session ends.
-    let (c, _) = V5::connect(delayed_will(&s, "short-session", "dwill/short", 60, 1)).await;
-    let t0 = Instant::now();
-    drop(c);
+    let t0 = leave_with_will(&s, "short-session", "dwill/short", 60, 1).await;
     let w = watch.publish_in(T).await;
     assert_eq!(w.topic, "dwill/short");
     assert!(
@@ -399,28 +336,53 @@ async fn v5_will_delay_capped_by_session_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_not_sent_when_client_reconnects_in_time() {
-    let s = Server::start();
-    let (mut watch, _) = V4::connect(v4_options(&s, Tr::Tcp, "will-watch")).await;
-    watch.subscribe("dwill/#", q4(1)).await;
+    let (s, mut watch) = watching_wills("dwill/#", q4(1)).await;
     // A will delay long enough that the reconnect below lands inside it on any machine.
-    let (c, _) = V5::connect(delayed_will(&s, "comes-back", "dwill/back", 5, 60)).await;
-    let t0 = Instant::now();
-    drop(c);
+    let t0 = leave_with_will(&s, "comes-back", "dwill/back", 5, 60).await;
     // Back within the delay, resuming the session.
-    let (mut back, ack) = V5::connect(delayed_will(&s, "comes-back", "dwill/back", 5, 60)).await;
+    let (mut back, ack) =
+        V5::connect(delayed_will_options(&s, "comes-back", "dwill/back", 5, 60)).await;
     assert!(ack.session_present);
     // Past the original delay: the will must not have been sent.
     tokio::time::sleep_until((t0 + Duration::from_secs(6)).into()).await;
     assert_next_is_marker(&s, &mut watch, "dwill/marker").await;
     // The reconnected client works.
     back.subscribe("dwill/echo", q5(1)).await;
-    back.send("dwill/echo", q5(1), false, b"hi", None).await;
-    let p = back.publish_in(T).await;
+    let p = back.echo("dwill/echo", b"hi").await;
     assert_eq!(&p.payload[..], b"hi");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Persistent sessions
+
+/// A persistent session (rumqttc `$client`, options from `$opts()`) subscribed to `$prefix/#`
+/// at QoS 1 (QoS from `$q`) gets, on resume, the three messages published on `$prefix/t` while
+/// it was away (by a client with `$options`), in order. Returns the resumed client, the
+/// publisher and the messages.
+macro_rules! queued_while_offline {
+    ($client:ident, $options:ident, $opts:ident, $q:ident, $prefix:literal, $s:expr) => {{
+        let (mut c, ack) = $client::connect($opts()).await;
+        assert!(!ack.session_present, "a new session cannot be present");
+        c.subscribe(concat!($prefix, "/#"), $q(1)).await;
+        c.disconnect().await;
+        let publisher = concat!($prefix, "-pub");
+        let (mut publ, _) = $client::connect($options($s, Tr::Tcp, publisher)).await;
+        let queued = offline(3);
+        for m in &queued {
+            publ.publish_acked(concat!($prefix, "/t"), $q(1), m.as_bytes())
+                .await;
+        }
+        let (mut c, ack) = $client::connect($opts()).await;
+        assert!(ack.session_present, "session present must be 1");
+        let got = c.expect_payloads(&queued, $q(1)).await;
+        (c, publ, got)
+    }};
+}
+
+/// The payloads `offline 0` … `offline {n-1}`.
+fn offline(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("offline {i}")).collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_persistent_session_queues_qos1_while_offline() {
@@ -430,22 +392,7 @@ async fn v311_persistent_session_queues_qos1_while_offline() {
         o.set_clean_session(false);
         o
     };
-    let (mut c, ack) = V4::connect(opts()).await;
-    assert!(!ack.session_present, "a new session cannot be present");
-    c.subscribe("ps/#", q4(1)).await;
-    c.disconnect().await;
-
-    let (mut publ, _) = V4::connect(v4_options(&s, Tr::Tcp, "ps-pub")).await;
-    for i in 0..3 {
-        publ.send("ps/t", q4(1), false, format!("offline {i}").as_bytes())
-            .await;
-    }
-    let (mut c, ack) = V4::connect(opts()).await;
-    assert!(ack.session_present, "session present must be 1");
-    for i in 0..3 {
-        let p = c.publish_in(T).await;
-        assert_eq!((text(&p.payload), p.qos), (format!("offline {i}"), q4(1)));
-    }
+    let (mut c, mut publ, _) = queued_while_offline!(V4, v4_options, opts, q4, "ps", &s);
     // The subscription survived too: a new message arrives without subscribing again.
     publ.send("ps/t", q4(1), false, b"online").await;
     assert_eq!(&c.publish_in(T).await.payload[..], b"online");
@@ -454,41 +401,18 @@ async fn v311_persistent_session_queues_qos1_while_offline() {
 #[test]
 fn v311_persistent_session_with_mosquitto_clients() {
     let s = Server::start();
-    // -c: clean session off; -E: exit once subscribed (with DISCONNECT).
-    run_ok(mosquitto_sub(&s, false, "mqttv311").args([
-        "-c",
-        "-i",
-        "mosq-persist",
-        "-q",
-        "1",
-        "-t",
-        "mp/#",
-        "-E",
-    ]));
+    // -c: clean session off.
+    let session = ["-c", "-i", "mosq-persist", "-q", "1", "-t", "mp/#"];
+    // -E: exit once subscribed (with DISCONNECT).
+    run_ok(mosquitto_sub(&s, false, "mqttv311").args(session).arg("-E"));
     for i in 0..3 {
-        run_ok(mosquitto_pub(&s, false, "mqttv311").args([
-            "-t",
-            "mp/t",
-            "-q",
-            "1",
-            "-m",
-            &format!("queued {i}"),
-        ]));
+        let queued = format!("queued {i}");
+        let args = ["-t", "mp/t", "-q", "1", "-m", &queued];
+        run_ok(mosquitto_pub(&s, false, "mqttv311").args(args));
     }
-    let lines = Proc::spawn(mosquitto_sub(&s, false, "mqttv311").args([
-        "-c",
-        "-i",
-        "mosq-persist",
-        "-q",
-        "1",
-        "-t",
-        "mp/#",
-        "-C",
-        "3",
-        "-W",
-        "15",
-    ]))
-    .success(T);
+    // Back: the three queued messages, then exit (or give up after 15 s).
+    let mut sub = mosquitto_sub(&s, false, "mqttv311");
+    let lines = Proc::spawn(sub.args(session).args(["-C", "3", "-W", "15"])).success(T);
     let got: Vec<String> = mosquitto_msgs(&lines).into_iter().map(|m| m.3).collect();
     assert_eq!(got, vec!["queued 0", "queued 1", "queued 2"], "{lines:?}");
 }
@@ -496,53 +420,25 @@ fn v311_persistent_session_with_mosquitto_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_session_expiry_queues_qos1_while_offline() {
     let s = Server::start();
-    let opts = || {
-        let mut o = v5_options(&s, Tr::Tcp, "persist5");
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(300));
-        o
-    };
-    let (mut c, ack) = V5::connect(opts()).await;
-    assert!(!ack.session_present);
-    c.subscribe("ps5/#", q5(1)).await;
-    c.disconnect().await;
+    let opts = || persistent_v5_options(&s, "persist5", 300);
+    let (_, _, got) = queued_while_offline!(V5, v5_options, opts, q5, "ps5", &s);
+    for p in got {
+        assert_no_user_properties(&p);
+    }
+}
 
-    let (mut publ, _) = V5::connect(v5_options(&s, Tr::Tcp, "ps5-pub")).await;
-    for i in 0..3 {
-        publ.send(
-            "ps5/t",
-            q5(1),
-            false,
-            format!("offline {i}").as_bytes(),
-            None,
-        )
-        .await;
-    }
-    let (mut c, ack) = V5::connect(opts()).await;
-    assert!(ack.session_present, "session present must be 1");
-    for i in 0..3 {
-        let p = c.publish_in(T).await;
-        assert_eq!((text(&p.payload), p.qos), (format!("offline {i}"), q5(1)));
-        assert!(
-            p.properties
-                .as_ref()
-                .is_none_or(|p| p.user_properties.is_empty()),
-            "{p:?}"
-        );
-    }
+/// An MQTT 5 client connected with `opts` and subscribed to `filter` at QoS 1.
+async fn subscribed5(opts: rumqttc::v5::MqttOptions, filter: &str) -> V5 {
+    let (mut c, _) = V5::connect(opts).await;
+    c.subscribe(filter, q5(1)).await;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_session_expiry_zero_keeps_nothing() {
     let s = Server::start();
-    let opts = |expiry: u32| {
-        let mut o = v5_options(&s, Tr::Tcp, "ephemeral5");
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(expiry));
-        o
-    };
-    let (mut c, _) = V5::connect(opts(0)).await;
-    c.subscribe("eph/#", q5(1)).await;
+    let opts = |expiry: u32| persistent_v5_options(&s, "ephemeral5", expiry);
+    let c = subscribed5(opts(0), "eph/#").await;
     c.disconnect().await;
     let (mut publ, _) = V4::connect(v4_options(&s, Tr::Tcp, "eph-pub")).await;
     publ.send("eph/t", q4(1), false, b"nobody keeps this").await;
@@ -557,14 +453,8 @@ async fn v5_session_expiry_zero_keeps_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_session_expires_after_its_interval() {
     let s = Server::start();
-    let opts = |expiry: u32| {
-        let mut o = v5_options(&s, Tr::Tcp, "short5");
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(expiry));
-        o
-    };
-    let (mut c, _) = V5::connect(opts(1)).await;
-    c.subscribe("short/#", q5(1)).await;
+    let opts = |expiry: u32| persistent_v5_options(&s, "short5", expiry);
+    let c = subscribed5(opts(1), "short/#").await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_c, ack) = V5::connect(opts(60)).await;
@@ -577,19 +467,28 @@ async fn v5_session_expires_after_its_interval() {
 // ---------------------------------------------------------------------------------------------
 // Client id takeover
 
+/// A rumqttc `$client` (options from `$options`) connects over TCP as `$id`; a second one with
+/// the same id, over `$second`, takes its session over. Returns the server, the second client
+/// and how the first connection ended.
+macro_rules! take_over {
+    ($client:ident, $options:ident, $id:literal, $second:expr) => {{
+        let s = Server::start();
+        let (mut first, _) = $client::connect($options(&s, Tr::Tcp, $id)).await;
+        let (second, _) = $client::connect($options(&s, $second, $id)).await;
+        let err = first.closed(T).await;
+        (s, second, err)
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_takeover_v5() {
-    let s = Server::start();
-    let (mut first, _) = V5::connect(v5_options(&s, Tr::Tcp, "same-id")).await;
-    let (mut second, _) = V5::connect(v5_options(&s, Tr::Tcp, "same-id")).await;
-    let err = first.closed(T).await;
+    let (_s, mut second, err) = take_over!(V5, v5_options, "same-id", Tr::Tcp);
     assert!(
         err.contains("SessionTakenOver"),
         "first connection ended with {err}"
     );
     second.subscribe("take/#", q5(1)).await;
-    second.send("take/x", q5(1), false, b"works", None).await;
-    assert_eq!(&second.publish_in(T).await.payload[..], b"works");
+    assert_eq!(&second.echo("take/x", b"works").await.payload[..], b"works");
 }
 
 /// The same on the wire: exactly DISCONNECT 0x8E, then the close; the new connection works.
@@ -606,9 +505,7 @@ fn client_id_takeover_raw() {
                 );
             } else {
                 raw.send4(connect4(&id, true, 60));
-                assert!(
-                    matches!(raw.recv4(T), v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success)
-                );
+                assert_eq!(raw.connack4().code, v4::ConnectReturnCode::Success);
             }
         };
         let mut first = Raw::open(s.mqtt, v5);
@@ -630,23 +527,18 @@ fn client_id_takeover_raw() {
             second.send5(p5::Packet::PingReq(p5::PingReq));
             assert!(matches!(second.recv5(T), p5::Packet::PingResp(_)));
         } else {
-            second.send4(v4::Packet::PingReq);
-            assert!(matches!(second.recv4(T), v4::Packet::PingResp));
+            second.ping4();
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_takeover_v311() {
-    let s = Server::start();
-    let (mut first, _) = V4::connect(v4_options(&s, Tr::Tcp, "same-id4")).await;
     // Across transports and versions: the second arrives over WebSocket.
-    let (mut second, _) = V4::connect(v4_options(&s, Tr::Ws, "same-id4")).await;
-    let err = first.closed(T).await;
+    let (_s, mut second, err) = take_over!(V4, v4_options, "same-id4", Tr::Ws);
     assert!(!err.is_empty());
     second.subscribe("take/#", q4(1)).await;
-    second.send("take/y", q4(1), false, b"works").await;
-    assert_eq!(&second.publish_in(T).await.payload[..], b"works");
+    assert_eq!(&second.echo("take/y", b"works").await.payload[..], b"works");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,35 +597,20 @@ async fn shared_subscription_splits_messages() {
 #[test]
 fn unacked_qos1_redelivered_on_reconnect_v311() {
     let s = Server::start();
-    let connect = |raw: &mut Raw| {
-        raw.send4(connect4("no-acker", false, 60));
-        match raw.recv4(T) {
-            v4::Packet::ConnAck(a) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    };
+    let connect = |raw: &mut Raw| raw.resume4("no-acker");
     let mut raw = Raw::open(s.mqtt, false);
     let ack = connect(&mut raw);
     assert_eq!(ack.code, v4::ConnectReturnCode::Success);
-    let mut sub = v4::Subscribe::new("redo/#", q4(1));
-    sub.pkid = 1;
-    raw.send4(v4::Packet::Subscribe(sub));
-    assert!(matches!(raw.recv4(T), v4::Packet::SubAck(_)));
+    raw.subscribe4("redo/#", q4(1));
     run_ok(mosquitto_pub(&s, false, "mqttv311").args(["-t", "redo/x", "-q", "1", "-m", "ack me"]));
-    let first = match raw.recv4(T) {
-        v4::Packet::Publish(p) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
-    };
+    let first = raw.publish4();
     assert_eq!((&first.payload[..], first.qos), (&b"ack me"[..], q4(1)));
     drop(raw); // never acknowledged
 
     let mut raw = Raw::open(s.mqtt, false);
     let ack = connect(&mut raw);
     assert!(ack.session_present, "session present must be 1");
-    let again = match raw.recv4(T) {
-        v4::Packet::Publish(p) => p,
-        other => panic!("expected the PUBLISH again, got {other:?}"),
-    };
+    let again = raw.publish4();
     assert_eq!(&again.payload[..], b"ack me");
     assert_eq!(
         again.pkid, first.pkid,
@@ -747,10 +624,8 @@ fn unacked_qos1_redelivered_on_reconnect_v311() {
     let mut raw = Raw::open(s.mqtt, false);
     assert!(connect(&mut raw).session_present);
     run_ok(mosquitto_pub(&s, false, "mqttv311").args(["-t", "redo/x", "-q", "1", "-m", "marker"]));
-    match raw.recv4(T) {
-        v4::Packet::Publish(p) => assert_eq!(&p.payload[..], b"marker", "{p:?}"),
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
+    let p = raw.publish4();
+    assert_eq!(&p.payload[..], b"marker", "{p:?}");
 }
 
 /// MQTT-3.3.1-1: "The DUP flag MUST be set to 1 by the Client or Server when it attempts to
@@ -758,19 +633,10 @@ fn unacked_qos1_redelivered_on_reconnect_v311() {
 #[test]
 fn redelivery_sets_dup_v311() {
     let s = Server::start();
-    let connect = |raw: &mut Raw| {
-        raw.send4(connect4("dup-checker", false, 60));
-        match raw.recv4(T) {
-            v4::Packet::ConnAck(a) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    };
+    let connect = |raw: &mut Raw| raw.resume4("dup-checker");
     let mut raw = Raw::open(s.mqtt, false);
     connect(&mut raw);
-    let mut sub = v4::Subscribe::new("dup/#", q4(1));
-    sub.pkid = 1;
-    raw.send4(v4::Packet::Subscribe(sub));
-    assert!(matches!(raw.recv4(T), v4::Packet::SubAck(_)));
+    raw.subscribe4("dup/#", q4(1));
     run_ok(mosquitto_pub(&s, false, "mqttv311").args([
         "-t",
         "dup/x",
@@ -779,10 +645,8 @@ fn redelivery_sets_dup_v311() {
         "-m",
         "sent once",
     ]));
-    match raw.recv4(T) {
-        v4::Packet::Publish(p) => assert!(!p.dup, "first delivery is no duplicate: {p:?}"),
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
+    let p = raw.publish4();
+    assert!(!p.dup, "first delivery is no duplicate: {p:?}");
     drop(raw); // never acknowledged
                // Queued while offline: never sent before, so not a duplicate.
     run_ok(mosquitto_pub(&s, false, "mqttv311").args(["-t", "dup/x", "-q", "1", "-m", "queued"]));
@@ -812,9 +676,7 @@ fn redelivery_sets_dup_v311() {
 async fn unacked_qos1_redelivered_on_reconnect_v5_rumqttc() {
     let s = Server::start();
     let opts = || {
-        let mut o = v5_options(&s, Tr::Tcp, "manual-acker");
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(300));
+        let mut o = persistent_v5_options(&s, "manual-acker", 300);
         o.set_manual_acks(true);
         o
     };
@@ -859,8 +721,7 @@ fn zero_length_client_id_v311() {
         v4::Packet::ConnAck(a) => assert_eq!(a.code, v4::ConnectReturnCode::Success),
         other => panic!("expected CONNACK, got {other:?}"),
     }
-    raw.send4(v4::Packet::PingReq);
-    assert!(matches!(raw.recv4(T), v4::Packet::PingResp));
+    raw.ping4();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -902,11 +763,7 @@ async fn zero_length_client_id_v5_is_assigned() {
 #[test]
 fn keep_alive_enforced_v311() {
     let s = Server::start();
-    let mut raw = Raw::open(s.mqtt, false);
-    raw.send4(connect4("sleepy4", true, 1));
-    assert!(
-        matches!(raw.recv4(T), v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success)
-    );
+    let mut raw = Raw::connected4(s.mqtt, "sleepy4", true, 1);
     let t0 = Instant::now();
     // Silence: the broker must close within 1.5 × keep-alive (plus scheduling slack).
     let r = raw.recv(Duration::from_secs(5));
@@ -971,11 +828,7 @@ fn keep_alive_traffic_keeps_the_connection() {
 #[test]
 fn keep_alive_zero_is_accepted() {
     let s = Server::start();
-    let mut r4 = Raw::open(s.mqtt, false);
-    r4.send4(connect4("no-ka4", true, 0));
-    assert!(
-        matches!(r4.recv4(T), v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success)
-    );
+    let mut r4 = Raw::connected4(s.mqtt, "no-ka4", true, 0);
     let mut r5 = Raw::open(s.mqtt, true);
     r5.send5(connect5("no-ka5", true, 0, None));
     match r5.recv5(T) {
@@ -991,8 +844,7 @@ fn keep_alive_zero_is_accepted() {
         r5.recv(Duration::from_millis(500)),
         Err("timeout")
     ));
-    r4.send4(v4::Packet::PingReq);
-    assert!(matches!(r4.recv4(T), v4::Packet::PingResp));
+    r4.ping4();
     r5.send5(p5::Packet::PingReq(p5::PingReq));
     assert!(matches!(r5.recv5(T), p5::Packet::PingResp(_)));
 }

@@ -19,6 +19,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::auth::hs256_with;
+use common::browser::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -64,11 +66,7 @@ fn wait_for_log_line(file: &Path, needles: &[&str]) -> String {
 
 #[test]
 fn ws_origins_loopback_only() {
-    if !prerequisites(
-        "ws_origins_loopback_only",
-        &["node"],
-        &[PLAYWRIGHT, MQTT_JS],
-    ) {
+    if !page_prerequisites("ws_origins_loopback_only") {
         return;
     }
     let log = std::env::temp_dir().join(format!("rtw-webapps-{}.log", rand::random::<u64>()));
@@ -116,11 +114,7 @@ const SECRET: &str = "webapps-secret-9f3KcQ2vXw7mLp4R";
 
 #[test]
 fn ws_origins_with_jwt_auth() {
-    if !prerequisites(
-        "ws_origins_with_jwt_auth",
-        &["node"],
-        &[PLAYWRIGHT, MQTT_JS],
-    ) {
+    if !page_prerequisites("ws_origins_with_jwt_auth") {
         return;
     }
     let s = Server::builder().env("AUTH__JWT_SECRET", SECRET).start();
@@ -129,26 +123,12 @@ fn ws_origins_with_jwt_auth() {
         .unwrap()
         .as_secs();
     let claims = json!({ "sub": "webapp", "exp": now + 600, "rtw": { "pub": ["webapps/#"], "sub": ["webapps/#"] } });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign");
+    let token = hs256_with(SECRET, &claims);
     let summary = webapps(&s, "origins-auth", &[("token", token)]);
     assert_eq!(summary["foreign_auth"]["qos"], 1);
 }
 
 const MERCURE_KEY: &str = "mercure-publisher-key-4Kp9Wz2Qx7Lm";
-
-fn hs256(key: &str, claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
-    )
-    .expect("sign")
-}
 
 /// A loopback-only server with the Mercure hub on (anonymous subscribers, subscriptions API,
 /// CORS for any origin) and CORS on the bridge's routes (for the page's `/events`).
@@ -164,17 +144,17 @@ fn mercure_server() -> Server {
 
 #[test]
 fn mercure_in_chromium() {
-    if !prerequisites("mercure_in_chromium", &["node"], &[PLAYWRIGHT, MQTT_JS]) {
+    if !page_prerequisites("mercure_in_chromium") {
         return;
     }
     let s = mercure_server();
     // Mercure's own tokens carry no `exp`; neither do these.
     let tokens = json!({
-        "pub_all": hs256(MERCURE_KEY, &json!({ "mercure": { "publish": ["*"] } })),
-        "pub_narrow": hs256(MERCURE_KEY, &json!({ "mercure": { "publish": ["https://example.com/other/{id}"] } })),
-        "pub_none": hs256(MERCURE_KEY, &json!({ "sub": "nobody" })),
-        "forged": hs256("not-the-key", &json!({ "mercure": { "publish": ["*"] } })),
-        "sub_private": hs256(MERCURE_KEY, &json!({ "mercure": {
+        "pub_all": hs256_with(MERCURE_KEY, &json!({ "mercure": { "publish": ["*"] } })),
+        "pub_narrow": hs256_with(MERCURE_KEY, &json!({ "mercure": { "publish": ["https://example.com/other/{id}"] } })),
+        "pub_none": hs256_with(MERCURE_KEY, &json!({ "sub": "nobody" })),
+        "forged": hs256_with("not-the-key", &json!({ "mercure": { "publish": ["*"] } })),
+        "sub_private": hs256_with(MERCURE_KEY, &json!({ "mercure": {
             "subscribe": ["https://example.com/private/{id}"], "payload": { "user": "alice" } } })),
     });
     let summary = webapps(&s, "mercure", &[("tokens", tokens.to_string())]);
@@ -191,7 +171,7 @@ fn symfony_publish_request() {
     use std::io::{Read, Write};
     let s = mercure_server();
     // The token the MercureBundle's factory makes for `publish: ['*']` (no exp).
-    let jwt = hs256(MERCURE_KEY, &json!({ "mercure": { "publish": ["*"] } }));
+    let jwt = hs256_with(MERCURE_KEY, &json!({ "mercure": { "publish": ["*"] } }));
     let body = "topic=https%3A%2F%2Fexample.com%2Fbooks%2F1&topic=https%3A%2F%2Fexample.com%2Fusers%2Fdunglas%2Fbooks%2F1\
                 &data=%7B%22status%22%3A%22OutOfStock%22%2C%22note%22%3A%22a+b%22%7D&private=on&id=%2Fbooks%2F1%2Fv2\
                 &type=book.updated&retry=5000";
@@ -203,7 +183,7 @@ fn symfony_publish_request() {
         body.len()
     );
     // A subscriber allowed to see the private update, through the subscriptions of the hub.
-    let sub = hs256(
+    let sub = hs256_with(
         MERCURE_KEY,
         &json!({ "mercure": { "subscribe": ["https://example.com/books/{id}"] } }),
     );
@@ -219,7 +199,7 @@ fn symfony_publish_request() {
         ),
     ]));
     // Wait until the hub lists the subscriber (the subscriptions API), so the publish is live.
-    let list_token = hs256(
+    let list_token = hs256_with(
         MERCURE_KEY,
         &json!({ "mercure": { "subscribe": ["/.well-known/mercure/subscriptions{/topic}{/subscriber}"] } }),
     );

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,16 +34,6 @@ pub fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64
-}
-
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rtw-sec-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 pub fn b64url(data: &[u8]) -> String {
@@ -121,12 +111,13 @@ pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value
 
 /// HS256 with SECRET.
 pub fn hs(claims: &Value) -> String {
-    sign(
-        Algorithm::HS256,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-        None,
-        claims,
-    )
+    hs256_with(SECRET, claims)
+}
+
+/// HS256 with `secret`, no key id.
+pub fn hs256_with(secret: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    sign(Algorithm::HS256, &key, None, claims)
 }
 
 /// An unsigned token (`alg: none`), built by hand: no library will make one.
@@ -199,6 +190,35 @@ pub struct Hello<'a> {
     pub pass: Option<&'a str>,
     pub will: Option<&'a str>,
     pub auth_method: Option<&'a str>,
+}
+
+impl<'a> Hello<'a> {
+    /// A 3.1.1 CONNECT from client `id`, without credentials.
+    pub fn new(id: &'a str) -> Hello<'a> {
+        Hello {
+            id,
+            ..Hello::default()
+        }
+    }
+
+    /// MQTT 5 when `v5`, else 3.1.1.
+    pub fn version5(mut self, v5: bool) -> Hello<'a> {
+        self.v5 = v5;
+        self
+    }
+
+    /// With a user name and password.
+    pub fn login(mut self, user: &'a str, pass: &'a str) -> Hello<'a> {
+        self.user = Some(user);
+        self.pass = Some(pass);
+        self
+    }
+
+    /// With a will on `topic`.
+    pub fn with_will(mut self, topic: &'a str) -> Hello<'a> {
+        self.will = Some(topic);
+        self
+    }
 }
 
 pub fn connect_bytes(h: &Hello) -> BytesMut {
@@ -374,16 +394,31 @@ pub async fn v5_puback(c: &mut V5, topic: &str, payload: &str) -> p5::PubAckReas
     }
 }
 
+/// Publishes at QoS 1 and asserts the PUBACK's reason.
+pub async fn puback_is(c: &mut V5, topic: &str, payload: &str, want: p5::PubAckReason) {
+    assert_eq!(
+        v5_puback(c, topic, payload).await,
+        want,
+        "PUBACK for {topic}"
+    );
+}
+
+/// Publishes at QoS 1 and asserts that it was accepted (PUBACK Success).
+pub async fn publish_allowed(c: &mut V5, topic: &str, payload: &str) {
+    puback_is(c, topic, payload, p5::PubAckReason::Success).await;
+}
+
+/// Publishes at QoS 1 and asserts that it was refused (PUBACK 0x87 Not authorized).
+pub async fn publish_refused(c: &mut V5, topic: &str, payload: &str) {
+    puback_is(c, topic, payload, p5::PubAckReason::NotAuthorized).await;
+}
+
 pub async fn v5_subscribe_many(c: &mut V5, filters: &[&str]) -> Vec<p5::SubscribeReasonCode> {
     c.client
         .subscribe_many(filters.iter().map(|f| p5::Filter::new(*f, Q5::AtLeastOnce)))
         .await
         .expect("subscribe");
-    loop {
-        if let p5::Packet::SubAck(a) = c.incoming(T).await {
-            return a.return_codes;
-        }
-    }
+    c.suback().await
 }
 
 pub async fn v4_subscribe_many(c: &mut V4, filters: &[&str]) -> Vec<rumqttc::SubscribeReasonCode> {
@@ -395,11 +430,19 @@ pub async fn v4_subscribe_many(c: &mut V4, filters: &[&str]) -> Vec<rumqttc::Sub
         )
         .await
         .expect("subscribe");
-    loop {
-        if let rumqttc::Packet::SubAck(a) = c.incoming(T).await {
-            return a.return_codes;
-        }
-    }
+    c.suback().await
+}
+
+/// The topics of what a v5 client receives until `end` arrives on `end_topic` (see [`v5_until`]).
+pub async fn v5_topics_until(c: &mut V5, end_topic: &str) -> Vec<String> {
+    let got = v5_until(c, end_topic).await;
+    got.into_iter().map(|(t, _)| t).collect()
+}
+
+/// Publishes `topic`'s own name on it at QoS 1 (MQTT 5).
+pub async fn publish_own_name(c: &mut V5, topic: &str) {
+    c.send(topic, Q5::AtLeastOnce, false, topic.as_bytes(), None)
+        .await;
 }
 
 /// Topics (and payloads) a v5 client receives until `end` arrives on `end_topic`.

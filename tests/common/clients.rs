@@ -4,7 +4,7 @@
 //! acknowledging, going silent, dropping the socket).
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc as smpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,12 +32,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
         let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        let mut child = super::spawn_piped(cmd);
         let (tx, rx) = smpsc::channel();
         let out = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -331,6 +326,50 @@ pub fn v5_options(s: &Server, tr: Tr, id: &str) -> rumqttc::v5::MqttOptions {
     o
 }
 
+/// Gives 3.1.1 options a QoS 1, not retained will: `message` on `topic`.
+pub fn set_v4_will(o: &mut rumqttc::MqttOptions, topic: &str, message: &str) {
+    let qos = rumqttc::QoS::AtLeastOnce;
+    o.set_last_will(rumqttc::LastWill::new(topic, message, qos, false));
+}
+
+/// Gives MQTT 5 options a QoS 1 will without properties: `message` on `topic`, retained or not.
+pub fn set_v5_will(o: &mut rumqttc::v5::MqttOptions, topic: &str, message: &str, retain: bool) {
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    o.set_last_will(p5::LastWill::new(topic, message, qos, retain, None));
+}
+
+/// Options for a persistent MQTT 5 session over TCP: clean start off, session expiry `expiry` s.
+pub fn persistent_v5_options(s: &Server, id: &str, expiry: u32) -> rumqttc::v5::MqttOptions {
+    let mut o = v5_options(s, Tr::Tcp, id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(expiry));
+    o
+}
+
+/// [`persistent_v5_options`] with a QoS 1 will "`{id}` is gone" on `topic`, delayed `delay` s.
+pub fn delayed_will_options(
+    s: &Server,
+    id: &str,
+    topic: &str,
+    delay: u32,
+    expiry: u32,
+) -> rumqttc::v5::MqttOptions {
+    let mut o = persistent_v5_options(s, id, expiry);
+    let props = p5::LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    };
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    let will = p5::LastWill::new(topic, format!("{id} is gone"), qos, false, Some(props));
+    o.set_last_will(will);
+    o
+}
+
 /// The events of a rumqttc event loop (v4 or v5), polled by a task of its own until the first
 /// connection error, which is the last event; the task is aborted on drop.
 struct Events<E> {
@@ -390,6 +429,197 @@ impl<E> Drop for Events<E> {
     }
 }
 
+/// The rumqttc types of one protocol version, for [`rumqttc_client!`].
+mod v4t {
+    pub use rumqttc::{
+        AsyncClient, ConnAck, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS,
+        SubscribeReasonCode,
+    };
+}
+
+/// See [`v4t`].
+mod v5t {
+    pub use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, Packet, Publish, SubscribeReasonCode,
+    };
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+}
+
+/// The methods [`V4`] and [`V5`] share, written once over the types of module `$m` (rumqttc has
+/// the same methods for both versions, not one trait).
+macro_rules! rumqttc_client {
+    ($client:ident, $m:ident, $options:ident) => {
+        impl $client {
+            /// Connects and waits for CONNACK (panics unless accepted).
+            pub async fn connect(opts: $m::MqttOptions) -> ($client, $m::ConnAck) {
+                let (client, el) = $m::AsyncClient::new(opts, 100);
+                let mut c = $client {
+                    client,
+                    events: events!(el),
+                };
+                let ack = c.connack().await;
+                assert_eq!(
+                    ack.code,
+                    $m::ConnectReturnCode::Success,
+                    "connection refused"
+                );
+                (c, ack)
+            }
+
+            /// Connects over TCP as `id` and subscribes to `filter` at `qos` (SUBACK received).
+            pub async fn subscribed(s: &Server, id: &str, filter: &str, qos: $m::QoS) -> $client {
+                let (mut c, _) = $client::connect($options(s, Tr::Tcp, id)).await;
+                c.subscribe(filter, qos).await;
+                c
+            }
+
+            pub async fn next(&mut self, timeout: Duration) -> Option<Result<$m::Event, String>> {
+                self.events.next(timeout).await
+            }
+
+            /// The next packet from the broker; panics on error or timeout.
+            pub async fn incoming(&mut self, timeout: Duration) -> $m::Packet {
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self.next(left).await {
+                        Some(Ok($m::Event::Incoming(p))) => return p,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => panic!("connection failed: {e}"),
+                        None => panic!("nothing from the broker within {timeout:?}"),
+                    }
+                }
+            }
+
+            pub async fn connack(&mut self) -> $m::ConnAck {
+                match self.incoming(T).await {
+                    $m::Packet::ConnAck(a) => a,
+                    other => panic!("expected CONNACK, got {other:?}"),
+                }
+            }
+
+            /// Subscribes and waits for the SUBACK (skipping anything else); returns its codes.
+            pub async fn subscribe(
+                &mut self,
+                filter: &str,
+                qos: $m::QoS,
+            ) -> Vec<$m::SubscribeReasonCode> {
+                self.client.subscribe(filter, qos).await.expect("subscribe");
+                self.suback().await
+            }
+
+            /// Waits for the next SUBACK (skipping anything else); returns its codes.
+            pub async fn suback(&mut self) -> Vec<$m::SubscribeReasonCode> {
+                loop {
+                    if let $m::Packet::SubAck(s) = self.incoming(T).await {
+                        return s.return_codes;
+                    }
+                }
+            }
+
+            /// The next PUBLISH from the broker (skipping other packets); panics on timeout.
+            pub async fn publish_in(&mut self, timeout: Duration) -> $m::Publish {
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if let $m::Packet::Publish(p) = self.incoming(left).await {
+                        return p;
+                    }
+                }
+            }
+
+            /// Publishes `payload` at QoS 1 on `topic`, which this client is subscribed to, and
+            /// returns the message as it comes back. (The PUBACK is not waited for first: the
+            /// broker may deliver the message before it, and waiting would pass over it.)
+            pub async fn echo(&mut self, topic: &str, payload: &[u8]) -> $m::Publish {
+                let qos = $m::QoS::AtLeastOnce;
+                let publish = self.client.publish(topic, qos, false, payload.to_vec());
+                publish.await.expect("publish");
+                self.publish_in(T).await
+            }
+
+            /// Receives the next messages: their payloads must be `payloads`, in that order, each
+            /// at `qos`. Returns them.
+            pub async fn expect_payloads(
+                &mut self,
+                payloads: &[String],
+                qos: $m::QoS,
+            ) -> Vec<$m::Publish> {
+                let mut got = Vec::new();
+                for want in payloads {
+                    let p = self.publish_in(T).await;
+                    let text = String::from_utf8_lossy(&p.payload).into_owned();
+                    assert_eq!((&text, p.qos), (want, qos), "{p:?}");
+                    got.push(p);
+                }
+                got
+            }
+
+            /// Waits for the connection to end; returns the error text.
+            pub async fn closed(&mut self, timeout: Duration) -> String {
+                self.events.closed(timeout).await
+            }
+
+            /// Publishes `payload` on `topic` at `qos` (not retained, no properties) and waits
+            /// until the broker acknowledged it (QoS 0: until it is written).
+            pub async fn publish_acked(&mut self, topic: &str, qos: $m::QoS, payload: &[u8]) {
+                let payload = payload.to_vec();
+                self.client
+                    .publish(topic, qos, false, payload)
+                    .await
+                    .expect("publish");
+                self.acked(qos).await;
+            }
+
+            /// Waits until the broker acknowledged the publish just made at `qos` (PUBACK /
+            /// PUBCOMP; QoS 0: once it is written).
+            async fn acked(&mut self, qos: $m::QoS) {
+                use $m::QoS;
+                let deadline = tokio::time::Instant::now() + T;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self.next(left).await {
+                        Some(Ok($m::Event::Outgoing(rumqttc::Outgoing::Publish(_))))
+                            if qos == QoS::AtMostOnce =>
+                        {
+                            return
+                        }
+                        Some(Ok($m::Event::Incoming($m::Packet::PubAck(_))))
+                            if qos == QoS::AtLeastOnce =>
+                        {
+                            return
+                        }
+                        Some(Ok($m::Event::Incoming($m::Packet::PubComp(_))))
+                            if qos == QoS::ExactlyOnce =>
+                        {
+                            return
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => panic!("connection failed while publishing: {e}"),
+                        None => panic!("publish not acknowledged within {T:?}"),
+                    }
+                }
+            }
+
+            /// DISCONNECT, and wait until it is on the wire.
+            pub async fn disconnect(mut self) {
+                let _ = self.client.disconnect().await;
+                let _ = tokio::time::timeout(T, async {
+                    while let Some(Ok(e)) = self.events.rx.recv().await {
+                        if matches!(e, $m::Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                // Let the event loop write it out and close.
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.events.rx.recv()).await;
+            }
+        }
+    };
+}
+
 /// A rumqttc v4 client whose event loop runs in its own task. It does not reconnect: the first
 /// connection error ends the loop. Dropping it aborts the task, which drops the socket without
 /// DISCONNECT (an abnormal close, as far as the broker can tell).
@@ -398,123 +628,16 @@ pub struct V4 {
     events: Events<rumqttc::Event>,
 }
 
+rumqttc_client!(V4, v4t, v4_options);
+
 impl V4 {
-    /// Connects and waits for CONNACK (panics unless accepted).
-    pub async fn connect(opts: rumqttc::MqttOptions) -> (V4, rumqttc::ConnAck) {
-        let (client, el) = rumqttc::AsyncClient::new(opts, 100);
-        let mut c = V4 {
-            client,
-            events: events!(el),
-        };
-        let ack = c.connack().await;
-        assert_eq!(
-            ack.code,
-            rumqttc::ConnectReturnCode::Success,
-            "connection refused"
-        );
-        (c, ack)
-    }
-
-    pub async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::Event, String>> {
-        self.events.next(timeout).await
-    }
-
-    /// The next packet from the broker; panics on error or timeout.
-    pub async fn incoming(&mut self, timeout: Duration) -> rumqttc::Packet {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(Ok(rumqttc::Event::Incoming(p))) => return p,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("connection failed: {e}"),
-                None => panic!("nothing from the broker within {timeout:?}"),
-            }
-        }
-    }
-
-    pub async fn connack(&mut self) -> rumqttc::ConnAck {
-        match self.incoming(T).await {
-            rumqttc::Packet::ConnAck(a) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    /// Subscribes and waits for the SUBACK (skipping anything else); returns its codes.
-    pub async fn subscribe(
-        &mut self,
-        filter: &str,
-        qos: rumqttc::QoS,
-    ) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("subscribe");
-        loop {
-            if let rumqttc::Packet::SubAck(s) = self.incoming(T).await {
-                return s.return_codes;
-            }
-        }
-    }
-
-    /// The next PUBLISH from the broker (skipping other packets); panics on timeout.
-    pub async fn publish_in(&mut self, timeout: Duration) -> rumqttc::Publish {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let rumqttc::Packet::Publish(p) = self.incoming(left).await {
-                return p;
-            }
-        }
-    }
-
-    /// Waits for the connection to end; returns the error text.
-    pub async fn closed(&mut self, timeout: Duration) -> String {
-        self.events.closed(timeout).await
-    }
-
     /// Publishes and waits until the broker acknowledged it (PUBACK / PUBCOMP; QoS 0: sent).
     pub async fn send(&mut self, topic: &str, qos: rumqttc::QoS, retain: bool, payload: &[u8]) {
         self.client
             .publish(topic, qos, retain, payload.to_vec())
             .await
             .expect("publish");
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_))))
-                    if qos == rumqttc::QoS::AtMostOnce =>
-                {
-                    return
-                }
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))))
-                    if qos == rumqttc::QoS::AtLeastOnce =>
-                {
-                    return
-                }
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_))))
-                    if qos == rumqttc::QoS::ExactlyOnce =>
-                {
-                    return
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("connection failed while publishing: {e}"),
-                None => panic!("publish not acknowledged within {T:?}"),
-            }
-        }
-    }
-
-    /// DISCONNECT, and wait until it is on the wire.
-    pub async fn disconnect(mut self) {
-        let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(T, async {
-            while let Some(Ok(e)) = self.events.rx.recv().await {
-                if matches!(e, rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
-                }
-            }
-        })
-        .await;
-        // Let the event loop write it out and close.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.events.rx.recv()).await;
+        self.acked(qos).await;
     }
 }
 
@@ -526,75 +649,9 @@ pub struct V5 {
 
 pub use rumqttc::v5::mqttbytes::v5 as p5;
 
+rumqttc_client!(V5, v5t, v5_options);
+
 impl V5 {
-    /// Connects and waits for CONNACK (panics unless accepted).
-    pub async fn connect(opts: rumqttc::v5::MqttOptions) -> (V5, p5::ConnAck) {
-        let (client, el) = rumqttc::v5::AsyncClient::new(opts, 100);
-        let mut c = V5 {
-            client,
-            events: events!(el),
-        };
-        let ack = c.connack().await;
-        assert_eq!(
-            ack.code,
-            p5::ConnectReturnCode::Success,
-            "connection refused"
-        );
-        (c, ack)
-    }
-
-    pub async fn next(&mut self, timeout: Duration) -> Option<Result<rumqttc::v5::Event, String>> {
-        self.events.next(timeout).await
-    }
-
-    pub async fn incoming(&mut self, timeout: Duration) -> p5::Packet {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(Ok(rumqttc::v5::Event::Incoming(p))) => return p,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("connection failed: {e}"),
-                None => panic!("nothing from the broker within {timeout:?}"),
-            }
-        }
-    }
-
-    pub async fn connack(&mut self) -> p5::ConnAck {
-        match self.incoming(T).await {
-            p5::Packet::ConnAck(a) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    pub async fn subscribe(
-        &mut self,
-        filter: &str,
-        qos: rumqttc::v5::mqttbytes::QoS,
-    ) -> Vec<p5::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("subscribe");
-        loop {
-            if let p5::Packet::SubAck(s) = self.incoming(T).await {
-                return s.return_codes;
-            }
-        }
-    }
-
-    pub async fn publish_in(&mut self, timeout: Duration) -> p5::Publish {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let p5::Packet::Publish(p) = self.incoming(left).await {
-                return p;
-            }
-        }
-    }
-
-    /// Waits for the connection to end; returns the error text.
-    pub async fn closed(&mut self, timeout: Duration) -> String {
-        self.events.closed(timeout).await
-    }
-
     pub async fn send(
         &mut self,
         topic: &str,
@@ -603,8 +660,6 @@ impl V5 {
         payload: &[u8],
         props: Option<p5::PublishProperties>,
     ) {
-        use rumqttc::v5::mqttbytes::QoS;
-        use rumqttc::v5::Event;
         match props {
             Some(p) => self
                 .client
@@ -617,43 +672,14 @@ impl V5 {
                 .await
                 .expect("publish"),
         }
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))))
-                    if qos == QoS::AtMostOnce =>
-                {
-                    return
-                }
-                Some(Ok(Event::Incoming(p5::Packet::PubAck(_)))) if qos == QoS::AtLeastOnce => {
-                    return
-                }
-                Some(Ok(Event::Incoming(p5::Packet::PubComp(_)))) if qos == QoS::ExactlyOnce => {
-                    return
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("connection failed while publishing: {e}"),
-                None => panic!("publish not acknowledged within {T:?}"),
-            }
-        }
+        self.acked(qos).await;
     }
+}
 
-    pub async fn disconnect(mut self) {
-        let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(T, async {
-            while let Some(Ok(e)) = self.events.rx.recv().await {
-                if matches!(
-                    e,
-                    rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)
-                ) {
-                    break;
-                }
-            }
-        })
-        .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.events.rx.recv()).await;
-    }
+/// Asserts that a message carries no user properties (none were sent with it).
+pub fn assert_no_user_properties(p: &p5::Publish) {
+    let props = p.properties.as_ref();
+    assert!(props.is_none_or(|p| p.user_properties.is_empty()), "{p:?}");
 }
 
 /// `true` if a user property key is the broker's internal stamp.
@@ -686,6 +712,20 @@ impl Raw {
             c: super::mqtt::Client::tcp(port, if v5 { V::V5 } else { V::V311 }),
             v5,
         }
+    }
+
+    /// A 3.1.1 connection: CONNECT (client `id`, clean session as `clean`, `keep_alive` s), which
+    /// must be accepted.
+    pub fn connected4(port: u16, id: &str, clean: bool, keep_alive: u16) -> Raw {
+        let mut raw = Raw::open(port, false);
+        raw.send4(connect4(id, clean, keep_alive));
+        let code = raw.connack4().code;
+        assert_eq!(
+            code,
+            rumqttc::mqttbytes::v4::ConnectReturnCode::Success,
+            "{id}"
+        );
+        raw
     }
 
     /// Bytes received but not (yet) part of a whole packet.
@@ -724,6 +764,48 @@ impl Raw {
         match self.recv(timeout) {
             Ok(RawPacket::V4(p)) => p,
             other => panic!("expected a 3.1.1 packet, got {other:?}"),
+        }
+    }
+
+    /// PINGREQ (3.1.1); the next packet must be PINGRESP: the connection is still served.
+    pub fn ping4(&mut self) {
+        use rumqttc::mqttbytes::v4;
+        self.send4(v4::Packet::PingReq);
+        assert!(matches!(self.recv4(T), v4::Packet::PingResp));
+    }
+
+    /// CONNECT (3.1.1) for the persistent session `id` (clean session 0, keep-alive 60); returns
+    /// the CONNACK.
+    pub fn resume4(&mut self, id: &str) -> rumqttc::mqttbytes::v4::ConnAck {
+        self.send4(connect4(id, false, 60));
+        self.connack4()
+    }
+
+    /// The next packet, which must be a CONNACK (3.1.1).
+    pub fn connack4(&mut self) -> rumqttc::mqttbytes::v4::ConnAck {
+        match self.recv4(T) {
+            rumqttc::mqttbytes::v4::Packet::ConnAck(a) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet, which must be a PUBLISH (3.1.1).
+    pub fn publish4(&mut self) -> rumqttc::mqttbytes::v4::Publish {
+        match self.recv4(T) {
+            rumqttc::mqttbytes::v4::Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// SUBSCRIBE (3.1.1, packet id 1) to `filter` at `qos`; the next packet must be its SUBACK.
+    pub fn subscribe4(&mut self, filter: &str, qos: rumqttc::QoS) {
+        use rumqttc::mqttbytes::v4;
+        let mut sub = v4::Subscribe::new(filter, qos);
+        sub.pkid = 1;
+        self.send4(v4::Packet::Subscribe(sub));
+        match self.recv4(T) {
+            v4::Packet::SubAck(_) => {}
+            other => panic!("expected SUBACK, got {other:?}"),
         }
     }
 

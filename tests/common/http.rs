@@ -45,3 +45,84 @@ pub async fn expect_error(res: reqwest::Response, status: u16, words: &[&str]) {
         );
     }
 }
+
+/// Sending a request (a transport failure fails the test) and checking what it is answered.
+pub trait SendOk {
+    /// Sends the request and returns its response, whatever the status.
+    fn send_ok(self) -> impl std::future::Future<Output = reqwest::Response> + Send;
+
+    /// Sends the request and asserts that the response has `status`.
+    fn send_expect(
+        self,
+        status: u16,
+    ) -> impl std::future::Future<Output = reqwest::Response> + Send;
+
+    /// Sends the request, asserts a 200 and returns the body.
+    fn send_text(self) -> impl std::future::Future<Output = String> + Send;
+
+    /// Sends the request, asserts a JSON error of `status` and returns its message.
+    fn send_error(self, status: u16) -> impl std::future::Future<Output = String> + Send;
+
+    /// Sends the request and asserts a JSON error of `status` whose message has all of `words`.
+    fn send_refused(
+        self,
+        status: u16,
+        words: &[&str],
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl SendOk for reqwest::RequestBuilder {
+    async fn send_ok(self) -> reqwest::Response {
+        self.send().await.expect("HTTP request")
+    }
+
+    async fn send_expect(self, status: u16) -> reqwest::Response {
+        let r = self.send_ok().await;
+        assert_eq!(r.status(), status, "HTTP status of {}", r.url());
+        r
+    }
+
+    async fn send_text(self) -> String {
+        let r = self.send_expect(200).await;
+        r.text().await.expect("response body")
+    }
+
+    async fn send_error(self, status: u16) -> String {
+        error_message(self.send_ok().await, status).await
+    }
+
+    async fn send_refused(self, status: u16, words: &[&str]) {
+        expect_error(self.send_ok().await, status, words).await
+    }
+}
+
+/// Requests to one server's HTTP API that all carry one header (`authorization: Bearer …`, a
+/// cookie, …): the caller's identity.
+pub struct Authed {
+    c: reqwest::Client,
+    base: String,
+    header: (&'static str, String),
+}
+
+impl Authed {
+    /// Requests through `c` to `base` (`http://host:port`), each with `header`.
+    pub fn new(c: &reqwest::Client, base: String, header: (&'static str, String)) -> Authed {
+        Authed {
+            c: c.clone(),
+            base,
+            header,
+        }
+    }
+
+    /// `GET {base}{path}`.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let r = self.c.get(format!("{}{path}", self.base));
+        r.header(self.header.0, self.header.1.clone())
+    }
+
+    /// `POST {base}{path}` with `body`.
+    pub fn post(&self, path: &str, body: &'static str) -> reqwest::RequestBuilder {
+        let r = self.c.post(format!("{}{path}", self.base));
+        r.header(self.header.0, self.header.1.clone()).body(body)
+    }
+}

@@ -7,12 +7,15 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod browser;
 pub mod clients;
+pub mod files;
 pub mod http;
 pub mod mqtt;
 pub mod nats;
 pub mod plain;
 pub mod reliability;
+pub mod rpc;
 pub mod sse;
 pub mod tls;
 
@@ -125,15 +128,7 @@ impl Builder {
     }
 
     pub fn start(self) -> Server {
-        let dir = self.dir.unwrap_or_else(|| {
-            let d = std::env::temp_dir().join(format!(
-                "rtw-test-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::create_dir_all(&d).expect("temp dir");
-            d
-        });
+        let dir = self.dir.unwrap_or_else(|| files::temp_dir("test"));
         let mut s = Server {
             child: None,
             mqtt: free_port(),
@@ -297,10 +292,7 @@ impl Server {
 
     /// SIGKILL, no clean-up.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts a stopped server again on the same ports and storage directory.
@@ -335,14 +327,17 @@ impl Drop for Server {
     }
 }
 
+/// Starts `cmd` with no stdin and its stdout and stderr piped (panics, naming it, if it cannot).
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    let cmd = cmd.stdin(Stdio::null());
+    let cmd = cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
 /// Runs a command with a timeout; returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = spawn_piped(cmd);
     exit_within(&mut child, timeout);
     let out = child.wait_with_output().expect("wait");
     (
@@ -434,6 +429,14 @@ pub const MQTT_JS: (&str, &str) = (
     "examples/browser/node_modules/mqtt/dist/mqtt.min.js",
     "npm ci in examples/browser",
 );
+
+/// SIGKILLs and reaps the process in `child`, if there is one, leaving `None`.
+pub fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
 
 /// A child process killed (by its id) on drop.
 pub struct Kid(pub Child);

@@ -31,6 +31,14 @@ pub enum V {
 
 pub const BOTH: [V; 2] = [V::V311, V::V5];
 
+/// Starts a server and runs `case` on it for each protocol version, 3.1.1 first.
+pub fn on_both_versions(case: impl Fn(&super::Server, V)) {
+    let s = super::Server::start();
+    for v in BOTH {
+        case(&s, v);
+    }
+}
+
 /// What one read gave.
 #[derive(Debug)]
 pub enum Got {
@@ -47,6 +55,7 @@ pub struct Opts {
     pub keep_alive: u16,
     pub props: Option<ConnectProperties>,
     pub will: Option<LastWill>,
+    pub login: Option<Login>,
 }
 
 impl Opts {
@@ -57,6 +66,7 @@ impl Opts {
             keep_alive: 60,
             props: None,
             will: None,
+            login: None,
         }
     }
 
@@ -82,7 +92,28 @@ impl Opts {
         self.will = Some(w);
         self
     }
+
+    /// Sends a user name and password.
+    pub fn login(mut self, user: &str, password: &str) -> Opts {
+        self.login = Some(Login::new(user, password));
+        self
+    }
 }
+
+/// Topic filters that break the filter syntax, with the MQTT 5 DISCONNECT reason a SUBSCRIBE
+/// with one gets: empty (MQTT-4.7.3-1), `#` not alone or not last, `+` not a whole level
+/// (MQTT-4.7.1-1/2): malformed; `$share/` without share name or inner filter (MQTT-4.8.2-1/2):
+/// a protocol error.
+pub const MALFORMED_FILTERS: [(&str, DisconnectReasonCode); 8] = [
+    ("a/#/b", DisconnectReasonCode::MalformedPacket),
+    ("a+", DisconnectReasonCode::MalformedPacket),
+    ("a/b#", DisconnectReasonCode::MalformedPacket),
+    ("#/a", DisconnectReasonCode::MalformedPacket),
+    ("+a/b", DisconnectReasonCode::MalformedPacket),
+    ("", DisconnectReasonCode::MalformedPacket),
+    ("$share/g", DisconnectReasonCode::ProtocolError),
+    ("$share//a", DisconnectReasonCode::ProtocolError),
+];
 
 /// A filter with options.
 pub fn filter(path: &str, qos: QoS) -> Filter {
@@ -144,7 +175,7 @@ impl Client {
                 properties: o.props,
             },
             o.will,
-            None,
+            o.login,
         ));
         match c.expect(WAIT, |p| matches!(p, Packet::ConnAck(_))) {
             Packet::ConnAck(a) => {
@@ -165,6 +196,27 @@ impl Client {
             "CONNACK for {id}: {a:?}"
         );
         c
+    }
+
+    /// A clean-start client with default options, subscribed to `filter` at `qos`.
+    pub fn subscribed(port: u16, v: V, id: &str, filter: &str, qos: QoS) -> Client {
+        let mut c = Client::new(port, v, id);
+        c.subscribe(filter, qos);
+        c
+    }
+
+    /// A clean-start client with default options, subscribed (one SUBSCRIBE each) to `subs`.
+    pub fn subscribed_to(port: u16, v: V, id: &str, subs: &[(&str, QoS)]) -> Client {
+        let mut c = Client::new(port, v, id);
+        for (filter, qos) in subs {
+            c.subscribe(filter, *qos);
+        }
+        c
+    }
+
+    /// A clean-start MQTT 5 client whose CONNECT carries the properties `f` sets.
+    pub fn v5_with(port: u16, id: &str, f: impl FnOnce(&mut ConnectProperties)) -> Client {
+        Client::connect(port, V::V5, Opts::new(id).props(f))
     }
 
     /// A clean-start client with default options.
@@ -381,6 +433,11 @@ impl Client {
     /// Packets other than PUBLISH received and not yet taken (in order).
     pub fn unread(&self) -> impl Iterator<Item = &Packet> {
         self.other.iter()
+    }
+
+    /// Asserts that no packet read but not taken is one `pred` picks (`what` says which).
+    pub fn assert_unread_none(&self, pred: impl Fn(&Packet) -> bool, what: &str) {
+        assert!(!self.unread().any(pred), "{what}");
     }
 
     /// Is the connection closed (by the broker)? Only known after a read saw it.
@@ -679,10 +736,10 @@ pub fn lower(p: &Packet) -> v4::Packet {
             pkid: p.pkid,
             payload: p.payload.clone(),
         }),
-        Packet::PubAck(a) => v4::Packet::PubAck(v4::PubAck::new(a.pkid)),
-        Packet::PubRec(a) => v4::Packet::PubRec(v4::PubRec::new(a.pkid)),
-        Packet::PubRel(a) => v4::Packet::PubRel(v4::PubRel::new(a.pkid)),
-        Packet::PubComp(a) => v4::Packet::PubComp(v4::PubComp::new(a.pkid)),
+        Packet::PubAck(PubAck { pkid, .. }) => v4::Packet::PubAck(v4::PubAck { pkid: *pkid }),
+        Packet::PubRec(PubRec { pkid, .. }) => v4::Packet::PubRec(v4::PubRec { pkid: *pkid }),
+        Packet::PubRel(PubRel { pkid, .. }) => v4::Packet::PubRel(v4::PubRel { pkid: *pkid }),
+        Packet::PubComp(PubComp { pkid, .. }) => v4::Packet::PubComp(v4::PubComp { pkid: *pkid }),
         Packet::Subscribe(s) => v4::Packet::Subscribe(v4::Subscribe {
             pkid: s.pkid,
             filters: s
@@ -720,19 +777,20 @@ pub fn lift(p: v4::Packet) -> Packet {
             },
             properties: None,
         }),
+        // Acknowledgements carry their packet id alone in 3.1.1.
+        v4::Packet::PubAck(v4::PubAck { pkid }) => Packet::PubAck(PubAck::new(pkid, None)),
+        v4::Packet::PubRec(v4::PubRec { pkid }) => Packet::PubRec(PubRec::new(pkid, None)),
+        v4::Packet::PubRel(v4::PubRel { pkid }) => Packet::PubRel(PubRel::new(pkid, None)),
+        v4::Packet::PubComp(v4::PubComp { pkid }) => Packet::PubComp(PubComp::new(pkid, None)),
         v4::Packet::Publish(p) => Packet::Publish(Publish {
-            dup: p.dup,
+            topic: Bytes::from(p.topic),
+            payload: p.payload,
+            pkid: p.pkid,
             qos: q5(p.qos),
             retain: p.retain,
-            topic: Bytes::from(p.topic),
-            pkid: p.pkid,
-            payload: p.payload,
+            dup: p.dup,
             properties: None,
         }),
-        v4::Packet::PubAck(a) => Packet::PubAck(PubAck::new(a.pkid, None)),
-        v4::Packet::PubRec(a) => Packet::PubRec(PubRec::new(a.pkid, None)),
-        v4::Packet::PubRel(a) => Packet::PubRel(PubRel::new(a.pkid, None)),
-        v4::Packet::PubComp(a) => Packet::PubComp(PubComp::new(a.pkid, None)),
         v4::Packet::SubAck(s) => Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: s
@@ -788,17 +846,12 @@ pub fn raw_connect(name: &str, level: u8, id: &str) -> Vec<u8> {
 pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
+    // Remaining length: seven bits a byte, lowest first, the top bit set while more follow.
+    while len >= 0x80 {
+        out.push((len & 0x7f) as u8 | 0x80);
+        len >>= 7;
     }
+    out.push(len as u8);
     out.extend_from_slice(body);
     out
 }
@@ -821,6 +874,41 @@ pub fn raw_publish(topic: &[u8], payload: &[u8], v5: bool) -> Vec<u8> {
 /// An MQTT 5 client connected as `id`.
 pub fn v5(s: &super::Server, id: &str) -> Client {
     Client::new(s.mqtt, V::V5, id)
+}
+
+/// An MQTT 5 client connected as `id` and subscribed to `filter` at `qos`.
+pub fn v5_subscribed(s: &super::Server, id: &str, filter: &str, qos: QoS) -> Client {
+    Client::subscribed(s.mqtt, V::V5, id, filter, qos)
+}
+
+/// An MQTT 5 client connected as `id` and subscribed to `filter` at `qos` with the subscription
+/// options `set` sets.
+pub fn v5_subscribed_with(
+    s: &super::Server,
+    id: &str,
+    path: &str,
+    qos: QoS,
+    set: impl FnOnce(&mut Filter),
+) -> Client {
+    let mut c = v5(s, id);
+    let mut f = filter(path, qos);
+    set(&mut f);
+    c.subscribe_with(vec![f], None);
+    c
+}
+
+/// A server with an MQTT 5 subscriber (`sub_id`, to `filter` at `qos`) and an MQTT 5 publisher
+/// (`pub_id`) on it.
+pub fn v5_pair(
+    sub_id: &str,
+    filter: &str,
+    qos: QoS,
+    pub_id: &str,
+) -> (super::Server, Client, Client) {
+    let s = super::Server::start();
+    let sub = v5_subscribed(&s, sub_id, filter, qos);
+    let publisher = v5(&s, pub_id);
+    (s, sub, publisher)
 }
 
 pub fn payload(p: &Publish) -> String {
@@ -849,6 +937,12 @@ pub fn user_props(p: &Publish) -> Vec<(String, String)> {
 }
 
 /// Receives the next message and checks its topic and payload.
+/// `p` publishes `body` on `t` at QoS 1 and `c` receives it next ([`recv_msg`]).
+pub fn relay(p: &mut Client, c: &mut Client, t: &str, body: &str) -> Publish {
+    p.publish(t, QoS::AtLeastOnce, body.as_bytes());
+    recv_msg(c, t, body)
+}
+
 pub fn recv_msg(c: &mut Client, t: &str, body: &str) -> Publish {
     let p = c.recv();
     assert_eq!(

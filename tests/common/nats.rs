@@ -19,12 +19,7 @@ pub struct Nats {
 impl Nats {
     /// Starts `nats-server -js` on a free loopback port with a fresh store directory.
     pub fn start() -> Nats {
-        let store = std::env::temp_dir().join(format!(
-            "rtw-nats-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&store).expect("nats store dir");
+        let store = super::files::temp_dir("nats");
         let mut n = Nats {
             child: None,
             port: free_port(),
@@ -100,10 +95,7 @@ impl Nats {
 
     /// SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::kill_child(&mut self.child);
     }
 
     /// Starts again on the same port and store.

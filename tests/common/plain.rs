@@ -212,34 +212,145 @@ pub fn subscribe5(pkid: u16, filter: &str, qos: Q5) -> v5::Packet {
     })
 }
 
+/// Connecting, subscribing and receiving, the same for [`C4`] and [`C5`] over their own packet module
+/// `$m` (`v4` or `v5`; QoS `$q`), CONNECT made by `$connect`, PUBACK by `$puback`.
+macro_rules! hello_and_suback {
+    ($client:ident, $m:ident, $q:ident, $connect:ident, $puback:expr) => {
+        impl $client {
+            /// Sends `connect` and returns the CONNACK (or what happened instead).
+            pub async fn hello(
+                io: Box<dyn Io>,
+                connect: $m::Packet,
+            ) -> ($client, Got<$m::ConnAck>) {
+                let mut c = $client::new(io);
+                c.send(connect).await.expect("send CONNECT");
+                let got = c
+                    .find(WAIT, |p| match p {
+                        $m::Packet::ConnAck(a) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .await;
+                (c, got)
+            }
+
+            /// Connects and insists on CONNACK success.
+            pub async fn open(io: Box<dyn Io>, id: &str) -> $client {
+                let (c, ack) = $client::hello(io, $connect(id, 30, None)).await;
+                let ack = ack.packet("CONNACK");
+                assert_eq!(ack.code, $m::ConnectReturnCode::Success, "{id}: {ack:?}");
+                c
+            }
+
+            /// The SUBACK for `pkid` (or what happened instead).
+            pub async fn suback(&mut self, pkid: u16) -> Got<$m::SubAck> {
+                self.find(WAIT, |p| match p {
+                    $m::Packet::SubAck(s) if s.pkid == pkid => Some(s.clone()),
+                    _ => None,
+                })
+                .await
+            }
+
+            /// A CONNECT (`connect`) over TCP to `port` is answered by closing the connection,
+            /// without CONNACK (`what` says which CONNECT if not).
+            pub async fn closed_at_connect(port: u16, connect: $m::Packet, what: &str) {
+                let (_c, ack) = $client::hello(tcp(port).await, connect).await;
+                assert!(matches!(ack, Got::Closed), "{what}: {ack:?}");
+            }
+
+            /// [`Self::on_tcp`], then SUBSCRIBE (packet id 1) to `filter` at `qos`.
+            pub async fn subscribed_on(port: u16, id: &str, filter: &str, qos: $q) -> $client {
+                let mut c = $client::on_tcp(port, id).await;
+                c.subscribe(1, filter, qos).await;
+                c
+            }
+
+            /// Connects over TCP to `port` as `id` and insists on CONNACK success.
+            pub async fn on_tcp(port: u16, id: &str) -> $client {
+                $client::open(tcp(port).await, id).await
+            }
+
+            /// The next PUBLISH within `wait` ([`Self::next_publish`]); fails, naming `what`,
+            /// without one.
+            pub async fn publish_within(&mut self, wait: Duration, what: &str) -> $m::Publish {
+                self.next_publish(wait).await.packet(what)
+            }
+
+            /// The next PUBLISH (within `WAIT`), which must carry `payload` (`what` says what it
+            /// means if not).
+            pub async fn expect_payload(&mut self, payload: &[u8], what: &str) -> $m::Publish {
+                let p = self.publish_within(WAIT, "PUBLISH").await;
+                assert_eq!(&p.payload[..], payload, "{what}: {p:?}");
+                p
+            }
+
+            /// SUBSCRIBE (`pkid`) to `filter` at `qos`, which must be granted as asked; the SUBACK.
+            pub async fn subscribe_granted(
+                &mut self,
+                pkid: u16,
+                filter: &str,
+                qos: $q,
+            ) -> $m::SubAck {
+                let sa = self.subscribe(pkid, filter, qos).await;
+                let granted = vec![$m::SubscribeReasonCode::Success(qos)];
+                assert_eq!(sa.return_codes, granted, "{filter}");
+                sa
+            }
+
+            /// Asserts that the connection is still served ([`Self::alive`]); `what` if not.
+            pub async fn assert_alive(&mut self, what: &str) {
+                assert!(self.alive().await, "{what}");
+            }
+
+            /// An UNSUBACK within `wait` (or what came instead).
+            pub async fn unsuback_within(&mut self, wait: Duration) -> Got<()> {
+                self.find(wait, |p| matches!(p, $m::Packet::UnsubAck(_)).then_some(()))
+                    .await
+            }
+
+            /// Waits for the PUBACK of `pkid`.
+            pub async fn puback(&mut self, pkid: u16) {
+                self.find(WAIT, |p| match p {
+                    $m::Packet::PubAck(a) if a.pkid == pkid => Some(()),
+                    _ => None,
+                })
+                .await
+                .packet("PUBACK");
+            }
+
+            /// The next PUBLISH within `wait` (acknowledged at QoS 1).
+            pub async fn next_publish(&mut self, wait: Duration) -> Got<$m::Publish> {
+                let got = self
+                    .find(wait, |p| match p {
+                        $m::Packet::Publish(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .await;
+                if let Got::Packet(p) = &got {
+                    if p.qos == $q::AtLeastOnce {
+                        let _ = self.send($puback(p.pkid)).await;
+                    }
+                }
+                got
+            }
+        }
+    };
+}
+
+hello_and_suback!(C5, v5, Q5, connect5, |id| v5::Packet::PubAck(
+    v5::PubAck::new(id, None)
+));
+hello_and_suback!(C4, v4, Q4, connect4, |id| v4::Packet::PubAck(
+    v4::PubAck::new(id)
+));
+
 impl C5 {
-    /// Sends `connect` and returns the CONNACK (or what happened instead).
-    pub async fn hello(io: Box<dyn Io>, connect: v5::Packet) -> (C5, Got<v5::ConnAck>) {
-        let mut c = C5::new(io);
-        c.send(connect).await.expect("send CONNECT");
-        let got = c
-            .find(WAIT, |p| match p {
-                v5::Packet::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await;
-        (c, got)
-    }
-
-    /// Connects and insists on CONNACK success.
-    pub async fn open(io: Box<dyn Io>, id: &str) -> C5 {
-        let (c, ack) = C5::hello(io, connect5(id, 30, None)).await;
-        let ack = ack.packet("CONNACK");
-        assert_eq!(ack.code, v5::ConnectReturnCode::Success, "{id}: {ack:?}");
-        c
-    }
-
-    pub async fn suback(&mut self, pkid: u16) -> Got<v5::SubAck> {
-        self.find(WAIT, |p| match p {
-            v5::Packet::SubAck(s) if s.pkid == pkid => Some(s.clone()),
-            _ => None,
-        })
-        .await
+    /// Sends UNSUBSCRIBE (`pkid`) from `filter`.
+    pub async fn send_unsubscribe(&mut self, pkid: u16, filter: &str) {
+        let mut u = v5::Unsubscribe::new(filter, None);
+        u.pkid = pkid;
+        self.send(v5::Packet::Unsubscribe(u))
+            .await
+            .expect("send UNSUBSCRIBE");
     }
 
     pub async fn subscribe(&mut self, pkid: u16, filter: &str, qos: Q5) -> v5::SubAck {
@@ -249,6 +360,20 @@ impl C5 {
         self.suback(pkid).await.packet("SUBACK")
     }
 
+    /// Sends the QoS 1 PUBLISH `p` and returns the reason of its PUBACK.
+    pub async fn puback_reason(&mut self, p: v5::Publish) -> v5::PubAckReason {
+        let pkid = p.pkid;
+        self.send(v5::Packet::Publish(p))
+            .await
+            .expect("send PUBLISH");
+        self.find(WAIT, |p| match p {
+            v5::Packet::PubAck(a) if a.pkid == pkid => Some(a.reason),
+            _ => None,
+        })
+        .await
+        .packet("PUBACK")
+    }
+
     /// Publishes; at QoS 1 waits for the PUBACK.
     pub async fn publish(&mut self, p: v5::Publish) {
         let (qos, pkid) = (p.qos, p.pkid);
@@ -256,12 +381,7 @@ impl C5 {
             .await
             .expect("send PUBLISH");
         if qos == Q5::AtLeastOnce {
-            self.find(WAIT, |p| match p {
-                v5::Packet::PubAck(a) if a.pkid == pkid => Some(()),
-                _ => None,
-            })
-            .await
-            .packet("PUBACK");
+            self.puback(pkid).await;
         }
         if qos == Q5::ExactlyOnce {
             self.find(WAIT, |p| match p {
@@ -280,24 +400,6 @@ impl C5 {
             .await
             .packet("PUBCOMP");
         }
-    }
-
-    /// The next PUBLISH within `wait` (acknowledged at QoS 1).
-    pub async fn next_publish(&mut self, wait: Duration) -> Got<v5::Publish> {
-        let got = self
-            .find(wait, |p| match p {
-                v5::Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
-        if let Got::Packet(p) = &got {
-            if p.qos == Q5::AtLeastOnce {
-                let _ = self
-                    .send(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None)))
-                    .await;
-            }
-        }
-        got
     }
 
     /// Is the connection still served? (PINGREQ answered by PINGRESP.)
@@ -331,31 +433,13 @@ pub fn connect4(id: &str, keep_alive: u16, login: Option<(&str, &str)>) -> v4::P
 }
 
 impl C4 {
-    pub async fn hello(io: Box<dyn Io>, connect: v4::Packet) -> (C4, Got<v4::ConnAck>) {
-        let mut c = C4::new(io);
-        c.send(connect).await.expect("send CONNECT");
-        let got = c
-            .find(WAIT, |p| match p {
-                v4::Packet::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await;
-        (c, got)
-    }
-
-    pub async fn open(io: Box<dyn Io>, id: &str) -> C4 {
-        let (c, ack) = C4::hello(io, connect4(id, 30, None)).await;
-        let ack = ack.packet("CONNACK");
-        assert_eq!(ack.code, v4::ConnectReturnCode::Success, "{id}: {ack:?}");
-        c
-    }
-
-    pub async fn suback(&mut self, pkid: u16) -> Got<v4::SubAck> {
-        self.find(WAIT, |p| match p {
-            v4::Packet::SubAck(s) if s.pkid == pkid => Some(s.clone()),
-            _ => None,
-        })
-        .await
+    /// Sends UNSUBSCRIBE (`pkid`) from `filter`.
+    pub async fn send_unsubscribe(&mut self, pkid: u16, filter: &str) {
+        let mut u = v4::Unsubscribe::new(filter);
+        u.pkid = pkid;
+        self.send(v4::Packet::Unsubscribe(u))
+            .await
+            .expect("send UNSUBSCRIBE");
     }
 
     pub async fn subscribe(&mut self, pkid: u16, filter: &str, qos: Q4) -> v4::SubAck {
@@ -375,28 +459,8 @@ impl C4 {
             .await
             .expect("send PUBLISH");
         if qos == Q4::AtLeastOnce {
-            self.find(WAIT, |p| match p {
-                v4::Packet::PubAck(a) if a.pkid == pkid => Some(()),
-                _ => None,
-            })
-            .await
-            .packet("PUBACK");
+            self.puback(pkid).await;
         }
-    }
-
-    pub async fn next_publish(&mut self, wait: Duration) -> Got<v4::Publish> {
-        let got = self
-            .find(wait, |p| match p {
-                v4::Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
-        if let Got::Packet(p) = &got {
-            if p.qos == Q4::AtLeastOnce {
-                let _ = self.send(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await;
-            }
-        }
-        got
     }
 
     pub async fn alive(&mut self) -> bool {
@@ -473,12 +537,13 @@ pub fn plain_bin() -> &'static Path {
 /// A plain rumqttd process: MQTT 3.1.1, MQTT 5 and WebSocket listeners (and optionally 3.1.1
 /// over TLS and one username/password). Killed on drop.
 pub struct Plain {
-    pub child: Option<Child>,
+    child: Option<Child>,
     pub v4: u16,
     pub v5: u16,
     pub ws: u16,
     pub tls: Option<u16>,
-    pub log: PathBuf,
+    /// Where the process's output goes (kept for the failure messages).
+    log: PathBuf,
 }
 
 impl Plain {

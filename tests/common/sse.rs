@@ -102,6 +102,12 @@ impl Sse {
         Sse::request(rq).await
     }
 
+    /// [`Sse::get`] that must succeed: the stream (panics with the status otherwise).
+    pub async fn get_ok(client: &reqwest::Client, url: &str, header: (&str, String)) -> Sse {
+        let r = Sse::get(client, url, Some(header)).await;
+        r.unwrap_or_else(|r| panic!("SSE {url}: HTTP {}", r.status()))
+    }
+
     /// Sends `rq`: the stream when the answer is 200 (an event stream), else the response.
     pub async fn request(rq: reqwest::RequestBuilder) -> Result<Sse, reqwest::Response> {
         let r = rq.send().await.expect("SSE request");
