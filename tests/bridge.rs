@@ -332,6 +332,40 @@ async fn mosquitto_pub_reaches_sse_stream() {
     );
 }
 
+/// A stream with nothing to send yet answers at once (its head, then an `: open` comment), so an
+/// `EventSource` fires `open` without waiting for a message or a heartbeat; and a plain-HTTP
+/// client that starts with the HTTP/2 preface (prior knowledge) is served HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_opens_at_once_and_http2_prior_knowledge_is_served() {
+    // Heartbeats far apart: only the opening comment can come in time.
+    let s = Server::builder().env("BRIDGE__HEARTBEAT_SECS", 600).start();
+    let base = s.http_base();
+    let opening = Sse::open(&base, "topic=b/open/x&retained=false", None);
+    let mut sse = tokio::time::timeout(Duration::from_secs(5), opening)
+        .await
+        .expect("the stream's head within 5 s, before any message");
+    assert!(sse.next(Duration::from_millis(1500)).await.is_none());
+    assert_eq!(sse.comments, vec!["open".to_string()]);
+    assert_eq!(post(&base, "/topics/b/open/x", "hi").await, 200);
+    assert_eq!(sse.expect("the message").await.json()["payload"], "hi");
+
+    let url = format!("{base}/healthz");
+    let out = blocking(move || {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "10"])
+            .args([
+                "--http2-prior-knowledge",
+                "-w",
+                "%{http_version} %{http_code}",
+                &url,
+            ])
+            .output()
+            .expect("run curl")
+    })
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200", "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_several_filters_and_overlaps_deliver_once() {
     let s = Server::start();

@@ -289,7 +289,7 @@ mod tests {
 
     fn info(id: &str, t: Transport) -> ClientInfo {
         ClientInfo::new(
-            id,
+            id.into(),
             "5",
             t,
             "127.0.0.1:1".parse().unwrap(),
@@ -309,12 +309,12 @@ mod tests {
         assert_eq!(dir.len(), 25);
         let p = dir.page("", 20, 10);
         assert_eq!(p.total, 25);
-        let ids: Vec<&str> = p.clients.iter().map(|c| c.client_id.as_str()).collect();
+        let ids: Vec<&str> = p.clients.iter().map(|c| &*c.client_id).collect();
         assert_eq!(ids, ["c20", "c21", "c22", "c23", "c24"]);
         let p = dir.page("USER-C1", 0, 3);
         assert_eq!(p.total, 10);
         assert_eq!(p.clients.len(), 3);
-        assert_eq!(p.clients[0].client_id, "c10");
+        assert_eq!(&*p.clients[0].client_id, "c10");
         handles[3].subscribed("a/#", 1);
         handles[3].update(2, 5, 1, 2);
         let s = dir.get("c03").unwrap().snapshot();
