@@ -12,6 +12,7 @@
 //! mutex-guarded deque that holds no buffer while empty, and one wake-up.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -26,6 +27,8 @@ struct Shared<T> {
     inner: Mutex<Inner<T>>,
     ready: Notify,
     cap: usize,
+    /// Items refused since the reader last reported a loss (see [`Sender::lagged`]).
+    lagged: AtomicU64,
 }
 
 impl<T> Shared<T> {
@@ -53,11 +56,18 @@ pub fn feed<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
         }),
         ready: Notify::new(),
         cap: cap.max(1),
+        lagged: AtomicU64::new(0),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
 
 impl<T> Sender<T> {
+    /// The feed's loss count, which the two ends share: the hub adds what it could not queue
+    /// (and queues nothing more while it is not zero); the stream reports and clears it.
+    pub fn lagged(&self) -> &AtomicU64 {
+        &self.0.lagged
+    }
+
     /// Queues `item`, or gives it back when the feed is full.
     pub fn try_send(&self, item: T) -> Result<(), T> {
         {
@@ -80,6 +90,11 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
+    /// The loss count (see [`Sender::lagged`]).
+    pub fn lagged(&self) -> &AtomicU64 {
+        &self.0.lagged
+    }
+
     /// The oldest item, if one is queued.
     pub fn try_recv(&mut self) -> Result<T, Empty> {
         let mut q = self.0.lock();

@@ -70,7 +70,6 @@ struct StreamEntry {
     /// 0 for a stream that resumes from `Last-Event-ID`, which is owed everything after it.
     after: u64,
     tx: crate::feed::Sender<Arc<Event>>,
-    lagged: Arc<AtomicU64>,
 }
 
 struct State {
@@ -124,9 +123,14 @@ pub struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     pub rx: crate::feed::Receiver<Arc<Event>>,
+}
+
+impl Subscription {
     /// Messages dropped because the stream was full, not yet reported. While it is not zero
     /// the hub drops this stream's messages; report it (swap to 0) only once `rx` is empty.
-    pub lagged: Arc<AtomicU64>,
+    pub fn lagged(&self) -> &AtomicU64 {
+        self.rx.lagged()
+    }
 }
 
 impl Drop for Subscription {
@@ -311,7 +315,6 @@ impl Hub {
             });
         }
         let (tx, rx) = crate::feed::feed(self.settings.stream_buffer);
-        let lagged = Arc::new(AtomicU64::new(0));
         let mut st = self.lock();
         // Read under the hub's lock: a message the hub numbers after this was accepted after
         // the stream existed or is owed to it by the replay below.
@@ -340,7 +343,6 @@ impl Hub {
                 caller: caller.map(str::to_string),
                 after,
                 tx,
-                lagged: lagged.clone(),
             },
         );
         let head = st.next_id - 1;
@@ -352,7 +354,6 @@ impl Hub {
                 hub: self.clone(),
                 id,
                 rx,
-                lagged,
             },
             replay,
             head,
@@ -483,8 +484,9 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Received>) {
             if let Some(s) = st.streams.get(sid).filter(|s| seq >= s.after) {
                 // Once a stream has lost a message, it gets nothing more until it has told
                 // its client (the gap event), so the gap sits exactly where the hole is.
-                if s.lagged.load(Ordering::Acquire) > 0 || s.tx.try_send(ev.clone()).is_err() {
-                    s.lagged.fetch_add(1, Ordering::AcqRel);
+                let lagged = s.tx.lagged();
+                if lagged.load(Ordering::Acquire) > 0 || s.tx.try_send(ev.clone()).is_err() {
+                    lagged.fetch_add(1, Ordering::AcqRel);
                 }
             }
         }

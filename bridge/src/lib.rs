@@ -286,25 +286,28 @@ where
         app.clone().oneshot(req)
     });
     let io = TokioIo::new(stream);
+    // Each builder is dropped before its connection is awaited: a builder held across the
+    // await would sit in every connection's task for its whole life.
     let result = if h2 {
+        let conn = {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new());
+            b.serve_connection(io, svc)
+        };
         // Boxed: the HTTP/1 connections (nearly all) do not carry HTTP/2's state in their task.
-        Box::pin(
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, svc),
-        )
-        .await
+        Box::pin(conn).await
     } else {
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            // One write buffer that responses are copied into, rather than a queue of their
-            // chunks kept per connection: an open SSE stream then holds no queue of its own
-            // (the bridge's responses and events are small).
-            .writev(false)
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await
+        let conn = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                // One write buffer that responses are copied into, rather than a queue of
+                // their chunks kept per connection: an open SSE stream then holds no queue of
+                // its own (the bridge's responses and events are small).
+                .writev(false)
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            b.serve_connection(io, svc).with_upgrades()
+        };
+        conn.await
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer.addr, error = %e, "HTTP connection ended with an error");

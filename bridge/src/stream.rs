@@ -221,6 +221,10 @@ fn live(
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     stream::unfold((hub, sub, first), |(st, mut sub, mut first)| async move {
         if let Some(e) = first.pop_front() {
+            if first.is_empty() {
+                // Its buffer would stay as long as the stream: give it back.
+                first = VecDeque::new();
+            }
             return Some((Ok(e), (st, sub, first)));
         }
         // What was queued before the loss goes first, then the gap, then newer messages (the
@@ -229,7 +233,7 @@ fn live(
             let e = sse_event(&st, &ev);
             return Some((Ok(e), (st, sub, first)));
         }
-        let missed = sub.lagged.swap(0, Ordering::AcqRel);
+        let missed = sub.lagged().swap(0, Ordering::AcqRel);
         if missed > 0 {
             let e = SseEvent::default().event("gap").data(
                 json!({ "gap": "this stream fell behind and lost messages", "missed": missed })

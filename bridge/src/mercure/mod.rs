@@ -75,7 +75,7 @@ impl Mercure {
             .map_err(|e| anyhow::anyhow!("the Mercure hub cannot follow its topics: {e}"))?;
         let keeper = tokio::spawn(async move {
             while sub.rx.recv().await.is_some() {
-                sub.lagged.store(0, std::sync::atomic::Ordering::Release);
+                sub.lagged().store(0, std::sync::atomic::Ordering::Release);
             }
         });
         Ok(Some(Arc::new(Mercure {

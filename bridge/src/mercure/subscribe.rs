@@ -185,6 +185,9 @@ fn live(
     let st: LiveState = (m, filter, sub, first, presence);
     stream::unfold(st, |(m, filter, mut sub, mut first, p)| async move {
         if let Some(e) = first.pop_front() {
+            if first.is_empty() {
+                first = VecDeque::new();
+            }
             return Some((Ok(e), (m, filter, sub, first, p)));
         }
         loop {
@@ -192,7 +195,7 @@ fn live(
             let ev = match sub.rx.try_recv() {
                 Ok(ev) => ev,
                 Err(_) => {
-                    let missed = sub.lagged.swap(0, Ordering::AcqRel);
+                    let missed = sub.lagged().swap(0, Ordering::AcqRel);
                     if missed > 0 {
                         let e = gap_event(
                             "this stream fell behind and lost messages",
