@@ -97,26 +97,35 @@ impl<T> Receiver<T> {
 
     /// The oldest item, if one is queued.
     pub fn try_recv(&mut self) -> Result<T, Empty> {
-        let mut q = self.0.lock();
-        let item = q.items.pop_front().ok_or(Empty)?;
-        if q.items.is_empty() && q.items.capacity() > 64 {
-            // A burst is over: give its buffer back.
-            q.items = VecDeque::new();
-        }
-        Ok(item)
+        pop(&mut self.0.lock()).ok_or(Empty)
     }
 
     /// The oldest item, waiting for one; `None` once the sender is gone and the feed empty.
     pub async fn recv(&mut self) -> Option<T> {
         loop {
-            match self.try_recv() {
-                Ok(item) => return Some(item),
-                Err(Empty) if self.0.lock().closed => return None,
-                // A push after this check stored a permit in `ready`: the wait ends at once.
-                Err(Empty) => self.0.ready.notified().await,
+            {
+                // Emptiness and the sender's leaving, read under one lock.
+                let mut q = self.0.lock();
+                if let Some(item) = pop(&mut q) {
+                    return Some(item);
+                }
+                if q.closed {
+                    return None;
+                }
             }
+            // A push after the check above stored a permit in `ready`: the wait ends at once.
+            self.0.ready.notified().await;
         }
     }
+}
+
+fn pop<T>(q: &mut Inner<T>) -> Option<T> {
+    let item = q.items.pop_front()?;
+    if q.items.is_empty() && q.items.capacity() > 64 {
+        // A burst is over: give its buffer back.
+        q.items = VecDeque::new();
+    }
+    Some(item)
 }
 
 #[cfg(test)]

@@ -98,18 +98,26 @@ impl Pending {
     /// are due within [`LINGER`]) the ops before the oldest delivery still owed one, with the
     /// removals of the deliveries among them.
     fn take(&mut self, closed: bool) -> Vec<(u64, Op)> {
-        let expired = self.owed.values().any(|t| t.elapsed() >= LINGER);
-        if self.owed.is_empty() || expired || closed || !self.plain || self.ops.len() >= BATCH {
-            self.owed.clear();
-            self.plain = true;
-            return self.ops.drain(..).collect();
-        }
         let owed = &self.owed;
-        let cut = self
-            .ops
-            .iter()
-            .position(|(_, op)| matches!(op, Op::Enqueue { key, seq, .. } if owed.contains_key(&(*key, *seq))))
-            .unwrap_or(self.ops.len());
+        // The oldest delivery still owed its PUBACK is the first in the order (they are marked
+        // as they arrive): the scan stops there.
+        let oldest = self.ops.iter().position(|(_, op)| {
+            matches!(op, Op::Enqueue { key, seq, .. } if owed.contains_key(&(*key, *seq)))
+        });
+        let expired = oldest.is_some_and(|i| match &self.ops[i].1 {
+            Op::Enqueue { key, seq, .. } => owed
+                .get(&(*key, *seq))
+                .is_some_and(|t| t.elapsed() >= LINGER),
+            _ => false,
+        });
+        let cut = match oldest {
+            Some(i) if !expired && !closed && self.plain && self.ops.len() < BATCH => i,
+            _ => {
+                self.owed.clear();
+                self.plain = true;
+                return self.ops.drain(..).collect();
+            }
+        };
         let mut batch: Vec<(u64, Op)> = self.ops.drain(..cut).collect();
         let queued: HashSet<(u64, u64)> = batch
             .iter()
