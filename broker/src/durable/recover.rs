@@ -146,6 +146,7 @@ pub fn recover(edge: &Arc<Edge>, loaded: super::recover::Loaded) {
     let store = &edge.sessions;
     edge.seq.fetch_max(loaded.max_seq + 1, Ordering::AcqRel);
     let (mut sessions, mut messages) = (0, 0);
+    let mut wills = Vec::new();
     for s in loaded.sessions {
         let filters = match s.record.filters() {
             Ok(f) => f,
@@ -227,22 +228,27 @@ pub fn recover(edge: &Arc<Edge>, loaded: super::recover::Loaded) {
             store.put_session(&s.client_id, &state, expiry, false, due);
         }
         if let Some((due, publish)) = will {
-            let left = due
-                .duration_since(SystemTime::now())
-                .unwrap_or(std::time::Duration::ZERO);
-            let (edge2, id, key) = (edge.clone(), s.client_id.clone(), s.key);
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(left).await;
-                crate::session::publish_will(&edge2, publish, src).await;
-                edge2.sessions.clear_will(&id, key);
-                edge2
-                    .registry
-                    .timer_fired(&id, crate::registry::Timer::Will);
-            });
-            edge.registry.set_will(&s.client_id, timer);
+            wills.push((s.client_id.clone(), s.key, src, due, publish));
         }
         edge.registry.store_offline(&s.client_id, state);
         sessions += 1;
+    }
+    // Wills are armed once every session is back: one due now must reach the subscriptions of
+    // sessions recovered after its own (they were lost when published mid-recovery).
+    for (id, key, src, due, publish) in wills {
+        let left = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(std::time::Duration::ZERO);
+        let (edge2, id2) = (edge.clone(), id.clone());
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            crate::session::publish_will(&edge2, publish, src).await;
+            edge2.sessions.clear_will(&id2, key);
+            edge2
+                .registry
+                .timer_fired(&id2, crate::registry::Timer::Will);
+        });
+        edge.registry.set_will(&id, timer);
     }
     if sessions > 0 || loaded.expired_sessions > 0 {
         tracing::info!(
