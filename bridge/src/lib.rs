@@ -69,7 +69,7 @@ impl Bridge {
             .map_err(|e| anyhow::anyhow!("the bridge cannot open its broker session: {e}"))?;
         let rpc = rpc::Rpc::start(&edge, cfg.rpc.clone(), &hub.epoch).await?;
         let mercure = mercure::Mercure::start(cfg.mercure.clone(), &hub).await?;
-        let state = AppState {
+        let state = AppState::new(state::Services {
             edge: edge.clone(),
             client: hub.client().clone(),
             hub,
@@ -78,7 +78,7 @@ impl Bridge {
             security: cfg.security.clone(),
             settings: cfg.bridge.clone(),
             history: Default::default(),
-        };
+        });
         charts::start(state.clone());
         let app = routes::router(state);
         let per_ip = Arc::new(PerIp::new(cfg.bridge.max_connections_per_ip));

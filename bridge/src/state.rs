@@ -17,9 +17,25 @@ use crate::mercure::Mercure;
 use crate::rpc::Rpc;
 use crate::settings::BridgeSettings;
 
-/// What every handler can reach.
+/// What every handler can reach: a handle, cloned (one reference count) for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub edge: Arc<Edge>,
     /// The bridge's broker session: HTTP publishes go through it (the SSE hub receives on it).
     pub client: LocalClient,

@@ -3,8 +3,9 @@
 //!
 //! Data flow. rumqttd's router runs on its own thread and is reached only through its in-process
 //! links (`rumqttd::local`): no sockets, ports or passwords. Every message that enters the node is
-//! a frame ([`crate::message`]); [`Core::publish`] appends it through one of a few ingress links
-//! (a publisher always uses the same one, so its order is kept). One egress link subscribes to the
+//! a frame ([`crate::message`]); [`Core::publish`] queues it on one of a few lanes (a publisher
+//! always uses the same one, so its order is kept) and the [`Doorbell`] hands each lane's batch to
+//! its ingress link, waking the router once per batch, not per message. One egress link subscribes to the
 //! node's topic and its [`Egress`] hands every frame, in order, to the edge's fan-out
 //! ([`crate::fanout`]), which matches it against the edge's subscription index and queues it for
 //! each local session. A link to another node will be one more link here.
@@ -22,6 +23,7 @@
 //! inside the log: nothing accepted is ever lost in the core. A session whose client reads too
 //! slowly loses messages only from its own bounded queue, counted (see [`crate::inbox`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +39,8 @@ use crate::config;
 
 /// The one topic every frame is appended under.
 const NODE_TOPIC: &str = "rtw/node";
-/// Ingress links: publishers are spread over them (by connection) so they rarely wait on each
-/// other's lock.
+/// Lanes and their ingress links: publishers are spread over them (by connection) so they rarely
+/// wait on each other's lock.
 const INGRESS: usize = 4;
 /// How long a publisher waits for room in the core before the core is declared stuck.
 const STUCK: Duration = Duration::from_secs(10);
@@ -52,21 +54,32 @@ pub enum CoreError {
     Stuck(Duration),
 }
 
-struct Ingress {
-    tx: LinkTx,
-    /// The last append could not wake the router: the next one must.
-    owed: bool,
-}
-
 /// The running core.
 pub struct Core {
-    ingress: Vec<Mutex<Ingress>>,
+    /// Frames appended and not yet handed to rumqttd, one queue per ingress link.
+    lanes: Vec<Mutex<VecDeque<Bytes>>>,
+    /// Rung when a lane's queue stops being empty: the [`Doorbell`] hands the queues over.
+    bell: Notify,
     /// Bytes appended and not yet taken by the egress.
     backlog: AtomicUsize,
     /// Most bytes the backlog may hold before publishers wait.
     limit: usize,
     room: Notify,
     up: AtomicBool,
+}
+
+/// Hands what publishers appended to rumqttd's router, a batch per lane at a time.
+///
+/// Waking the router is a futex wake of its thread (and, on its way out, one of the egress): a
+/// wake per message cost more than the rest of an HTTP publish. Publishers only queue their
+/// frame and ring; the doorbell first lets the runtime finish the round of tasks that are ready
+/// (so their frames join the batch), then moves each lane's queue into its link's buffer and
+/// wakes the router once per lane.
+pub struct Doorbell {
+    core: Arc<Core>,
+    links: Vec<LinkTx>,
+    /// The queue swapped in for a lane's while its frames are handed over (keeps its capacity).
+    spare: VecDeque<Bytes>,
 }
 
 /// The reading end: every frame appended to the core, in order.
@@ -77,8 +90,9 @@ pub struct Egress {
 }
 
 impl Core {
-    /// Starts rumqttd's router and links its ingress and egress.
-    pub fn start(cfg: &config::BrokerConfig) -> anyhow::Result<(Arc<Core>, Egress)> {
+    /// Starts rumqttd's router and links its ingress and egress. The [`Doorbell`] must be run
+    /// (spawned) for appended frames to reach the router.
+    pub fn start(cfg: &config::BrokerConfig) -> anyhow::Result<(Arc<Core>, Doorbell, Egress)> {
         let max_frame = cfg.limits.max_packet_size as usize + 1024;
         let segment_count = cfg.core.segment_count.max(2);
         // A frame never fills a segment on its own.
@@ -101,7 +115,7 @@ impl Core {
             .build()
             .context("cannot link to the core")?;
         etx.subscribe(NODE_TOPIC).context("core subscribe")?;
-        let mut ingress = Vec::with_capacity(INGRESS);
+        let mut links = Vec::with_capacity(INGRESS);
         for i in 0..INGRESS {
             let (tx, _rx, _) = LinkBuilder::new(&format!("rtw-ingress-{i}"), router_tx.clone())
                 .dynamic_filters(true)
@@ -109,14 +123,15 @@ impl Core {
                 .context("cannot link to the core")?;
             // Nothing comes back on an ingress link (QoS 0 appends are not acknowledged).
             drop(_rx);
-            ingress.push(Mutex::new(Ingress { tx, owed: false }));
+            links.push(tx);
         }
         let limit = (segment_size * (segment_count - 1)).saturating_sub(max_frame) / 2;
         if limit < max_frame {
             bail!("core.segment_size is too small for limits.max_packet_size");
         }
         let core = Arc::new(Core {
-            ingress,
+            lanes: (0..INGRESS).map(|_| Mutex::new(VecDeque::new())).collect(),
+            bell: Notify::new(),
             backlog: AtomicUsize::new(0),
             limit,
             room: Notify::new(),
@@ -129,7 +144,12 @@ impl Core {
         };
         egress.await_suback()?;
         tracing::debug!(segment_size, segment_count, limit, "core ready");
-        Ok((core, egress))
+        let doorbell = Doorbell {
+            core: core.clone(),
+            links,
+            spare: VecDeque::new(),
+        };
+        Ok((core, doorbell, egress))
     }
 
     /// Is the core running?
@@ -137,8 +157,9 @@ impl Core {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Appends a frame through ingress link `lane` (any number: it is taken modulo the links),
-    /// waiting (bounded) while the core's backlog is over its limit.
+    /// Appends a frame on lane `lane` (any number: it is taken modulo the lanes; a publisher
+    /// always uses the same one, so its order is kept), waiting (bounded) while the core's
+    /// backlog is over its limit.
     pub async fn publish(&self, lane: usize, frame: Bytes) -> Result<(), CoreError> {
         if !self.is_up() {
             return Err(CoreError::Gone);
@@ -147,37 +168,24 @@ impl Core {
             self.wait_for_room().await?;
         }
         self.backlog.fetch_add(frame.len(), Ordering::AcqRel);
-        let mut ing = self.ingress[lane % self.ingress.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // rumqttd's router takes a link's whole buffer when woken, so one wake per empty →
-        // non-empty change is enough; a wake per frame would fill its event channel. A
-        // non-empty buffer has a wake pending: the frame joins it under the buffer's lock, so
-        // the router cannot take the buffer between the check and the push.
-        if !ing.owed {
-            let mut buf = ing.tx.buffer();
-            if !buf.is_empty() {
-                let p = Publish::new(Bytes::from_static(NODE_TOPIC.as_bytes()), frame, false);
-                buf.push_back(Packet::Publish(p, None));
-                return Ok(());
-            }
-        }
-        // Empty (only the router takes from it, and this lane's lock keeps other publishers
-        // out), or a wake is owed: append and wake.
-        match ing
-            .tx
-            .try_publish(Bytes::from_static(NODE_TOPIC.as_bytes()), frame)
-        {
-            Ok(_) => ing.owed = false,
-            // The frame is in the buffer; the router was not told. The next append tells it.
-            Err(LinkError::TrySend(_)) => ing.owed = true,
-            Err(e) => {
-                self.up.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, "the broker core is gone");
-                return Err(CoreError::Gone);
-            }
+        let first = {
+            let mut q = self.lanes[lane % self.lanes.len()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            q.push_back(frame);
+            q.len() == 1
+        };
+        // A lane that was not empty has rung already and not been handed over yet.
+        if first {
+            self.bell.notify_one();
         }
         Ok(())
+    }
+
+    fn gone(&self, e: &LinkError) {
+        self.up.store(false, Ordering::Relaxed);
+        self.room.notify_waiters();
+        tracing::error!(error = %e, "the broker core is gone");
     }
 
     async fn wait_for_room(&self) -> Result<(), CoreError> {
@@ -208,6 +216,62 @@ impl Core {
     }
 }
 
+impl Doorbell {
+    /// Runs until the core is gone.
+    pub async fn run(mut self) {
+        while self.core.is_up() {
+            self.core.bell.notified().await;
+            // Let the tasks that are ready now append too: one wake for all of them.
+            tokio::task::yield_now().await;
+            for i in 0..self.links.len() {
+                if let Err(e) = self.hand_over(i).await {
+                    self.core.gone(&e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves lane `i`'s frames into its link's buffer and wakes the router for them.
+    async fn hand_over(&mut self, i: usize) -> Result<(), LinkError> {
+        std::mem::swap(
+            &mut *self.core.lanes[i].lock().unwrap_or_else(|e| e.into_inner()),
+            &mut self.spare,
+        );
+        let Some(last) = self.spare.pop_back() else {
+            return Ok(());
+        };
+        let packet = |frame| {
+            let p = Publish::new(Bytes::from_static(NODE_TOPIC.as_bytes()), frame, false);
+            Packet::Publish(p, None)
+        };
+        let link = &mut self.links[i];
+        if !self.spare.is_empty() {
+            // rumqttd's router takes a link's whole buffer when woken: the frames before the
+            // last one need no wake of their own.
+            link.buffer().extend(self.spare.drain(..).map(packet));
+        }
+        // Appends the last frame and wakes the router.
+        let topic = Bytes::from_static(NODE_TOPIC.as_bytes());
+        let mut frame = last;
+        let since = std::time::Instant::now();
+        loop {
+            match link.try_publish(topic.clone(), frame) {
+                Ok(_) => return Ok(()),
+                // The router's event channel is full (it has a thousand wakes to read): the
+                // frame is in the buffer, the router was not told. Tell it once there is room,
+                // with an empty frame (the egress skips those), as long as the core is not stuck.
+                Err(LinkError::TrySend(e)) if since.elapsed() < STUCK => {
+                    tracing::debug!(error = %e, "the core's router is busy");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    frame = Bytes::new();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 impl Egress {
     fn await_suback(&mut self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -227,13 +291,13 @@ impl Egress {
                 Ok(Some(n)) => n,
                 Ok(None) => continue,
                 Err(e) => {
-                    self.core.up.store(false, Ordering::Relaxed);
-                    self.core.room.notify_waiters();
-                    tracing::error!(error = %e, "the broker core is gone");
+                    self.core.gone(&e);
                     return None;
                 }
             };
             match n {
+                // A wake-up with no message (see `Doorbell::hand_over`).
+                Notification::Forward(f) if f.publish.payload.is_empty() => {}
                 Notification::Forward(f) => {
                     let frame = f.publish.payload;
                     let before = self.core.backlog.fetch_sub(frame.len(), Ordering::AcqRel);

@@ -315,7 +315,8 @@ impl Broker {
         };
         let retained = retained::RetainedStore::open(&config.storage.dir)?;
         let (sessions, loaded) = durable::SessionStore::open(&config.storage.dir)?;
-        let (core, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
+        let (core, doorbell, egress) = tokio::task::block_in_place(|| Core::start(&config))?;
+        tokio::spawn(doorbell.run());
         let stats = stats::Stats::default();
         let (sys_tx, sys_rx) = watch::channel(stats.sys_tree(retained.len()));
         let shutdown = CancellationToken::new();
