@@ -48,21 +48,19 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 /// CORS checks pass, but its requests carry that domain in `Host`. With no authentication
 /// configured, only loopback names are served (403 otherwise), as Jupyter and other local
 /// servers do; once an authenticator is configured or anonymous access is allowed explicitly,
-/// any `Host` is served.
-pub async fn loopback_only(
-    axum::extract::State(st): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if st.security.local_only() && !loopback_host(req.headers()) {
-        return ApiError::forbidden(
-            "no authentication is configured, so only loopback host names (localhost, \
-             127.0.0.1, [::1]) are served; configure [auth] or set auth.allow_anonymous = true \
-             to serve other names",
-        )
-        .into_response();
+/// any `Host` is served. `Some`: the refusal to answer with.
+pub fn foreign_host_refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
+    if st.security.local_only() && !loopback_host(headers) {
+        return Some(
+            ApiError::forbidden(
+                "no authentication is configured, so only loopback host names (localhost, \
+                 127.0.0.1, [::1]) are served; configure [auth] or set auth.allow_anonymous = true \
+                 to serve other names",
+            )
+            .into_response(),
+        );
     }
-    next.run(req).await
+    None
 }
 
 fn unauthorized(why: &str, invalid: bool) -> ApiError {

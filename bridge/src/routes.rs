@@ -85,6 +85,20 @@ async fn no_topic() -> ApiError {
     ApiError::bad_request("the topic is missing: /topics/{topic}")
 }
 
+/// What every request passes first (one layer: each layer costs a boxed future per request):
+/// the loopback-only guard, then the request chart's count.
+async fn admit(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(refusal) = crate::access::foreign_host_refusal(&st, req.headers()) {
+        return refusal;
+    }
+    crate::charts::count_request(&st, req.uri().path());
+    next.run(req).await
+}
+
 pub fn router(state: AppState) -> Router {
     let mut app = Router::new();
     for r in &state.rpc.settings.routes {
@@ -131,13 +145,6 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .merge(crate::mercure::routes::routes(&state))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::charts::count_request,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::access::loopback_only,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
 }
