@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use std::sync::mpsc;
+
+use tokio::sync::{oneshot, watch, Notify};
 
 pub use recover::recover;
 
@@ -120,7 +122,8 @@ pub enum StoreError {
 
 struct Queue {
     next: u64,
-    tx: mpsc::UnboundedSender<(u64, Op)>,
+    /// To the writer thread (std's channel: the writer blocks on it with a timeout).
+    tx: mpsc::Sender<(u64, Op)>,
 }
 
 /// The store's handle, shared by the fan-out, the sessions and the local clients.
@@ -157,7 +160,7 @@ impl SessionStore {
             .with_context(|| format!("cannot write to {}", path.display()))?;
         let loaded = recover::load(&db, SystemTime::now())
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let (ptx, prx) = watch::channel(Progress::default());
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let room = Arc::new(Notify::new());

@@ -7,7 +7,9 @@
 //! session waits up to [`LINGER`] for its PUBACK before it is committed: what comes before the
 //! oldest one still owed is committed without it (the removals of its deliveries taken along),
 //! so while subscribers keep up, a message every persistent session already acknowledged never
-//! needs an fsync before its publisher's PUBACK; past the linger, everything is fsync'd. After a failed commit redb refuses every later
+//! needs an fsync before its publisher's PUBACK; a delivery past its linger is fsync'd with what
+//! precedes it, the younger ones go on waiting. While one waits, the writer sleeps on its channel
+//! until the next op or the end of the linger (no polling). After a failed commit redb refuses every later
 //! write on the same handle, so the database is closed and opened again for the next batch:
 //! once the fault clears (disk space freed), writes succeed again without a restart.
 
@@ -18,7 +20,9 @@ use std::sync::Arc;
 use std::collections::{HashMap, HashSet};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, watch, Notify};
+use std::sync::mpsc;
+
+use tokio::sync::{watch, Notify};
 
 use super::record::{self, SessionRecord};
 use super::{Op, Progress};
@@ -58,7 +62,7 @@ pub(super) fn create_tables(db: &Database) -> Result<(), redb::Error> {
 pub(super) struct Writer {
     pub path: PathBuf,
     pub db: Option<Database>,
-    pub rx: mpsc::UnboundedReceiver<(u64, Op)>,
+    pub rx: mpsc::Receiver<(u64, Op)>,
     pub progress: watch::Sender<Progress>,
     pub queued_bytes: Arc<AtomicUsize>,
     pub room: Arc<Notify>,
@@ -94,29 +98,40 @@ impl Pending {
         self.ops.push_back((n, op));
     }
 
+    /// How long the oldest delivery still owed its PUBACK may go on waiting.
+    fn linger_left(&self) -> std::time::Duration {
+        let first = self.ops.iter().find_map(|(_, op)| match op {
+            Op::Enqueue { key, seq, .. } => self.owed.get(&(*key, *seq)),
+            _ => None,
+        });
+        first.map_or(std::time::Duration::ZERO, |t| {
+            LINGER.saturating_sub(t.elapsed())
+        })
+    }
+
     /// What to commit now, if anything: everything, or (while connected sessions' PUBACKs
-    /// are due within [`LINGER`]) the ops before the oldest delivery still owed one, with the
-    /// removals of the deliveries among them.
+    /// are due within [`LINGER`]) the ops before the oldest delivery still waiting for one, with
+    /// the removals of the deliveries among them. A delivery whose linger is over is written
+    /// with that prefix; the younger ones behind it go on waiting.
     fn take(&mut self, closed: bool) -> Vec<(u64, Op)> {
         let owed = &self.owed;
-        // The oldest delivery still owed its PUBACK is the first in the order (they are marked
-        // as they arrive): the scan stops there.
-        let oldest = self.ops.iter().position(|(_, op)| {
-            matches!(op, Op::Enqueue { key, seq, .. } if owed.contains_key(&(*key, *seq)))
-        });
-        let expired = oldest.is_some_and(|i| match &self.ops[i].1 {
-            Op::Enqueue { key, seq, .. } => owed
-                .get(&(*key, *seq))
-                .is_some_and(|t| t.elapsed() >= LINGER),
-            _ => false,
-        });
-        let cut = match oldest {
-            Some(i) if !expired && !closed && self.plain && self.ops.len() < BATCH => i,
-            _ => {
-                self.owed.clear();
-                self.plain = true;
-                return self.ops.drain(..).collect();
-            }
+        let now = std::time::Instant::now();
+        // Deliveries are marked as they arrive, so the owed ones are in the order of their
+        // marks: the scan stops at the first whose linger is not over.
+        let waiting = if closed || !self.plain || self.ops.len() >= BATCH {
+            None
+        } else {
+            self.ops.iter().position(|(_, op)| match op {
+                Op::Enqueue { key, seq, .. } => owed
+                    .get(&(*key, *seq))
+                    .is_some_and(|t| now.duration_since(*t) < LINGER),
+                _ => false,
+            })
+        };
+        let Some(cut) = waiting else {
+            self.owed.clear();
+            self.plain = true;
+            return self.ops.drain(..).collect();
         };
         let mut batch: Vec<(u64, Op)> = self.ops.drain(..cut).collect();
         let queued: HashSet<(u64, u64)> = batch
@@ -126,6 +141,8 @@ impl Pending {
                 _ => None,
             })
             .collect();
+        // Those whose linger ran out are written now.
+        self.owed.retain(|k, _| !queued.contains(k));
         if !queued.is_empty() {
             // Their removals come later in the order; taken along, the pair is never written.
             let (along, rest): (Vec<_>, Vec<_>) = self.ops.drain(..).partition(
@@ -144,8 +161,8 @@ impl Writer {
         while pending.ops.len() < BATCH {
             match self.rx.try_recv() {
                 Ok(op) => pending.push(op),
-                Err(mpsc::error::TryRecvError::Empty) => return true,
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
             }
         }
         true
@@ -158,16 +175,20 @@ impl Writer {
         };
         loop {
             if pending.ops.is_empty() {
-                match self.rx.blocking_recv() {
-                    Some(op) => pending.push(op),
-                    None => return,
+                match self.rx.recv() {
+                    Ok(op) => pending.push(op),
+                    Err(_) => return,
                 }
             }
             let open = self.drain(&mut pending);
             let batch = pending.take(!open);
             if batch.is_empty() {
-                // The oldest op waits for a connected session's PUBACK (at most LINGER).
-                std::thread::sleep(std::time::Duration::from_micros(50));
+                // The oldest op waits for a connected session's PUBACK: until the next op
+                // arrives (that PUBACK, maybe) or its linger ends. A closed channel is seen by
+                // the next drain.
+                if let Ok(op) = self.rx.recv_timeout(pending.linger_left()) {
+                    pending.push(op);
+                }
                 continue;
             }
             self.commit_batch(batch, &pending);
@@ -373,11 +394,20 @@ mod tests {
         assert_eq!(numbers(&b), vec![1, 3]);
         assert!(!plan(&b).any);
         assert_eq!(p.ops.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![2]);
-        // Past the linger, everything is committed (and fsync'd).
+        // Past its linger, it is committed (and fsync'd); a younger one goes on waiting.
         std::thread::sleep(LINGER);
+        p.push((6, enqueue(6)));
+        assert!(p.linger_left() == std::time::Duration::ZERO);
         let b = p.take(false);
         assert_eq!(numbers(&b), vec![2]);
         assert!(plan(&b).durable);
+        assert_eq!(p.ops.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![6]);
+        assert!(p.linger_left() > std::time::Duration::ZERO);
+        // Its PUBACK came: it goes with its removal, never written.
+        p.push((7, Op::Remove { key: 7, seq: 6 }));
+        let b = p.take(false);
+        assert_eq!(numbers(&b), vec![6, 7]);
+        assert!(!plan(&b).any);
         // Anything but deliveries and removals is committed at once, with what precedes it.
         p.push((4, enqueue(4)));
         p.push((
