@@ -209,11 +209,14 @@ mod tests {
         assert_eq!(waiting.await.ok(), Some((Some(4), None)));
     }
 
+    /// What `poll_next` says now (without waiting).
+    fn next(rx: &mut Receiver<u32>) -> impl std::future::Future<Output = Poll<Next<u32>>> + '_ {
+        std::future::poll_fn(move |cx| Poll::Ready(rx.poll_next(cx)))
+    }
+
     #[tokio::test]
     async fn a_heartbeat_is_told_once_and_only_while_empty() {
         let (tx, mut rx) = feed(4);
-        let next =
-            |rx: &mut Receiver<u32>| std::future::poll_fn(|cx| Poll::Ready(rx.poll_next(cx)));
         assert_eq!(next(&mut rx).await, Poll::Pending);
         tx.beat();
         assert_eq!(next(&mut rx).await, Poll::Ready(Next::Beat));
