@@ -12,7 +12,7 @@
 //! the blank line that dispatches the event.
 //!
 //! Hand-written rather than axum's `Sse`: that boxes a stream (here an `unfold` future holding
-//! the subscription, the pending receive and the heartbeat wait, ~320 bytes) for every open
+//! the subscription, the pending receive and the heartbeat wait: ~300 bytes) for every open
 //! response and builds each event in a growing `BytesMut`; no maintained crate gives an SSE body
 //! that holds no more than its subscription. This one holds the first buffer until it is sent,
 //! the source, and a deadline only when the credentials expire: an idle stream keeps ~70 bytes

@@ -12,7 +12,7 @@
 //!
 //! Data flow of a stream: the handler checks the query and the caller, attaches to the hub,
 //! encodes what is owed first (replay or retained state, else `: open`) into one buffer, and
-//! answers with [`crate::sse::response`], whose body then polls [`Live`]: the stream's hub feed,
+//! answers with [`crate::sse::response`], whose body then polls `Live`: the stream's hub feed,
 //! each event encoded once for every stream that carries it ([`Event::frame`]).
 
 use std::sync::atomic::Ordering;

@@ -15,7 +15,7 @@
 //! token's `exp` passes.
 //!
 //! Data flow: the handler authorizes, attaches to the hub, encodes the replay (or `: open`)
-//! into one buffer and answers with [`crate::sse::response`]; its body then polls [`Live`],
+//! into one buffer and answers with [`crate::sse::response`]; its body then polls `Live`,
 //! which reads the stream's hub feed and encodes each event this subscriber may see.
 
 use std::sync::atomic::Ordering;
