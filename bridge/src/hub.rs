@@ -37,8 +37,8 @@ pub struct Event {
     pub content_type: Option<String>,
     pub user_properties: Vec<(String, String)>,
     pub at: Instant,
-    /// The SSE data of this event, built once for however many streams carry it.
-    pub json: std::sync::OnceLock<String>,
+    /// This event as an `/events` SSE frame, built once for however many streams carry it.
+    pub frame: std::sync::OnceLock<Bytes>,
 }
 
 struct FilterState {
@@ -109,9 +109,6 @@ pub struct Hub {
     ops: tokio::sync::Mutex<()>,
     /// Wakes the sweep when a filter is released before its linger time.
     sweep_now: tokio::sync::Notify,
-    /// Rung every `[bridge] heartbeat_secs`: each waiting SSE stream sends a heartbeat then.
-    /// (One clock for every stream, rather than a timer in each: an idle stream holds none.)
-    beat: tokio::sync::Notify,
 }
 
 /// Why a replay from `Last-Event-ID` is not exact.
@@ -126,6 +123,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The hub this stream is registered with.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     /// Messages dropped because the stream was full, not yet reported. While it is not zero
     /// the hub drops this stream's messages; report it (swap to 0) only once `rx` is empty.
     pub fn lagged(&self) -> &AtomicU64 {
@@ -216,17 +218,11 @@ impl Hub {
             }),
             ops: tokio::sync::Mutex::new(()),
             sweep_now: tokio::sync::Notify::new(),
-            beat: tokio::sync::Notify::new(),
         });
         tokio::spawn(run(hub.clone(), rx));
         tokio::spawn(sweep(Arc::downgrade(&hub)));
         tokio::spawn(heartbeat(Arc::downgrade(&hub)));
         Ok(hub)
-    }
-
-    /// Resolves at the next heartbeat.
-    pub async fn heartbeat(&self) {
-        self.beat.notified().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -393,22 +389,6 @@ impl Hub {
     }
 }
 
-/// Resolves when credentials that expire at `at` do (never for `None`): a stream ends then.
-pub fn expiry(at: Option<std::time::SystemTime>) -> impl std::future::Future<Output = ()> {
-    let until = at.map(|t| {
-        tokio::time::Instant::now()
-            + t.duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-    });
-    async move {
-        match until {
-            // Boxed: most streams never expire, and every open one holds this future.
-            Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
-            None => std::future::pending().await,
-        }
-    }
-}
-
 fn replay(st: &State, filters: &[String], n: u64) -> Result<Vec<Arc<Event>>, Gap> {
     // 0 (no id this server gives) asks for everything the history holds, without a claim that
     // nothing older was lost (Mercure's `Last-Event-ID: earliest`).
@@ -468,7 +448,7 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Received>) {
             content_type: props.content_type,
             user_properties: props.user_properties,
             at: Instant::now(),
-            json: std::sync::OnceLock::new(),
+            frame: std::sync::OnceLock::new(),
         });
         st.history.push_back(ev.clone());
         hub.trim(&mut st);
@@ -493,7 +473,9 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::Receiver<Received>) {
     }
 }
 
-/// Rings the streams' heartbeat until the hub is gone.
+/// Rings the streams' heartbeat until the hub is gone: every `[bridge] heartbeat_secs`, each
+/// stream's feed is told (a stream with nothing to send then sends a heartbeat). One clock for
+/// every stream, rather than a timer in each: an idle stream holds none.
 async fn heartbeat(hub: std::sync::Weak<Hub>) {
     let every = match hub.upgrade() {
         Some(h) => Duration::from_secs(h.settings.heartbeat_secs.max(1)),
@@ -505,7 +487,9 @@ async fn heartbeat(hub: std::sync::Weak<Hub>) {
     loop {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
-        hub.beat.notify_waiters();
+        for s in hub.lock().streams.values() {
+            s.tx.beat();
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod routes;
 pub mod rpc;
 pub mod settings;
+pub mod sse;
 pub mod state;
 pub mod stream;
 pub mod topics;
@@ -277,13 +278,25 @@ async fn h2_prior_knowledge(
     tokio::time::timeout(wait, look).await.ok().flatten()
 }
 
+/// The router's answer to one request, boxed (see [`serve_http`]).
+type RouterFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
 async fn serve_http<S>(stream: S, peer: Peer, app: axum::Router, h2: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    // The request's future is boxed: hyper keeps a box the size of the service's future for the
+    // connection's whole life (for an open stream too), and the router's future is ~300 bytes.
+    // Boxed, that box holds a pointer, and the router's future is freed once it has answered.
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer);
-        app.clone().oneshot(req)
+        let fut: RouterFuture = Box::pin(app.clone().oneshot(req));
+        fut
     });
     let io = TokioIo::new(stream);
     // Each builder is dropped before its connection is awaited: a builder held across the

@@ -7,27 +7,32 @@
 //! is the bridge's event id and whose data is JSON:
 //! `{"id","topic","payload","encoding":"utf8"|"base64","content_type"?,"user_properties"?,"retained"?}`.
 //! An `event: gap` tells the client it lost messages (history too short, or it read too slowly)
-//! and should resync from state. SSE framing is axum's; heartbeats (`: heartbeat`, every
-//! `[bridge] heartbeat_secs`) ring from the hub's one clock.
+//! and should resync from state. Heartbeats (`: heartbeat`, every `[bridge] heartbeat_secs`)
+//! ring from the hub's one clock.
+//!
+//! Data flow of a stream: the handler checks the query and the caller, attaches to the hub,
+//! encodes what is owed first (replay or retained state, else `: open`) into one buffer, and
+//! answers with [`crate::sse::response`], whose body then polls `Live`: the stream's hub feed,
+//! each event encoded once for every stream that carries it ([`Event::frame`]).
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use broker::topic;
-use futures_util::stream::{self, Stream};
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::access::Caller;
 use crate::error::ApiError;
+use crate::feed::Next;
 use crate::hub::{Event, Gap, Hub, Subscription};
+use crate::sse;
 use crate::state::AppState;
 
 /// Parsed query of `/events` and `/poll`.
@@ -153,21 +158,19 @@ pub async fn events(
     let since = last_event_id(&c.headers, &q).map(|s| st.hub.parse_id(&s));
     let resumed = since.is_some();
     let (sub, replay, head) = st.hub.attach(&q.filters, since, Some(&account)).await?;
-    let mut first: VecDeque<SseEvent> = VecDeque::new();
+    // What is owed first, as one buffer (given back once sent).
+    let mut first = Vec::new();
     match replay {
         Some(Ok(events)) => {
             for e in events {
-                first.push_back(sse_event(&st.hub, &e));
+                first.extend_from_slice(&live_frame(&st.hub, &e));
             }
         }
-        Some(Err(Gap(why))) => {
-            first.push_back(
-                SseEvent::default()
-                    .event("gap")
-                    .id(st.hub.event_id(head))
-                    .data(gap_json(&st, why, head).to_string()),
-            );
-        }
+        Some(Err(Gap(why))) => sse::Event::new()
+            .event("gap")
+            .id(&st.hub.event_id(head))
+            .data(gap_json(&st, why, head).to_string().as_bytes())
+            .finish_into(&mut first),
         None => {}
     }
     if q.retained && !resumed {
@@ -189,64 +192,70 @@ pub async fn events(
                     &props.user_properties,
                 );
                 v["retained"] = Value::Bool(true);
-                first.push_back(SseEvent::default().data(v.to_string()));
+                sse::Event::new()
+                    .data(v.to_string().as_bytes())
+                    .finish_into(&mut first);
             }
         }
     }
-    if first.is_empty() {
-        // hyper sends the response head with the body's first bytes: without this comment a
-        // client would not see the stream open (EventSource `open`) until the first message or
-        // heartbeat.
-        first.push_back(SseEvent::default().comment("open"));
-    }
+    let first = if first.is_empty() {
+        Bytes::from_static(sse::OPEN)
+    } else {
+        Bytes::from(first)
+    };
     // The stream ends when the caller's credentials expire. Heartbeats come from the hub's
-    // one clock ([`Hub::heartbeat`]), not from a timer per stream.
-    let ends = crate::hub::expiry(expires);
-    use futures_util::StreamExt;
-    Ok(Sse::new(live(st.hub.clone(), sub, first).take_until(ends)).into_response())
+    // one clock, not from a timer per stream.
+    Ok(sse::response(first, Live { sub }, expires))
 }
 
-fn sse_event(hub: &Hub, e: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(hub.event_id(e.id))
-        .data(e.json.get_or_init(|| live_json(hub, e).to_string()))
+/// An `/events` SSE frame for `e`: its id and its JSON, built once per event.
+fn live_frame(hub: &Hub, e: &Event) -> Bytes {
+    e.frame
+        .get_or_init(|| {
+            let json = live_json(hub, e).to_string();
+            sse::Event::with_capacity(json.len() + 32)
+                .id(&hub.event_id(e.id))
+                .data(json.as_bytes())
+                .finish()
+        })
+        .clone()
 }
 
-/// The stream's events: `first` (replay or retained state), then live ones. It holds the hub
-/// alone, not the whole [`AppState`]: every open stream keeps this state.
-fn live(
-    hub: Arc<Hub>,
+/// The frame that heartbeats an idle `/events` stream.
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// The live part of an `/events` stream: its hub subscription, and nothing else (every open
+/// stream keeps this).
+struct Live {
     sub: Subscription,
-    first: VecDeque<SseEvent>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold((hub, sub, first), |(st, mut sub, mut first)| async move {
-        if let Some(e) = first.pop_front() {
-            if first.is_empty() {
-                // Its buffer would stay as long as the stream: give it back.
-                first = VecDeque::new();
+}
+
+impl sse::Source for Live {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        // What was queued before a loss goes first, then the gap, then newer messages (the hub
+        // queues nothing for this stream while the loss is unreported).
+        let beat = match self.sub.rx.poll_next(cx) {
+            Poll::Ready(Next::Item(ev)) => {
+                return Poll::Ready(Some(live_frame(self.sub.hub(), &ev)))
             }
-            return Some((Ok(e), (st, sub, first)));
-        }
-        // What was queued before the loss goes first, then the gap, then newer messages (the
-        // hub queues nothing for this stream while the loss is unreported).
-        if let Ok(ev) = sub.rx.try_recv() {
-            let e = sse_event(&st, &ev);
-            return Some((Ok(e), (st, sub, first)));
-        }
-        let missed = sub.lagged().swap(0, Ordering::AcqRel);
-        if missed > 0 {
-            let e = SseEvent::default().event("gap").data(
-                json!({ "gap": "this stream fell behind and lost messages", "missed": missed })
-                    .to_string(),
-            );
-            return Some((Ok(e), (st, sub, first)));
-        }
-        let e = tokio::select! {
-            ev = sub.rx.recv() => sse_event(&st, &*ev?),
-            () = st.heartbeat() => SseEvent::default().comment("heartbeat"),
+            Poll::Ready(Next::Closed) => return Poll::Ready(None),
+            Poll::Ready(Next::Beat) => true,
+            Poll::Pending => false,
         };
-        Some((Ok(e), (st, sub, first)))
-    })
+        let missed = self.sub.lagged().swap(0, Ordering::AcqRel);
+        if missed > 0 {
+            let gap =
+                json!({ "gap": "this stream fell behind and lost messages", "missed": missed });
+            let e = sse::Event::new()
+                .event("gap")
+                .data(gap.to_string().as_bytes());
+            return Poll::Ready(Some(e.finish()));
+        }
+        if beat {
+            return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
+        }
+        Poll::Pending
+    }
 }
 
 pub async fn poll(

@@ -10,27 +10,31 @@
 //! publisher-given id found in the history. When the history cannot prove the replay complete,
 //! an `event: gap` says so (as on `/events`), as it does when the stream falls behind. The
 //! response's `Last-Event-ID` header is the id of the newest event in the history (`earliest`
-//! when there is none). Heartbeats are SSE comments every `[bridge] heartbeat_secs`; the stream
-//! ends when the token's `exp` passes.
+//! when there is none). Heartbeats are empty SSE comments (`:`) every `[bridge] heartbeat_secs`
+//! on a stream with nothing to send, rung by the hub's one clock; the stream ends when the
+//! token's `exp` passes.
+//!
+//! Data flow: the handler authorizes, attaches to the hub, encodes the replay (or `: open`)
+//! into one buffer and answers with [`crate::sse::response`]; its body then polls `Live`,
+//! which reads the stream's hub feed and encodes each event this subscriber may see.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Uri};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use axum::response::Response;
+use bytes::Bytes;
 use serde_json::json;
 
 use super::mapping::{self, received, wire_id};
 use super::selector::{self, any_match, Selector};
 use super::{auth, subscriptions, Mercure};
 use crate::error::ApiError;
+use crate::feed::Next;
 use crate::hub::{Event, Gap, Subscription};
+use crate::sse;
 use crate::state::AppState;
 
 /// What one subscriber may see.
@@ -42,7 +46,7 @@ pub struct Filter {
 
 impl Filter {
     /// Should event `e` reach this subscriber? Then its SSE form.
-    pub fn deliver(&self, m: &Mercure, e: &Event) -> Option<SseEvent> {
+    pub fn deliver(&self, m: &Mercure, e: &Event) -> Option<sse::Event> {
         let r = received(e)?;
         if !any_match(&self.selectors, &r.topics) {
             return None;
@@ -50,25 +54,28 @@ impl Filter {
         if r.private && !any_match(&self.allowed, &r.topics) {
             return None;
         }
-        let mut ev = SseEvent::default()
-            .id(wire_id(&m.hub, e))
-            .data(String::from_utf8_lossy(&e.payload));
+        let data = String::from_utf8_lossy(&e.payload);
+        let mut ev = sse::Event::with_capacity(data.len() + 64)
+            .id(&wire_id(&m.hub, e))
+            .data(data.as_bytes());
         if let Some(t) = r.event_type {
             ev = ev.event(t);
         }
         if let Some(ms) = r.retry {
-            ev = ev.retry(Duration::from_millis(ms));
+            ev = ev.retry(ms);
         }
         Some(ev)
     }
 }
 
-fn gap_event(why: &str, extra: serde_json::Value) -> SseEvent {
+fn gap_event(why: &str, extra: serde_json::Value) -> sse::Event {
     let mut v = json!({ "gap": why });
     if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
         o.extend(x.clone());
     }
-    SseEvent::default().event("gap").data(v.to_string())
+    sse::Event::new()
+        .event("gap")
+        .data(v.to_string().as_bytes())
 }
 
 /// Where a `Last-Event-ID` points in the hub's history.
@@ -142,73 +149,79 @@ pub async fn subscribe(
     let since = last_id.as_deref().map(|id| resolve(&m, id));
     let header_id = m.last_event_id();
     let (sub, replay, head) = m.hub.attach(&mapping::filters(), since, None).await?;
-    let mut first = VecDeque::new();
+    // What is owed first, as one buffer (given back once sent).
+    let mut first = Vec::new();
     match replay {
-        Some(Ok(events)) => first.extend(events.iter().filter_map(|e| filter.deliver(&m, e))),
-        Some(Err(Gap(why))) => first.push_back(
-            gap_event(why, json!({ "last_id": m.hub.event_id(head) })).id(m.hub.event_id(head)),
-        ),
+        Some(Ok(events)) => {
+            for e in &events {
+                if let Some(ev) = filter.deliver(&m, e) {
+                    ev.finish_into(&mut first);
+                }
+            }
+        }
+        Some(Err(Gap(why))) => gap_event(why, json!({ "last_id": m.hub.event_id(head) }))
+            .id(&m.hub.event_id(head))
+            .finish_into(&mut first),
         None => {}
     }
-    if first.is_empty() {
-        // The response head leaves with the body's first bytes: open the stream at once.
-        first.push_back(SseEvent::default().comment("open"));
-    }
+    let first = if first.is_empty() {
+        Bytes::from_static(sse::OPEN)
+    } else {
+        Bytes::from(first)
+    };
     let presence = subscriptions::Presence::join(&m, topics, grants.claim.payload.clone()).await;
-    let heartbeat = Duration::from_secs(st.settings.heartbeat_secs.max(1));
-    let ends = crate::hub::expiry(grants.expires);
-    use futures_util::StreamExt;
-    let mut res = Sse::new(live(m, filter, sub, first, presence).take_until(ends))
-        .keep_alive(KeepAlive::new().interval(heartbeat))
-        .into_response();
+    let live = Live {
+        m,
+        filter,
+        sub,
+        _presence: presence,
+    };
+    let mut res = sse::response(first, live, grants.expires);
     if let Ok(v) = HeaderValue::from_str(&header_id) {
         res.headers_mut().insert("last-event-id", v);
     }
     Ok(res)
 }
 
-type LiveState = (
-    Arc<Mercure>,
-    Filter,
-    Subscription,
-    VecDeque<SseEvent>,
-    subscriptions::Presence,
-);
+/// The frame that heartbeats an idle Mercure stream: an empty comment, as axum's keep-alive
+/// sent it before.
+const HEARTBEAT: &[u8] = b":\n\n";
 
-fn live(
+/// The live part of a subscriber's stream: what it may see, its hub subscription, and its
+/// presence in the active-subscriptions list (for as long as the stream is open).
+struct Live {
     m: Arc<Mercure>,
     filter: Filter,
     sub: Subscription,
-    first: VecDeque<SseEvent>,
-    presence: subscriptions::Presence,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let st: LiveState = (m, filter, sub, first, presence);
-    stream::unfold(st, |(m, filter, mut sub, mut first, p)| async move {
-        if let Some(e) = first.pop_front() {
-            if first.is_empty() {
-                first = VecDeque::new();
-            }
-            return Some((Ok(e), (m, filter, sub, first, p)));
-        }
+    _presence: subscriptions::Presence,
+}
+
+impl sse::Source for Live {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             // Queued events first, then the loss (if any), then newer ones (see stream.rs).
-            let ev = match sub.rx.try_recv() {
-                Ok(ev) => ev,
-                Err(_) => {
-                    let missed = sub.lagged().swap(0, Ordering::AcqRel);
-                    if missed > 0 {
-                        let e = gap_event(
-                            "this stream fell behind and lost messages",
-                            json!({ "missed": missed }),
-                        );
-                        return Some((Ok(e), (m, filter, sub, first, p)));
-                    }
-                    sub.rx.recv().await?
-                }
+            let beat = match self.sub.rx.poll_next(cx) {
+                Poll::Ready(Next::Item(ev)) => match self.filter.deliver(&self.m, &ev) {
+                    Some(e) => return Poll::Ready(Some(e.finish())),
+                    // Not for this subscriber: the next one (the feed is bounded).
+                    None => continue,
+                },
+                Poll::Ready(Next::Closed) => return Poll::Ready(None),
+                Poll::Ready(Next::Beat) => true,
+                Poll::Pending => false,
             };
-            if let Some(e) = filter.deliver(&m, &ev) {
-                return Some((Ok(e), (m, filter, sub, first, p)));
+            let missed = self.sub.lagged().swap(0, Ordering::AcqRel);
+            if missed > 0 {
+                let e = gap_event(
+                    "this stream fell behind and lost messages",
+                    json!({ "missed": missed }),
+                );
+                return Poll::Ready(Some(e.finish()));
             }
+            if beat {
+                return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
+            }
+            return Poll::Pending;
         }
-    })
+    }
 }
