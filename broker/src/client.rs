@@ -81,13 +81,34 @@ impl LocalClient {
         client_id: &str,
         inbox: mpsc::Sender<Received>,
     ) -> Result<LocalClient, ClientError> {
+        LocalClient::start(edge, client_id, |queue| tokio::spawn(pump(queue, inbox)))
+    }
+
+    /// A client whose messages are handed, in order, to `sink`, called on the client's own
+    /// task (one hop fewer than a channel to a task of the owner's). `sink` must not block: it
+    /// holds up only this client's messages, which wait in its bounded inbox meanwhile.
+    pub async fn connect_sink(
+        edge: &Arc<Edge>,
+        client_id: &str,
+        sink: impl FnMut(Received) + Send + 'static,
+    ) -> Result<LocalClient, ClientError> {
+        LocalClient::start(edge, client_id, |queue| {
+            tokio::spawn(pump_to_sink(queue, sink))
+        })
+    }
+
+    fn start(
+        edge: &Arc<Edge>,
+        client_id: &str,
+        pump: impl FnOnce(Arc<Inbox>) -> tokio::task::JoinHandle<()>,
+    ) -> Result<LocalClient, ClientError> {
         if !edge.core_ready() {
             return Err(ClientError::Closed);
         }
         let mut st = SessionState::new(edge, client_id, None);
         st.inbox = Inbox::new(client_id, INBOX_MESSAGES, INBOX_BYTES);
         let queue = st.inbox.clone();
-        let pump = tokio::spawn(pump(queue.clone(), inbox));
+        let pump = pump(queue.clone());
         Ok(LocalClient {
             inner: Arc::new(Inner {
                 edge: edge.clone(),
@@ -210,24 +231,52 @@ impl LocalClient {
     }
 }
 
+/// The next message of the inbox as its owner gets it (`None`: none left now).
+fn next_received(inbox: &Inbox) -> Option<Received> {
+    let now = std::time::SystemTime::now;
+    while let Some(d) = inbox.pop() {
+        let left = d.msg.expiry_left(now());
+        if left == Some(0) {
+            continue;
+        }
+        let mut p = d.msg.publish.clone();
+        p.qos = d.qos;
+        p.retain = d.retain;
+        if let (Some(l), Some(props)) = (left, p.properties.as_mut()) {
+            props.message_expiry_interval = Some(l);
+        }
+        return Some(Received {
+            publish: p,
+            seq: d.msg.seq,
+        });
+    }
+    None
+}
+
 /// Moves messages from the client's inbox to its owner, in order.
 async fn pump(inbox: Arc<Inbox>, out: mpsc::Sender<Received>) {
-    let now = std::time::SystemTime::now;
     loop {
-        while let Some(d) = inbox.pop() {
-            let left = d.msg.expiry_left(now());
-            if left == Some(0) {
-                continue;
-            }
-            let mut p = d.msg.publish.clone();
-            p.qos = d.qos;
-            p.retain = d.retain;
-            if let (Some(l), Some(props)) = (left, p.properties.as_mut()) {
-                props.message_expiry_interval = Some(l);
-            }
-            let seq = d.msg.seq;
-            if out.send(Received { publish: p, seq }).await.is_err() {
+        while let Some(r) = next_received(&inbox) {
+            if out.send(r).await.is_err() {
                 return;
+            }
+        }
+        inbox.wait().await;
+    }
+}
+
+/// Hands messages from the client's inbox to its owner's `sink`, in order.
+async fn pump_to_sink(inbox: Arc<Inbox>, mut sink: impl FnMut(Received)) {
+    /// Messages handed over before the task lets others run (the inbox may never be empty).
+    const BATCH: usize = 256;
+    loop {
+        let mut n = 0;
+        while let Some(r) = next_received(&inbox) {
+            sink(r);
+            n += 1;
+            if n == BATCH {
+                n = 0;
+                tokio::task::yield_now().await;
             }
         }
         inbox.wait().await;

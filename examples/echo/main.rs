@@ -57,7 +57,9 @@ struct Args {
     password: Option<String>,
 }
 
-#[tokio::main]
+// One thread: the event loop does nearly all the work (a reply is queued to it without a task
+// of its own), so more threads would only hand it between cores.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
     if args.v311 {
@@ -187,10 +189,16 @@ async fn v311(args: Args) {
                     continue;
                 };
                 let payload = with_status(&p.payload);
-                let c = client.clone();
-                tokio::spawn(async move {
-                    let _ = c.publish(to, QoS::AtLeastOnce, false, payload).await;
-                });
+                // Queued to the event loop at once; a task waits for room only when its
+                // queue is full.
+                if let Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))) =
+                    client.try_publish(to, QoS::AtLeastOnce, false, payload)
+                {
+                    let c = client.clone();
+                    tokio::spawn(async move {
+                        let _ = c.publish(p.topic, QoS::AtLeastOnce, false, p.payload).await;
+                    });
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -201,18 +209,27 @@ async fn v311(args: Args) {
     }
 }
 
-/// Publishes one MQTT 5 reply (QoS 1) from a task of its own, so that the event loop goes on.
+/// Publishes one MQTT 5 reply (QoS 1) without holding up the event loop: queued to it at once,
+/// or, when its queue is full, from a task of its own that waits for room.
 fn spawn_reply(
     c: &rumqttc::v5::AsyncClient,
     to: String,
     payload: impl Into<Bytes>,
     props: rumqttc::v5::mqttbytes::v5::PublishProperties,
 ) {
-    let (c, payload) = (c.clone(), payload.into());
+    use rumqttc::v5::{ClientError, Request};
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    let Err(ClientError::TryRequest(Request::Publish(p))) =
+        c.try_publish_with_properties(to, qos, false, payload.into(), props)
+    else {
+        return;
+    };
+    let c = c.clone();
     tokio::spawn(async move {
-        let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+        let to = String::from_utf8_lossy(&p.topic).into_owned();
+        let props = p.properties.unwrap_or_default();
         let _ = c
-            .publish_with_properties(to, qos, false, payload, props)
+            .publish_with_properties(to, qos, false, p.payload, props)
             .await;
     });
 }

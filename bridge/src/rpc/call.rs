@@ -101,32 +101,66 @@ pub async fn call(st: AppState, req: Call, body: Body) -> Result<Response, ApiEr
 const DRAIN_SECS: u64 = 5;
 const DRAIN_BYTES: usize = 64 * 1024 * 1024;
 
-/// The body, read by a task that hands it on; if the call stops reading it (it answered early:
-/// 502, 504, 413…), the task drains what the caller still sends, bounded in time and bytes.
+/// The body, read by the call where it is; if the call drops it unread (it answered early:
+/// 502, 504, 413…), a task drains what the caller still sends, bounded in time and bytes. (No
+/// task and no channel for a call that reads its body to the end, as almost every call does.)
 fn drained_after_answer(body: Body) -> Body {
-    use futures_util::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(1);
-    tokio::spawn(async move {
-        let mut s = body.into_data_stream();
-        while let Some(item) = s.next().await {
-            if tx.send(item).await.is_err() {
-                let drain = async {
-                    let mut n = 0;
-                    while let Some(Ok(b)) = s.next().await {
-                        n += b.len();
-                        if n > DRAIN_BYTES {
-                            return;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(DRAIN_SECS), drain).await;
-                return;
-            }
+    Body::from_stream(DrainOnDrop {
+        stream: Some(body.into_data_stream()),
+        ended: false,
+    })
+}
+
+/// A request body's frames; dropped before its end, it hands the rest to a draining task.
+struct DrainOnDrop {
+    stream: Option<axum::body::BodyDataStream>,
+    ended: bool,
+}
+
+impl futures_util::Stream for DrainOnDrop {
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use futures_util::StreamExt;
+        let Some(s) = self.stream.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let item = std::task::ready!(s.poll_next_unpin(cx));
+        if item.is_none() {
+            self.ended = true;
         }
-    });
-    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|x| (x, rx))
-    }))
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        use futures_util::StreamExt;
+        let Some(mut s) = self.stream.take() else {
+            return;
+        };
+        if self.ended {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let drain = async {
+                let mut n = 0;
+                while let Some(Ok(b)) = s.next().await {
+                    n += b.len();
+                    if n > DRAIN_BYTES {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(DRAIN_SECS), drain).await;
+        });
+    }
 }
 
 async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError> {
@@ -218,7 +252,8 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError
     }
     crate::access::check_publish(&st, &headers, &uri, ip, &topic).await?;
     let query = forwarded_query(&st, &uri);
-    let corr = format!("{:032x}", rand::random::<u128>());
+    let id = rand::random::<u128>();
+    let corr = super::corr_text(id);
     let publish_topic = match convention {
         Convention::V5 => topic.clone(),
         Convention::Topic => format!("{topic}/{corr}"),
@@ -289,32 +324,24 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let forwarded: Vec<(String, String)> = headers
-        .iter()
-        .filter(|(k, _)| !private_header(k.as_str()))
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_string(), v.to_string()))
-        })
-        .collect();
     let mut props = PublishProperties {
-        content_type: content_type.clone(),
+        content_type,
         ..Default::default()
     };
     if convention == Convention::V5 {
         let user = &mut props.user_properties;
+        user.reserve(3 + headers.len());
         user.push(("method".into(), method.to_string()));
         user.push(("path".into(), uri.path().to_string()));
         if let Some(q) = &query {
             user.push(("query".into(), q.clone()));
         }
-        for (k, v) in &forwarded {
-            user.push((format!("header:{k}"), v.clone()));
+        for (k, v) in forwarded(&headers) {
+            user.push((["header:", k].concat(), v.to_string()));
         }
         if !fire_and_forget {
             props.response_topic = Some(rpc.reply_topic.clone());
-            props.correlation_data = Some(Bytes::from(corr.clone().into_bytes()));
+            props.correlation_data = Some(Bytes::copy_from_slice(corr.as_bytes()));
         }
     }
 
@@ -329,11 +356,11 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError
             }
             _ => None,
         };
-        rpc.register(&corr, envelope, expect)
+        rpc.register(id, envelope, expect)
     };
     let guard = CallGuard {
         rpc: rpc.clone(),
-        corr: corr.clone(),
+        corr: id,
         _slot: slot,
     };
 
@@ -376,12 +403,12 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError
     } else {
         let payload = match (convention, envelope) {
             (Convention::Topic, true) => {
-                props.content_type = Some("application/json".into());
+                let content_type = props.content_type.replace("application/json".into());
                 wrap(
                     &method,
                     &uri,
                     query.as_deref(),
-                    &forwarded,
+                    &headers,
                     content_type,
                     &first,
                 )
@@ -444,7 +471,7 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError
     match streaming::chunk_of(&reply.props) {
         Some((0, false)) => {
             let head = Head::of(&reply);
-            let body = streaming::reply_body(guard, reply, replies, publish_topic, idle);
+            let body = streaming::reply_body(guard, *reply, replies, publish_topic, idle);
             Ok(head.response(body))
         }
         Some((n, false)) if n > 0 => Err(ApiError::new(
@@ -453,6 +480,14 @@ async fn serve(st: AppState, req: Call, body: Body) -> Result<Response, ApiError
         )),
         _ => Ok(respond(reply)),
     }
+}
+
+/// The request headers forwarded to responders: the non-private ones with a text value.
+fn forwarded(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .iter()
+        .filter(|(k, _)| !private_header(k.as_str()))
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
 }
 
 fn too_large(max_body: usize) -> ApiError {
@@ -467,14 +502,13 @@ fn wrap(
     method: &Method,
     uri: &Uri,
     query: Option<&str>,
-    forwarded: &[(String, String)],
+    headers: &HeaderMap,
     content_type: Option<String>,
     body: &Bytes,
 ) -> Bytes {
     let (b, enc) = crate::body::json_text(body);
-    let hs: serde_json::Map<String, Value> = forwarded
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+    let hs: serde_json::Map<String, Value> = forwarded(headers)
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
         .collect();
     let env = json!({
         "method": method.as_str(), "path": uri.path(), "query": query,

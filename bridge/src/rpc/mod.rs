@@ -7,7 +7,7 @@
 //! the route or `RTW-Wait` allows) or answers 503 — takes an in-flight slot (else 429), registers
 //! the correlation id here, publishes the request through the bridge's own broker session
 //! (one message, or a window of chunks for a large body: [`streaming`]) and waits for the reply
-//! (else 504). Replies arrive on that session and [`receive`] hands them to the waiting call
+//! (else 504). Replies arrive on that session and [`Rpc::receive`] hands them to the waiting call
 //! through a small bounded channel, never blocking the shared session; a late or duplicate reply
 //! finds nobody waiting, is dropped and counted. Chunk acknowledgements from responders
 //! (`rtw-ack`) update the call's window instead.
@@ -29,7 +29,7 @@ mod waiting;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use broker::client::{LocalClient, Received};
 use broker::codec::{PublishProperties, QoS};
@@ -106,8 +106,9 @@ pub struct RpcStats {
 
 /// A call waiting for its reply.
 struct Pending {
-    /// Reply messages (one, or a reply's chunks), never blocking [`receive`].
-    replies: mpsc::Sender<Reply>,
+    /// Reply messages (one, or a reply's chunks), never blocking [`Rpc::receive`]. Boxed: the
+    /// channel's first block of slots is then small (it is made with every call).
+    replies: mpsc::Sender<Box<Reply>>,
     /// Highest request chunk the responder acknowledged, plus one.
     acked: watch::Sender<u64>,
     envelope: bool,
@@ -120,7 +121,8 @@ pub struct Rpc {
     client: LocalClient,
     edge: Arc<broker::Edge>,
     reply_topic: String,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Calls waiting for replies, by correlation id (see [`corr_id`]).
+    pending: Mutex<HashMap<u128, Pending>>,
     slots: Arc<Semaphore>,
     waiting: Arc<waiting::WaitQueue>,
     pub settings: RpcSettings,
@@ -157,8 +159,18 @@ impl Rpc {
             settings.stream_window >= 1,
             "rpc.stream_window must be at least 1"
         );
-        let (tx, rx) = mpsc::channel(4096);
-        let client = LocalClient::connect(edge, &format!("rtw-rpc-{node}"), tx)
+        // Replies are matched on the session's own task, as they come: they wait for nobody
+        // (see [`Rpc::complete`]), so no channel and no task of their own.
+        let me: Arc<OnceLock<Weak<Rpc>>> = Arc::default();
+        let sink = {
+            let me = me.clone();
+            move |r: Received| {
+                if let Some(rpc) = me.get().and_then(Weak::upgrade) {
+                    rpc.receive(r);
+                }
+            }
+        };
+        let client = LocalClient::connect_sink(edge, &format!("rtw-rpc-{node}"), sink)
             .await
             .map_err(|e| anyhow::anyhow!("RPC session: {e}"))?;
         let reply_topic = format!("{}{node}", broker::REPLY_PREFIX);
@@ -189,7 +201,7 @@ impl Rpc {
             settings,
             stats: RpcStats::default(),
         });
-        tokio::spawn(receive(Arc::downgrade(&rpc), rx));
+        let _ = me.set(Arc::downgrade(&rpc));
         Ok(rpc)
     }
 
@@ -212,17 +224,17 @@ impl Rpc {
     /// request chunks on the watch.
     fn register(
         &self,
-        corr: &str,
+        corr: u128,
         envelope: bool,
         expect: Option<String>,
-    ) -> (mpsc::Receiver<Reply>, watch::Receiver<u64>) {
+    ) -> (mpsc::Receiver<Box<Reply>>, watch::Receiver<u64>) {
         let (tx, rx) = mpsc::channel(2 * self.settings.stream_window + 2);
         let (acked, acks) = watch::channel(0);
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
-                corr.to_string(),
+                corr,
                 Pending {
                     replies: tx,
                     acked,
@@ -233,11 +245,30 @@ impl Rpc {
         (rx, acks)
     }
 
-    fn forget(&self, corr: &str) {
+    fn forget(&self, corr: u128) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(corr);
+            .remove(&corr);
+    }
+
+    /// Matches one message arriving on the RPC session to the call waiting for it.
+    fn receive(&self, r: Received) {
+        let p = r.publish;
+        let props = p.properties.unwrap_or_default();
+        let topic: &[u8] = &p.topic;
+        let corr: Option<&[u8]> = if topic == self.reply_topic.as_bytes() {
+            props.correlation_data.as_deref()
+        } else {
+            topic.rsplit(|b| *b == b'/').next()
+        };
+        match corr.map(|c| (corr_id(c), c)) {
+            Some((Some(c), _)) => self.complete(c, topic, p.payload, props),
+            Some((None, c)) => self.stray(&String::from_utf8_lossy(c), "matches no call"),
+            None => {
+                self.stats.late_replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn stray(&self, corr: &str, why: &str) {
@@ -246,61 +277,73 @@ impl Rpc {
     }
 
     /// Hands one message to the call `corr` waits with.
-    fn complete(&self, corr: &str, topic: &str, payload: bytes::Bytes, props: PublishProperties) {
+    fn complete(&self, corr: u128, topic: &[u8], payload: bytes::Bytes, props: PublishProperties) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = pending.get(corr) else {
+        let Some(p) = pending.get(&corr) else {
             drop(pending);
-            return self.stray(corr, "late or duplicate");
+            return self.stray(&corr_text(corr), "late or duplicate");
         };
-        if p.expect.as_deref().is_some_and(|e| e != topic) {
+        if p.expect.as_deref().is_some_and(|e| e.as_bytes() != topic) {
             drop(pending);
-            return self.stray(corr, "on another route's reply topic");
+            return self.stray(&corr_text(corr), "on another route's reply topic");
         }
         if let Some(n) = streaming::ack_of(&props) {
             p.acked.send_modify(|a| *a = (*a).max(n.saturating_add(1)));
             return;
         }
         let more = streaming::chunk_of(&props).is_some_and(|(_, last)| !last);
-        let reply = Reply {
+        let reply = Box::new(Reply {
             payload,
             props,
             envelope: p.envelope,
-        };
+        });
         let sent = p.replies.try_send(reply);
         // The whole reply is here: later messages for this id are late or duplicates.
         if !more || sent.is_err() {
-            pending.remove(corr);
+            pending.remove(&corr);
         }
         if sent.is_err() {
             drop(pending);
             self.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                corr,
+                corr = corr_text(corr),
                 "RPC reply stream overran its window: the call ends with an error"
             );
         }
     }
 }
 
-/// Matches replies arriving on the RPC session to waiting requests.
-async fn receive(rpc: std::sync::Weak<Rpc>, mut rx: mpsc::Receiver<Received>) {
-    while let Some(Received { publish: p, .. }) = rx.recv().await {
-        let Some(rpc) = rpc.upgrade() else { return };
-        let topic = String::from_utf8_lossy(&p.topic).into_owned();
-        let props = p.properties.unwrap_or_default();
-        let corr = if topic == rpc.reply_topic {
-            props
-                .correlation_data
-                .as_ref()
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-        } else {
-            topic.rsplit('/').next().map(str::to_string)
-        };
-        match corr {
-            Some(c) => rpc.complete(&c, &topic, p.payload, props),
-            None => {
-                rpc.stats.late_replies.fetch_add(1, Ordering::Relaxed);
-            }
+/// A call's correlation id as it travels (Correlation Data, the last topic level): 32 lowercase
+/// hex digits.
+pub(crate) fn corr_text(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+/// The call id of correlation data or a topic's last level: `None` unless it is exactly what
+/// [`corr_text`] makes (so no other spelling of the number matches a call).
+fn corr_id(text: &[u8]) -> Option<u128> {
+    if text.len() != 32 || !text.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u128::from_str_radix(std::str::from_utf8(text).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_round_trip_and_other_spellings_match_nothing() {
+        for id in [0, 1, 0xdead_beef, u128::MAX, rand::random()] {
+            let t = corr_text(id);
+            assert_eq!(t.len(), 32);
+            assert_eq!(corr_id(t.as_bytes()), Some(id));
         }
+        let t = corr_text(0xabc);
+        assert_eq!(corr_id(t.to_uppercase().as_bytes()), None);
+        assert_eq!(corr_id(b"abc"), None);
+        assert_eq!(corr_id(format!("+{}", &t[1..]).as_bytes()), None);
+        assert_eq!(corr_id(format!("{t}0").as_bytes()), None);
+        assert_eq!(corr_id(b""), None);
     }
 }

@@ -32,7 +32,7 @@ pub fn private_header(name: &str) -> bool {
 }
 
 /// The response to a one-message reply.
-pub fn respond(reply: Reply) -> Response {
+pub fn respond(reply: Box<Reply>) -> Response {
     let mut head = Head::of(&reply);
     let mut body = reply.payload.clone();
     if reply.envelope {
@@ -46,7 +46,8 @@ pub fn respond(reply: Reply) -> Response {
 /// Status, headers and content type of a reply.
 pub struct Head {
     status: StatusCode,
-    headers: Vec<(String, String)>,
+    /// In the order given; without the private ones and those that are not valid HTTP.
+    headers: Vec<(HeaderName, HeaderValue)>,
     content_type: Option<String>,
 }
 
@@ -61,10 +62,25 @@ impl Head {
             if k == "status" {
                 head.status = parse_status(v).unwrap_or(StatusCode::BAD_GATEWAY);
             } else if let Some(h) = k.strip_prefix("header:") {
-                head.headers.push((h.to_string(), v.clone()));
+                head.header(h, v);
             }
         }
         head
+    }
+
+    /// Adds header `name` (any case) unless it is private (`content-type` may be given this
+    /// way too) or not valid HTTP.
+    fn header(&mut self, name: &str, value: &str) {
+        // `from_bytes` lowercases the name.
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            return;
+        };
+        if private_header(name.as_str()) && name != header::CONTENT_TYPE {
+            return;
+        }
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.push((name, value));
+        }
     }
 
     /// Takes status, headers and content type from a JSON envelope; returns its body.
@@ -78,7 +94,7 @@ impl Head {
         if let Some(hs) = env.get("headers").and_then(Value::as_object) {
             for (k, v) in hs {
                 if let Some(v) = v.as_str() {
-                    self.headers.push((k.clone(), v.to_string()));
+                    self.header(k, v);
                 }
             }
         }
@@ -99,17 +115,10 @@ impl Head {
     pub fn response(self, body: Body) -> Response {
         let mut res = Response::new(body);
         *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        headers.reserve(self.headers.len() + 1);
         for (k, v) in self.headers {
-            let lower = k.to_ascii_lowercase();
-            if private_header(&lower) && lower != "content-type" {
-                continue;
-            }
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::from_bytes(lower.as_bytes()),
-                HeaderValue::from_str(&v),
-            ) {
-                res.headers_mut().append(k, v);
-            }
+            headers.append(k, v);
         }
         if let Some(v) = self
             .content_type

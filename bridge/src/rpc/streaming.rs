@@ -130,7 +130,7 @@ pub struct Upload<'a> {
     pub props: &'a PublishProperties,
     pub idle: Duration,
     pub acks: &'a mut watch::Receiver<u64>,
-    pub replies: &'a mut mpsc::Receiver<Reply>,
+    pub replies: &'a mut mpsc::Receiver<Box<Reply>>,
     /// The upload ended (sent, answered early, or aborted); dropped before that — the caller
     /// went away — it tells the responder.
     pub settled: bool,
@@ -172,13 +172,13 @@ impl Upload<'_> {
 
     /// Sends the rest of the body after chunk 0 (already sent), `stream_window` chunks ahead of
     /// the responder's acknowledgements. Returns a reply that came before the upload ended.
-    pub async fn rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, ApiError> {
+    pub async fn rest(&mut self, body: &mut BodyChunks) -> Result<Option<Box<Reply>>, ApiError> {
         let r = self.send_rest(body).await;
         self.settled = true;
         r
     }
 
-    async fn send_rest(&mut self, body: &mut BodyChunks) -> Result<Option<Reply>, ApiError> {
+    async fn send_rest(&mut self, body: &mut BodyChunks) -> Result<Option<Box<Reply>>, ApiError> {
         let window = self.rpc.settings.stream_window as u64;
         let max = self.rpc.settings.max_stream_bytes;
         let mut changes = self.rpc.edge.subscriptions_changed();
@@ -273,20 +273,20 @@ pub fn overrun() -> ApiError {
 /// Keeps a call registered (and its in-flight slot taken) until dropped.
 pub struct CallGuard {
     pub rpc: Arc<Rpc>,
-    pub corr: String,
+    pub corr: u128,
     pub _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.rpc.forget(&self.corr);
+        self.rpc.forget(self.corr);
     }
 }
 
 /// A streamed reply on its way to the HTTP caller.
 struct ReplyStream {
     guard: CallGuard,
-    rx: mpsc::Receiver<Reply>,
+    rx: mpsc::Receiver<Box<Reply>>,
     first: Option<Bytes>,
     /// The number of the next chunk expected.
     next: u64,
@@ -308,7 +308,7 @@ struct ReplyStream {
 pub fn reply_body(
     guard: CallGuard,
     first: Reply,
-    rx: mpsc::Receiver<Reply>,
+    rx: mpsc::Receiver<Box<Reply>>,
     request_topic: String,
     idle: Duration,
 ) -> Body {
