@@ -40,6 +40,7 @@ mod inbox;
 mod index;
 mod message;
 mod password;
+mod quickack;
 mod registry;
 mod session;
 mod topic_index;

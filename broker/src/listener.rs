@@ -171,6 +171,7 @@ pub async fn accept_loop(edge: Arc<Edge>, listener: TcpListener, tls: Option<Tls
             }
         };
         let _ = stream.set_nodelay(true);
+        let stream = crate::quickack::QuickAck(stream);
         let edge = edge.clone();
         let tls = tls.clone();
         // One task per connection, holding only what its transport needs.
