@@ -10,7 +10,7 @@
 //! HTTP caller itself; a local client may subscribe to the reply namespace `rtw/replies/`.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -45,14 +45,11 @@ pub struct Received {
 const INBOX_MESSAGES: usize = 65_536;
 const INBOX_BYTES: usize = 64 * 1024 * 1024;
 
-static NEXT_LANE: AtomicU64 = AtomicU64::new(0);
-
 struct Inner {
     edge: Arc<Edge>,
     state: Mutex<SessionState>,
     inbox: Arc<Inbox>,
     src: u64,
-    lane: usize,
     pump: tokio::task::JoinHandle<()>,
 }
 
@@ -115,7 +112,6 @@ impl LocalClient {
                 state: Mutex::new(st),
                 inbox: queue,
                 src: client_hash(client_id),
-                lane: NEXT_LANE.fetch_add(1, Ordering::Relaxed) as usize,
                 pump,
             }),
         })
@@ -171,7 +167,7 @@ impl LocalClient {
         }
         edge.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let waiter = edge
-            .route_durable(&Message::new(p, self.inner.src), self.inner.lane)
+            .route_durable(&Message::new(p, self.inner.src))
             .await
             .map_err(|e| match e {
                 crate::CoreError::Gone => ClientError::Closed,

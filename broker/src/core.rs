@@ -3,9 +3,11 @@
 //!
 //! Data flow. rumqttd's router runs on its own thread and is reached only through its in-process
 //! links (`rumqttd::local`): no sockets, ports or passwords. Every message that enters the node is
-//! a frame ([`crate::message`]); [`Core::publish`] queues it on one of a few lanes (a publisher
-//! always uses the same one, so its order is kept) and the [`Doorbell`] hands each lane's batch to
-//! its ingress link, waking the router once per batch, not per message. One egress link subscribes to the
+//! a frame ([`crate::message`]); [`Core::publish`] queues it and the [`Doorbell`] hands the
+//! queue's batch to the ingress link, waking the router once per batch, not per message. One
+//! queue and one link keep one order for the whole node: a message appended (and so acknowledged)
+//! before another is published is delivered before it, whoever published them, as a
+//! single-threaded broker such as Mosquitto does. One egress link subscribes to the
 //! node's topic and its [`Egress`] hands every frame, in order, to the edge's fan-out
 //! ([`crate::fanout`]), which matches it against the edge's subscription index and queues it for
 //! each local session. A link to another node will be one more link here.
@@ -39,9 +41,6 @@ use crate::config;
 
 /// The one topic every frame is appended under.
 const NODE_TOPIC: &str = "rtw/node";
-/// Lanes and their ingress links: publishers are spread over them (by connection) so they rarely
-/// wait on each other's lock.
-const INGRESS: usize = 4;
 /// How long a publisher waits for room in the core before the core is declared stuck.
 const STUCK: Duration = Duration::from_secs(10);
 
@@ -56,9 +55,10 @@ pub enum CoreError {
 
 /// The running core.
 pub struct Core {
-    /// Frames appended and not yet handed to rumqttd, one queue per ingress link.
-    lanes: Vec<Mutex<VecDeque<Bytes>>>,
-    /// Rung when a lane's queue stops being empty: the [`Doorbell`] hands the queues over.
+    /// Frames appended and not yet handed to rumqttd, in the order they were appended. The lock is
+    /// held only to push a frame or to swap the queue out.
+    queue: Mutex<VecDeque<Bytes>>,
+    /// Rung when the queue stops being empty: the [`Doorbell`] hands it over.
     bell: Notify,
     /// Bytes appended and not yet taken by the egress.
     backlog: AtomicUsize,
@@ -68,17 +68,17 @@ pub struct Core {
     up: AtomicBool,
 }
 
-/// Hands what publishers appended to rumqttd's router, a batch per lane at a time.
+/// Hands what publishers appended to rumqttd's router, a batch at a time.
 ///
 /// Waking the router is a futex wake of its thread (and, on its way out, one of the egress): a
 /// wake per message cost more than the rest of an HTTP publish. Publishers only queue their
 /// frame and ring; the doorbell first lets the runtime finish the round of tasks that are ready
-/// (so their frames join the batch), then moves each lane's queue into its link's buffer and
-/// wakes the router once per lane.
+/// (so their frames join the batch), then moves the queue into its link's buffer and wakes the
+/// router once.
 pub struct Doorbell {
     core: Arc<Core>,
-    links: Vec<LinkTx>,
-    /// The queue swapped in for a lane's while its frames are handed over (keeps its capacity).
+    link: LinkTx,
+    /// The queue swapped in while the frames are handed over (keeps its capacity).
     spare: VecDeque<Bytes>,
 }
 
@@ -100,7 +100,7 @@ impl Core {
         let router = rumqttd::Router::new(
             0,
             rumqttd::RouterConfig {
-                max_connections: INGRESS + 16,
+                max_connections: 16,
                 max_outgoing_packet_count: 256,
                 max_segment_size: segment_size,
                 max_segment_count: segment_count,
@@ -115,22 +115,18 @@ impl Core {
             .build()
             .context("cannot link to the core")?;
         etx.subscribe(NODE_TOPIC).context("core subscribe")?;
-        let mut links = Vec::with_capacity(INGRESS);
-        for i in 0..INGRESS {
-            let (tx, _rx, _) = LinkBuilder::new(&format!("rtw-ingress-{i}"), router_tx.clone())
-                .dynamic_filters(true)
-                .build()
-                .context("cannot link to the core")?;
-            // Nothing comes back on an ingress link (QoS 0 appends are not acknowledged).
-            drop(_rx);
-            links.push(tx);
-        }
+        let (link, _rx, _) = LinkBuilder::new("rtw-ingress", router_tx.clone())
+            .dynamic_filters(true)
+            .build()
+            .context("cannot link to the core")?;
+        // Nothing comes back on the ingress link (QoS 0 appends are not acknowledged).
+        drop(_rx);
         let limit = (segment_size * (segment_count - 1)).saturating_sub(max_frame) / 2;
         if limit < max_frame {
             bail!("core.segment_size is too small for limits.max_packet_size");
         }
         let core = Arc::new(Core {
-            lanes: (0..INGRESS).map(|_| Mutex::new(VecDeque::new())).collect(),
+            queue: Mutex::new(VecDeque::new()),
             bell: Notify::new(),
             backlog: AtomicUsize::new(0),
             limit,
@@ -146,7 +142,7 @@ impl Core {
         tracing::debug!(segment_size, segment_count, limit, "core ready");
         let doorbell = Doorbell {
             core: core.clone(),
-            links,
+            link,
             spare: VecDeque::new(),
         };
         Ok((core, doorbell, egress))
@@ -157,10 +153,9 @@ impl Core {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Appends a frame on lane `lane` (any number: it is taken modulo the lanes; a publisher
-    /// always uses the same one, so its order is kept), waiting (bounded) while the core's
-    /// backlog is over its limit.
-    pub async fn publish(&self, lane: usize, frame: Bytes) -> Result<(), CoreError> {
+    /// Appends a frame after every frame appended before it returned, waiting (bounded) while
+    /// the core's backlog is over its limit.
+    pub async fn publish(&self, frame: Bytes) -> Result<(), CoreError> {
         if !self.is_up() {
             return Err(CoreError::Gone);
         }
@@ -169,13 +164,11 @@ impl Core {
         }
         self.backlog.fetch_add(frame.len(), Ordering::AcqRel);
         let first = {
-            let mut q = self.lanes[lane % self.lanes.len()]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.push_back(frame);
             q.len() == 1
         };
-        // A lane that was not empty has rung already and not been handed over yet.
+        // A queue that was not empty has rung already and not been handed over yet.
         if first {
             self.bell.notify_one();
         }
@@ -223,19 +216,17 @@ impl Doorbell {
             self.core.bell.notified().await;
             // Let the tasks that are ready now append too: one wake for all of them.
             tokio::task::yield_now().await;
-            for i in 0..self.links.len() {
-                if let Err(e) = self.hand_over(i).await {
-                    self.core.gone(&e);
-                    return;
-                }
+            if let Err(e) = self.hand_over().await {
+                self.core.gone(&e);
+                return;
             }
         }
     }
 
-    /// Moves lane `i`'s frames into its link's buffer and wakes the router for them.
-    async fn hand_over(&mut self, i: usize) -> Result<(), LinkError> {
+    /// Moves the queued frames into the link's buffer and wakes the router for them.
+    async fn hand_over(&mut self) -> Result<(), LinkError> {
         std::mem::swap(
-            &mut *self.core.lanes[i].lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *self.core.queue.lock().unwrap_or_else(|e| e.into_inner()),
             &mut self.spare,
         );
         let Some(last) = self.spare.pop_back() else {
@@ -245,7 +236,7 @@ impl Doorbell {
             let p = Publish::new(Bytes::from_static(NODE_TOPIC.as_bytes()), frame, false);
             Packet::Publish(p, None)
         };
-        let link = &mut self.links[i];
+        let link = &mut self.link;
         if !self.spare.is_empty() {
             // rumqttd's router takes a link's whole buffer when woken: the frames before the
             // last one need no wake of their own.

@@ -157,10 +157,10 @@ impl Edge {
         self.core.is_up()
     }
 
-    /// Hands a message to the core: the seam where every message enters the node. Messages on
-    /// one `lane` keep their order. Waits (bounded) while the fan-out catches up.
-    pub async fn route(&self, msg: &Message, lane: usize) -> Result<(), CoreError> {
-        self.route_durable(msg, lane).await.map(|_| ())
+    /// Hands a message to the core: the seam where every message enters the node. Messages keep
+    /// the order in which their `route` returned. Waits (bounded) while the fan-out catches up.
+    pub async fn route(&self, msg: &Message) -> Result<(), CoreError> {
+        self.route_durable(msg).await.map(|_| ())
     }
 
     /// [`Edge::route`], and for a QoS 1/2 message that persistent sessions may want, what its
@@ -168,7 +168,6 @@ impl Edge {
     pub(crate) async fn route_durable(
         &self,
         msg: &Message,
-        lane: usize,
     ) -> Result<Option<durable::Waiter>, CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
         let mut frame = msg.frame(seq).map_err(|e| {
@@ -179,7 +178,7 @@ impl Edge {
             frame = c.outbound(msg, frame).await;
         }
         let waiter = self.sessions.expect(seq, msg.qos());
-        match self.core.publish(lane, frame).await {
+        match self.core.publish(frame).await {
             Ok(()) => Ok(waiter),
             Err(e) => {
                 if let Some(w) = waiter {

@@ -21,8 +21,6 @@ use super::{subject, Cluster, ClusterStats, Cmd, Key};
 use crate::message::{Message, Scope};
 use crate::Edge;
 
-/// The core lane messages from the cluster enter by (one lane: their order is kept).
-const LANE: usize = 3;
 /// Message ids remembered to drop second copies.
 const DEDUPE: usize = 1 << 17;
 /// Subject of the round trip that proves earlier subscriptions reached the server (nobody
@@ -157,7 +155,7 @@ async fn inbound(
         None => Scope::Plain,
     };
     ClusterStats::inc(&c.stats.received);
-    if let Err(e) = edge.route(&msg, LANE).await {
+    if let Err(e) = edge.route(&msg).await {
         tracing::warn!(error = %e, "message from the cluster not accepted");
     }
 }

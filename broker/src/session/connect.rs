@@ -414,7 +414,6 @@ pub(super) async fn admit(
         internal,
         version,
         src: client_hash(&client_id),
-        lane: conn_id as usize,
         client_id,
         identity,
         keep_alive,

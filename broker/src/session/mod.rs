@@ -69,7 +69,6 @@ struct SessionSetup {
     internal: bool,
     version: Version,
     src: u64,
-    lane: usize,
     client_id: String,
     identity: Identity,
     keep_alive: u16,
@@ -94,8 +93,6 @@ struct Session {
     client_id: String,
     /// Hash of the client id, carried by its messages (no-local).
     src: u64,
-    /// The core ingress link its messages take (keeps their order).
-    lane: usize,
     identity: Identity,
     keep_alive: u16,
     client_max_packet: u32,
@@ -217,7 +214,6 @@ impl Session {
             version: s.version,
             client_id: s.client_id,
             src: s.src,
-            lane: s.lane,
             identity: s.identity,
             keep_alive: s.keep_alive,
             client_max_packet: s.client_max_packet,
