@@ -477,9 +477,11 @@ fn disconnect_code(code: u8) -> DisconnectReasonCode {
     }
 }
 
-/// Read-buffer sizing: a connection that is idle or slow holds a small buffer; one whose reads
-/// fill the buffer gets a bigger one (up to `max`), so a busy connection still reads whole
-/// batches with one syscall.
+/// Read-buffer sizing: a connection that is idle or slow holds a small buffer (64 bytes: a
+/// PINGREQ, an acknowledgement, a short PUBLISH); one whose reads fill the buffer gets a bigger
+/// one (up to `max`), so a busy connection still reads whole batches with one syscall. An empty
+/// buffer bigger than what is wanted now is given back (the one CONNECT was read into, a burst's):
+/// thousands of idle clients each keep only the small one.
 struct Grow {
     want: usize,
     max: usize,
@@ -487,7 +489,7 @@ struct Grow {
 }
 
 impl Grow {
-    const MIN: usize = 128;
+    const MIN: usize = 64;
 
     fn new(max: usize) -> Grow {
         Grow {
@@ -497,9 +499,16 @@ impl Grow {
         }
     }
 
-    /// Makes room before a read; frees a large empty buffer.
+    /// Makes room before a read; frees an empty buffer larger than wanted (a busy connection's
+    /// only when it is far larger: freeing and allocating 64 KiB per read would cost more than
+    /// the read).
     fn prepare(&mut self, buf: &mut BytesMut) {
-        if buf.is_empty() && buf.capacity() > self.want * 4 {
+        let roomy = if self.want == Self::MIN {
+            Self::MIN
+        } else {
+            self.want * 4
+        };
+        if buf.is_empty() && buf.capacity() > roomy {
             *buf = BytesMut::new();
         }
         if buf.capacity() - buf.len() < self.want {
