@@ -100,6 +100,17 @@ pub struct Caller {
     pub headers: HeaderMap,
 }
 
+impl From<Parts> for Caller {
+    /// The caller of a request taken apart (its URI and headers moved, not copied).
+    fn from(parts: Parts) -> Caller {
+        Caller {
+            ip: peer_ip(&parts),
+            uri: parts.uri,
+            headers: parts.headers,
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
 

@@ -1,8 +1,6 @@
 //! The body of the `http_topic` fuzz target in `fuzz/` (see `bench/fuzz.sh`), kept here so that
 //! `tests/fuzz_corpus.rs` replays the corpus through exactly the code the fuzzer ran.
 
-use std::collections::HashMap;
-
 use axum::http::Uri;
 use broker::codec::QoS;
 
@@ -32,9 +30,7 @@ pub fn http_topic(data: &[u8]) {
             }
         }
     }
-    let q: HashMap<String, String> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let q = crate::topics::WriteParams::of(query);
     let _ = crate::topics::qos_param(&q, QoS::AtLeastOnce);
     let _ = crate::stream::parse_query(query.map(str::to_string));
     let _ = crate::stream::parse_query(Some(text.into_owned()));

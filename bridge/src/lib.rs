@@ -81,7 +81,7 @@ impl Bridge {
             history: Default::default(),
         });
         charts::start(state.clone());
-        let app = routes::router(state);
+        let app = routes::App::new(state);
         let per_ip = Arc::new(PerIp::new(cfg.bridge.max_connections_per_ip));
         let mut tasks = Vec::new();
         let mut http_addr = None;
@@ -185,7 +185,7 @@ async fn accept_loop(
     edge: Arc<Edge>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: axum::Router,
+    app: routes::App,
     per_ip: Arc<PerIp>,
 ) {
     loop {
@@ -286,7 +286,7 @@ type RouterFuture = std::pin::Pin<
     >,
 >;
 
-async fn serve_http<S>(stream: S, peer: Peer, app: axum::Router, h2: bool)
+async fn serve_http<S>(stream: S, peer: Peer, app: routes::App, h2: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -295,7 +295,10 @@ where
     // Boxed, that box holds a pointer, and the router's future is freed once it has answered.
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer);
-        let fut: RouterFuture = Box::pin(app.clone().oneshot(req));
+        let fut: RouterFuture = match app.admit(&req) {
+            Some(refusal) => Box::pin(std::future::ready(Ok(refusal))),
+            None => Box::pin(app.router.clone().oneshot(req)),
+        };
         fut
     });
     let io = TokioIo::new(stream);

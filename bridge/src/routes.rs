@@ -85,29 +85,46 @@ async fn no_topic() -> ApiError {
     ApiError::bad_request("the topic is missing: /topics/{topic}")
 }
 
-/// What every request passes first (one layer: each layer costs a boxed future per request):
-/// the loopback-only guard, then the request chart's count.
-async fn admit(
-    axum::extract::State(st): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if let Some(refusal) = crate::access::foreign_host_refusal(&st, req.headers()) {
-        return refusal;
-    }
-    crate::charts::count_request(&st, req.uri().path());
-    next.run(req).await
+/// The bridge's whole HTTP service: what every request passes first ([`App::admit`]), then the
+/// router. The check runs before the router rather than as a router layer: a layer costs a boxed
+/// future and a boxed service per request.
+#[derive(Clone)]
+pub struct App {
+    pub router: Router,
+    state: AppState,
 }
 
-pub fn router(state: AppState) -> Router {
+impl App {
+    pub fn new(state: AppState) -> App {
+        App {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    /// The answer to a request refused before routing (the loopback-only guard); otherwise
+    /// `None`, and the request chart counts it.
+    pub fn admit<B>(&self, req: &axum::http::Request<B>) -> Option<axum::response::Response> {
+        if let Some(refusal) = crate::access::foreign_host_refusal(&self.state, req.headers()) {
+            return Some(refusal);
+        }
+        crate::charts::count_request(&self.state, req.uri().path());
+        None
+    }
+}
+
+fn router(state: AppState) -> Router {
     let mut app = Router::new();
     for r in &state.rpc.settings.routes {
         app = app.route(&axum_path(r), rpc_handler(Some(r.clone())));
     }
     let max_body = state.settings.max_body;
-    let cors = cors_layer(&state.settings.cors_origins);
+    let origins = &state.settings.cors_origins;
+    // No origin allowed: no CORS layer at all (it would only add `Vary` to every answer).
+    let cors = (!origins.is_empty()).then(|| cors_layer(origins));
     let examples = tower_http::services::ServeDir::new(&state.settings.examples_dir);
-    app.route("/mqtt", get(crate::ws::upgrade))
+    let mut app = app
+        .route("/mqtt", get(crate::ws::upgrade))
         .route(
             "/topics/{*topic}",
             get(crate::topics::get)
@@ -141,10 +158,11 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(crate::ops::dashboard))
         .nest_service("/examples/browser", examples)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(cors)
-        .merge(crate::mercure::routes::routes(&state))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body));
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app.merge(crate::mercure::routes::routes(&state))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
 }

@@ -9,16 +9,15 @@
 //! `MQTT-User-Property: name=value` (repeatable) ↔ user properties; `MQTT-Response-Topic` and
 //! `MQTT-Correlation-Data` ↔ response topic and correlation data.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use broker::codec::{Publish, PublishProperties, QoS};
 use broker::topic;
-use serde_json::json;
 
 use crate::access::Caller;
 use crate::error::ApiError;
@@ -44,9 +43,33 @@ pub fn topic_of(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
     Ok(t)
 }
 
+/// The query parameters a write reads (`?qos=`, `?retain=`, `?expiry=`), the last of each
+/// when repeated; the others are ignored. Borrowed from the URI unless percent-encoded.
+#[derive(Default)]
+pub struct WriteParams<'a> {
+    qos: Option<Cow<'a, str>>,
+    retain: Option<Cow<'a, str>>,
+    expiry: Option<Cow<'a, str>>,
+}
+
+impl<'a> WriteParams<'a> {
+    pub fn of(query: Option<&'a str>) -> WriteParams<'a> {
+        let mut w = WriteParams::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "qos" => w.qos = Some(v),
+                "retain" => w.retain = Some(v),
+                "expiry" => w.expiry = Some(v),
+                _ => {}
+            }
+        }
+        w
+    }
+}
+
 /// Reads `?qos=`.
-pub fn qos_param(q: &HashMap<String, String>, default: QoS) -> Result<QoS, ApiError> {
-    match q.get("qos").map(String::as_str) {
+pub fn qos_param(q: &WriteParams, default: QoS) -> Result<QoS, ApiError> {
+    match q.qos.as_deref() {
         None => Ok(default),
         Some("0") => Ok(QoS::AtMostOnce),
         Some("1") => Ok(QoS::AtLeastOnce),
@@ -57,8 +80,8 @@ pub fn qos_param(q: &HashMap<String, String>, default: QoS) -> Result<QoS, ApiEr
     }
 }
 
-fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
-    match q.get(name).map(String::as_str) {
+fn bool_param(value: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match value {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),
         Some(other) => Err(ApiError::bad_request(format!(
@@ -145,14 +168,14 @@ enum Payload {
 async fn publish(
     st: &AppState,
     c: &Caller,
-    q: &HashMap<String, String>,
     retain: bool,
     payload: Payload,
 ) -> Result<Response, ApiError> {
     let (uri, headers) = (&c.uri, &c.headers);
+    let q = WriteParams::of(uri.query());
     let topic = topic_of(uri, "/topics/")?;
-    let qos = qos_param(q, QoS::AtLeastOnce)?;
-    let retain = bool_param(q, "retain")? || retain;
+    let qos = qos_param(&q, QoS::AtLeastOnce)?;
+    let retain = bool_param(q.retain.as_deref(), "retain")? || retain;
     crate::access::check_publish(st, headers, uri, c.ip, &topic).await?;
     let body = match payload {
         Payload::Empty => Bytes::new(),
@@ -167,7 +190,7 @@ async fn publish(
         }
     };
     let mut props = properties_from(headers, &body)?;
-    if let Some(e) = q.get("expiry") {
+    if let Some(e) = q.expiry.as_deref() {
         match e.parse::<u32>() {
             Ok(secs) if secs > 0 => props.message_expiry_interval = Some(secs),
             _ => {
@@ -186,29 +209,34 @@ async fn publish(
         ));
     }
     st.client.publish(p).await?;
-    Ok(Json(json!({ "topic": topic, "qos": qos as u8, "retain": retain })).into_response())
+    Ok(Json(Published {
+        topic: &topic,
+        qos: qos as u8,
+        retain,
+    })
+    .into_response())
+}
+
+/// What a write answers.
+#[derive(serde::Serialize)]
+struct Published<'a> {
+    topic: &'a str,
+    qos: u8,
+    retain: bool,
 }
 
 /// `POST` publishes the body; `PUT` publishes it retained, and refuses an empty one (that is
 /// `DELETE`).
-pub async fn write(
-    State(st): State<AppState>,
-    method: Method,
-    c: Caller,
-    Query(q): Query<HashMap<String, String>>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let put = method == Method::PUT;
+pub async fn write(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let put = parts.method == Method::PUT;
+    let c = Caller::from(parts);
     let body = Payload::Read { body, require: put };
-    publish(&st, &c, &q, put, body).await
+    publish(&st, &c, put, body).await
 }
 
-pub async fn delete(
-    State(st): State<AppState>,
-    c: Caller,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<StatusCode, ApiError> {
-    publish(&st, &c, &q, true, Payload::Empty).await?;
+pub async fn delete(State(st): State<AppState>, c: Caller) -> Result<StatusCode, ApiError> {
+    publish(&st, &c, true, Payload::Empty).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -71,7 +71,7 @@ impl Message {
     /// A message accepted now from publisher `src`.
     pub fn new(mut publish: Publish, src: u64) -> Message {
         publish.dup = false;
-        publish.pkid = 0;
+        publish.pkid = node_pkid(publish.qos);
         if let Some(p) = publish.properties.as_mut() {
             p.topic_alias = None;
             p.subscription_identifiers.clear();
@@ -117,10 +117,17 @@ impl Message {
 
     /// Encodes the frame that carries this message through the core, as accepted `seq`-th.
     pub fn frame(&self, seq: u64) -> Result<Bytes, FrameError> {
-        let mut p = self.publish.clone();
-        if p.qos != QoS::AtMostOnce {
-            p.pkid = 1; // required by the encoding; meaningless inside the node
-        }
+        // The encoding wants a packet id at QoS 1/2: messages made by `new` have the node's
+        // (see [`node_pkid`]); one without is copied to get it.
+        let with_pkid;
+        let p = if self.publish.qos != QoS::AtMostOnce && self.publish.pkid == 0 {
+            let mut c = self.publish.clone();
+            c.pkid = 1;
+            with_pkid = c;
+            &with_pkid
+        } else {
+            &self.publish
+        };
         let mut out = BytesMut::with_capacity(HEADER + p.size() + 8);
         out.put_u8(FORMAT);
         out.put_u64(self.src);
@@ -170,7 +177,7 @@ impl Message {
         if std::str::from_utf8(&publish.topic).is_err() {
             return Err(FrameError("topic is not UTF-8".into()));
         }
-        publish.pkid = 0;
+        publish.pkid = node_pkid(publish.qos);
         Ok(Message {
             publish,
             src,
@@ -196,6 +203,12 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64
+}
+
+/// The packet id a message has inside the node: none at QoS 0, 1 at QoS 1/2 (what the encoding
+/// of its frame needs). It means nothing: every session gives each delivery its own.
+fn node_pkid(qos: QoS) -> u16 {
+    u16::from(qos != QoS::AtMostOnce)
 }
 
 #[cfg(test)]
