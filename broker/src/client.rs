@@ -235,16 +235,15 @@ fn next_received(inbox: &Inbox) -> Option<Received> {
         if left == Some(0) {
             continue;
         }
-        let mut p = d.msg.publish.clone();
+        let seq = d.msg.seq;
+        // The last holder of the message (nobody else matched it) takes it without a copy.
+        let mut p = Arc::try_unwrap(d.msg).map_or_else(|m| m.publish.clone(), |m| m.publish);
         p.qos = d.qos;
         p.retain = d.retain;
         if let (Some(l), Some(props)) = (left, p.properties.as_mut()) {
             props.message_expiry_interval = Some(l);
         }
-        return Some(Received {
-            publish: p,
-            seq: d.msg.seq,
-        });
+        return Some(Received { publish: p, seq });
     }
     None
 }

@@ -466,6 +466,15 @@ fn lower(p: &Packet) -> Option<v4::Packet> {
 }
 
 /// The size of `packet` on the wire for `version`.
+/// The encoded size of a PUBLISH, without a copy of it for MQTT 5 (the only version whose
+/// clients announce a maximum packet size).
+pub fn publish_size(p: &Publish, version: Version) -> usize {
+    match version {
+        Version::V5 => p.size(),
+        Version::V311 => size(&Packet::Publish(p.clone()), version),
+    }
+}
+
 pub fn size(packet: &Packet, version: Version) -> usize {
     match version {
         Version::V5 => packet.size(),
@@ -495,6 +504,25 @@ mod tests {
         write(&Packet::Publish(with_props), Version::V311, &mut out).unwrap();
         let back = v4::Packet::read(&mut out, 1000).unwrap();
         assert!(matches!(back, v4::Packet::Publish(_)));
+    }
+
+    #[test]
+    fn publish_size_is_the_written_size() {
+        let mut p = Publish::new(
+            "a/b",
+            QoS::AtLeastOnce,
+            Bytes::from_static(b"hello"),
+            Some(PublishProperties {
+                user_properties: vec![("k".into(), "v".into())],
+                ..Default::default()
+            }),
+        );
+        p.pkid = 7;
+        for v in [Version::V5, Version::V311] {
+            let mut wire = BytesMut::new();
+            write(&Packet::Publish(p.clone()), v, &mut wire).unwrap();
+            assert_eq!(publish_size(&p, v), wire.len(), "{v:?}");
+        }
     }
 
     #[test]

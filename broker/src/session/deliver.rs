@@ -76,32 +76,40 @@ impl Session {
             self.store_forget(d.msg.seq);
             return; // expired while queued (MQTT 5 §3.3.2.3.3)
         }
-        let mut p = d.msg.publish.clone();
-        p.qos = d.qos;
-        p.retain = d.retain;
+        let seq = d.msg.seq;
+        // A QoS 1/2 delivery is kept until acknowledged; a QoS 0 one is not, and when this
+        // session is the last holder of its message (nobody else matched it, or the others
+        // have sent theirs), the message is taken without a copy.
+        let (mut p, kept) = if d.qos == QoS::AtMostOnce {
+            let Delivery {
+                msg, retain, ids, ..
+            } = d;
+            let mut p = Arc::try_unwrap(msg).map_or_else(|m| m.publish.clone(), |m| m.publish);
+            p.retain = retain;
+            p.qos = QoS::AtMostOnce;
+            p.pkid = 0;
+            (with_ids(p, left, ids), None)
+        } else {
+            let mut p = d.msg.publish.clone();
+            p.retain = d.retain;
+            p.qos = d.qos;
+            (with_ids(p, left, d.ids.clone()), Some(d))
+        };
         p.dup = dup;
-        if left.is_some() || !d.ids.is_empty() {
-            let props = p.properties.get_or_insert_with(Default::default);
-            props.message_expiry_interval = left;
-            props.subscription_identifiers = d.ids.clone();
-        }
         if self.client_max_packet < u32::MAX
-            && codec::size(&Packet::Publish(p.clone()), self.version)
-                > self.client_max_packet as usize
+            && codec::publish_size(&p, self.version) > self.client_max_packet as usize
         {
             // MQTT 5 §3.1.2.11.4: a message too large for the client is discarded.
             self.tally.dropped += 1;
             self.tally.dropped_too_large += 1;
-            self.store_forget(d.msg.seq);
+            self.store_forget(seq);
             return;
         }
-        if d.qos != QoS::AtMostOnce {
+        if let Some(d) = kept {
             let id = self.alloc_pkid();
             p.pkid = id;
             self.store_sent(&d, id);
             self.put_out(id, Outgoing::Sent(d));
-        } else {
-            p.pkid = 0;
         }
         self.tally.messages_sent += 1;
         if let Some(a) = self.out_aliases.as_mut() {
@@ -244,4 +252,15 @@ impl Session {
             }
         }
     }
+}
+
+/// A delivery's copy of its message with what belongs to this delivery: the expiry left and
+/// the identifiers of the subscriptions it matched.
+fn with_ids(mut p: Publish, left: Option<u32>, ids: Vec<usize>) -> Publish {
+    if left.is_some() || !ids.is_empty() {
+        let props = p.properties.get_or_insert_with(Default::default);
+        props.message_expiry_interval = left;
+        props.subscription_identifiers = ids;
+    }
+    p
 }
