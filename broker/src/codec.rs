@@ -465,7 +465,6 @@ fn lower(p: &Packet) -> Option<v4::Packet> {
     })
 }
 
-/// The size of `packet` on the wire for `version`.
 /// The encoded size of a PUBLISH, without a copy of it for MQTT 5 (the only version whose
 /// clients announce a maximum packet size).
 pub fn publish_size(p: &Publish, version: Version) -> usize {
@@ -475,6 +474,7 @@ pub fn publish_size(p: &Publish, version: Version) -> usize {
     }
 }
 
+/// The size of `packet` on the wire for `version`.
 pub fn size(packet: &Packet, version: Version) -> usize {
     match version {
         Version::V5 => packet.size(),

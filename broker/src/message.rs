@@ -117,17 +117,9 @@ impl Message {
 
     /// Encodes the frame that carries this message through the core, as accepted `seq`-th.
     pub fn frame(&self, seq: u64) -> Result<Bytes, FrameError> {
-        // The encoding wants a packet id at QoS 1/2: messages made by `new` have the node's
-        // (see [`node_pkid`]); one without is copied to get it.
-        let with_pkid;
-        let p = if self.publish.qos != QoS::AtMostOnce && self.publish.pkid == 0 {
-            let mut c = self.publish.clone();
-            c.pkid = 1;
-            with_pkid = c;
-            &with_pkid
-        } else {
-            &self.publish
-        };
+        // The encoding wants a packet id at QoS 1/2: every message has the node's (see
+        // [`node_pkid`]), so it is encoded as it is, without a copy.
+        let p = &self.publish;
         let mut out = BytesMut::with_capacity(HEADER + p.size() + 8);
         out.put_u8(FORMAT);
         out.put_u64(self.src);
