@@ -116,7 +116,9 @@ impl Head {
         let mut res = Response::new(body);
         *res.status_mut() = self.status;
         let headers = res.headers_mut();
-        headers.reserve(self.headers.len() + 1);
+        // Room for the content type and the content length axum adds: a map that grows
+        // afterwards is copied whole.
+        headers.reserve(self.headers.len() + 2);
         for (k, v) in self.headers {
             headers.append(k, v);
         }
