@@ -19,6 +19,12 @@
 //! trie that gives memory back when a filter goes) does the matching; rumqttd keeps the one log,
 //! bounded by `core.segment_size` × `core.segment_count`, whose every byte it counts.
 //!
+//! Fences. [`Core::fence`] appends a marker instead of a frame and returns once the egress
+//! reaches it, that is once the fan-out has handed every frame appended before it to the
+//! sessions' queues (the fan-out takes the next frame only when it is done with the last). A
+//! cluster node uses it before it hands a session to another node, so the messages it accepted
+//! for that session go with it.
+//!
 //! Flow control. rumqttd never slows a publisher: a reader that falls more than the log's size
 //! behind silently skips what was dropped. So the core counts the bytes published and not yet
 //! taken by the egress, and [`Core::publish`] waits while that backlog is over a limit well
@@ -35,7 +41,7 @@ use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::config;
 
@@ -43,6 +49,8 @@ use crate::config;
 const NODE_TOPIC: &str = "rtw/node";
 /// How long a publisher waits for room in the core before the core is declared stuck.
 const STUCK: Duration = Duration::from_secs(10);
+/// The payload of a fence's marker (a frame starts with its format, 1).
+const FENCE: &[u8] = &[0];
 
 /// Why the core did not take a message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,6 +66,9 @@ pub struct Core {
     /// Frames appended and not yet handed to rumqttd, in the order they were appended. The lock is
     /// held only to push a frame or to swap the queue out.
     queue: Mutex<VecDeque<Bytes>>,
+    /// The fences whose markers are on their way, in the markers' order: pushed with the marker,
+    /// under the queue's lock.
+    fences: Mutex<VecDeque<oneshot::Sender<()>>>,
     /// Rung when the queue stops being empty: the [`Doorbell`] hands it over.
     bell: Notify,
     /// Bytes appended and not yet taken by the egress.
@@ -127,6 +138,7 @@ impl Core {
         }
         let core = Arc::new(Core {
             queue: Mutex::new(VecDeque::new()),
+            fences: Mutex::new(VecDeque::new()),
             bell: Notify::new(),
             backlog: AtomicUsize::new(0),
             limit,
@@ -162,9 +174,36 @@ impl Core {
         if self.backlog.load(Ordering::Acquire) >= self.limit {
             self.wait_for_room().await?;
         }
+        self.append(frame, None);
+        Ok(())
+    }
+
+    /// Returns once every frame appended before it has been handed to the fan-out's sessions
+    /// (bounded: the core is stuck past [`STUCK`]).
+    pub async fn fence(&self) -> Result<(), CoreError> {
+        if !self.is_up() {
+            return Err(CoreError::Gone);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.append(Bytes::from_static(FENCE), Some(tx));
+        match tokio::time::timeout(STUCK, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CoreError::Gone),
+            Err(_) => Err(CoreError::Stuck(STUCK)),
+        }
+    }
+
+    /// Queues `frame` (a fence's marker with its `fence`) and rings if the queue was empty.
+    fn append(&self, frame: Bytes, fence: Option<oneshot::Sender<()>>) {
         self.backlog.fetch_add(frame.len(), Ordering::AcqRel);
         let first = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = fence {
+                self.fences
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(f);
+            }
             q.push_back(frame);
             q.len() == 1
         };
@@ -172,12 +211,16 @@ impl Core {
         if first {
             self.bell.notify_one();
         }
-        Ok(())
     }
 
     fn gone(&self, e: &LinkError) {
         self.up.store(false, Ordering::Relaxed);
         self.room.notify_waiters();
+        // Their waiters learn it at once.
+        self.fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         tracing::error!(error = %e, "the broker core is gone");
     }
 
@@ -295,6 +338,19 @@ impl Egress {
                     if before >= self.core.limit && before - frame.len() < self.core.limit {
                         self.core.room.notify_waiters();
                     }
+                    if frame.as_ref() == FENCE {
+                        // The fan-out is done with every frame before it.
+                        let fence = self
+                            .core
+                            .fences
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pop_front();
+                        if let Some(f) = fence {
+                            let _ = f.send(());
+                        }
+                        continue;
+                    }
                     return Some(frame);
                 }
                 // The router paused this link because its buffer was full: it is drained now.
@@ -305,5 +361,45 @@ impl Egress {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fence_returns_once_every_frame_before_it_was_taken() {
+        let cfg = config::BrokerConfig::local(
+            "127.0.0.1:0".parse().expect("address"),
+            std::env::temp_dir(),
+        );
+        let (core, doorbell, mut egress) = Core::start(&cfg).expect("core");
+        tokio::spawn(doorbell.run());
+        // A slow reader: each frame takes a little while to hand on.
+        let taken = Arc::new(AtomicU64::new(0));
+        let counter = taken.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = egress.next().await {
+                assert_eq!(frame.len(), 100);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        for _ in 0..300 {
+            core.publish(Bytes::from(vec![1u8; 100]))
+                .await
+                .expect("publish");
+        }
+        core.fence().await.expect("fence");
+        assert_eq!(taken.load(Ordering::SeqCst), 300);
+        // Fences keep their order among frames too.
+        core.publish(Bytes::from(vec![1u8; 100]))
+            .await
+            .expect("publish");
+        core.fence().await.expect("fence");
+        assert_eq!(taken.load(Ordering::SeqCst), 301);
+        assert_eq!(core.backlog(), 0);
     }
 }

@@ -189,6 +189,12 @@ impl Edge {
         }
     }
 
+    /// Returns once every message routed before it is in the queues of the sessions it is for
+    /// (see [`Core::fence`]).
+    pub(crate) async fn fence(&self) -> Result<(), CoreError> {
+        self.core.fence().await
+    }
+
     /// The sequence number the next accepted message gets: a subscription made now sees
     /// messages from it on.
     pub(crate) fn next_seq(&self) -> u64 {

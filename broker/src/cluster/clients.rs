@@ -3,11 +3,14 @@
 //! Data flow: while a node holds a client id (its session is live, or kept for a persistent
 //! client that is away) it listens on the id's subject ([`super::subject::client`]). A CONNECT
 //! on another node first asks that subject ([`Cluster::claim`]): nobody there is NATS's
-//! immediate "no responders" and the connect goes on; otherwise the holder closes the live
-//! connection (MQTT 5 DISCONNECT 0x8E, session taken over), takes the session out of its
-//! registry and answers with a [`Handover`]: the owner, the subscriptions and the messages
-//! queued or in flight (up to [`MAX_QUEUED_BYTES`] of them; the rest are dropped, counted). The
-//! new node resumes the session from it (session present) when the client asked to resume.
+//! immediate "no responders" and the connect goes on; otherwise the holder first lets every
+//! message NATS delivered to it before the claim reach the session (its link drains, then a
+//! fence through its core: a message acknowledged elsewhere before the client came back is not
+//! left behind), closes the live connection (MQTT 5 DISCONNECT 0x8E, session taken over), takes
+//! the session out of its registry and answers with a [`Handover`]: the owner, the
+//! subscriptions and the messages queued or in flight (up to [`MAX_QUEUED_BYTES`] of them; the
+//! rest are dropped, counted). The new node resumes the session from it (session present) when
+//! the client asked to resume.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -275,6 +278,13 @@ async fn respond(
     while let Some(m) = sub.next().await {
         if m.payload.as_ref() == c.boot.to_be_bytes() {
             continue;
+        }
+        // NATS delivers in order on this node's connection: what it delivered before the claim
+        // (messages acknowledged to their publishers before the client came back elsewhere)
+        // enters the node and reaches the session's queue before the session is handed over.
+        c.drain().await;
+        if let Err(e) = edge.fence().await {
+            tracing::warn!(client_id, error = %e, "session handed over without waiting for the core");
         }
         let conn = edge.conn_id();
         let claim = edge

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, SelectAll};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::Dedupe;
@@ -65,6 +65,14 @@ pub(super) async fn run(c: Arc<Cluster>, edge: Arc<Edge>, mut cmds: mpsc::Unboun
                         groups.remove(&e.id);
                         drop(e.stops);
                     }
+                }
+                Some(Cmd::Drain(done)) => {
+                    // What the NATS client has already handed to the subscriptions' channels.
+                    while let Some(Some((id, m))) = subs.next().now_or_never() {
+                        let Some(group) = groups.get(&id) else { continue };
+                        inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
+                    }
+                    let _ = done.send(());
                 }
                 Some(Cmd::Sync(done)) => {
                     let client = c.client.clone();

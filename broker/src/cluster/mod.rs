@@ -56,6 +56,8 @@ pub(crate) enum Cmd {
     Unsubscribe(Key),
     /// Answer once every command before this one has reached the NATS server.
     Sync(oneshot::Sender<()>),
+    /// Answer once every message NATS has delivered so far has entered the node.
+    Drain(oneshot::Sender<()>),
 }
 
 /// The running link.
@@ -210,6 +212,15 @@ impl Cluster {
         }
         let (tx, rx) = oneshot::channel();
         if self.cmds.send(Cmd::Sync(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+
+    /// Waits (bounded) until the messages NATS has delivered to this node so far have entered
+    /// it ([`crate::Edge::route`]).
+    pub(crate) async fn drain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Drain(tx)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
         }
     }
