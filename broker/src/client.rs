@@ -229,9 +229,8 @@ impl LocalClient {
 
 /// The next message of the inbox as its owner gets it (`None`: none left now).
 fn next_received(inbox: &Inbox) -> Option<Received> {
-    let now = std::time::SystemTime::now;
     while let Some(d) = inbox.pop() {
-        let left = d.msg.expiry_left(now());
+        let left = d.msg.expiry_left_now();
         if left == Some(0) {
             continue;
         }

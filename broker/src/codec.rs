@@ -314,6 +314,9 @@ pub fn write(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<()
             _ => packet.write(out, None).map(|_| ()),
         },
         Version::V311 => {
+            if let Packet::Publish(p) = packet {
+                return write_publish_v311(p, out);
+            }
             if let Some(p) = lower(packet) {
                 p.write(out, usize::MAX).map(|_| ()).map_err(|e| {
                     tracing::warn!(error = %e, "3.1.1 encode failed");
@@ -428,6 +431,43 @@ pub fn connack_code_v4(code: ConnectReturnCode) -> v4::ConnectReturnCode {
     }
 }
 
+/// A PUBLISH for a 3.1.1 client, written from the node's MQTT 5 form (its properties dropped).
+/// Written here rather than through rumqttc's 3.1.1 type, which owns its topic as a `String`:
+/// that cost a copy and a UTF-8 check of the topic per delivery (MQTT 3.1.1 §3.3).
+fn write_publish_v311(p: &Publish, out: &mut BytesMut) -> Result<(), Error> {
+    use bytes::BufMut;
+    let topic_len = u16::try_from(p.topic.len()).map_err(|_| Error::MalformedPacket)?;
+    let qos = qos5to4(p.qos) as u8;
+    let len = 2 + p.topic.len() + if qos > 0 { 2 } else { 0 } + p.payload.len();
+    // The largest Remaining Length four bytes can say.
+    if len > 268_435_455 {
+        return Err(Error::PayloadSizeLimitExceeded {
+            pkt_size: len,
+            max: 268_435_455,
+        });
+    }
+    // DUP only means something for QoS 1/2 (§3.3.1.1).
+    let dup = p.dup && qos > 0;
+    out.reserve(5 + len);
+    out.put_u8(0x30 | (dup as u8) << 3 | qos << 1 | p.retain as u8);
+    let mut rest = len;
+    loop {
+        let byte = (rest % 128) as u8;
+        rest /= 128;
+        out.put_u8(if rest > 0 { byte | 0x80 } else { byte });
+        if rest == 0 {
+            break;
+        }
+    }
+    out.put_u16(topic_len);
+    out.put_slice(&p.topic);
+    if qos > 0 {
+        out.put_u16(p.pkid);
+    }
+    out.put_slice(&p.payload);
+    Ok(())
+}
+
 /// 5 → 3.1.1, for packets the server sends.
 fn lower(p: &Packet) -> Option<v4::Packet> {
     Some(match p {
@@ -485,6 +525,35 @@ pub fn size(packet: &Packet, version: Version) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_311_publish_is_written_as_rumqttc_writes_it() {
+        for (qos, dup, retain, payload_len) in [
+            (QoS::AtMostOnce, false, false, 0),
+            (QoS::AtMostOnce, true, true, 100),
+            (QoS::AtLeastOnce, true, false, 200),
+            (QoS::ExactlyOnce, false, true, 20_000),
+            (QoS::AtLeastOnce, false, false, 2_100_000),
+        ] {
+            let mut p = Publish::new("a/b/ü", qos, vec![7u8; payload_len], None);
+            p.pkid = if qos == QoS::AtMostOnce { 0 } else { 513 };
+            p.dup = dup;
+            p.retain = retain;
+            let mut ours = BytesMut::new();
+            write(&Packet::Publish(p.clone()), Version::V311, &mut ours).unwrap();
+            let mut theirs = BytesMut::new();
+            let mut v4p = lower(&Packet::Publish(p)).unwrap();
+            if let v4::Packet::Publish(q) = &mut v4p {
+                // DUP is written for QoS 1/2 only (MQTT 3.1.1 §3.3.1.1).
+                q.dup &= q.qos != m4::QoS::AtMostOnce;
+            }
+            v4p.write(&mut theirs, usize::MAX).unwrap();
+            assert_eq!(
+                ours, theirs,
+                "{qos:?} dup={dup} retain={retain} {payload_len} B"
+            );
+        }
+    }
 
     #[test]
     fn v311_publish_round_trips_through_v5_types() {

@@ -10,7 +10,6 @@
 //! never waits for a session: a full inbox drops the message for that session only, counted.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::codec::{qmax, qmin, QoS};
 use crate::core::Egress;
@@ -50,7 +49,7 @@ pub async fn run(edge: Arc<Edge>, mut egress: Egress) {
 
 /// Hands `msg` to every matching session; returns the last session-store op it took (0: none).
 fn deliver(edge: &Edge, msg: Arc<Message>, frame: &[u8], hits: &mut Vec<Hit>) -> u64 {
-    if msg.expiry_left(SystemTime::now()) == Some(0) {
+    if msg.expiry_left_now() == Some(0) {
         return 0;
     }
     let mut op = 0;

@@ -103,12 +103,22 @@ impl Message {
     /// Seconds left of its MQTT 5 message expiry interval: `None` when it has none, `Some(0)`
     /// when it has expired.
     pub fn expiry_left(&self, now: SystemTime) -> Option<u32> {
+        self.expiry_left_at(|| now)
+    }
+
+    /// [`Message::expiry_left`] now; the clock is read only for a message that expires (most
+    /// do not, and a clock read per delivery was ~2% of a 1 -> 1 QoS 0 burst).
+    pub fn expiry_left_now(&self) -> Option<u32> {
+        self.expiry_left_at(SystemTime::now)
+    }
+
+    fn expiry_left_at(&self, now: impl FnOnce() -> SystemTime) -> Option<u32> {
         let secs = self
             .publish
             .properties
             .as_ref()
             .and_then(|p| p.message_expiry_interval)?;
-        let waited = now
+        let waited = now()
             .duration_since(self.received)
             .unwrap_or(Duration::ZERO)
             .as_secs();

@@ -8,7 +8,6 @@
 //! messages with DUP under their old ids, PUBREL for QoS 2 exchanges half done (MQTT-4.4.0-1).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -71,7 +70,7 @@ impl Session {
 
     /// Encodes one message for the client (a packet id for QoS 1/2, kept until acknowledged).
     fn send_delivery(&mut self, d: Delivery, dup: bool) {
-        let left = d.msg.expiry_left(SystemTime::now());
+        let left = d.msg.expiry_left_now();
         if left == Some(0) {
             self.store_forget(d.msg.seq);
             return; // expired while queued (MQTT 5 §3.3.2.3.3)
