@@ -315,7 +315,8 @@ pub fn write(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<()
         },
         Version::V311 => {
             if let Packet::Publish(p) = packet {
-                return write_publish_v311(p, out);
+                let flags = Flags::of(p);
+                return write_publish_v311(p, &flags, out);
             }
             if let Some(p) = lower(packet) {
                 p.write(out, usize::MAX).map(|_| ()).map_err(|e| {
@@ -431,13 +432,72 @@ pub fn connack_code_v4(code: ConnectReturnCode) -> v4::ConnectReturnCode {
     }
 }
 
+/// What one delivery of a shared message sets in its PUBLISH: the fixed header's flags and the
+/// packet id.
+#[derive(Debug, Clone, Copy)]
+pub struct Flags {
+    pub qos: QoS,
+    pub dup: bool,
+    pub retain: bool,
+    pub pkid: u16,
+}
+
+impl Flags {
+    fn of(p: &Publish) -> Flags {
+        Flags {
+            qos: p.qos,
+            dup: p.dup,
+            retain: p.retain,
+            pkid: p.pkid,
+        }
+    }
+}
+
+/// Writes message `p` as a QoS 1/2 PUBLISH with `flags` (a QoS 1/2 delivery of a QoS 1/2
+/// message: both have a packet id field), without copying it: a session keeps the message shared
+/// and only its own flags and packet id differ. Returns the bytes written.
+pub fn write_publish_as(
+    p: &Publish,
+    flags: &Flags,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<usize, Error> {
+    if p.qos == QoS::AtMostOnce || flags.qos == QoS::AtMostOnce {
+        return Err(Error::MalformedPacket);
+    }
+    let start = out.len();
+    match version {
+        Version::V311 => write_publish_v311(p, flags, out)?,
+        Version::V5 => {
+            p.write(out)?;
+            // The same packet with this delivery's flags and packet id: the first byte, and the
+            // two bytes after the remaining length and the topic (MQTT 5 §3.3.1, §3.3.2).
+            out[start] = first_byte(flags);
+            let mut at = start + 1;
+            while out[at] & 0x80 != 0 {
+                at += 1;
+            }
+            at += 1 + 2 + p.topic.len();
+            out[at..at + 2].copy_from_slice(&flags.pkid.to_be_bytes());
+        }
+    }
+    Ok(out.len() - start)
+}
+
+/// A PUBLISH's first byte: type 3 and `flags` (DUP only at QoS 1/2, MQTT 3.1.1 §3.3.1.1).
+fn first_byte(flags: &Flags) -> u8 {
+    let qos = qos5to4(flags.qos) as u8;
+    let dup = flags.dup && qos > 0;
+    0x30 | (dup as u8) << 3 | qos << 1 | flags.retain as u8
+}
+
 /// A PUBLISH for a 3.1.1 client, written from the node's MQTT 5 form (its properties dropped).
 /// Written here rather than through rumqttc's 3.1.1 type, which owns its topic as a `String`:
 /// that cost a copy and a UTF-8 check of the topic per delivery (MQTT 3.1.1 §3.3).
-fn write_publish_v311(p: &Publish, out: &mut BytesMut) -> Result<(), Error> {
+fn write_publish_v311(p: &Publish, flags: &Flags, out: &mut BytesMut) -> Result<(), Error> {
     use bytes::BufMut;
     let topic_len = u16::try_from(p.topic.len()).map_err(|_| Error::MalformedPacket)?;
-    let qos = qos5to4(p.qos) as u8;
+    let qos = qos5to4(flags.qos) as u8;
     let len = 2 + p.topic.len() + if qos > 0 { 2 } else { 0 } + p.payload.len();
     // The largest Remaining Length four bytes can say.
     if len > 268_435_455 {
@@ -446,10 +506,8 @@ fn write_publish_v311(p: &Publish, out: &mut BytesMut) -> Result<(), Error> {
             max: 268_435_455,
         });
     }
-    // DUP only means something for QoS 1/2 (§3.3.1.1).
-    let dup = p.dup && qos > 0;
     out.reserve(5 + len);
-    out.put_u8(0x30 | (dup as u8) << 3 | qos << 1 | p.retain as u8);
+    out.put_u8(first_byte(flags));
     let mut rest = len;
     loop {
         let byte = (rest % 128) as u8;
@@ -462,7 +520,7 @@ fn write_publish_v311(p: &Publish, out: &mut BytesMut) -> Result<(), Error> {
     out.put_u16(topic_len);
     out.put_slice(&p.topic);
     if qos > 0 {
-        out.put_u16(p.pkid);
+        out.put_u16(flags.pkid);
     }
     out.put_slice(&p.payload);
     Ok(())
@@ -553,6 +611,42 @@ mod tests {
                 "{qos:?} dup={dup} retain={retain} {payload_len} B"
             );
         }
+    }
+
+    #[test]
+    fn a_shared_message_is_written_with_one_deliverys_flags_as_its_copy_would_be() {
+        let props = PublishProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        for version in [Version::V5, Version::V311] {
+            for (msg_qos, qos, dup, retain, len) in [
+                (QoS::AtLeastOnce, QoS::AtLeastOnce, false, false, 10),
+                (QoS::ExactlyOnce, QoS::AtLeastOnce, true, true, 300),
+                (QoS::ExactlyOnce, QoS::ExactlyOnce, false, true, 70_000),
+            ] {
+                let mut shared = Publish::new("t/ü", msg_qos, vec![3u8; len], Some(props.clone()));
+                shared.pkid = 1;
+                let flags = Flags {
+                    qos,
+                    dup,
+                    retain,
+                    pkid: 40_000,
+                };
+                let mut ours = BytesMut::new();
+                let n = write_publish_as(&shared, &flags, version, &mut ours).unwrap();
+                assert_eq!(n, ours.len());
+                let mut copy = shared.clone();
+                (copy.qos, copy.dup, copy.retain, copy.pkid) = (qos, dup, retain, 40_000);
+                let mut theirs = BytesMut::new();
+                write(&Packet::Publish(copy), version, &mut theirs).unwrap();
+                assert_eq!(ours, theirs, "{version:?} {msg_qos:?}->{qos:?} {len} B");
+            }
+        }
+        let q0 = Publish::new("t", QoS::AtMostOnce, "x", None);
+        let flags = Flags::of(&q0);
+        assert!(write_publish_as(&q0, &flags, Version::V5, &mut BytesMut::new()).is_err());
     }
 
     #[test]

@@ -76,6 +76,13 @@ impl Session {
             return; // expired while queued (MQTT 5 §3.3.2.3.3)
         }
         let seq = d.msg.seq;
+        if d.qos != QoS::AtMostOnce
+            && left.is_none()
+            && d.ids.is_empty()
+            && self.out_aliases.is_none()
+        {
+            return self.send_shared(d, dup);
+        }
         // A QoS 1/2 delivery is kept until acknowledged; a QoS 0 one is not, and when this
         // session is the last holder of its message (nobody else matched it, or the others
         // have sent theirs), the message is taken without a copy.
@@ -115,6 +122,41 @@ impl Session {
             a.apply(&mut p, self.version, self.client_max_packet);
         }
         self.send_client(Packet::Publish(p));
+    }
+
+    /// [`Session::send_delivery`] of a QoS 1/2 delivery that adds nothing to its message (no
+    /// expiry left to rewrite, no subscription identifier, no topic alias): the message stays
+    /// shared, written with this delivery's flags and packet id (a copy of its properties cost
+    /// ~13 allocations per MQTT 5 request in an RPC profile).
+    fn send_shared(&mut self, d: Delivery, dup: bool) {
+        let id = self.alloc_pkid();
+        let flags = codec::Flags {
+            qos: d.qos,
+            dup,
+            retain: d.retain,
+            pkid: id,
+        };
+        let start = self.client_out.len();
+        match codec::write_publish_as(&d.msg.publish, &flags, self.version, &mut self.client_out) {
+            Ok(n) if n <= self.client_max_packet as usize => {}
+            Ok(_) => {
+                // MQTT 5 §3.1.2.11.4: a message too large for the client is discarded.
+                self.client_out.truncate(start);
+                self.tally.dropped += 1;
+                self.tally.dropped_too_large += 1;
+                self.store_forget(d.msg.seq);
+                return;
+            }
+            Err(e) => {
+                self.client_out.truncate(start);
+                tracing::warn!(error = %e, "cannot encode packet for client");
+                self.store_forget(d.msg.seq);
+                return;
+            }
+        }
+        self.store_sent(&d, id);
+        self.put_out(id, Outgoing::Sent(d));
+        self.tally.messages_sent += 1;
     }
 
     /// Records a message in flight, in sending order.
