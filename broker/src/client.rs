@@ -167,7 +167,7 @@ impl LocalClient {
         }
         edge.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let waiter = edge
-            .route_durable(&Message::new(p, self.inner.src))
+            .route_durable(Message::new(p, self.inner.src))
             .await
             .map_err(|e| match e {
                 crate::CoreError::Gone => ClientError::Closed,

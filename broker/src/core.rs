@@ -19,6 +19,11 @@
 //! trie that gives memory back when a filter goes) does the matching; rumqttd keeps the one log,
 //! bounded by `core.segment_size` × `core.segment_count`, whose every byte it counts.
 //!
+//! Decoded once. A frame appended with the message it was made from (every message accepted on
+//! this node: [`crate::Edge::route`]) comes out of the egress with that message, so the fan-out
+//! does not decode what the node just encoded; the message waits beside the frame in a queue of
+//! its own, matched by the frame's sequence number.
+//!
 //! Fences. [`Core::fence`] appends a marker instead of a frame and returns once the egress
 //! reaches it, that is once the fan-out has handed every frame appended before it to the
 //! sessions' queues (the fan-out takes the next frame only when it is done with the last). A
@@ -44,6 +49,7 @@ use rumqttd::Notification;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config;
+use crate::message::{frame_seq, Message};
 
 /// The one topic every frame is appended under.
 const NODE_TOPIC: &str = "rtw/node";
@@ -66,6 +72,9 @@ pub struct Core {
     /// Frames appended and not yet handed to rumqttd, in the order they were appended. The lock is
     /// held only to push a frame or to swap the queue out.
     queue: Mutex<VecDeque<Bytes>>,
+    /// The messages of the frames on their way that came with one, in the frames' order: pushed
+    /// with the frame, under the queue's lock.
+    decoded: Mutex<VecDeque<Arc<Message>>>,
     /// The fences whose markers are on their way, in the markers' order: pushed with the marker,
     /// under the queue's lock.
     fences: Mutex<VecDeque<oneshot::Sender<()>>>,
@@ -138,6 +147,7 @@ impl Core {
         }
         let core = Arc::new(Core {
             queue: Mutex::new(VecDeque::new()),
+            decoded: Mutex::new(VecDeque::new()),
             fences: Mutex::new(VecDeque::new()),
             bell: Notify::new(),
             backlog: AtomicUsize::new(0),
@@ -165,16 +175,16 @@ impl Core {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Appends a frame after every frame appended before it returned, waiting (bounded) while
-    /// the core's backlog is over its limit.
-    pub async fn publish(&self, frame: Bytes) -> Result<(), CoreError> {
+    /// Appends a frame (with the message it was made from, if it is at hand) after every frame
+    /// appended before it returned, waiting (bounded) while the core's backlog is over its limit.
+    pub async fn publish(&self, frame: Bytes, msg: Option<Arc<Message>>) -> Result<(), CoreError> {
         if !self.is_up() {
             return Err(CoreError::Gone);
         }
         if self.backlog.load(Ordering::Acquire) >= self.limit {
             self.wait_for_room().await?;
         }
-        self.append(frame, None);
+        self.append(frame, msg, None);
         Ok(())
     }
 
@@ -185,7 +195,7 @@ impl Core {
             return Err(CoreError::Gone);
         }
         let (tx, rx) = oneshot::channel();
-        self.append(Bytes::from_static(FENCE), Some(tx));
+        self.append(Bytes::from_static(FENCE), None, Some(tx));
         match tokio::time::timeout(STUCK, rx).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CoreError::Gone),
@@ -193,11 +203,18 @@ impl Core {
         }
     }
 
-    /// Queues `frame` (a fence's marker with its `fence`) and rings if the queue was empty.
-    fn append(&self, frame: Bytes, fence: Option<oneshot::Sender<()>>) {
+    /// Queues `frame` (with its message, or a fence's marker with its `fence`) and rings if the
+    /// queue was empty.
+    fn append(&self, frame: Bytes, msg: Option<Arc<Message>>, fence: Option<oneshot::Sender<()>>) {
         self.backlog.fetch_add(frame.len(), Ordering::AcqRel);
         let first = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = msg {
+                self.decoded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(m);
+            }
             if let Some(f) = fence {
                 self.fences
                     .lock()
@@ -244,6 +261,16 @@ impl Core {
         } else {
             Err(CoreError::Gone)
         }
+    }
+
+    /// The message that came with `frame`, if any. Frames leave in the order they came with
+    /// their messages; one whose frame never came out (none should) is passed over.
+    fn decoded_of(&self, frame: &[u8]) -> Option<Arc<Message>> {
+        let seq = frame_seq(frame);
+        let mut d = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
+        let at = d.iter().position(|m| m.seq == seq)?;
+        d.drain(..at);
+        d.pop_front()
     }
 
     /// Bytes waiting in the core for the fan-out.
@@ -318,8 +345,9 @@ impl Egress {
         }
     }
 
-    /// The next frame appended to the core; `None` when the core is gone.
-    pub async fn next(&mut self) -> Option<Bytes> {
+    /// The next frame appended to the core, with the message it was made from if that came
+    /// along; `None` when the core is gone.
+    pub async fn next(&mut self) -> Option<(Bytes, Option<Arc<Message>>)> {
         loop {
             let n = match self.rx.next().await {
                 Ok(Some(n)) => n,
@@ -351,7 +379,8 @@ impl Egress {
                         }
                         continue;
                     }
-                    return Some(frame);
+                    let msg = self.core.decoded_of(&frame);
+                    return Some((frame, msg));
                 }
                 // The router paused this link because its buffer was full: it is drained now.
                 Notification::Unschedule if self.rx.wake().await.is_err() => {
@@ -381,25 +410,66 @@ mod tests {
         let taken = Arc::new(AtomicU64::new(0));
         let counter = taken.clone();
         tokio::spawn(async move {
-            while let Some(frame) = egress.next().await {
-                assert_eq!(frame.len(), 100);
+            while let Some((frame, msg)) = egress.next().await {
+                assert_eq!((frame.len(), msg.is_none()), (100, true));
                 tokio::time::sleep(Duration::from_micros(200)).await;
                 counter.fetch_add(1, Ordering::SeqCst);
             }
         });
         for _ in 0..300 {
-            core.publish(Bytes::from(vec![1u8; 100]))
+            core.publish(Bytes::from(vec![1u8; 100]), None)
                 .await
                 .expect("publish");
         }
         core.fence().await.expect("fence");
         assert_eq!(taken.load(Ordering::SeqCst), 300);
         // Fences keep their order among frames too.
-        core.publish(Bytes::from(vec![1u8; 100]))
+        core.publish(Bytes::from(vec![1u8; 100]), None)
             .await
             .expect("publish");
         core.fence().await.expect("fence");
         assert_eq!(taken.load(Ordering::SeqCst), 301);
         assert_eq!(core.backlog(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_comes_out_with_the_message_it_was_made_from() {
+        let cfg = config::BrokerConfig::local(
+            "127.0.0.1:0".parse().expect("address"),
+            std::env::temp_dir(),
+        );
+        let (core, doorbell, mut egress) = Core::start(&cfg).expect("core");
+        tokio::spawn(doorbell.run());
+        let mut sent = Vec::new();
+        for seq in 1..=50u64 {
+            let p = crate::codec::Publish::new(
+                format!("t/{seq}"),
+                crate::codec::QoS::AtLeastOnce,
+                vec![seq as u8; 10],
+                None,
+            );
+            let msg = Message::new(p, 7);
+            let frame = msg.frame(seq).expect("frame");
+            // Every third one without its message: the fan-out decodes those.
+            let decoded =
+                (seq % 3 != 0).then(|| Arc::new(msg.routed(&frame, seq).expect("routed")));
+            sent.push(decoded.clone());
+            core.publish(frame, decoded).await.expect("publish");
+        }
+        for (i, want) in sent.into_iter().enumerate() {
+            let (frame, got) = egress.next().await.expect("frame");
+            assert_eq!(frame_seq(&frame), i as u64 + 1);
+            match (want, got) {
+                (Some(w), Some(g)) => {
+                    assert!(Arc::ptr_eq(&w, &g));
+                    // Topic and payload live in the frame.
+                    let range = frame.as_ptr_range();
+                    assert!(range.contains(&g.publish.topic.as_ptr()));
+                    assert!(range.contains(&g.publish.payload.as_ptr()));
+                }
+                (None, None) => {}
+                (w, g) => panic!("frame {}: sent {w:?}, got {g:?}", i + 1),
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The fan-out: every message out of the core, to every local session that wants it.
 //!
-//! Data flow: one task reads the core's egress ([`crate::core::Egress`]) in order, decodes each
-//! frame once into an `Arc<Message>`, looks its topic up in the subscription index
+//! Data flow: one task reads the core's egress ([`crate::core::Egress`]) in order, takes each
+//! frame's `Arc<Message>` (the one it was made from, or the frame decoded when none came with
+//! it), looks its topic up in the subscription index
 //! ([`crate::index`]) and pushes one [`Delivery`] per matching session into that session's
 //! bounded inbox ([`crate::inbox`]). A session matched by several of its filters gets one copy,
 //! at the highest of their QoS, with every subscription identifier (MQTT 5 §3.3.4); a share
@@ -31,11 +32,14 @@ struct Hit {
 /// Runs until the core is gone.
 pub async fn run(edge: Arc<Edge>, mut egress: Egress) {
     let mut hits = Vec::new();
-    while let Some(frame) = egress.next().await {
+    while let Some((frame, decoded)) = egress.next().await {
         edge.sessions.room().await;
-        match Message::from_frame(frame.clone()) {
+        let msg = match decoded {
+            Some(m) => Ok(m),
+            None => Message::from_frame(frame.clone()).map(Arc::new),
+        };
+        match msg {
             Ok(m) => {
-                let m = Arc::new(m);
                 let op = deliver(&edge, m.clone(), &frame, &mut hits);
                 if m.qos() != QoS::AtMostOnce {
                     edge.sessions.resolve(m.seq, op);

@@ -159,7 +159,7 @@ impl Edge {
 
     /// Hands a message to the core: the seam where every message enters the node. Messages keep
     /// the order in which their `route` returned. Waits (bounded) while the fan-out catches up.
-    pub async fn route(&self, msg: &Message) -> Result<(), CoreError> {
+    pub async fn route(&self, msg: Message) -> Result<(), CoreError> {
         self.route_durable(msg).await.map(|_| ())
     }
 
@@ -167,7 +167,7 @@ impl Edge {
     /// publisher waits on before acknowledging it ([`durable::Waiter::wait`]).
     pub(crate) async fn route_durable(
         &self,
-        msg: &Message,
+        msg: Message,
     ) -> Result<Option<durable::Waiter>, CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
         let mut frame = msg.frame(seq).map_err(|e| {
@@ -175,10 +175,11 @@ impl Edge {
             CoreError::Gone
         })?;
         if let Some(c) = &self.cluster {
-            frame = c.outbound(msg, frame).await;
+            frame = c.outbound(&msg, frame).await;
         }
         let waiter = self.sessions.expect(seq, msg.qos());
-        match self.core.publish(frame).await {
+        let decoded = msg.routed(&frame, seq).map(Arc::new);
+        match self.core.publish(frame, decoded).await {
             Ok(()) => Ok(waiter),
             Err(e) => {
                 if let Some(w) = waiter {

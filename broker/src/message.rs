@@ -2,10 +2,12 @@
 //!
 //! Every message that enters the node (a client's PUBLISH, an HTTP publish, a will) is encoded
 //! once, by [`Message::frame`], into a frame: a short header (format, publisher, arrival time)
-//! followed by the message as an MQTT 5 PUBLISH packet. The core's log holds frames and the
-//! fan-out decodes each one once ([`Message::from_frame`], zero-copy for topic and payload) into
-//! an `Arc<Message>` that every matching session shares. The frame is also what a link to
-//! another node carries, so a message leaves and enters a node in one form.
+//! followed by the message as an MQTT 5 PUBLISH packet. The core's log holds frames, and the
+//! message travels beside its frame ([`Message::routed`]: its topic and payload moved into the
+//! frame's memory) to the fan-out, which shares it as an `Arc<Message>` with every matching
+//! session; a frame that comes without its message is decoded ([`Message::from_frame`],
+//! zero-copy for topic and payload). The frame is also what a link to another node carries, so
+//! a message leaves and enters a node in one form.
 //!
 //! The frame keeps the QoS and retain flag as published (a session delivers at the lower of the
 //! message's and its subscription's QoS, and honours retain-as-published), the publisher's
@@ -149,30 +151,42 @@ impl Message {
         Ok(out.freeze())
     }
 
+    /// This message as the fan-out would read it back from `frame`, made for it by
+    /// [`Message::frame`] and accepted `seq`-th: the frame's scope, and topic and payload sharing
+    /// the frame's memory (not the buffer they were read into, which a queued message would
+    /// otherwise keep whole). Saves the fan-out decoding again what this node just encoded.
+    /// `None` if the frame does not hold them where they belong.
+    pub fn routed(mut self, frame: &Bytes, seq: u64) -> Option<Message> {
+        let (scope, start) = scope_of(frame).ok()?;
+        // The PUBLISH: its first byte, the remaining length (1-4 bytes), the topic's length and
+        // the topic; the payload is last (MQTT 5 §3.3).
+        let mut at = start + 1;
+        while *frame.get(at)? & 0x80 != 0 {
+            at += 1;
+        }
+        let topic = at + 1 + 2..at + 1 + 2 + self.publish.topic.len();
+        if frame.get(topic.clone())? != &self.publish.topic[..] {
+            return None;
+        }
+        let payload = frame.len().checked_sub(self.publish.payload.len())?;
+        if payload < topic.end {
+            return None;
+        }
+        self.publish.topic = frame.slice(topic);
+        self.publish.payload = frame.slice(payload..);
+        self.seq = seq;
+        if scope == Scope::Plain {
+            self.scope = scope;
+        }
+        Some(self)
+    }
+
     /// Reads a frame made by [`Message::frame`]; topic and payload share the frame's memory.
     pub fn from_frame(frame: Bytes) -> Result<Message, FrameError> {
-        if frame.len() < HEADER || frame[0] != FORMAT {
-            return Err(FrameError("unknown format".into()));
-        }
+        let (scope, start) = scope_of(&frame)?;
         let src = u64::from_be_bytes(frame[1..9].try_into().unwrap_or_default());
         let ms = u64::from_be_bytes(frame[9..17].try_into().unwrap_or_default());
-        let seq = u64::from_be_bytes(frame[17..25].try_into().unwrap_or_default());
-        let (scope, start) = match frame[SCOPE_AT] {
-            0 => (Scope::All, HEADER),
-            1 => (Scope::Plain, HEADER),
-            2 => {
-                let len = frame
-                    .get(HEADER..HEADER + 2)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-                    .ok_or_else(|| FrameError("short scope".into()))?;
-                let path = frame
-                    .get(HEADER + 2..HEADER + 2 + len)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .ok_or_else(|| FrameError("bad scope".into()))?;
-                (Scope::Group(path.into()), HEADER + 2 + len)
-            }
-            _ => return Err(FrameError("unknown scope".into())),
-        };
+        let seq = frame_seq(&frame);
         let body = frame.slice(start..);
         let fixed = check(body.iter(), None).map_err(|e| FrameError(e.to_string()))?;
         let mut publish = WirePublish::read(fixed, body).map_err(|e| FrameError(e.to_string()))?;
@@ -188,6 +202,37 @@ impl Message {
             scope,
         })
     }
+}
+
+/// The accepted-order number a frame carries (0 if it is too short to be one).
+pub fn frame_seq(frame: &[u8]) -> u64 {
+    frame
+        .get(17..25)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// A frame's scope, and where its PUBLISH starts.
+fn scope_of(frame: &Bytes) -> Result<(Scope, usize), FrameError> {
+    if frame.len() < HEADER || frame[0] != FORMAT {
+        return Err(FrameError("unknown format".into()));
+    }
+    Ok(match frame[SCOPE_AT] {
+        0 => (Scope::All, HEADER),
+        1 => (Scope::Plain, HEADER),
+        2 => {
+            let len = frame
+                .get(HEADER..HEADER + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                .ok_or_else(|| FrameError("short scope".into()))?;
+            let path = frame
+                .get(HEADER + 2..HEADER + 2 + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| FrameError("bad scope".into()))?;
+            (Scope::Group(path.into()), HEADER + 2 + len)
+        }
+        _ => return Err(FrameError("unknown scope".into())),
+    })
 }
 
 /// The hash of a client id that messages carry as their publisher (no-local compares it).
@@ -254,5 +299,47 @@ mod tests {
         f.extend_from_slice(&[0; 25]);
         f.extend_from_slice(&[0x30, 0x05, 0x00, 0x02, 0xff, 0xfe, 0x00]);
         assert!(Message::from_frame(Bytes::from(f)).is_err());
+    }
+
+    #[test]
+    fn a_routed_message_is_what_its_frame_reads_back_as() {
+        let props = PublishProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        for (scope, qos, len) in [
+            (Scope::All, QoS::AtMostOnce, 0),
+            (Scope::Plain, QoS::AtLeastOnce, 300),
+            (
+                Scope::Group("$share/g/a/+".into()),
+                QoS::ExactlyOnce,
+                70_000,
+            ),
+        ] {
+            let p = Publish::new("a/ü", qos, vec![5u8; len], Some(props.clone()));
+            let mut m = Message::new(p, 3);
+            m.scope = scope.clone();
+            let frame = m.frame(77).unwrap();
+            let back = Message::from_frame(frame.clone()).unwrap();
+            let routed = m.routed(&frame, 77).unwrap();
+            assert_eq!(routed.publish, back.publish);
+            assert_eq!(
+                (routed.seq, routed.src, &routed.scope),
+                (back.seq, back.src, &back.scope)
+            );
+            assert_eq!(routed.scope, scope);
+        }
+        // The frame handed to the cluster says Plain: so does the routed message.
+        let m = Message::new(Publish::new("x", QoS::AtMostOnce, "y", None), 3);
+        let mut frame = BytesMut::from(&m.frame(1).unwrap()[..]);
+        frame[SCOPE_AT] = SCOPE_PLAIN;
+        let routed = m.routed(&frame.freeze(), 1).unwrap();
+        assert_eq!(routed.scope, Scope::Plain);
+        // A frame of another message is refused.
+        let other = Message::new(Publish::new("z", QoS::AtMostOnce, "y", None), 3);
+        let f = other.frame(2).unwrap();
+        let m = Message::new(Publish::new("x", QoS::AtMostOnce, "y", None), 3);
+        assert!(m.routed(&f, 2).is_none());
     }
 }

@@ -163,7 +163,7 @@ async fn inbound(
         None => Scope::Plain,
     };
     ClusterStats::inc(&c.stats.received);
-    if let Err(e) = edge.route(&msg).await {
+    if let Err(e) = edge.route(msg).await {
         tracing::warn!(error = %e, "message from the cluster not accepted");
     }
 }

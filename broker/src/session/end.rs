@@ -163,7 +163,7 @@ pub(crate) async fn publish_will(edge: &Arc<Edge>, p: Publish, src: u64) {
             tracing::warn!(error = %e, "retained will not stored");
         }
     }
-    if let Err(e) = edge.route(&Message::new(p, src)).await {
+    if let Err(e) = edge.route(Message::new(p, src)).await {
         tracing::warn!(error = %e, "will not published");
     }
 }

@@ -197,7 +197,7 @@ impl Session {
             self.state.qos2_in.insert(pkid);
             self.store_inbound(pkid, true);
         }
-        let waiter = match self.edge.route_durable(&msg).await {
+        let waiter = match self.edge.route_durable(msg).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(client_id = self.client_id, error = %e, "message not accepted");
