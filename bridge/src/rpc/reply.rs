@@ -3,6 +3,7 @@
 //! payload, or (for a streamed reply, see [`super::streaming`]) a stream of chunks.
 
 use axum::body::Body;
+use axum::http::header::InvalidHeaderValue;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use base64::Engine;
@@ -32,8 +33,8 @@ pub fn private_header(name: &str) -> bool {
 }
 
 /// The response to a one-message reply.
-pub fn respond(reply: Box<Reply>) -> Response {
-    let mut head = Head::of(&reply);
+pub fn respond(mut reply: Box<Reply>) -> Response {
+    let mut head = Head::take(&mut reply);
     let mut body = reply.payload.clone();
     if reply.envelope {
         if let Ok(env) = serde_json::from_slice::<Value>(&reply.payload) {
@@ -53,24 +54,52 @@ pub struct Head {
 
 impl Head {
     pub fn of(reply: &Reply) -> Head {
-        let mut head = Head {
-            status: StatusCode::OK,
-            headers: Vec::new(),
-            content_type: reply.props.content_type.clone(),
-        };
-        for (k, v) in &reply.props.user_properties {
-            if k == "status" {
-                head.status = parse_status(v).unwrap_or(StatusCode::BAD_GATEWAY);
-            } else if let Some(h) = k.strip_prefix("header:") {
-                head.header(h, v);
-            }
+        let props = &reply.props;
+        let mut head = Head::new(props.content_type.clone(), props.user_properties.len());
+        for (k, v) in &props.user_properties {
+            head.add(k, v.as_str(), HeaderValue::from_str);
         }
         head
     }
 
+    /// [`Head::of`], taking the values out of the reply instead of copying them (a reply answered
+    /// in one message is not needed after).
+    pub fn take(reply: &mut Reply) -> Head {
+        let props = &mut reply.props;
+        let mut head = Head::new(props.content_type.take(), props.user_properties.len());
+        for (k, v) in std::mem::take(&mut props.user_properties) {
+            head.add(&k, v, |v: String| {
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            });
+        }
+        head
+    }
+
+    fn new(content_type: Option<String>, properties: usize) -> Head {
+        Head {
+            status: StatusCode::OK,
+            headers: Vec::with_capacity(properties),
+            content_type,
+        }
+    }
+
+    /// Takes user property `key`: the status, or a header (made by `value`) for `header:{name}`.
+    fn add<V: AsRef<str>>(
+        &mut self,
+        key: &str,
+        v: V,
+        value: impl FnOnce(V) -> Result<HeaderValue, InvalidHeaderValue>,
+    ) {
+        if key == "status" {
+            self.status = parse_status(v.as_ref()).unwrap_or(StatusCode::BAD_GATEWAY);
+        } else if let Some(name) = key.strip_prefix("header:") {
+            self.header(name, value(v));
+        }
+    }
+
     /// Adds header `name` (any case) unless it is private (`content-type` may be given this
     /// way too) or not valid HTTP.
-    fn header(&mut self, name: &str, value: &str) {
+    fn header(&mut self, name: &str, value: Result<HeaderValue, InvalidHeaderValue>) {
         // `from_bytes` lowercases the name.
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             return;
@@ -78,7 +107,7 @@ impl Head {
         if private_header(name.as_str()) && name != header::CONTENT_TYPE {
             return;
         }
-        if let Ok(value) = HeaderValue::from_str(value) {
+        if let Ok(value) = value {
             self.headers.push((name, value));
         }
     }
@@ -94,7 +123,7 @@ impl Head {
         if let Some(hs) = env.get("headers").and_then(Value::as_object) {
             for (k, v) in hs {
                 if let Some(v) = v.as_str() {
-                    self.header(k, v);
+                    self.header(k, HeaderValue::from_str(v));
                 }
             }
         }

@@ -76,7 +76,9 @@ impl Session {
             return; // expired while queued (MQTT 5 §3.3.2.3.3)
         }
         let seq = d.msg.seq;
+        // (Every node message at QoS 1/2 carries packet id 1, which the encoding wants.)
         if d.qos != QoS::AtMostOnce
+            && d.msg.publish.pkid != 0
             && left.is_none()
             && d.ids.is_empty()
             && self.out_aliases.is_none()
