@@ -473,15 +473,27 @@ pub fn write_publish_as(
             // The same packet with this delivery's flags and packet id: the first byte, and the
             // two bytes after the remaining length and the topic (MQTT 5 §3.3.1, §3.3.2).
             out[start] = first_byte(flags);
-            let mut at = start + 1;
-            while out[at] & 0x80 != 0 {
-                at += 1;
-            }
-            at += 1 + 2 + p.topic.len();
+            let at = topic_at(&out[start..]).ok_or(Error::MalformedPacket)? + start;
+            let at = at + p.topic.len();
             out[at..at + 2].copy_from_slice(&flags.pkid.to_be_bytes());
         }
     }
     Ok(out.len() - start)
+}
+
+/// Where the topic of the PUBLISH that `packet` starts with begins: after its first byte, its
+/// Remaining Length (1-4 bytes) and the topic's 2-byte length (MQTT 5 §3.3.2.1). `None` if
+/// `packet` is too short to say.
+pub fn topic_at(packet: &[u8]) -> Option<usize> {
+    let mut at = 1;
+    while *packet.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    let at = at + 1 + 2;
+    (packet.len() >= at).then_some(at)
 }
 
 /// A PUBLISH's first byte: type 3 and `flags` (DUP only at QoS 1/2, MQTT 3.1.1 §3.3.1.1).

@@ -398,14 +398,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_fence_returns_once_every_frame_before_it_was_taken() {
+    /// A core with its doorbell running, as the node starts it.
+    fn started() -> (Arc<Core>, Egress) {
         let cfg = config::BrokerConfig::local(
             "127.0.0.1:0".parse().expect("address"),
             std::env::temp_dir(),
         );
-        let (core, doorbell, mut egress) = Core::start(&cfg).expect("core");
+        let (core, doorbell, egress) = Core::start(&cfg).expect("core");
         tokio::spawn(doorbell.run());
+        (core, egress)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fence_returns_once_every_frame_before_it_was_taken() {
+        let (core, mut egress) = started();
         // A slow reader: each frame takes a little while to hand on.
         let taken = Arc::new(AtomicU64::new(0));
         let counter = taken.clone();
@@ -434,12 +440,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_frame_comes_out_with_the_message_it_was_made_from() {
-        let cfg = config::BrokerConfig::local(
-            "127.0.0.1:0".parse().expect("address"),
-            std::env::temp_dir(),
-        );
-        let (core, doorbell, mut egress) = Core::start(&cfg).expect("core");
-        tokio::spawn(doorbell.run());
+        let (core, mut egress) = started();
         let mut sent = Vec::new();
         for seq in 1..=50u64 {
             let p = crate::codec::Publish::new(

@@ -158,13 +158,9 @@ impl Message {
     /// `None` if the frame does not hold them where they belong.
     pub fn routed(mut self, frame: &Bytes, seq: u64) -> Option<Message> {
         let (scope, start) = scope_of(frame).ok()?;
-        // The PUBLISH: its first byte, the remaining length (1-4 bytes), the topic's length and
-        // the topic; the payload is last (MQTT 5 §3.3).
-        let mut at = start + 1;
-        while *frame.get(at)? & 0x80 != 0 {
-            at += 1;
-        }
-        let topic = at + 1 + 2..at + 1 + 2 + self.publish.topic.len();
+        // The PUBLISH: the topic, and the payload last (MQTT 5 §3.3).
+        let at = start + crate::codec::topic_at(frame.get(start..)?)?;
+        let topic = at..at + self.publish.topic.len();
         if frame.get(topic.clone())? != &self.publish.topic[..] {
             return None;
         }
