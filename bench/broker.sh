@@ -4,6 +4,7 @@
 #   bench/broker.sh              both brokers (builds target/release/realtime-web if missing)
 #   bench/broker.sh --peer-only  Mosquitto only (realtime-web columns print "-")
 #   bench/broker.sh --quick      10x smaller counts, 1,000 connections, 1 run (smoke test)
+#   bench/broker.sh --client rumqttc   a-d with rumqttc clients instead of raw ones
 #   bench/broker.sh --help
 #
 # Scenarios (see bench/README.md):
@@ -23,8 +24,11 @@
 # dropped: realtime-web's /metrics, Mosquitto's $SYS) next to the load
 # generator's delivered / lost counts, and prints them per run at the end.
 #
-# Load generator: bench/loadgen (rtw-loadgen, rumqttc 0.25 + raw MQTT for the
-# connection scenarios), built once into bench/.tools/target. Steady traffic:
+# Load generator: bench/loadgen (rtw-loadgen), built once into bench/.tools/target.
+# Its clients are raw MQTT 3.1.1 (about 0.1 µs of CPU per message: it shares
+# the two CPUs with the broker under test); CLIENT=rumqttc (or --client rumqttc)
+# drives a-d with rumqttc 0.25 clients instead, as recorded runs did until
+# BENCHMARKS.md's "2026-12-04 (late night)". Steady traffic:
 # bench/steady.sh. A neutral crates.io tool as a cross-check: bench/mqttwrk.sh.
 #
 # Every step is bounded: fixed message/connection counts, `timeout` around each
@@ -47,14 +51,16 @@ STORM_CONN_TIMEOUT="${STORM_CONN_TIMEOUT:-60}"  # f: per-client limit, seconds
 RUNS="${RUNS:-3}"            # runs per scenario and broker; the median is reported
 STEP_TIMEOUT="${STEP_TIMEOUT:-120}"  # seconds, per load-generator run
 SCENARIOS="${SCENARIOS:-a,b,bp,c,d,e,es,ep,f}"
+CLIENT="${CLIENT:-raw}"      # a-d: the load generator's MQTT client (raw | rumqttc)
 
-USAGE_LINES=2,9
+USAGE_LINES=2,10
 flag() {
   case "$1" in
     --quick) MSGS_A=20000 MSGS_B=10000 MSGS_C=2000 MSGS_D=1000 CONNS=1000 RUNS=1 ;;
     --runs) RUNS="$2"; SHIFT=2 ;;
     --conns) CONNS="$2"; SHIFT=2 ;;
     --scenarios) SCENARIOS="$2"; SHIFT=2 ;;
+    --client) CLIENT="$2"; SHIFT=2 ;;
     *) return 1 ;;
   esac
 }
@@ -75,11 +81,11 @@ run_one() {
   MOSQ_PERSISTENCE=0; [[ "$sc" == bp ]] && MOSQ_PERSISTENCE=1
   if ! start_broker "$broker"; then log "$broker failed to start"; return; fi
   case "$sc" in
-    a) args=(throughput --qos 0 --subscribers 1 --messages "$MSGS_A" --payload "$PAYLOAD") ;;
-    b) args=(throughput --qos 1 --subscribers 1 --messages "$MSGS_B" --payload "$PAYLOAD") ;;
-    bp) args=(throughput --qos 1 --subscribers 1 --messages "$MSGS_B" --payload "$PAYLOAD" --persistent) ;;
-    c) args=(throughput --qos 0 --subscribers "$FANOUT" --messages "$MSGS_C" --payload "$PAYLOAD") ;;
-    d) args=(throughput --qos 1 --subscribers "$FANOUT" --messages "$MSGS_D" --payload "$PAYLOAD") ;;
+    a) args=(throughput --qos 0 --subscribers 1 --messages "$MSGS_A" --payload "$PAYLOAD" --client "$CLIENT") ;;
+    b) args=(throughput --qos 1 --subscribers 1 --messages "$MSGS_B" --payload "$PAYLOAD" --client "$CLIENT") ;;
+    bp) args=(throughput --qos 1 --subscribers 1 --messages "$MSGS_B" --payload "$PAYLOAD" --persistent --client "$CLIENT") ;;
+    c) args=(throughput --qos 0 --subscribers "$FANOUT" --messages "$MSGS_C" --payload "$PAYLOAD" --client "$CLIENT") ;;
+    d) args=(throughput --qos 1 --subscribers "$FANOUT" --messages "$MSGS_D" --payload "$PAYLOAD" --client "$CLIENT") ;;
     e) args=(idle-conns --conns "$CONNS" --concurrency "$IDLE_CONCURRENCY" --broker-pid "$BROKER_PID") ;;
     es) args=(idle-conns --conns "$CONNS" --concurrency "$IDLE_CONCURRENCY" --broker-pid "$BROKER_PID" --subscribe) ;;
     ep) args=(idle-conns --conns "$CONNS" --concurrency "$IDLE_CONCURRENCY" --broker-pid "$BROKER_PID" --persistent) ;;
@@ -132,7 +138,7 @@ RTW_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo uncommitted
 machine_header
 echo "Brokers: mosquitto ${MOSQ_VER:-?} (ports from $MOSQ_PORT)$([[ $PEER_ONLY -eq 0 ]] && echo ", realtime-web $RTW_BIN ($(date -u -r "$RTW_BIN" '+built %Y-%m-%d %H:%M UTC'); ports from $RTW_MQTT_PORT)")"
 echo "Workload: payload ${PAYLOAD} B; a=$MSGS_A b=$MSGS_B msgs; c=$MSGS_C d=$MSGS_D msgs x $FANOUT subs; e,es,ep,f=$CONNS conns; median of $RUNS run(s)"
-echo "Load generator and broker share the same $(nproc) CPUs (loopback)."
+echo "Load generator ($CLIENT clients for a-d) and broker share the same $(nproc) CPUs (loopback)."
 echo
 
 # Table rows: row id -> scenario, RESULT key, label, unit.

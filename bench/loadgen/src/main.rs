@@ -11,8 +11,9 @@
 //!
 //! Modes (subcommands):
 //! * `throughput`  1 publisher -> N subscribers on one topic, fixed message
-//!   count, QoS 0/1, rumqttc 0.25 clients. Reports delivered msgs/s measured at
-//!   the subscribers (from the first publish to the last delivery).
+//!   count, QoS 0/1, raw or rumqttc 0.25 clients. Reports delivered msgs/s
+//!   measured at the subscribers (from the first publish to the last
+//!   delivery) ([`throughput`]).
 //! * `idle-conns`  opens N idle MQTT connections (optionally each subscribed
 //!   to its own topic, optionally persistent sessions) and, given
 //!   `--broker-pid`, reports the broker's VmRSS growth and open descriptors
@@ -34,15 +35,15 @@ mod conns;
 mod procfs;
 mod raw;
 mod steady;
+mod throughput;
 mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
@@ -76,30 +77,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// 1 publisher -> N subscribers, fixed message count.
-    Throughput {
-        /// QoS for both the publish and the subscription (0 or 1).
-        #[arg(long, default_value_t = 0)]
-        qos: u8,
-        /// Number of subscribers (each its own connection).
-        #[arg(long, default_value_t = 1)]
-        subscribers: usize,
-        /// Messages published (each subscriber should receive all of them).
-        #[arg(long, default_value_t = 100_000)]
-        messages: u64,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-        /// Publisher's max in-flight QoS 1 messages.
-        #[arg(long, default_value_t = 100)]
-        inflight: u16,
-        /// Stop waiting for deliveries after this many seconds without progress.
-        #[arg(long, default_value_t = 5)]
-        idle_timeout: u64,
-        /// Subscribers hold persistent sessions (Clean Session 0), so the broker keeps what
-        /// it queues for them (a broker with a durable store writes it to disk).
-        #[arg(long)]
-        persistent: bool,
-    },
+    Throughput(throughput::ThroughputOpts),
     /// Open N idle connections and measure the broker's RSS growth.
     IdleConns(conns::IdleOpts),
     /// N clients connect at once; measures CONNACKs per second.
@@ -157,7 +135,7 @@ fn main() -> Result<()> {
 
 fn mode_name(m: &Mode) -> &'static str {
     match m {
-        Mode::Throughput { .. } => "throughput",
+        Mode::Throughput(_) => "throughput",
         Mode::IdleConns(_) => "idle-conns",
         Mode::ConnStorm { .. } => "conn-storm",
         Mode::Steady(_) => "steady",
@@ -167,27 +145,7 @@ fn mode_name(m: &Mode) -> &'static str {
 
 async fn run(cli: &Cli) -> Result<()> {
     match &cli.mode {
-        Mode::Throughput {
-            qos,
-            subscribers,
-            messages,
-            payload,
-            inflight,
-            idle_timeout,
-            persistent,
-        } => {
-            throughput(
-                cli,
-                *qos,
-                *subscribers,
-                *messages,
-                *payload,
-                *inflight,
-                Duration::from_secs(*idle_timeout),
-                *persistent,
-            )
-            .await
-        }
+        Mode::Throughput(o) => throughput::throughput(cli, *o).await,
         Mode::IdleConns(o) => conns::idle_conns(cli, *o).await,
         Mode::ConnStorm {
             conns,
@@ -214,200 +172,6 @@ pub(crate) fn to_qos(q: u8) -> Result<QoS> {
         2 => QoS::ExactlyOnce,
         _ => bail!("invalid qos {q}"),
     })
-}
-
-// ---------------------------------------------------------------------------
-// throughput
-// ---------------------------------------------------------------------------
-
-#[allow(clippy::too_many_arguments)]
-async fn throughput(
-    cli: &Cli,
-    qos_n: u8,
-    subscribers: usize,
-    messages: u64,
-    payload_len: usize,
-    inflight: u16,
-    idle_timeout: Duration,
-    persistent: bool,
-) -> Result<()> {
-    if subscribers == 0 || messages == 0 {
-        bail!("need at least one subscriber and one message");
-    }
-    let qos = to_qos(qos_n)?;
-    let id = run_id();
-    let topic = format!("bench/{id}");
-    let base = Instant::now();
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    // Per-subscriber counters; last delivery time in ns since `base`.
-    let received: Arc<Vec<AtomicU64>> =
-        Arc::new((0..subscribers).map(|_| AtomicU64::new(0)).collect());
-    let last_rx_ns = Arc::new(AtomicU64::new(0));
-    let subacked = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicUsize::new(0));
-    // Set before the final DISCONNECTs: errors after that are expected.
-    let closing = Arc::new(AtomicBool::new(false));
-    let mut sub_clients = Vec::with_capacity(subscribers);
-
-    let loops = Loops {
-        stop: stop_rx.clone(),
-        closing: closing.clone(),
-        errors: errors.clone(),
-    };
-
-    for i in 0..subscribers {
-        let mut opts = MqttOptions::new(format!("lg-s-{id}-{i}"), cli.host.clone(), cli.port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_clean_session(!persistent);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, el) = AsyncClient::new(opts, 64);
-        client.subscribe(topic.clone(), qos).await?;
-        sub_clients.push(client);
-        let (received, last_rx_ns) = (received.clone(), last_rx_ns.clone());
-        let subacked = subacked.clone();
-        loops.drive(el, format!("subscriber {i}"), move |p| match p {
-            Packet::Publish(_) => {
-                received[i].fetch_add(1, Ordering::Relaxed);
-                last_rx_ns.fetch_max(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }
-            Packet::SubAck(_) => {
-                subacked.fetch_add(1, Ordering::SeqCst);
-            }
-            _ => {}
-        });
-    }
-
-    // Wait for every SUBACK (bounded).
-    let t = Instant::now();
-    while subacked.load(Ordering::SeqCst) < subscribers {
-        if errors.load(Ordering::SeqCst) > 0 {
-            bail!("a subscriber failed before SUBACK");
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "only {}/{} SUBACKs after 30s",
-                subacked.load(Ordering::SeqCst),
-                subscribers
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    // Publisher.
-    let mut opts = MqttOptions::new(
-        format!("lg-p-{id}"),
-        cli.host.clone(),
-        cli.pub_port.unwrap_or(cli.port),
-    );
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_clean_session(true);
-    opts.set_inflight(inflight.max(1));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let puback = Arc::new(AtomicU64::new(0));
-    let publisher = {
-        let puback = puback.clone();
-        loops
-            .publisher(opts, 1024, "publisher", move |p| {
-                if let Packet::PubAck(_) = p {
-                    puback.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .await?
-    };
-
-    let payload = Bytes::from(vec![b'x'; payload_len]);
-    let start = base.elapsed();
-    let mut sent = 0u64;
-    for _ in 0..messages {
-        if let Err(e) = publisher
-            .publish_bytes(topic.clone(), qos, false, payload.clone())
-            .await
-        {
-            // The RESULT line still follows, with status=client-error.
-            eprintln!("publisher: {e}");
-            errors.fetch_add(1, Ordering::SeqCst);
-            break;
-        }
-        sent += 1;
-    }
-    let publish_done = base.elapsed();
-
-    // Wait for deliveries: done, no progress for idle_timeout, or failure.
-    let expected = messages * subscribers as u64;
-    let mut last_total = 0u64;
-    let mut last_progress = Instant::now();
-    let status = loop {
-        let total: u64 = received.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-        if total >= expected {
-            break "ok";
-        }
-        if total != last_total {
-            last_total = total;
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > idle_timeout {
-            break "incomplete";
-        }
-        if errors.load(Ordering::SeqCst) > 0 {
-            break "client-error";
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // Let QoS 1 acks drain a moment (bounded), for the puback count.
-    if qos_n > 0 {
-        let t = Instant::now();
-        while puback.load(Ordering::Relaxed) < messages && t.elapsed() < Duration::from_secs(2) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    let delivered: u64 = received.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-    let min_sub = received
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .min()
-        .unwrap_or(0);
-    let end_ns = last_rx_ns.load(Ordering::Relaxed);
-    let elapsed = Duration::from_nanos(end_ns).saturating_sub(start);
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let pub_secs = (publish_done - start).as_secs_f64().max(1e-9);
-    println!(
-        "RESULT mode=throughput label={} status={} qos={} subscribers={} messages={} payload={} \
-         published={} expected={} delivered={} lost={} min_per_sub={} pubacks={} elapsed_s={:.3} \
-         msgs_per_s={:.0} publish_rate={:.0} persistent={}",
-        cli.label,
-        status,
-        qos_n,
-        subscribers,
-        messages,
-        payload_len,
-        sent,
-        expected,
-        delivered,
-        expected.saturating_sub(delivered),
-        min_sub,
-        puback.load(Ordering::Relaxed),
-        secs,
-        delivered as f64 / secs,
-        sent as f64 / pub_secs,
-        persistent,
-    );
-
-    // Best-effort clean disconnect, bounded.
-    closing.store(true, Ordering::SeqCst);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = publisher.disconnect().await;
-        for c in &sub_clients {
-            let _ = c.disconnect().await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    })
-    .await;
-    let _ = stop_tx.send(true);
-    if status == "client-error" {
-        bail!("client error during the run");
-    }
-    Ok(())
 }
 
 /// What the event-loop task of a rumqttc client shares with its run: `stop` ends it; a

@@ -137,3 +137,57 @@ pub fn puback_for(h: u8, body: &[u8]) -> Option<[u8; 4]> {
     let pid = body.get(2 + tlen..4 + tlen)?;
     Some([0x40, 0x02, pid[0], pid[1]])
 }
+
+/// PUBLISH to `topic`, no retain, no DUP; at QoS 1/2 with packet id `pid` (see
+/// [`set_publish_pid`] to change it in place).
+pub fn publish_packet(topic: &str, payload: &[u8], qos: u8, pid: u16) -> Vec<u8> {
+    let t = topic.as_bytes();
+    let id_len = if qos > 0 { 2 } else { 0 };
+    let remaining = 2 + t.len() + id_len + payload.len();
+    let mut p = Vec::with_capacity(remaining + 5);
+    p.push(0x30 | (qos << 1));
+    push_remaining_len(&mut p, remaining);
+    p.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    p.extend_from_slice(t);
+    if qos > 0 {
+        p.extend_from_slice(&pid.to_be_bytes());
+    }
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Sets the packet id of a QoS 1/2 PUBLISH made by [`publish_packet`] for a topic of
+/// `topic_len` bytes.
+pub fn set_publish_pid(packet: &mut [u8], topic_len: usize, pid: u16) {
+    let mut at = 1;
+    while packet[at] & 0x80 != 0 {
+        at += 1;
+    }
+    let at = at + 1 + 2 + topic_len;
+    packet[at..at + 2].copy_from_slice(&pid.to_be_bytes());
+}
+
+/// Takes the first whole packet off `buf`: (first header byte, body); `None` while it is
+/// incomplete (or its Remaining Length is malformed: the run then ends by its timeouts).
+pub fn split_packet(buf: &mut bytes::BytesMut) -> Option<(u8, bytes::Bytes)> {
+    let (mut len, mut shift, mut at) = (0usize, 0, 1);
+    loop {
+        let b = *buf.get(at)?;
+        len |= ((b & 0x7f) as usize) << shift;
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if at > 4 {
+            return None;
+        }
+    }
+    if buf.len() < at + len {
+        return None;
+    }
+    let h = buf[0];
+    let mut packet = buf.split_to(at + len);
+    bytes::Buf::advance(&mut packet, at);
+    Some((h, packet.freeze()))
+}
