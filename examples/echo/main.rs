@@ -94,13 +94,13 @@ async fn v5(args: Args) {
                 }
                 println!("echo: serving {filter} (MQTT 5)");
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let props = p.properties.clone().unwrap_or_default();
+            Ok(Event::Incoming(Packet::Publish(mut p))) => {
+                let mut props = p.properties.take().unwrap_or_default();
                 if p.topic == ack_topic.as_bytes() {
                     stream::acknowledged(&streams, &props);
                     continue;
                 }
-                let Some(reply_to) = props.response_topic.clone() else {
+                let Some(reply_to) = props.response_topic.take() else {
                     // The topic convention, when asked for.
                     if let Some(to) = args
                         .reply_prefix
@@ -115,25 +115,10 @@ async fn v5(args: Args) {
                     }
                     continue; // not a request
                 };
-                let mut user = Vec::new();
-                for (k, v) in &props.user_properties {
-                    match k.as_str() {
-                        "method" => user.push(("header:x-echo-method".to_string(), v.clone())),
-                        "path" => user.push(("header:x-echo-path".to_string(), v.clone())),
-                        "header:x-echo-status" => user.push(("status".to_string(), v.clone())),
-                        k if k.starts_with("header:") => user.push((k.to_string(), v.clone())),
-                        _ => {}
-                    }
-                }
-                let reply = PublishProperties {
-                    correlation_data: props.correlation_data.clone(),
-                    content_type: props.content_type.clone(),
-                    user_properties: user,
-                    ..Default::default()
-                };
                 let c = client.clone();
                 if stream::prop(&props, "rtw-chunk").is_some() {
                     // A chunked body: collected in order here, echoed back as a stream.
+                    let reply = reply_properties(props.clone());
                     let whole =
                         stream::take_chunk(&streams, &c, &reply_to, &props, p.payload).await;
                     let (s, ack_topic) = (streams.clone(), ack_topic.clone());
@@ -153,7 +138,7 @@ async fn v5(args: Args) {
                     }
                     continue;
                 }
-                spawn_reply(&c, reply_to, p.payload, reply);
+                spawn_reply(&c, reply_to, p.payload, reply_properties(props));
             }
             Ok(_) => {}
             Err(e) => {
@@ -206,6 +191,30 @@ async fn v311(args: Args) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// The properties of the reply to a request with `props`: its correlation data and content
+/// type, every `header:*` user property, and `header:x-echo-method` / `header:x-echo-path` /
+/// `status` from the request's `method` / `path` / `header:x-echo-status` (moved, not copied).
+fn reply_properties(
+    props: rumqttc::v5::mqttbytes::v5::PublishProperties,
+) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
+    let mut user = Vec::with_capacity(props.user_properties.len());
+    for (k, v) in props.user_properties {
+        match k.as_str() {
+            "method" => user.push(("header:x-echo-method".to_string(), v)),
+            "path" => user.push(("header:x-echo-path".to_string(), v)),
+            "header:x-echo-status" => user.push(("status".to_string(), v)),
+            h if h.starts_with("header:") => user.push((k, v)),
+            _ => {}
+        }
+    }
+    rumqttc::v5::mqttbytes::v5::PublishProperties {
+        correlation_data: props.correlation_data,
+        content_type: props.content_type,
+        user_properties: user,
+        ..Default::default()
     }
 }
 
