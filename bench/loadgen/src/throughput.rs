@@ -140,8 +140,13 @@ pub async fn throughput(cli: &Cli, o: ThroughputOpts) -> Result<()> {
             let addr = crate::resolve(cli).await?;
             for i in 0..o.subscribers {
                 let cid = format!("lg-s-{id}-{i}");
-                let mut s = raw::connect(addr, &cid, 30, !o.persistent).await?;
-                raw::subscribe(&mut s, 1, &topic, o.qos).await?;
+                let s = tokio::time::timeout(SETUP_WAIT, async {
+                    let mut s = raw::connect(addr, &cid, 30, !o.persistent).await?;
+                    raw::subscribe(&mut s, 1, &topic, o.qos).await?;
+                    anyhow::Ok(s)
+                })
+                .await
+                .map_err(|_| anyhow!("subscriber {i}: no SUBACK within {SETUP_WAIT:?}"))??;
                 tokio::spawn(raw_subscriber(s, i, c.clone(), stop_rx.clone()));
             }
             let pub_addr = SocketAddr::new(addr.ip(), cli.pub_port.unwrap_or(cli.port));
@@ -261,7 +266,8 @@ async fn publish(
     let payload = vec![b'x'; o.payload];
     match p {
         Publisher::Raw { tx, window } => {
-            raw_publish(tx, window, topic, &payload, o.qos, o.messages).await
+            let idle = Duration::from_secs(o.idle_timeout);
+            raw_publish(tx, window, topic, &payload, o.qos, o.messages, idle).await
         }
         Publisher::Rumqttc(client) => {
             let (qos, payload) = (to_qos(o.qos).map_err(|e| (0, e))?, Bytes::from(payload));
@@ -280,6 +286,8 @@ async fn publish(
 
 /// Bytes the raw publisher writes at a time (whole packets).
 const BATCH_BYTES: usize = 16 * 1024;
+/// Longest a raw client waits for its CONNACK and SUBACK.
+const SETUP_WAIT: Duration = Duration::from_secs(30);
 
 /// The raw publisher: connected, its PUBACK reader running (it returns a permit of `window`
 /// per PUBACK).
@@ -290,7 +298,12 @@ async fn raw_publisher(
     c: &Arc<Counters>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Publisher> {
-    let s = raw::connect(addr, &format!("lg-p-{id}"), 30, true).await?;
+    let s = tokio::time::timeout(
+        SETUP_WAIT,
+        raw::connect(addr, &format!("lg-p-{id}"), 30, true),
+    )
+    .await
+    .map_err(|_| anyhow!("publisher: no CONNACK within {SETUP_WAIT:?}"))??;
     let (rx, tx) = s.into_split();
     let window = Arc::new(Semaphore::new(inflight.max(1) as usize));
     tokio::spawn(raw_pubacks(rx, window.clone(), c.clone(), stop.clone()));
@@ -298,7 +311,8 @@ async fn raw_publisher(
 }
 
 /// Writes `n` PUBLISH packets, `BATCH_BYTES` at a time; at QoS 1 each takes a permit of
-/// `window` (packet ids cycle through 1..=65535, the window being far smaller).
+/// `window` (packet ids cycle through 1..=65535, the window being far smaller), failing when
+/// no PUBACK frees one for `idle`.
 async fn raw_publish(
     tx: &mut OwnedWriteHalf,
     window: &Semaphore,
@@ -306,6 +320,7 @@ async fn raw_publish(
     payload: &[u8],
     qos: u8,
     n: u64,
+    idle: Duration,
 ) -> std::result::Result<u64, (u64, anyhow::Error)> {
     let packet = raw::publish_packet(topic, payload, qos, 0);
     let per_batch = (BATCH_BYTES / packet.len()).max(1) as u64;
@@ -315,7 +330,10 @@ async fn raw_publish(
         let mut k = (n - sent).min(per_batch);
         if qos > 0 {
             // At least one permit (waiting for a PUBACK if need be), then all that are free.
-            let first = window.acquire().await.map_err(|e| (sent, e.into()))?;
+            let first = tokio::time::timeout(idle, window.acquire())
+                .await
+                .map_err(|_| (sent, anyhow!("no PUBACK for {idle:?}")))?
+                .map_err(|e| (sent, e.into()))?;
             first.forget();
             let more = (window.available_permits() as u64).min(k - 1);
             if more > 0 {
