@@ -118,6 +118,9 @@ pub async fn throughput(cli: &Cli, o: ThroughputOpts) -> Result<()> {
         bail!("need at least one subscriber and one message");
     }
     to_qos(o.qos)?;
+    if o.qos > 1 && o.client == Client::Raw {
+        bail!("the raw clients publish and subscribe at QoS 0 or 1 (--client rumqttc for QoS 2)");
+    }
     let id = run_id();
     let topic = format!("bench/{id}");
     let (stop_tx, stop_rx) = watch::channel(false);
