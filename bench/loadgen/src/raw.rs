@@ -1,6 +1,7 @@
 //! A minimal raw MQTT 3.1.1 client for the connection-heavy modes (idle
-//! connections, connection storm, steady traffic): CONNECT / CONNACK,
-//! SUBSCRIBE / SUBACK, PINGREQ / PINGRESP, and a reader that counts incoming
+//! connections, connection storm, steady traffic) and the raw throughput
+//! clients: CONNECT / CONNACK, SUBSCRIBE / SUBACK, PINGREQ / PINGRESP, PUBLISH
+//! packets, whole packets taken off a buffer, and a reader that counts incoming
 //! PUBLISH packets (acknowledging QoS 1 ones).
 //!
 //! Why not rumqttc here: with thousands of connections on a 2-core machine the
@@ -139,7 +140,7 @@ pub fn puback_for(h: u8, body: &[u8]) -> Option<[u8; 4]> {
 }
 
 /// PUBLISH to `topic`, no retain, no DUP; at QoS 1/2 with packet id `pid` (see
-/// [`set_publish_pid`] to change it in place).
+/// [`publish_pid_at`] to change it in place).
 pub fn publish_packet(topic: &str, payload: &[u8], qos: u8, pid: u16) -> Vec<u8> {
     let t = topic.as_bytes();
     let id_len = if qos > 0 { 2 } else { 0 };
@@ -156,15 +157,11 @@ pub fn publish_packet(topic: &str, payload: &[u8], qos: u8, pid: u16) -> Vec<u8>
     p
 }
 
-/// Sets the packet id of a QoS 1/2 PUBLISH made by [`publish_packet`] for a topic of
-/// `topic_len` bytes.
-pub fn set_publish_pid(packet: &mut [u8], topic_len: usize, pid: u16) {
-    let mut at = 1;
-    while packet[at] & 0x80 != 0 {
-        at += 1;
-    }
-    let at = at + 1 + 2 + topic_len;
-    packet[at..at + 2].copy_from_slice(&pid.to_be_bytes());
+/// Where the packet id of a QoS 1/2 PUBLISH made by [`publish_packet`] for a topic of
+/// `topic_len` bytes starts (after the fixed header and the topic).
+pub fn publish_pid_at(packet: &[u8], topic_len: usize) -> usize {
+    let remaining_len_bytes = packet[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
+    1 + remaining_len_bytes + 2 + topic_len
 }
 
 /// Takes the first whole packet off `buf`: (first header byte, body); `None` while it is

@@ -326,6 +326,7 @@ async fn raw_publish(
     idle: Duration,
 ) -> std::result::Result<u64, (u64, anyhow::Error)> {
     let packet = raw::publish_packet(topic, payload, qos, 0);
+    let pid_at = raw::publish_pid_at(&packet, topic.len());
     let per_batch = (BATCH_BYTES / packet.len()).max(1) as u64;
     let mut batch = Vec::with_capacity(packet.len() * per_batch as usize);
     let (mut sent, mut pid) = (0u64, 0u16);
@@ -352,13 +353,22 @@ async fn raw_publish(
             batch.extend_from_slice(&packet);
             if qos > 0 {
                 pid = pid % u16::MAX + 1;
-                raw::set_publish_pid(&mut batch[at..], topic.len(), pid);
+                batch[at + pid_at..at + pid_at + 2].copy_from_slice(&pid.to_be_bytes());
             }
         }
         tx.write_all(&batch).await.map_err(|e| (sent, e.into()))?;
         sent += k;
     }
     Ok(sent)
+}
+
+/// Reads what `rx` has into `buf`, making room for up to 64 KiB first (`read_buf` alone
+/// would read 64 bytes at a time once the buffer's spare room is used up).
+async fn read_more(rx: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(64 * 1024);
+    }
+    rx.read_buf(buf).await
 }
 
 /// Counts the publisher's PUBACKs, one window permit each.
@@ -372,7 +382,7 @@ async fn raw_pubacks(
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            r = rx.read_buf(&mut buf) => match r {
+            r = read_more(&mut rx, &mut buf) => match r {
                 Ok(0) => { c.failed("publisher", "connection closed"); break; }
                 Ok(_) => {
                     let mut acks = 0usize;
@@ -404,7 +414,7 @@ async fn raw_subscriber(
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            r = rx.read_buf(&mut buf) => match r {
+            r = read_more(&mut rx, &mut buf) => match r {
                 Ok(0) => { c.failed(&who, "connection closed"); break; }
                 Ok(_) => {
                     let mut n = 0;
@@ -429,9 +439,6 @@ async fn raw_subscriber(
                 }
                 Err(e) => { c.failed(&who, e); break; }
             }
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
         }
     }
     let _ = tx.write_all(&[0xE0, 0x00]).await;
