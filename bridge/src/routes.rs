@@ -27,7 +27,8 @@ use crate::state::AppState;
 /// The OpenAPI document of these routes (kept in the repository, checked by a test).
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// An RPC route (`None`: the generic `/rpc/{*path}`).
+/// An RPC route (`None`: the generic `/rpc/{*path}`). The request's head is moved into the call,
+/// not copied: extracting `HeaderMap` or `Uri` on their own would clone them.
 fn rpc_handler(route: Option<RpcRoute>) -> axum::routing::MethodRouter<AppState> {
     any(
         move |axum::extract::State(st): axum::extract::State<AppState>,
@@ -36,18 +37,16 @@ fn rpc_handler(route: Option<RpcRoute>) -> axum::routing::MethodRouter<AppState>
             axum::extract::rejection::PathRejection,
         >,
               ip: crate::access::ClientIp,
-              method: axum::http::Method,
-              uri: axum::http::Uri,
-              headers: axum::http::HeaderMap,
-              body: axum::body::Body| {
+              req: axum::extract::Request| {
             let route = route.clone();
             async move {
+                let (head, body) = req.into_parts();
                 let req = crate::rpc::call::Call {
                     route,
                     captures: crate::body::captures(caps)?,
-                    method,
-                    uri,
-                    headers,
+                    method: head.method,
+                    uri: head.uri,
+                    headers: head.headers,
                     ip,
                 };
                 crate::rpc::call::call(st, req, body).await
