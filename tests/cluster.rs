@@ -389,6 +389,97 @@ async fn a_client_id_is_unique_across_nodes_and_its_session_follows_it() {
     assert_eq!(&b.publish_in(T).await.payload[..], b"v311");
 }
 
+/// The payloads of the PUBLISH packets `c` receives until its connection ends, each
+/// acknowledged only once seen here (`c` has manual acks: a message rumqttc read but did not
+/// hand over before the connection ended stays unacknowledged, so the broker keeps it).
+async fn received_until_closed(mut c: V5) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(Ok(e)) = c.next(T).await {
+        if let rumqttc::v5::Event::Incoming(p5::Packet::Publish(p)) = e {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            let _ = c.client.ack(&p).await;
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_moves_while_messages_flow_loses_none_of_them() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three(&nats);
+    let mut opts = persistent(&n2, "mover");
+    opts.set_manual_acks(true);
+    let (mut first, _) = V5::connect(opts).await;
+    first.subscribe("move/#", Q5::AtLeastOnce).await;
+    let (mut p, _) = V5::connect(v5_options(&n3, Tr::Tcp, "pub-move")).await;
+    // The subscription is live on NATS: a message from n3 reaches n2.
+    p.publish_acked("move/x", Q5::AtLeastOnce, b"ready").await;
+    let ready = first.publish_in(T).await;
+    assert_eq!(&ready.payload[..], b"ready");
+    first.client.ack(&ready).await.expect("ack");
+
+    // n3 publishes one QoS 1 message after another, each acknowledged before the next, while
+    // the client moves from n2 to n1 (n1 claims the session from n2 meanwhile).
+    const N: usize = 1500;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            for i in 0..N {
+                p.publish_acked("move/x", Q5::AtLeastOnce, format!("m{i}").as_bytes())
+                    .await;
+                sent.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let first = tokio::spawn(received_until_closed(first));
+    let deadline = std::time::Instant::now() + T;
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publisher stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (mut second, ack) = V5::connect(persistent(&n1, "mover")).await;
+    assert!(ack.session_present, "the session came over from n2");
+    let moved_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+    publisher.await.expect("publisher");
+    let mut got = first.await.expect("first connection");
+    let on_first = got.len();
+    let on_second: Vec<usize> = drain5(&mut second, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(&m.payload)
+                .strip_prefix('m')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    // In order on the new node too: the tail goes between the handed messages and those that
+    // came straight to it.
+    assert!(
+        on_second.windows(2).all(|w| w[0] < w[1]),
+        "out of order on the second connection: {:?}",
+        &on_second[..on_second.len().min(40)]
+    );
+    got.extend(on_second.iter().map(|i| format!("m{i}")));
+    let got: std::collections::HashSet<String> = got.into_iter().collect();
+    let missing: Vec<usize> = (0..N).filter(|i| !got.contains(&format!("m{i}"))).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} acknowledged messages never arrived (moved after ~{moved_at}, {on_first} \
+         on the first connection), first ones: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert!(
+        on_first > 0 && moved_at < N,
+        "the move happened mid-stream ({on_first} on the first connection, moved at {moved_at})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_group_over_two_nodes_gets_each_message_exactly_once() {
     let nats = Nats::start();

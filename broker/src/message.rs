@@ -62,6 +62,9 @@ pub struct Message {
     pub seq: u64,
     /// Which subscriptions it is for.
     pub scope: Scope,
+    /// A message from another node: that node's boot id and its sequence number there (see
+    /// [`Message::identity`]). Kept in memory only, not in the frame.
+    pub origin: Option<(u64, u64)>,
 }
 
 /// Why a frame could not be read.
@@ -84,7 +87,14 @@ impl Message {
             received: SystemTime::now(),
             seq: 0,
             scope: Scope::All,
+            origin: None,
         }
+    }
+
+    /// The message's id across a cluster: its origin node's boot id and sequence number there,
+    /// the same on every node that has it (`boot`: this node's, for a message accepted here).
+    pub fn identity(&self, boot: u64) -> (u64, u64) {
+        self.origin.unwrap_or((boot, self.seq))
     }
 
     pub fn topic(&self) -> &str {
@@ -196,6 +206,7 @@ impl Message {
             received: UNIX_EPOCH + Duration::from_millis(ms),
             seq,
             scope,
+            origin: None,
         })
     }
 }

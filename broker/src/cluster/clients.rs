@@ -7,10 +7,22 @@
 //! message NATS delivered to it before the claim reach the session (its link drains, then a
 //! fence through its core: a message acknowledged elsewhere before the client came back is not
 //! left behind), closes the live connection (MQTT 5 DISCONNECT 0x8E, session taken over), takes
-//! the session out of its registry and answers with a [`Handover`]: the owner, the
-//! subscriptions and the messages queued or in flight (up to [`MAX_QUEUED_BYTES`] of them; the
-//! rest are dropped, counted). The new node resumes the session from it (session present) when
+//! the session out of its registry and answers with a [`Handover`] ([`super::handover`]): the
+//! owner, the subscriptions and the messages queued or in flight (up to
+//! [`super::handover::MAX_QUEUED_BYTES`] of them; the rest are dropped, counted). The new node resumes the session from it (session present) when
 //! the client asked to resume.
+//!
+//! The tail: messages published while the session moves. Until the new node's subscriptions
+//! are live on NATS, matching messages reach only the old node. So before it answers, the old
+//! node puts a collector in its index under the session's subscriptions, and the handover names
+//! a subject to ask for what it collects. The new node indexes the subscriptions, waits until
+//! NATS has them ([`Cluster::sync`]), then asks ([`Cluster::tail`]); the old node lets what NATS
+//! delivered before that question reach the collector (drain and fence, as for the claim),
+//! takes it out of the index and answers with its messages. Each message is known by its
+//! cluster-wide id ([`crate::message::Message::identity`]): one that also reached the new node
+//! directly is kept once, and the tail goes after the handover's messages and before those that
+//! arrived directly, so order holds ([`super::handover::merge`]). The collector gives up after [`TAIL_WAIT`] (a new node that
+//! starts a clean session does not ask).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,148 +30,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
+use super::handover::{carried, collector, Handover, Tail, TailRequest};
 use super::{subject, Cluster, ClusterStats};
-use crate::codec::QoS;
-use crate::durable::record::SubRecord;
-use crate::inbox::Delivery;
-use crate::message::Message;
-use crate::session::state::{Outgoing, SessionState};
+use crate::session::state::SessionState;
 use crate::Edge;
 
-/// Most bytes of queued messages a handover carries (NATS's default payload limit is 1 MiB).
-pub const MAX_QUEUED_BYTES: usize = 512 * 1024;
 /// How long a connect waits for the node that holds its client id.
 const CLAIM_WAIT: Duration = Duration::from_secs(8);
-
-/// A subscription in a handover: the session record's [`SubRecord`], under the handover's own
-/// (shorter) names.
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "SubRecord")]
-struct SubRec {
-    #[serde(rename = "path")]
-    filter: String,
-    qos: u8,
-    #[serde(rename = "nl")]
-    no_local: bool,
-    #[serde(rename = "rap")]
-    retain_as_published: bool,
-    #[serde(rename = "rh")]
-    retain_handling: u8,
-    id: Option<usize>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Sub(#[serde(with = "SubRec")] SubRecord);
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Queued {
-    frame: Vec<u8>,
-    qos: u8,
-    retain: bool,
-    ids: Vec<usize>,
-}
-
-/// A session handed from one node to another.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Handover {
-    pub owner: Option<String>,
-    subs: Vec<Sub>,
-    queued: Vec<Queued>,
-    /// Queued messages left behind (over [`MAX_QUEUED_BYTES`]).
-    dropped: usize,
-}
-
-fn qos(n: u8) -> QoS {
-    match n {
-        2 => QoS::ExactlyOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::AtMostOnce,
-    }
-}
-
-impl Handover {
-    fn from_state(mut s: SessionState) -> (Handover, SessionState) {
-        let subs = s
-            .subs
-            .iter()
-            .map(|(path, o)| Sub(SubRecord::of(path, o)))
-            .collect();
-        // In flight first (in their sending order), then the queue.
-        let mut out: Vec<(u64, Delivery)> = s
-            .out
-            .drain()
-            .filter_map(|(_, (n, o))| match o {
-                Outgoing::Sent(d) => Some((n, d)),
-                Outgoing::Released(_) => None,
-            })
-            .collect();
-        out.sort_by_key(|(n, _)| *n);
-        let mut all: Vec<Delivery> = out.into_iter().map(|(_, d)| d).collect();
-        while let Some(d) = s.inbox.pop() {
-            all.push(d);
-        }
-        let (mut queued, mut bytes, mut dropped) = (Vec::new(), 0, 0);
-        for d in all {
-            match d.msg.frame(0) {
-                Ok(f) if bytes + f.len() <= MAX_QUEUED_BYTES => {
-                    bytes += f.len();
-                    queued.push(Queued {
-                        frame: f.to_vec(),
-                        qos: d.qos as u8,
-                        retain: d.retain,
-                        ids: d.ids,
-                    });
-                }
-                _ => dropped += 1,
-            }
-        }
-        let h = Handover {
-            owner: s.owner.clone(),
-            subs,
-            queued,
-            dropped,
-        };
-        (h, s)
-    }
-
-    /// The session state on this node: subscriptions (put in the index when the session
-    /// resumes) and the queued messages.
-    pub fn into_state(self, edge: &Edge, client_id: &str) -> SessionState {
-        let st = SessionState::new(edge, client_id, self.owner);
-        let mut st = st;
-        for Sub(s) in self.subs {
-            let Some(opts) = s.opts() else { continue };
-            // In the index (and so subscribed on NATS) before the CONNACK; the session's
-            // resume checks them against the client's rights.
-            st.index_insert(
-                edge,
-                &s.filter,
-                &opts,
-                crate::message::client_hash(client_id),
-                false,
-            );
-            if st.subs.insert(s.filter, opts).is_none() {
-                edge.stats
-                    .subscriptions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        for q in self.queued {
-            if let Ok(m) = Message::from_frame(Bytes::from(q.frame)) {
-                let d = Delivery {
-                    msg: Arc::new(m),
-                    qos: qos(q.qos),
-                    retain: q.retain,
-                    ids: q.ids,
-                };
-                st.inbox.push(d, &edge.stats);
-            }
-        }
-        st
-    }
-}
+/// How long the old node's collector waits to be asked for the tail.
+const TAIL_WAIT: Duration = Duration::from_secs(10);
 
 impl Cluster {
     /// Claims `client_id` for this node: the node holding it (if any) closes its connection and
@@ -221,6 +101,57 @@ impl Cluster {
         handover
     }
 
+    /// Asks the node that handed a session over for the messages it collected since, and puts
+    /// them in `state`'s queue: after the handed messages, before those that reached this node
+    /// directly, once each. Call it once the session's subscriptions are live on NATS.
+    pub(crate) async fn tail(
+        &self,
+        edge: &Edge,
+        client_id: &str,
+        ask: TailRequest,
+        state: &SessionState,
+    ) {
+        let asked = tokio::time::timeout(
+            CLAIM_WAIT,
+            self.client.request(ask.subject.clone(), Bytes::new()),
+        )
+        .await;
+        let tail = match asked {
+            Ok(Ok(m)) => match serde_json::from_slice::<Tail>(&m.payload) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(client_id, error = %e, "bad session tail");
+                    return;
+                }
+            },
+            _ => {
+                tracing::warn!(client_id, "the moved session's tail did not come");
+                return;
+            }
+        };
+        if tail.dropped > 0 {
+            tracing::warn!(
+                client_id,
+                dropped = tail.dropped,
+                "moved session's tail cut"
+            );
+        }
+        // A message in the tail may have come here straight too, ahead of the answer on this
+        // node's NATS connection: it reaches the queue before the two are compared.
+        self.drain().await;
+        if let Err(e) = edge.fence().await {
+            tracing::warn!(client_id, error = %e, "tail merged without waiting for the core");
+        }
+        let (handed, tail, direct) = super::handover::merge(&state.inbox, ask, tail, self.boot);
+        tracing::debug!(
+            client_id,
+            handed,
+            tail,
+            direct,
+            "moved session's tail merged"
+        );
+    }
+
     /// Listens on `client_id`'s subject: this node holds the id (see [`Cluster::claim`]).
     pub(crate) async fn hold(self: &Arc<Self>, edge: &Arc<Edge>, client_id: &str) {
         match self.client.subscribe(subject::client(client_id)).await {
@@ -268,14 +199,17 @@ impl Cluster {
 }
 
 /// Answers another node's claim of `client_id`: closes the connection here, hands the session
-/// over and stops holding the id.
+/// over, stops holding the id, and then collects the session's tail until the new node asks for
+/// it (see the module's documentation).
 async fn respond(
     c: Arc<Cluster>,
     edge: Arc<Edge>,
     client_id: String,
     mut sub: async_nats::Subscriber,
 ) {
+    let mut tail = None;
     while let Some(m) = sub.next().await {
+        let mut collecting = None;
         if m.payload.as_ref() == c.boot.to_be_bytes() {
             continue;
         }
@@ -293,26 +227,51 @@ async fn respond(
             .await;
         let state = edge.registry.take_offline(&client_id);
         let owner = state.as_ref().and_then(|s| s.owner.clone());
-        let handover = match state {
+        let mut handover = match state {
             Some(s) => {
-                let (h, s) = Handover::from_state(s);
+                // In the index before the session leaves it: no message falls between them.
+                collecting = Some(collector(&edge, &client_id, &s));
+                let (h, s) = Handover::from_state(s, c.boot);
                 s.discard(&edge, false);
                 h
             }
-            None => Handover {
-                owner,
-                subs: Vec::new(),
-                queued: Vec::new(),
-                dropped: 0,
-            },
+            None => Handover::empty(owner),
         };
         drop(claim);
         edge.registry.release(&client_id, conn, None, None);
         ClusterStats::inc(&c.stats.takeovers);
-        tracing::info!(client_id, "session taken over by another node");
+        tracing::info!(
+            client_id,
+            queued = handover.queued.len(),
+            dropped = handover.dropped,
+            "session taken over by another node"
+        );
+        // Subscribed before the handover names it, on the same connection: a question sent
+        // after the handover arrived finds it.
+        let asks = match &collecting {
+            Some(_) => {
+                let subject = c.client.new_inbox();
+                match c.client.subscribe(subject.clone()).await {
+                    Ok(asks) => {
+                        handover.tail = Some(subject);
+                        Some(asks)
+                    }
+                    Err(e) => {
+                        tracing::warn!(client_id, error = %e, "no tail for the moved session");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         if let (Some(reply), Ok(body)) = (m.reply, serde_json::to_vec(&handover)) {
             let _ = c.client.publish(reply, body.into()).await;
             let _ = c.client.flush().await;
+        }
+        match (collecting, asks) {
+            (Some(collecting), Some(asks)) => tail = Some((collecting, asks)),
+            (Some(collecting), None) => collecting.discard(&edge, false),
+            _ => {}
         }
         break;
     }
@@ -320,6 +279,48 @@ async fn respond(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&client_id);
+    if let Some((collecting, asks)) = tail {
+        hand_tail(&c, &edge, &client_id, collecting, asks).await;
+    }
+}
+
+/// Waits (at most [`TAIL_WAIT`]) for the new node to ask for the tail and answers with what the
+/// collector took; the collector leaves the index either way.
+async fn hand_tail(
+    c: &Cluster,
+    edge: &Edge,
+    client_id: &str,
+    collecting: SessionState,
+    mut asks: async_nats::Subscriber,
+) {
+    let asked = tokio::time::timeout(TAIL_WAIT, asks.next()).await;
+    let Ok(Some(ask)) = asked else {
+        tracing::debug!(client_id, "the moved session's tail was not asked for");
+        collecting.discard(edge, false);
+        return;
+    };
+    // What NATS delivered before the question (published before the new node's subscriptions
+    // were live) reaches the collector first.
+    c.drain().await;
+    if let Err(e) = edge.fence().await {
+        tracing::warn!(client_id, error = %e, "tail handed over without waiting for the core");
+    }
+    let mut all = Vec::new();
+    while let Some(d) = collecting.inbox.pop() {
+        all.push(d);
+    }
+    collecting.discard(edge, false);
+    let (queued, dropped) = carried(all, c.boot);
+    tracing::debug!(
+        client_id,
+        messages = queued.len(),
+        dropped,
+        "moved session's tail handed over"
+    );
+    if let (Some(reply), Ok(body)) = (ask.reply, serde_json::to_vec(&Tail { queued, dropped })) {
+        let _ = c.client.publish(reply, body.into()).await;
+        let _ = c.client.flush().await;
+    }
 }
 
 /// Client ids held, with the task answering claims for each.
@@ -334,6 +335,18 @@ impl Edge {
         }
     }
 
+    /// Fetches a moved session's tail into `state` (see [`Cluster::tail`]); nothing alone.
+    pub(crate) async fn cluster_tail(
+        &self,
+        client_id: &str,
+        ask: TailRequest,
+        state: &SessionState,
+    ) {
+        if let Some(c) = &self.cluster {
+            c.tail(self, client_id, ask, state).await;
+        }
+    }
+
     /// Called when a session ends or expires: stop holding the id unless the node still keeps
     /// the client's session.
     pub(crate) fn cluster_release(&self, client_id: &str) {
@@ -342,19 +355,5 @@ impl Edge {
                 c.release(client_id);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_handed_over_subscription_keeps_its_wire_names() {
-        let json = r#"{"path":"a/+","qos":1,"nl":true,"rap":false,"rh":2,"id":7}"#;
-        let Sub(s) = serde_json::from_str(json).unwrap();
-        assert_eq!((s.filter.as_str(), s.qos, s.retain_handling), ("a/+", 1, 2));
-        assert!(s.no_local && !s.retain_as_published);
-        assert_eq!(serde_json::to_string(&Sub(s)).unwrap(), json);
     }
 }

@@ -139,12 +139,12 @@ async fn inbound(
     }
     let origin = u64::from_be_bytes(p[0..8].try_into().unwrap_or_default());
     let frame = p.slice(8..);
+    let seq = u64::from_be_bytes(frame[17..25].try_into().unwrap_or_default());
     if group.is_none() {
         if origin == c.boot {
             ClusterStats::inc(&c.stats.echoes);
             return;
         }
-        let seq = u64::from_be_bytes(frame[17..25].try_into().unwrap_or_default());
         if !dedupe.first(origin, seq) {
             ClusterStats::inc(&c.stats.duplicates);
             return;
@@ -158,6 +158,7 @@ async fn inbound(
             return;
         }
     };
+    msg.origin = Some((origin, seq));
     msg.scope = match group {
         Some(path) => Scope::Group(path),
         None => Scope::Plain,

@@ -23,6 +23,7 @@
 pub mod clients;
 pub mod config;
 mod dedupe;
+pub mod handover;
 mod link;
 pub mod nodes;
 pub mod retained;

@@ -351,6 +351,7 @@ pub(super) async fn admit(
     // The session the client left, if it resumes it and may.
     let owner = identity.subject.clone();
     let old = edge.registry.take_offline(&client_id);
+    let mut tail = None;
     let (state, session_present) = match old {
         Some(s) if !connect.clean_start && s.owner == owner => (s, true),
         Some(s) => {
@@ -365,6 +366,7 @@ pub(super) async fn admit(
         }
         None => match handover {
             Some(h) if !connect.clean_start && h.owner == owner => {
+                tail = h.tail_request();
                 (h.into_state(edge, &client_id), true)
             }
             _ => (SessionState::new(edge, client_id.as_str(), owner), false),
@@ -373,6 +375,10 @@ pub(super) async fn admit(
     if session_present {
         // In a cluster: the session's subscriptions are active everywhere before the CONNACK.
         edge.cluster_sync().await;
+    }
+    if let Some(ask) = tail {
+        // What reached the old node while the session moved (now that NATS sends it here too).
+        edge.cluster_tail(&client_id, ask, &state).await;
     }
 
     let ack_props = v5.then(|| ConnAckProperties {

@@ -170,15 +170,28 @@ impl SessionState {
 
     /// Puts subscription `path` in the index (`$SYS` is served by the session itself).
     pub fn index_insert(&self, edge: &Edge, path: &str, opts: &SubOpts, src: u64, internal: bool) {
+        self.index_insert_since(edge, path, opts, src, internal, edge.next_seq());
+    }
+
+    /// [`SessionState::index_insert`], for messages from sequence number `since` on (those
+    /// accepted before it but not yet fanned out included, when it is lower).
+    pub fn index_insert_since(
+        &self,
+        edge: &Edge,
+        path: &str,
+        opts: &SubOpts,
+        src: u64,
+        internal: bool,
+        since: u64,
+    ) {
         if is_sys(path) {
             return;
         }
         let (filter, group) = split(path);
-        if edge.index.insert(
-            filter,
-            group,
-            self.index_sub(opts, src, internal, edge.next_seq()),
-        ) {
+        if edge
+            .index
+            .insert(filter, group, self.index_sub(opts, src, internal, since))
+        {
             if !internal {
                 edge.interest(filter, true);
             }
