@@ -9,8 +9,8 @@
 //! left behind), closes the live connection (MQTT 5 DISCONNECT 0x8E, session taken over), takes
 //! the session out of its registry and answers with a [`Handover`] ([`super::handover`]): the
 //! owner, the subscriptions and the messages queued or in flight (up to
-//! [`super::handover::MAX_QUEUED_BYTES`] of them; the rest are dropped, counted). The new node resumes the session from it (session present) when
-//! the client asked to resume.
+//! [`super::handover::MAX_QUEUED_BYTES`] of them; the rest are dropped, counted). The new node
+//! resumes the session from it (session present) when the client asked to resume.
 //!
 //! The tail: messages published while the session moves. Until the new node's subscriptions
 //! are live on NATS, matching messages reach only the old node. So before it answers, the old
@@ -21,8 +21,8 @@
 //! takes it out of the index and answers with its messages. Each message is known by its
 //! cluster-wide id ([`crate::message::Message::identity`]): one that also reached the new node
 //! directly is kept once, and the tail goes after the handover's messages and before those that
-//! arrived directly, so order holds ([`super::handover::merge`]). The collector gives up after [`TAIL_WAIT`] (a new node that
-//! starts a clean session does not ask).
+//! arrived directly, so order holds ([`super::handover::merge`]). The collector gives up after
+//! [`TAIL_WAIT`] (a new node that starts a clean session does not ask).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -260,6 +260,45 @@ pub(super) fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Publish;
+
+    /// A QoS 1 delivery of message `n` that came from node 7 (its sequence number there: `n`).
+    fn from_node_7(n: u64) -> Delivery {
+        let p = Publish::new("t", QoS::AtLeastOnce, format!("m{n}"), None);
+        let mut m = Message::new(p, 1);
+        m.origin = Some((7, n));
+        Delivery {
+            msg: Arc::new(m),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            ids: Vec::new(),
+        }
+    }
+
+    fn payloads(inbox: &Inbox) -> Vec<String> {
+        std::iter::from_fn(|| inbox.pop())
+            .map(|d| String::from_utf8_lossy(&d.msg.publish.payload).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_tail_goes_between_the_handed_and_the_direct_messages_each_once() {
+        let inbox = Inbox::new("c", 100, 1 << 20);
+        let stats = crate::stats::Stats::default();
+        // Handed over: 1, 2. Came straight here since: 4, 5.
+        for n in [1, 2, 4, 5] {
+            inbox.push(from_node_7(n), &stats);
+        }
+        let ask = TailRequest {
+            subject: String::new(),
+            handed: [(7, 1), (7, 2)].into_iter().collect(),
+        };
+        // The old node collected 2 (handed too), 3 and 4 (which also came straight here).
+        let (queued, dropped) = carried([2, 3, 4].map(from_node_7), 9);
+        let counts = merge(&inbox, ask, Tail { queued, dropped }, 9);
+        assert_eq!(counts, (2, 1, 2));
+        assert_eq!(payloads(&inbox), ["m1", "m2", "m3", "m4", "m5"]);
+    }
 
     #[test]
     fn a_handed_over_subscription_keeps_its_wire_names() {
