@@ -175,24 +175,13 @@ impl Handover {
     /// The session state on this node: subscriptions (put in the index when the session
     /// resumes) and the queued messages.
     pub fn into_state(self, edge: &Edge, client_id: &str) -> SessionState {
-        let st = SessionState::new(edge, client_id, self.owner);
-        let mut st = st;
+        let mut st = SessionState::new(edge, client_id, self.owner);
+        let src = crate::message::client_hash(client_id);
         for Sub(s) in self.subs {
             let Some(opts) = s.opts() else { continue };
             // In the index (and so subscribed on NATS) before the CONNACK; the session's
             // resume checks them against the client's rights.
-            st.index_insert(
-                edge,
-                &s.filter,
-                &opts,
-                crate::message::client_hash(client_id),
-                false,
-            );
-            if st.subs.insert(s.filter, opts).is_none() {
-                edge.stats
-                    .subscriptions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            st.restore_sub(edge, s.filter, opts, src, edge.next_seq());
         }
         for d in self.queued.into_iter().filter_map(delivery) {
             st.inbox.push(d, &edge.stats);
@@ -208,19 +197,9 @@ impl Handover {
 /// finds it twice and keeps it once.
 pub(super) fn collector(edge: &Edge, client_id: &str, of: &SessionState) -> SessionState {
     let mut st = SessionState::new(edge, client_id, of.owner.clone());
+    let src = crate::message::client_hash(client_id);
     for (path, opts) in of.subs.iter() {
-        st.index_insert_since(
-            edge,
-            path,
-            opts,
-            crate::message::client_hash(client_id),
-            false,
-            0,
-        );
-        st.subs.insert(path.clone(), opts.clone());
-        edge.stats
-            .subscriptions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.restore_sub(edge, path.clone(), opts.clone(), src, 0);
     }
     st
 }

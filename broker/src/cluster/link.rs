@@ -139,7 +139,7 @@ async fn inbound(
     }
     let origin = u64::from_be_bytes(p[0..8].try_into().unwrap_or_default());
     let frame = p.slice(8..);
-    let seq = u64::from_be_bytes(frame[17..25].try_into().unwrap_or_default());
+    let seq = crate::message::frame_seq(&frame);
     if group.is_none() {
         if origin == c.boot {
             ClusterStats::inc(&c.stats.echoes);

@@ -163,9 +163,7 @@ pub fn recover(edge: &Arc<Edge>, loaded: super::recover::Loaded) {
         let src = message::client_hash(&s.client_id);
         for (f, id) in &filters {
             let opts = SubOpts::from_filter(f, *id);
-            state.index_insert(edge, &f.path, &opts, src, false);
-            state.subs.insert(f.path.clone(), opts);
-            edge.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            state.restore_sub(edge, f.path.clone(), opts, src, edge.next_seq());
         }
         for (seq, d) in s.deliveries {
             let (pkid, msg) = match d.state {

@@ -199,6 +199,18 @@ impl SessionState {
         }
     }
 
+    /// Adds subscription `path` of a session made again elsewhere (restored from disk, handed
+    /// over by another node, the tail's collector): in the index for messages from sequence
+    /// number `since` on, in the session, and counted.
+    pub fn restore_sub(&mut self, edge: &Edge, path: String, opts: SubOpts, src: u64, since: u64) {
+        self.index_insert_since(edge, &path, &opts, src, false, since);
+        if self.subs.insert(path, opts).is_none() {
+            edge.stats
+                .subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Takes subscription `path` out of the index.
     pub fn index_remove(&self, edge: &Edge, path: &str, internal: bool) {
         if is_sys(path) {
