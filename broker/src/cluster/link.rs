@@ -21,8 +21,12 @@ use super::{subject, Cluster, ClusterStats, Cmd, Key};
 use crate::message::{Message, Scope};
 use crate::Edge;
 
-/// Message ids remembered to drop second copies.
-const DEDUPE: usize = 1 << 17;
+/// Sequence numbers per origin node remembered to drop second copies (128 KiB per origin).
+const DEDUPE_SPAN: usize = 1 << 20;
+/// Origin nodes (boot ids: a restart is a new one) remembered.
+const DEDUPE_ORIGINS: usize = 64;
+/// Messages routed per turn of the link's loop when NATS has them ready.
+const BATCH: usize = 64;
 /// Subject of the round trip that proves earlier subscriptions reached the server (nobody
 /// answers: NATS replies "no responders" itself).
 const SYNC_SUBJECT: &str = "rtw.sync";
@@ -41,7 +45,10 @@ pub(super) async fn run(c: Arc<Cluster>, edge: Arc<Edge>, mut cmds: mpsc::Unboun
     // Per subscription id: the share group's subscription path, if any.
     let mut groups: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut next_id = 0u64;
-    let mut dedupe = Dedupe::new(DEDUPE);
+    let mut dedupe = Dedupe::new(DEDUPE_SPAN, DEDUPE_ORIGINS);
+    // Made once: a fresh one per message would register with the token and unregister again.
+    let shutdown = edge.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
@@ -87,10 +94,19 @@ pub(super) async fn run(c: Arc<Cluster>, edge: Arc<Edge>, mut cmds: mpsc::Unboun
                 }
             },
             Some((id, m)) = subs.next(), if !subs.is_empty() => {
-                let Some(group) = groups.get(&id) else { continue };
-                inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
+                if let Some(group) = groups.get(&id) {
+                    inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
+                }
+                // Then what else is already waiting, up to a batch, before looking at commands
+                // again (a flood costs one pass through this loop per batch, not per message).
+                for _ in 1..BATCH {
+                    let Some(Some((id, m))) = subs.next().now_or_never() else { break };
+                    if let Some(group) = groups.get(&id) {
+                        inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
+                    }
+                }
             }
-            _ = edge.shutdown.cancelled() => return,
+            _ = &mut shutdown => return,
         }
     }
 }

@@ -255,7 +255,9 @@ impl Cluster {
             }
         }
         if msg.publish.retain {
-            self.put_retained(msg).await;
+            // Boxed: JetStream's put is a ~4 KB future, which would otherwise make every
+            // message's routing future that large (and copied per message).
+            Box::pin(self.put_retained(msg)).await;
         }
         if msg.qos() != QoS::AtMostOnce {
             match tokio::time::timeout(HAND_OVER, self.client.flush()).await {
