@@ -164,29 +164,53 @@ impl Edge {
     }
 
     /// [`Edge::route`], and for a QoS 1/2 message that persistent sessions may want, what its
-    /// publisher waits on before acknowledging it ([`durable::Waiter::wait`]).
+    /// publisher waits on before acknowledging it ([`durable::Waiter::wait`]). Returns once the
+    /// cluster, if any, has the message.
     pub(crate) async fn route_durable(
         &self,
         msg: Message,
     ) -> Result<Option<durable::Waiter>, CoreError> {
+        let (waiter, unflushed) = self.route_held(msg).await?;
+        if unflushed {
+            self.flush_cluster().await;
+        }
+        Ok(waiter)
+    }
+
+    /// [`Edge::route_durable`] without waiting for NATS to have the message: when the second
+    /// value is true, the publisher is acknowledged only after [`Edge::flush_cluster`], and one
+    /// flush covers every message routed before it (a session flushes once per read).
+    pub(crate) async fn route_held(
+        &self,
+        msg: Message,
+    ) -> Result<(Option<durable::Waiter>, bool), CoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
         let mut frame = msg.frame(seq).map_err(|e| {
             tracing::warn!(error = %e, "message not encodable");
             CoreError::Gone
         })?;
+        let mut unflushed = false;
         if let Some(c) = &self.cluster {
-            frame = c.outbound(&msg, frame).await;
+            (frame, unflushed) = c.outbound(&msg, frame).await;
         }
         let waiter = self.sessions.expect(seq, msg.qos());
         let decoded = msg.routed(&frame, seq).map(Arc::new);
         match self.core.publish(frame, decoded).await {
-            Ok(()) => Ok(waiter),
+            Ok(()) => Ok((waiter, unflushed)),
             Err(e) => {
                 if let Some(w) = waiter {
                     self.sessions.cancel(w);
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Waits (bounded) until the cluster's NATS client has written what [`Edge::route_held`]
+    /// handed it to the server.
+    pub(crate) async fn flush_cluster(&self) {
+        if let Some(c) = &self.cluster {
+            c.flush().await;
         }
     }
 

@@ -227,15 +227,17 @@ impl Cluster {
     }
 
     /// Hands a message accepted on this node to the cluster; returns the frame the node
-    /// delivers locally (marked [`Scope::Plain`] when the cluster took the message).
-    pub(crate) async fn outbound(&self, msg: &Message, frame: Bytes) -> Bytes {
+    /// delivers locally (marked [`Scope::Plain`] when the cluster took the message), and
+    /// whether it is a QoS 1/2 message that NATS's client holds and has not yet written to the
+    /// server: its publisher is acknowledged after [`Cluster::flush`].
+    pub(crate) async fn outbound(&self, msg: &Message, frame: Bytes) -> (Bytes, bool) {
         if msg.scope != Scope::All {
-            return frame;
+            return (frame, false);
         }
         let subject = subject::topic(msg.topic());
         if !self.is_up() || subject.len() > subject::MAX_SUBJECT {
             ClusterStats::inc(&self.stats.not_sent);
-            return frame;
+            return (frame, false);
         }
         let mut payload = BytesMut::with_capacity(8 + frame.len());
         payload.put_u64(self.boot);
@@ -247,11 +249,11 @@ impl Cluster {
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "message not handed to NATS: kept on this node");
                 ClusterStats::inc(&self.stats.not_sent);
-                return frame;
+                return (frame, false);
             }
             Err(_) => {
                 ClusterStats::inc(&self.stats.not_sent);
-                return frame;
+                return (frame, false);
             }
         }
         if msg.publish.retain {
@@ -259,17 +261,20 @@ impl Cluster {
             // message's routing future that large (and copied per message).
             Box::pin(self.put_retained(msg)).await;
         }
-        if msg.qos() != QoS::AtMostOnce {
-            match tokio::time::timeout(HAND_OVER, self.client.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush failed"),
-                Err(_) => ClusterStats::inc(&self.stats.flush_timeouts),
-            }
-        }
         ClusterStats::inc(&self.stats.published);
         let mut local = BytesMut::from(&frame[..]);
         local[crate::message::SCOPE_AT] = crate::message::SCOPE_PLAIN;
-        local.freeze()
+        (local.freeze(), msg.qos() != QoS::AtMostOnce)
+    }
+
+    /// Waits (bounded) until NATS's client has written every message handed to it so far to
+    /// the server's socket: one flush covers them all.
+    pub(crate) async fn flush(&self) {
+        match tokio::time::timeout(HAND_OVER, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush failed"),
+            Err(_) => ClusterStats::inc(&self.stats.flush_timeouts),
+        }
     }
 
     async fn put_retained(&self, msg: &Message) {

@@ -140,7 +140,7 @@ impl Session {
         if qos == QoS::AtLeastOnce {
             self.unflushed_acks += 1;
         }
-        if waiter.is_none() && self.held.is_empty() {
+        if waiter.is_none() && self.held.is_empty() && !self.nats_unflushed {
             self.send_ack(qos, pkid);
         } else {
             self.held.push(Held { pkid, qos, waiter });
@@ -157,12 +157,18 @@ impl Session {
 
     /// Is there anything [`Session::settle`] must wait for?
     pub(super) fn must_settle(&self) -> bool {
-        !self.held.is_empty() || self.barrier > self.edge.sessions.progress().done
+        !self.held.is_empty()
+            || self.nats_unflushed
+            || self.barrier > self.edge.sessions.progress().done
     }
 
     /// Waits (bounded) for what the client's next write promises: the barrier, then each held
     /// acknowledgement, sent or refused in order.
     pub(super) async fn settle(&mut self) -> Result<(), End> {
+        // Every QoS 1/2 message read so far is on its way to the other nodes: one flush.
+        if std::mem::take(&mut self.nats_unflushed) {
+            self.edge.flush_cluster().await;
+        }
         let store = self.edge.sessions.clone();
         if self.barrier > store.progress().done {
             let failures = store.progress().failures;

@@ -124,6 +124,9 @@ struct Session {
     held: Vec<durable::Held>,
     /// The session-store op that must be on disk before the next write to the client.
     barrier: u64,
+    /// A QoS 1/2 message went to the cluster's NATS client since its last flush: acknowledgements
+    /// wait for one ([`crate::Edge::route_held`]).
+    nats_unflushed: bool,
     tally: Tally,
 }
 
@@ -231,6 +234,7 @@ impl Session {
             client_out: BytesMut::new(),
             unflushed_acks: 0,
             held: Vec::new(),
+            nats_unflushed: false,
             barrier: 0,
             tally: Tally::default(),
         }

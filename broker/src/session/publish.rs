@@ -197,8 +197,11 @@ impl Session {
             self.state.qos2_in.insert(pkid);
             self.store_inbound(pkid, true);
         }
-        let waiter = match self.edge.route_durable(msg).await {
-            Ok(w) => w,
+        let waiter = match self.edge.route_held(msg).await {
+            Ok((w, unflushed)) => {
+                self.nats_unflushed |= unflushed;
+                w
+            }
             Err(e) => {
                 tracing::warn!(client_id = self.client_id, error = %e, "message not accepted");
                 if qos == QoS::ExactlyOnce && self.state.qos2_in.remove(&pkid) {
