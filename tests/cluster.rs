@@ -770,3 +770,93 @@ fn an_unreachable_nats_is_a_clear_startup_error_and_toml_config_works() {
     assert_eq!(v["cluster"]["nats_up"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `name` from node `s`'s `/metrics`.
+fn metric(s: &Server, name: &str) -> u64 {
+    let out = curl(&["-s", &format!("http://127.0.0.1:{}/metrics", s.http)]);
+    out.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A flood across nodes reaches every subscriber whole: 20 mosquitto_sub on node b (its
+/// fan-out is the slow part), one mosquitto_pub on node a streaming 100,000 QoS 0 messages as
+/// fast as it can. NATS has no flow control between nodes; `cluster.flow_control` (on) has b
+/// ask a to hold its publisher while b's link is behind (the counters printed say how often).
+/// With these debug builds b keeps up even without it; `bench/cluster.sh` (release builds,
+/// ~400,000 messages/s) is where it makes the difference.
+#[test]
+fn a_flood_across_nodes_reaches_every_subscriber_whole() {
+    const N: usize = 100_000;
+    const SUBS: usize = 20;
+    let nats = Nats::start();
+    let a = node(&nats, "a");
+    let b = node(&nats, "b");
+    let subs: Vec<std::process::Child> = (0..SUBS)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!(
+                        "mosquitto_sub -p {} -t flood -q 0 -C {N} -W 90 | wc -l",
+                        b.mqtt
+                    ),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("sh")
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + T;
+    while !nats
+        .message_subscriptions()
+        .iter()
+        .any(|s| s == "rtw.m._flood")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never subscribed on NATS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every mosquitto_sub is subscribed (b subscribes on NATS at its first one).
+    while metric(&b, "rtw_subscriptions") < SUBS as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto_sub not subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines: String = (0..N).map(|i| format!("m{i}\n")).collect();
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &a.mqtt.to_string(), "-t", "flood", "-q", "0", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().expect("stdin");
+        stdin.write_all(lines.as_bytes()).expect("write");
+    }
+    assert!(publisher.wait().expect("mosquitto_pub").success());
+    let got: Vec<usize> = subs
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("mosquitto_sub");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        })
+        .collect();
+    let (pressure, throttled, slow) = (
+        metric(&b, "rtw_cluster_pressure_total"),
+        metric(&a, "rtw_cluster_throttled_total"),
+        metric(&b, "rtw_cluster_slow_consumer_total"),
+    );
+    eprintln!("received {got:?}; b asked to slow down {pressure} times, a held {throttled} messages, b's NATS client overflowed {slow} times");
+    assert!(
+        got.iter().all(|&n| n == N),
+        "every subscriber gets all {N}: {got:?}"
+    );
+}

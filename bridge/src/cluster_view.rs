@@ -99,6 +99,21 @@ pub fn metrics(r: &Registry, st: &AppState) -> prometheus::Result<()> {
             &s.slow_consumer,
         ),
         (
+            "rtw_cluster_pressure_total",
+            "Times this node's NATS link fell behind and asked the other nodes to slow down",
+            &s.pressure,
+        ),
+        (
+            "rtw_cluster_throttled_total",
+            "Messages accepted here that waited for another node to catch up",
+            &s.throttled,
+        ),
+        (
+            "rtw_cluster_throttle_timeouts_total",
+            "Messages that went to NATS after 2 s with another node still behind",
+            &s.throttle_timeouts,
+        ),
+        (
             "rtw_cluster_retained_errors_total",
             "Retained changes not stored in the cluster bucket",
             &s.retained_errors,

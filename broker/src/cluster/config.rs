@@ -35,7 +35,7 @@ impl Urls {
 }
 
 /// `[cluster]`; every key is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// NATS server URL(s), e.g. `nats://10.0.0.5:4222` (default `nats://127.0.0.1:4222`).
@@ -53,6 +53,25 @@ pub struct ClusterConfig {
     pub ca: Option<PathBuf>,
     /// Require TLS to NATS (`tls://` URLs do too).
     pub tls: bool,
+    /// A node whose NATS link falls behind asks the others to hold their publishers until it
+    /// catches up, and this node holds its own when another asks (`super::pressure`).
+    pub flow_control: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: Urls::default(),
+            node: None,
+            credentials: None,
+            user: None,
+            password: None,
+            token: None,
+            ca: None,
+            tls: false,
+            flow_control: true,
+        }
+    }
 }
 
 impl ClusterConfig {

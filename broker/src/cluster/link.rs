@@ -17,6 +17,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::Dedupe;
+use super::pressure::Backlog;
 use super::{subject, Cluster, ClusterStats, Cmd, Key};
 use crate::message::{Message, Scope};
 use crate::Edge;
@@ -27,6 +28,8 @@ const DEDUPE_SPAN: usize = 1 << 20;
 const DEDUPE_ORIGINS: usize = 64;
 /// Messages routed per turn of the link's loop when NATS has them ready.
 const BATCH: usize = 64;
+/// A link that is behind and gets nothing for this long has caught up.
+const IDLE: Duration = Duration::from_millis(2);
 /// Subject of the round trip that proves earlier subscriptions reached the server (nobody
 /// answers: NATS replies "no responders" itself).
 const SYNC_SUBJECT: &str = "rtw.sync";
@@ -46,6 +49,7 @@ pub(super) async fn run(c: Arc<Cluster>, edge: Arc<Edge>, mut cmds: mpsc::Unboun
     let mut groups: HashMap<u64, Option<Arc<str>>> = HashMap::new();
     let mut next_id = 0u64;
     let mut dedupe = Dedupe::new(DEDUPE_SPAN, DEDUPE_ORIGINS);
+    let mut backlog = Backlog::default();
     // Made once: a fresh one per message would register with the token and unregister again.
     let shutdown = edge.shutdown.cancelled();
     tokio::pin!(shutdown);
@@ -99,12 +103,22 @@ pub(super) async fn run(c: Arc<Cluster>, edge: Arc<Edge>, mut cmds: mpsc::Unboun
                 }
                 // Then what else is already waiting, up to a batch, before looking at commands
                 // again (a flood costs one pass through this loop per batch, not per message).
-                for _ in 1..BATCH {
+                let mut n = 1;
+                while n < BATCH {
                     let Some(Some((id, m))) = subs.next().now_or_never() else { break };
+                    n += 1;
                     if let Some(group) = groups.get(&id) {
                         inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
                     }
                 }
+                // Turn after turn of full batches: behind, so the other nodes are asked to
+                // slow down ([`super::pressure`]).
+                c.pressure.set_local(backlog.turn(n == BATCH));
+            }
+            // Behind, and nothing came for a moment: caught up (the last turn may have been
+            // full and then the other nodes held back, so no turn would say it).
+            _ = tokio::time::sleep(IDLE), if backlog.in_streak() => {
+                c.pressure.set_local(backlog.turn(false));
             }
             _ = &mut shutdown => return,
         }

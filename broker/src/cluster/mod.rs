@@ -16,6 +16,8 @@
 //!   [`crate::Edge::route`] like any publish, marked [`Scope::Plain`] or [`Scope::Group`], which
 //!   is never published again (no loops); this node's own messages coming back and second
 //!   copies through overlapping filters are dropped ([`link`], [`dedupe`]).
+//! * Flow control: a node whose link falls behind asks the others to hold their publishers
+//!   until it catches up ([`pressure`]).
 //! * Lost NATS: the client reconnects and resubscribes by itself; meanwhile the node serves its
 //!   own clients alone (messages stay local, counted in `not_sent`), `/readyz` answers 503, and
 //!   each loss and return is logged and counted.
@@ -26,6 +28,7 @@ mod dedupe;
 pub mod handover;
 mod link;
 pub mod nodes;
+mod pressure;
 pub mod retained;
 pub mod stats;
 pub mod subject;
@@ -75,6 +78,9 @@ pub struct Cluster {
     retained: Mutex<Option<async_nats::jetstream::kv::Store>>,
     nodes: nodes::Nodes,
     held: clients::Held,
+    pressure: pressure::Pressure,
+    /// `cluster.flow_control`.
+    flow_control: bool,
     pub stats: Arc<ClusterStats>,
 }
 
@@ -88,7 +94,7 @@ impl Cluster {
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("realtime-web {node}"))
             .connection_timeout(Duration::from_secs(5))
-            .subscription_capacity(16 * 1024)
+            .subscription_capacity(64 * 1024)
             .client_capacity(16 * 1024)
             .max_reconnects(None)
             .event_callback({
@@ -142,6 +148,8 @@ impl Cluster {
             retained: Mutex::new(None),
             nodes: Default::default(),
             held: Default::default(),
+            pressure: Default::default(),
+            flow_control: cfg.flow_control,
             stats,
         }))
     }
@@ -162,6 +170,9 @@ impl Cluster {
             .take()
             .context("cluster link started twice")?;
         tokio::spawn(link::run(self.clone(), edge.clone(), rx));
+        if self.flow_control {
+            tokio::spawn(pressure::run(self.clone(), edge.clone()));
+        }
         Ok(())
     }
 
@@ -234,6 +245,10 @@ impl Cluster {
         if msg.scope != Scope::All {
             return (frame, false);
         }
+        if self.pressure.throttling() {
+            // Boxed: the wait's state is there only while a node is behind.
+            Box::pin(self.pressure.wait(&self.stats)).await;
+        }
         let subject = subject::topic(msg.topic());
         if !self.is_up() || subject.len() > subject::MAX_SUBJECT {
             ClusterStats::inc(&self.stats.not_sent);
@@ -302,11 +317,39 @@ async fn open_bucket(
     what: &str,
     max_age: Duration,
 ) -> anyhow::Result<jetstream::kv::Store> {
-    if let Ok(kv) = js.get_key_value(name).await {
-        return Ok(kv);
+    // Nodes starting together on a fresh NATS race to create the bucket, and the loser's
+    // create can fail ("subjects overlap"): it finds the winner's bucket on a later attempt.
+    let mut attempt = 0;
+    loop {
+        if let Ok(kv) = js.get_key_value(name).await {
+            return Ok(kv);
+        }
+        match create_bucket_stream(js, name, description, max_age).await {
+            Ok(()) => break,
+            Err(e) if attempt >= 3 => {
+                return Err(e).with_context(|| {
+                    format!("cannot create the {what} bucket (is JetStream on? nats-server -js)")
+                });
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
     }
-    // The bucket's stream, as `create_key_value` makes it (that call asks for account fields
-    // nats-server 2.9 does not send).
+    js.get_key_value(name)
+        .await
+        .with_context(|| format!("cannot open the {what} bucket"))
+}
+
+/// The bucket's stream, as `create_key_value` makes it (that call asks for account fields
+/// nats-server 2.9 does not send).
+async fn create_bucket_stream(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+) -> anyhow::Result<()> {
     js.get_or_create_stream(jetstream::stream::Config {
         name: format!("KV_{name}"),
         description: Some(description.into()),
@@ -321,13 +364,8 @@ async fn open_bucket(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     })
-    .await
-    .with_context(|| {
-        format!("cannot create the {what} bucket (is JetStream on? nats-server -js)")
-    })?;
-    js.get_key_value(name)
-        .await
-        .with_context(|| format!("cannot open the {what} bucket"))
+    .await?;
+    Ok(())
 }
 
 fn on_event(node: &str, stats: &ClusterStats, ev: async_nats::Event) {

@@ -31,6 +31,12 @@ pub struct ClusterStats {
     pub connects: AtomicU64,
     /// Messages NATS's client dropped because this node read too slowly.
     pub slow_consumer: AtomicU64,
+    /// Times this node's NATS link fell behind and asked the other nodes to slow down.
+    pub pressure: AtomicU64,
+    /// Messages accepted here that waited for another node to catch up before going to NATS.
+    pub throttled: AtomicU64,
+    /// ... and went on after the longest wait (2 s) with the other node still behind.
+    pub throttle_timeouts: AtomicU64,
     /// Retained changes applied from the cluster's bucket.
     pub retained_applied: AtomicU64,
     /// Retained changes that could not be written to the bucket.
