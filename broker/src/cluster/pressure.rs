@@ -44,6 +44,8 @@ const REFRESH: Duration = Duration::from_millis(50);
 const TTL: Duration = Duration::from_millis(1000);
 /// Longest one message waits for the peers to catch up.
 const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Most peers remembered as behind (a word from one more is ignored until some expire).
+const MAX_PEERS: usize = 1024;
 
 pub(crate) struct Pressure {
     /// Peers (boot ids) that said they are behind, each until its word expires.
@@ -125,6 +127,9 @@ impl Pressure {
     fn peer(&self, boot: u64, on: bool) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if on {
+            if peers.len() >= MAX_PEERS && !peers.contains_key(&boot) {
+                return;
+            }
             peers.insert(boot, Instant::now() + TTL);
         } else {
             peers.remove(&boot);
