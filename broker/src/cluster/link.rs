@@ -97,19 +97,16 @@ pub(super) async fn run(c: Arc<Cluster>, edge: Arc<Edge>, mut cmds: mpsc::Unboun
                     });
                 }
             },
-            Some((id, m)) = subs.next(), if !subs.is_empty() => {
-                if let Some(group) = groups.get(&id) {
-                    inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
-                }
-                // Then what else is already waiting, up to a batch, before looking at commands
-                // again (a flood costs one pass through this loop per batch, not per message).
-                let mut n = 1;
-                while n < BATCH {
-                    let Some(Some((id, m))) = subs.next().now_or_never() else { break };
+            Some(first) = subs.next(), if !subs.is_empty() => {
+                // This one, then what else is already waiting, up to a batch, before looking at
+                // commands again (a flood costs one pass through this loop per batch).
+                let (mut item, mut n) = (Some(first), 0);
+                while let Some((id, m)) = item {
                     n += 1;
                     if let Some(group) = groups.get(&id) {
                         inbound(&c, &edge, group.clone(), m, &mut dedupe).await;
                     }
+                    item = if n < BATCH { subs.next().now_or_never().flatten() } else { None };
                 }
                 // Turn after turn of full batches: behind, so the other nodes are asked to
                 // slow down ([`super::pressure`]).

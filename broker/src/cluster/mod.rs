@@ -17,7 +17,7 @@
 //!   is never published again (no loops); this node's own messages coming back and second
 //!   copies through overlapping filters are dropped ([`link`], [`dedupe`]).
 //! * Flow control: a node whose link falls behind asks the others to hold their publishers
-//!   until it catches up ([`pressure`]).
+//!   until it catches up (`pressure.rs`).
 //! * Lost NATS: the client reconnects and resubscribes by itself; meanwhile the node serves its
 //!   own clients alone (messages stay local, counted in `not_sent`), `/readyz` answers 503, and
 //!   each loss and return is logged and counted.

@@ -3,10 +3,10 @@
 //!
 //! NATS (core) has no flow control: a node that reads its subscriptions more slowly than the
 //! other nodes publish to them loses what overflows its client's buffer, QoS 0 and QoS 1/2
-//! alike. So the link watches its own backlog ([`Pressure::link_turn`]: turn after turn finding
-//! a full batch of messages waiting) and, while it is behind, says so on [`SUBJECT`]: at once,
-//! again every [`REFRESH`] while it lasts, and "caught up" on its first turn that empties what
-//! was waiting. Every node keeps the set of peers that are behind, each until its word expires
+//! alike. So the link watches its own backlog ([`Backlog`]: turn after turn finding a full
+//! batch of messages waiting, for [`BEHIND_AFTER`]) and, while it is behind, says so on
+//! [`SUBJECT`]: at once, again every [`REFRESH`] while it lasts, and "caught up" on its first
+//! turn that empties what was waiting (or when nothing comes for a moment). Every node keeps the set of peers that are behind, each until its word expires
 //! ([`TTL`]: a node that dies while behind throttles nobody for long). While that set is not
 //! empty, a message accepted on this node waits before it goes to NATS ([`Pressure::wait`],
 //! at most [`MAX_WAIT`] per message); its publisher's session is not reading meanwhile, so TCP
@@ -17,7 +17,7 @@
 //! want). Written here because NATS core and async-nats offer no such thing (JetStream's flow
 //! control would put every message through a stream's storage).
 //!
-//! Data flow: link task → [`Pressure::link_turn`] → watch → [`run`] → NATS `rtw.pressure` →
+//! Data flow: link task → [`Backlog::turn`] → [`Pressure::set_local`] → watch → [`run`] → NATS `rtw.pressure` →
 //! [`run`] on the other nodes → their [`Pressure`] set → [`Pressure::wait`] in
 //! [`super::Cluster::outbound`].
 
@@ -35,7 +35,7 @@ use super::{Cluster, ClusterStats};
 use crate::Edge;
 
 /// Where nodes say they are behind (payload: boot id, then 1 = behind, 0 = caught up).
-pub(super) const SUBJECT: &str = "rtw.pressure";
+const SUBJECT: &str = "rtw.pressure";
 /// How long the link must find a full batch waiting, turn after turn, to be "behind".
 const BEHIND_AFTER: Duration = Duration::from_millis(2);
 /// How often a node that is behind says so again.
